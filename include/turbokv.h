@@ -95,7 +95,7 @@ TKV_API const char *tkv_status_name(tkv_status status);
 
 /*
  * Detailed message of the last failing call made by the calling thread, e.g.
- * "tkv_codec_create: head_dim 7 is odd (must be even, 2..4096)".
+ * "tkv_codec_create: head_dim 7 is odd (must be even, 2..1024)".
  * Returns "" when no call has failed on this thread yet.
  * Lifetime: valid until the next failing call on the same thread.  Since 0.1.
  */
@@ -104,7 +104,7 @@ TKV_API const char *tkv_last_error(void);
 /* ==================================================================================
  * Codecs: ids, names and properties
  *
- * A codec turns one head vector (head_dim floats, any even head_dim from 2 to 4096)
+ * A codec turns one head vector (head_dim floats, any even head_dim from 2 to 1024)
  * into a fixed number of bytes.  Ids and names are ABI.
  * All functions in this section are pure and may be called from any thread.
  * ================================================================================== */
@@ -151,7 +151,7 @@ TKV_API uint32_t tkv_codec_flags(int32_t codec);
 /*
  * Bytes one encoded head vector of head_dim elements takes, metadata included.
  * Returns TKV_OK, or TKV_ERR_INVALID_ARGUMENT for an unknown codec, an odd
- * head_dim or one outside 2..4096.  Since 0.1.
+ * head_dim or one outside 2..1024.  Since 0.1.
  */
 TKV_API tkv_status tkv_codec_bytes_per_vector(int32_t codec, uint32_t head_dim, size_t *out_bytes);
 
@@ -187,7 +187,7 @@ typedef struct tkv_codec tkv_codec;
 typedef struct tkv_codec_params {
     uint32_t struct_size;  /* sizeof(tkv_codec_params); set by tkv_codec_default_params */
     int32_t codec;         /* TKV_CODEC_* id; default TKV_CODEC_TURBO_4B */
-    uint32_t head_dim;     /* elements per vector: even, 2..4096; default 128 */
+    uint32_t head_dim;     /* elements per vector: even, 2..1024; default 128 */
     uint32_t flags;        /* reserved for codec options, must be 0 */
     uint64_t seed;         /* rotation / sketch seed; default 0 */
     uint32_t reserved[8];  /* must be zero */

@@ -1,0 +1,35 @@
+/* codebook.h - Lloyd-Max scalar quantizers for the standard normal distribution. */
+#ifndef TKV_CODEC_CODEBOOK_H
+#define TKV_CODEC_CODEBOOK_H
+
+#include <stdint.h>
+
+#define TKV_CODEBOOK_MAX_BITS 5
+
+typedef struct tkv_codebook {
+    uint32_t bits;
+    uint32_t n;              /* 2^bits levels */
+    float centroids[32];     /* increasing */
+    float boundaries[31];    /* midpoints between neighbours: cell k is (b[k-1], b[k]] */
+    double distortion;       /* E[(x - Q(x))^2] for x ~ N(0,1) */
+    int iterations;          /* Lloyd steps until converged, -1 if it never did */
+} tkv_codebook;
+
+/* The codebook for 1..5 bits (computed once per process, thread-safe); NULL otherwise. */
+const tkv_codebook *tkv_codebook_get(uint32_t bits);
+
+/* Index of the nearest centroid (binary search over the boundaries). */
+static inline uint32_t tkv_codebook_quantize(const tkv_codebook *cb, float v) {
+    uint32_t lo = 0, hi = cb->n - 1; /* answer in [lo, hi] */
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) >> 1;
+        if (v > cb->boundaries[mid]) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+#endif

@@ -1,0 +1,359 @@
+/*
+ * codec.c - the codec registry (ids, names, sizes) and the codec object: its
+ * rotation, codebook and QJL sketch, and encode / decode of one vector.
+ *
+ * Byte layout of one encoded vector of d elements (all multi-byte fields little
+ * endian; fp16 = IEEE binary16):
+ *   fp32          d x float32
+ *   fp16, bf16    d x 16-bit
+ *   q8_0(_rot)    blocks of 32 elements (last block: d mod 32): fp16 scale, t x int8;
+ *                 value = scale * q; scale = max|x| / 127
+ *   q4_0(_rot)    blocks of 32 (last: d mod 32): fp16 scale, t/2 bytes; byte k holds
+ *                 element k (low nibble) and k + t/2 (high); value = scale * (q - 8),
+ *                 scale = m / -8 where m is the element of largest magnitude
+ *   turbo_kv_Nb   fp16 scale, then the N-bit index planes of pack.h
+ *   turbo_kv_5b_fast  fp16 scale, then d index bytes
+ *   turbo_kv_Nb_qjl   fp16 scale, fp16 residual norm, (N-1)-bit index planes,
+ *                 then ceil(d/8) bytes: bit j = 1 when (S r)_j >= 0
+ * The _rot, turbo and qjl codecs code y = R x (rotation.c).  Turbo codecs quantize
+ * u = y * sqrt(d) / |y| with the Lloyd-Max codebook and store scale = |y| / |c|
+ * where c is the vector of chosen centroids, so the decoded vector scale * c has
+ * exactly the input's norm (up to fp16 rounding of the scale).
+ * QJL (Zandieh et al., TurboQuant_prod): r = y - scale * c, S a d x d matrix of
+ * N(0,1) draws; <q, r> is estimated by sqrt(pi/2) / d * |r| * <S q, sign(S r)>,
+ * which is unbiased; decode adds sqrt(pi/2) / d * |r| * S^T sign(S r).
+ */
+#include "codec/codec.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "base/alloc.h"
+#include "base/half.h"
+#include "base/rng.h"
+#include "base/status.h"
+#include "codec/pack.h"
+
+#define F_ROT TKV_CODEC_FLAG_ROTATED
+#define F_CB TKV_CODEC_FLAG_CODEBOOK
+#define F_QJL TKV_CODEC_FLAG_QJL
+#define F_BLK TKV_CODEC_FLAG_BLOCK
+#define F_FLT TKV_CODEC_FLAG_FLOAT
+
+static const tkv_codec_desc tkv_codec_table[TKV_CODEC_COUNT] = {
+    {TKV_CODEC_FP32, "fp32", F_FLT, TKV_FMT_F32, 0, 0},
+    {TKV_CODEC_FP16, "fp16", F_FLT, TKV_FMT_F16, 0, 0},
+    {TKV_CODEC_BF16, "bf16", F_FLT, TKV_FMT_BF16, 0, 0},
+    {TKV_CODEC_Q8_0, "q8_0", F_BLK, TKV_FMT_Q8_0, 0, 0},
+    {TKV_CODEC_Q4_0, "q4_0", F_BLK, TKV_FMT_Q4_0, 0, 0},
+    {TKV_CODEC_Q8_0_ROT, "q8_0_rot", F_BLK | F_ROT, TKV_FMT_Q8_0, 0, 0},
+    {TKV_CODEC_Q4_0_ROT, "q4_0_rot", F_BLK | F_ROT, TKV_FMT_Q4_0, 0, 0},
+    {TKV_CODEC_TURBO_2B, "turbo_kv_2b", F_ROT | F_CB, TKV_FMT_TURBO, 2, 2},
+    {TKV_CODEC_TURBO_3B, "turbo_kv_3b", F_ROT | F_CB, TKV_FMT_TURBO, 3, 3},
+    {TKV_CODEC_TURBO_4B, "turbo_kv_4b", F_ROT | F_CB, TKV_FMT_TURBO, 4, 4},
+    {TKV_CODEC_TURBO_5B, "turbo_kv_5b", F_ROT | F_CB, TKV_FMT_TURBO, 5, 5},
+    {TKV_CODEC_TURBO_5B_FAST, "turbo_kv_5b_fast", F_ROT | F_CB, TKV_FMT_TURBO, 8, 5},
+    {TKV_CODEC_TURBO_3B_QJL, "turbo_kv_3b_qjl", F_ROT | F_CB | F_QJL, TKV_FMT_TURBO, 2, 2},
+    {TKV_CODEC_TURBO_4B_QJL, "turbo_kv_4b_qjl", F_ROT | F_CB | F_QJL, TKV_FMT_TURBO, 3, 3},
+};
+
+const tkv_codec_desc *tkv_codec_desc_get(int32_t id) {
+    if (id < 0 || id >= TKV_CODEC_COUNT) {
+        return NULL;
+    }
+    return &tkv_codec_table[id];
+}
+
+const tkv_codec_desc *tkv_codec_desc_find(const char *name) {
+    for (int32_t i = 0; i < TKV_CODEC_COUNT; i++) {
+        if (strcmp(tkv_codec_table[i].name, name) == 0) {
+            return &tkv_codec_table[i];
+        }
+    }
+    return NULL;
+}
+
+int tkv_head_dim_valid(uint32_t d) { return d >= 2 && d <= TKV_HEAD_DIM_MAX && d % 2 == 0; }
+
+static size_t tkv_block_quant_bytes(uint32_t d, int four_bit) {
+    size_t bytes = 0;
+    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+        uint32_t t = d - b0 < 32 ? d - b0 : 32;
+        bytes += 2 + (four_bit ? t / 2 : t);
+    }
+    return bytes;
+}
+
+size_t tkv_codec_desc_vector_bytes(const tkv_codec_desc *desc, uint32_t d) {
+    if (!desc || !tkv_head_dim_valid(d)) {
+        return 0;
+    }
+    switch (desc->format) {
+    case TKV_FMT_F32: return 4 * (size_t)d;
+    case TKV_FMT_F16:
+    case TKV_FMT_BF16: return 2 * (size_t)d;
+    case TKV_FMT_Q8_0: return tkv_block_quant_bytes(d, 0);
+    case TKV_FMT_Q4_0: return tkv_block_quant_bytes(d, 1);
+    case TKV_FMT_TURBO: {
+        size_t bytes = 2 + tkv_packed_bytes(desc->index_bits, d);
+        if (desc->flags & F_QJL) {
+            bytes += 2 + (d + 7) / 8;
+        }
+        return bytes;
+    }
+    default: return 0;
+    }
+}
+
+tkv_status tkv_codec_init(struct tkv_codec *c, int32_t id, uint32_t d, uint64_t seed) {
+    memset(c, 0, sizeof *c);
+    const tkv_codec_desc *desc = tkv_codec_desc_get(id);
+    TKV_REQUIRE(desc, TKV_ERR_INVALID_ARGUMENT, "unknown codec id %d", (int)id);
+    TKV_REQUIRE(tkv_head_dim_valid(d), TKV_ERR_INVALID_ARGUMENT,
+                "head_dim %u is invalid (must be even, 2..%d)", d, TKV_HEAD_DIM_MAX);
+    c->desc = desc;
+    c->d = d;
+    c->seed = seed;
+    tkv_code_layout *L = &c->layout;
+    L->format = desc->format;
+    L->d = d;
+    L->stride = (uint32_t)tkv_codec_desc_vector_bytes(desc, d);
+    L->centroids = c->centroids;
+    if (desc->flags & F_ROT) {
+        c->rotated = 1;
+        TKV_TRY(tkv_rotation_init(&c->rot, d, seed));
+    }
+    if (desc->format == TKV_FMT_TURBO) {
+        c->codebook = tkv_codebook_get(desc->codebook_bits);
+        memcpy(c->centroids, c->codebook->centroids, c->codebook->n * sizeof(float));
+        L->bits = desc->index_bits;
+        L->scale_off = 0;
+        L->payload_off = 2;
+        if (desc->flags & F_QJL) {
+            L->has_qjl = 1;
+            L->rnorm_off = 2;
+            L->payload_off = 4;
+            L->signs_off = (uint32_t)(4 + tkv_packed_bytes(L->bits, d));
+            L->qjl_coef = 1.2533141373155003f / (float)d; /* sqrt(pi/2) / d */
+            c->qjl_matrix = tkv_calloc_aligned((size_t)d * d, sizeof(float));
+            if (!c->qjl_matrix) {
+                tkv_codec_release(c);
+                return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "codec: out of memory for QJL matrix");
+            }
+            tkv_rng rng;
+            tkv_rng_init(&rng, tkv_mix64(seed ^ 0x514a4c534b455443ULL));
+            for (size_t i = 0; i < (size_t)d * d; i++) {
+                c->qjl_matrix[i] = (float)tkv_rng_gaussian(&rng);
+            }
+        }
+    }
+    return TKV_OK;
+}
+
+void tkv_codec_release(struct tkv_codec *c) {
+    if (c->rotated) {
+        tkv_rotation_free(&c->rot);
+    }
+    tkv_free_aligned(c->qjl_matrix);
+    c->qjl_matrix = NULL;
+}
+
+uint32_t tkv_codec_work_width(const struct tkv_codec *c) {
+    return c->layout.has_qjl ? 2 * c->d : c->d;
+}
+
+static void tkv_store_u16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)(v & 0xff);
+    p[1] = (uint8_t)(v >> 8);
+}
+
+#define TKV_FP16_MAX 65504.0f
+
+static tkv_status tkv_encode_q8_0(const float *y, uint32_t d, uint8_t *out) {
+    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+        uint32_t t = d - b0 < 32 ? d - b0 : 32;
+        float amax = 0.0f;
+        for (uint32_t k = 0; k < t; k++) {
+            amax = fmaxf(amax, fabsf(y[b0 + k]));
+        }
+        float scale = amax / 127.0f;
+        TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
+                    "q8_0: |value| %g too large for an fp16 block scale", (double)amax);
+        uint16_t h = tkv_f32_to_fp16(scale);
+        float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        tkv_store_u16(out, h);
+        int8_t *q = (int8_t *)(out + 2);
+        for (uint32_t k = 0; k < t; k++) {
+            float v = roundf(y[b0 + k] * inv);
+            q[k] = (int8_t)(v > 127.0f ? 127 : v < -127.0f ? -127 : v);
+        }
+        out += 2 + t;
+    }
+    return TKV_OK;
+}
+
+static tkv_status tkv_encode_q4_0(const float *y, uint32_t d, uint8_t *out) {
+    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+        uint32_t t = d - b0 < 32 ? d - b0 : 32;
+        uint32_t half = t / 2;
+        float amax = 0.0f, m = 0.0f;
+        for (uint32_t k = 0; k < t; k++) {
+            if (fabsf(y[b0 + k]) > amax) {
+                amax = fabsf(y[b0 + k]);
+                m = y[b0 + k];
+            }
+        }
+        /* the extreme element maps to level 0 (-8), which uses the asymmetric range */
+        float scale = m / -8.0f;
+        TKV_REQUIRE(fabsf(scale) <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
+                    "q4_0: |value| %g too large for an fp16 block scale", (double)amax);
+        tkv_store_u16(out, tkv_f32_to_fp16(scale));
+        float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+        uint8_t *q = out + 2;
+        for (uint32_t k = 0; k < half; k++) {
+            int lo = (int)roundf(y[b0 + k] * inv) + 8;
+            int hi = (int)roundf(y[b0 + half + k] * inv) + 8;
+            lo = lo < 0 ? 0 : lo > 15 ? 15 : lo;
+            hi = hi < 0 ? 0 : hi > 15 ? 15 : hi;
+            q[k] = (uint8_t)(lo | (hi << 4));
+        }
+        out += 2 + half;
+    }
+    return TKV_OK;
+}
+
+/* Turbo stage: quantize y (rotated), write scale + indices; *yhat gets the decoded y. */
+static tkv_status tkv_encode_turbo(const struct tkv_codec *c, const float *y, uint8_t *out,
+                                   float *yhat) {
+    const uint32_t d = c->d;
+    const tkv_code_layout *L = &c->layout;
+    const tkv_codebook *cb = c->codebook;
+    uint8_t idx[TKV_HEAD_DIM_MAX];
+    double norm2 = 0.0;
+    for (uint32_t j = 0; j < d; j++) {
+        norm2 += (double)y[j] * y[j];
+    }
+    const double norm = sqrt(norm2);
+    double cnorm2 = 0.0;
+    const float u_scale = norm > 0.0 ? (float)(sqrt((double)d) / norm) : 0.0f;
+    for (uint32_t j = 0; j < d; j++) {
+        idx[j] = (uint8_t)tkv_codebook_quantize(cb, y[j] * u_scale);
+        double cj = cb->centroids[idx[j]];
+        cnorm2 += cj * cj;
+    }
+    const double scale = norm > 0.0 ? norm / sqrt(cnorm2) : 0.0;
+    TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
+                "%s: vector norm %g too large for the fp16 scale", c->desc->name, norm);
+    const uint16_t h = tkv_f32_to_fp16((float)scale);
+    tkv_store_u16(out + L->scale_off, h);
+    tkv_pack_indices(L->bits, d, idx, out + L->payload_off);
+    const float s = tkv_fp16_to_f32(h);
+    for (uint32_t j = 0; j < d; j++) {
+        yhat[j] = s * cb->centroids[idx[j]];
+    }
+    return TKV_OK;
+}
+
+static tkv_status tkv_encode_qjl_residual(const struct tkv_codec *c, const float *y,
+                                          const float *yhat, uint8_t *out, float *scratch) {
+    const uint32_t d = c->d;
+    const tkv_code_layout *L = &c->layout;
+    float *r = scratch;
+    float *z = scratch + d;
+    double rn2 = 0.0;
+    for (uint32_t j = 0; j < d; j++) {
+        r[j] = y[j] - yhat[j];
+        rn2 += (double)r[j] * r[j];
+    }
+    const float rnorm = (float)sqrt(rn2);
+    TKV_REQUIRE(rnorm <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
+                "%s: residual norm %g too large for fp16", c->desc->name, (double)rnorm);
+    tkv_store_u16(out + L->rnorm_off, tkv_f32_to_fp16(rnorm));
+    tkv_codec_kernels_active()->matvec(c->qjl_matrix, r, d, d, z);
+    uint8_t *signs = out + L->signs_off;
+    memset(signs, 0, (d + 7) / 8);
+    for (uint32_t j = 0; j < d; j++) {
+        if (z[j] >= 0.0f) {
+            signs[j / 8] |= (uint8_t)(1u << (j % 8));
+        }
+    }
+    return TKV_OK;
+}
+
+tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8_t *out,
+                                float *scratch) {
+    const uint32_t d = c->d;
+    const float *y = x;
+    float *rotated = scratch;              /* d */
+    float *rest = scratch + d;             /* 5d */
+    if (c->rotated) {
+        tkv_rotation_apply(&c->rot, x, rotated);
+        y = rotated;
+    }
+    switch (c->desc->format) {
+    case TKV_FMT_F32:
+        memcpy(out, y, d * sizeof(float));
+        return TKV_OK;
+    case TKV_FMT_F16:
+        for (uint32_t j = 0; j < d; j++) {
+            TKV_REQUIRE(fabsf(y[j]) <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
+                        "fp16: value %g at index %u is outside the fp16 range", (double)y[j], j);
+            tkv_store_u16(out + 2 * j, tkv_f32_to_fp16(y[j]));
+        }
+        return TKV_OK;
+    case TKV_FMT_BF16:
+        for (uint32_t j = 0; j < d; j++) {
+            tkv_store_u16(out + 2 * j, tkv_f32_to_bf16(y[j]));
+        }
+        return TKV_OK;
+    case TKV_FMT_Q8_0:
+        return tkv_encode_q8_0(y, d, out);
+    case TKV_FMT_Q4_0:
+        return tkv_encode_q4_0(y, d, out);
+    case TKV_FMT_TURBO: {
+        float *yhat = rest;
+        TKV_TRY(tkv_encode_turbo(c, y, out, yhat));
+        if (c->layout.has_qjl) {
+            TKV_TRY(tkv_encode_qjl_residual(c, y, yhat, out, rest + d));
+        }
+        return TKV_OK;
+    }
+    default:
+        return tkv_fail(TKV_ERR_INTERNAL, "codec %s: no encoder", c->desc->name);
+    }
+}
+
+void tkv_codec_finish_accum(const struct tkv_codec *c, float *acc, float *out) {
+    const uint32_t d = c->d;
+    if (c->layout.has_qjl) {
+        /* fold the sketch-domain sum back: acc_rot += S^T acc_sketch */
+        float tmp[TKV_HEAD_DIM_MAX];
+        tkv_codec_kernels_active()->matvec_t(c->qjl_matrix, acc + d, d, d, tmp);
+        for (uint32_t j = 0; j < d; j++) {
+            acc[j] += tmp[j];
+        }
+    }
+    if (c->rotated) {
+        tkv_rotation_apply_inverse(&c->rot, acc, out);
+    } else {
+        memcpy(out, acc, d * sizeof *out);
+    }
+}
+
+void tkv_codec_decode_one(const struct tkv_codec *c, const uint8_t *code, float *out,
+                          float *scratch) {
+    tkv_decode_rotated_scalar(&c->layout, code, scratch);
+    tkv_codec_finish_accum(c, scratch, out);
+}
+
+void tkv_codec_prepare_query(const struct tkv_codec *c, const float *q, float *qprep) {
+    const uint32_t d = c->d;
+    if (c->rotated) {
+        tkv_rotation_apply(&c->rot, q, qprep);
+    } else {
+        memcpy(qprep, q, d * sizeof *q);
+    }
+    if (c->layout.has_qjl) {
+        tkv_codec_kernels_active()->matvec(c->qjl_matrix, qprep, d, d, qprep + d);
+    }
+}

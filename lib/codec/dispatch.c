@@ -1,0 +1,64 @@
+/*
+ * dispatch.c - picks the codec kernel table once per process.
+ *
+ * The best table the CPU (and OS) can run wins; TKV_ISA=scalar|avx2|avx512 asks
+ * for a lower one (a request above what the CPU supports falls back to the best
+ * it can run, so a test environment never crashes on an illegal instruction).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/cpu.h"
+#include "codec/kernels.h"
+#include "turbokv.h"
+
+static const tkv_codec_kernels *tkv_active_kernels;
+static pthread_once_t tkv_kernels_once = PTHREAD_ONCE_INIT;
+
+const tkv_codec_kernels *tkv_codec_kernels_for_isa(const char *isa) {
+    if (!isa) {
+        return NULL;
+    }
+    if (strcmp(isa, "scalar") == 0) {
+        return &tkv_codec_kernels_scalar;
+    }
+#if defined(TKV_HAVE_X86_KERNELS)
+    const uint32_t f = tkv_cpu_detect();
+    if (strcmp(isa, "avx2") == 0 && (f & TKV_CPU_AVX2)) {
+        return &tkv_codec_kernels_avx2;
+    }
+    if (strcmp(isa, "avx512") == 0 && (f & TKV_CPU_AVX512)) {
+        return &tkv_codec_kernels_avx512;
+    }
+#endif
+    return NULL;
+}
+
+static void tkv_kernels_choose(void) {
+    static const char *const order[] = {"avx512", "avx2", "scalar"};
+    const char *want = getenv("TKV_ISA");
+    size_t start = 0;
+    if (want) {
+        for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+            if (strcmp(want, order[i]) == 0) {
+                start = i;
+            }
+        }
+    }
+    for (size_t i = start; i < sizeof order / sizeof order[0]; i++) {
+        const tkv_codec_kernels *k = tkv_codec_kernels_for_isa(order[i]);
+        if (k) {
+            tkv_active_kernels = k;
+            return;
+        }
+    }
+    tkv_active_kernels = &tkv_codec_kernels_scalar;
+}
+
+const tkv_codec_kernels *tkv_codec_kernels_active(void) {
+    pthread_once(&tkv_kernels_once, tkv_kernels_choose);
+    return tkv_active_kernels;
+}
+
+const char *tkv_kernel_isa(void) { return tkv_codec_kernels_active()->isa; }

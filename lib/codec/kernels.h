@@ -1,0 +1,93 @@
+/*
+ * kernels.h - the function-pointer table of the codec kernels.
+ *
+ * kernels_scalar.c is the reference; kernels_avx2.c / kernels_avx512.c implement
+ * the same entries (falling back to the scalar ones where they add nothing).
+ * dispatch.c picks one table per process from the CPU features; TKV_ISA
+ * overrides it.  Every variant is tested against the scalar one.
+ */
+#ifndef TKV_CODEC_KERNELS_H
+#define TKV_CODEC_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Storage families the score / accumulate kernels understand. */
+typedef enum tkv_code_format {
+    TKV_FMT_F32 = 0,
+    TKV_FMT_F16,
+    TKV_FMT_BF16,
+    TKV_FMT_Q8_0,
+    TKV_FMT_Q4_0,
+    TKV_FMT_TURBO, /* fp16 scale + packed codebook indices (+ QJL signs) */
+    TKV_FMT_COUNT
+} tkv_code_format;
+
+/* How one encoded vector is laid out; see each codec file for the byte layout. */
+typedef struct tkv_code_layout {
+    tkv_code_format format;
+    uint32_t d;            /* elements per vector */
+    uint32_t stride;       /* bytes per encoded vector */
+    /* turbo only */
+    uint32_t bits;         /* index bits: 1..5, or 8 (one index per byte) */
+    uint32_t scale_off;    /* fp16: norm / |centroid vector| */
+    uint32_t payload_off;  /* packed indices (pack.h) */
+    int has_qjl;
+    uint32_t rnorm_off;    /* fp16: residual norm |r| (QJL) */
+    uint32_t signs_off;    /* P1 plane of sign(S r) (QJL) */
+    float qjl_coef;        /* sqrt(pi/2) / d */
+    const float *centroids; /* 2^bits levels (32 floats of storage) */
+} tkv_code_layout;
+
+/*
+ * scores: out[i] = <q, decode_rotated(code i)> for n codes.  For QJL layouts q holds
+ *   2d floats: the rotated query, then S times it; the sketch term is added.
+ * accum:  acc += w[i] * decode_rotated(code i) for every i with |w[i]| >= threshold.
+ *   For QJL layouts acc holds 2d floats: the rotated-domain sum, then the sketch sum
+ *   sum_i w[i] * coef * |r_i| * sign_i (the caller applies S^T once).
+ * The "rotated" domain is the identity for unrotated codecs.
+ */
+typedef void (*tkv_scores_fn)(const tkv_code_layout *layout, const float *q, const uint8_t *codes,
+                              size_t n, float *out);
+typedef void (*tkv_accum_fn)(const tkv_code_layout *layout, const float *w, float threshold,
+                             const uint8_t *codes, size_t n, float *acc);
+
+typedef struct tkv_codec_kernels {
+    const char *isa;
+    tkv_scores_fn scores[TKV_FMT_COUNT];
+    tkv_accum_fn accum[TKV_FMT_COUNT];
+    /* in-place unnormalized Walsh-Hadamard transform of d = 2^k floats, times scale */
+    void (*fwht)(float *x, uint32_t d, float scale);
+    /* y = M x, M (rows, cols) row-major */
+    void (*matvec)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
+    /* y = M^T x, M (rows, cols) row-major, x has rows elements */
+    void (*matvec_t)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
+} tkv_codec_kernels;
+
+/* The table in use (chosen once, thread-safe). */
+const tkv_codec_kernels *tkv_codec_kernels_active(void);
+/* The table of a named ISA ("scalar", "avx2", "avx512"), or NULL if this CPU or
+ * build cannot run it.  For tests and benchmarks. */
+const tkv_codec_kernels *tkv_codec_kernels_for_isa(const char *isa);
+
+/* Per-ISA tables, defined in kernels_<isa>.c */
+extern const tkv_codec_kernels tkv_codec_kernels_scalar;
+#if defined(TKV_HAVE_X86_KERNELS)
+extern const tkv_codec_kernels tkv_codec_kernels_avx2;
+extern const tkv_codec_kernels tkv_codec_kernels_avx512;
+#endif
+
+/* Scalar entries, reused by ISA tables for the formats they do not specialize. */
+void tkv_scores_scalar(const tkv_code_layout *layout, const float *q, const uint8_t *codes,
+                       size_t n, float *out);
+void tkv_accum_scalar(const tkv_code_layout *layout, const float *w, float threshold,
+                      const uint8_t *codes, size_t n, float *acc);
+void tkv_fwht_scalar(float *x, uint32_t d, float scale);
+void tkv_matvec_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
+void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
+
+/* Decode one vector into the rotated domain (d floats; QJL: 2d, the second half
+ * being coef * |r| * sign bits, still to be multiplied by S^T). */
+void tkv_decode_rotated_scalar(const tkv_code_layout *layout, const uint8_t *code, float *out);
+
+#endif

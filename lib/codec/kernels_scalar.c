@@ -1,0 +1,155 @@
+/*
+ * kernels_scalar.c - reference codec kernels: decode each vector, then a plain loop.
+ * They define what every ISA variant must compute (within float rounding).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "base/half.h"
+#include "codec/kernels.h"
+#include "codec/pack.h"
+
+#define TKV_MAX_D 1024
+
+static uint16_t tkv_load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+void tkv_decode_rotated_scalar(const tkv_code_layout *L, const uint8_t *code, float *out) {
+    const uint32_t d = L->d;
+    switch (L->format) {
+    case TKV_FMT_F32:
+        memcpy(out, code, d * sizeof(float));
+        break;
+    case TKV_FMT_F16:
+        for (uint32_t j = 0; j < d; j++) {
+            out[j] = tkv_fp16_to_f32(tkv_load_u16(code + 2 * j));
+        }
+        break;
+    case TKV_FMT_BF16:
+        for (uint32_t j = 0; j < d; j++) {
+            out[j] = tkv_bf16_to_f32(tkv_load_u16(code + 2 * j));
+        }
+        break;
+    case TKV_FMT_Q8_0:
+        for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+            uint32_t t = d - b0 < 32 ? d - b0 : 32;
+            float scale = tkv_fp16_to_f32(tkv_load_u16(code));
+            const int8_t *q = (const int8_t *)(code + 2);
+            for (uint32_t k = 0; k < t; k++) {
+                out[b0 + k] = scale * (float)q[k];
+            }
+            code += 2 + t;
+        }
+        break;
+    case TKV_FMT_Q4_0:
+        for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+            uint32_t t = d - b0 < 32 ? d - b0 : 32;
+            uint32_t half = t / 2;
+            float scale = tkv_fp16_to_f32(tkv_load_u16(code));
+            const uint8_t *q = code + 2;
+            for (uint32_t k = 0; k < half; k++) {
+                out[b0 + k] = scale * (float)((int)(q[k] & 15) - 8);
+                out[b0 + half + k] = scale * (float)((int)(q[k] >> 4) - 8);
+            }
+            code += 2 + half;
+        }
+        break;
+    case TKV_FMT_TURBO: {
+        uint8_t idx[TKV_MAX_D];
+        tkv_unpack_indices(L->bits, d, code + L->payload_off, idx);
+        float scale = tkv_fp16_to_f32(tkv_load_u16(code + L->scale_off));
+        for (uint32_t j = 0; j < d; j++) {
+            out[j] = scale * L->centroids[idx[j]];
+        }
+        if (L->has_qjl) {
+            float g = L->qjl_coef * tkv_fp16_to_f32(tkv_load_u16(code + L->rnorm_off));
+            const uint8_t *signs = code + L->signs_off;
+            for (uint32_t j = 0; j < d; j++) {
+                out[d + j] = ((signs[j / 8] >> (j % 8)) & 1) ? g : -g;
+            }
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+void tkv_scores_scalar(const tkv_code_layout *L, const float *q, const uint8_t *codes, size_t n,
+                       float *out) {
+    const uint32_t d = L->d;
+    const uint32_t width = L->has_qjl ? 2 * d : d;
+    float x[2 * TKV_MAX_D];
+    for (size_t i = 0; i < n; i++) {
+        tkv_decode_rotated_scalar(L, codes + i * L->stride, x);
+        float s = 0.0f;
+        for (uint32_t j = 0; j < width; j++) {
+            s += q[j] * x[j];
+        }
+        out[i] = s;
+    }
+}
+
+void tkv_accum_scalar(const tkv_code_layout *L, const float *w, float threshold,
+                      const uint8_t *codes, size_t n, float *acc) {
+    const uint32_t d = L->d;
+    const uint32_t width = L->has_qjl ? 2 * d : d;
+    float x[2 * TKV_MAX_D];
+    for (size_t i = 0; i < n; i++) {
+        if (fabsf(w[i]) < threshold) {
+            continue;
+        }
+        tkv_decode_rotated_scalar(L, codes + i * L->stride, x);
+        for (uint32_t j = 0; j < width; j++) {
+            acc[j] += w[i] * x[j];
+        }
+    }
+}
+
+void tkv_fwht_scalar(float *x, uint32_t d, float scale) {
+    for (uint32_t h = 1; h < d; h *= 2) {
+        for (uint32_t i = 0; i < d; i += 2 * h) {
+            for (uint32_t j = i; j < i + h; j++) {
+                float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+        }
+    }
+    for (uint32_t i = 0; i < d; i++) {
+        x[i] *= scale;
+    }
+}
+
+void tkv_matvec_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y) {
+    for (uint32_t r = 0; r < rows; r++) {
+        const float *row = m + (size_t)r * cols;
+        float s = 0.0f;
+        for (uint32_t c = 0; c < cols; c++) {
+            s += row[c] * x[c];
+        }
+        y[r] = s;
+    }
+}
+
+void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y) {
+    for (uint32_t c = 0; c < cols; c++) {
+        y[c] = 0.0f;
+    }
+    for (uint32_t r = 0; r < rows; r++) {
+        const float *row = m + (size_t)r * cols;
+        for (uint32_t c = 0; c < cols; c++) {
+            y[c] += x[r] * row[c];
+        }
+    }
+}
+
+const tkv_codec_kernels tkv_codec_kernels_scalar = {
+    .isa = "scalar",
+    .scores = {tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar,
+               tkv_scores_scalar, tkv_scores_scalar},
+    .accum = {tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar,
+              tkv_accum_scalar, tkv_accum_scalar},
+    .fwht = tkv_fwht_scalar,
+    .matvec = tkv_matvec_scalar,
+    .matvec_t = tkv_matvec_t_scalar,
+};
