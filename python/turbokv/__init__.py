@@ -1,0 +1,33 @@
+"""turbokv: KV-cache compression for transformer language models.
+
+Codecs on NumPy arrays::
+
+    import numpy as np, turbokv
+    keys = np.random.randn(1024, 128).astype(np.float32)
+    enc = turbokv.encode(keys, "turbo_kv_4b", seed=0)
+    approx = enc.decode()
+    scores = enc.scores(keys[0])
+    turbokv.codecs()          # every codec with its bits and bytes per vector
+"""
+from __future__ import annotations
+
+from ._errors import (ABIError, BufferTooSmall, CacheFullError, FormatError, InternalError,
+                      InvalidArgument, OutOfMemory, TurboKVError, UnsupportedError)
+from ._lib import lib as _clib
+from .codec import (AttentionCosine, Codec, CodecInfo, Encoded, attention, attention_cosine,
+                    codebook, codec_info, codecs, cpu_features, encode, kernel_isa)
+
+__version__ = "0.1.0"
+
+
+def library_version() -> str:
+    """Version string of the loaded libturbokv."""
+    return _clib.tkv_version_string().decode()
+
+
+__all__ = [
+    "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "Codec", "CodecInfo",
+    "Encoded", "FormatError", "InternalError", "InvalidArgument", "OutOfMemory", "TurboKVError",
+    "UnsupportedError", "attention", "attention_cosine", "codebook", "codec_info", "codecs",
+    "cpu_features", "encode", "kernel_isa", "library_version",
+]

@@ -1,0 +1,10 @@
+"""Shared fixtures: fixed seeds, no network."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,143 @@
+"""The codec API on NumPy arrays: ABI, round trips, kernels vs NumPy, errors."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+import turbokv
+from turbokv import _lib
+
+TURBO_FLOORS = {"turbo_kv_5b": 0.998, "turbo_kv_4b": 0.994, "turbo_kv_3b": 0.98, "turbo_kv_2b": 0.93}
+
+
+def test_abi_and_version():
+    params = _lib.lib.tkv_codec_default_params()
+    assert params.struct_size == ctypes.sizeof(_lib.CodecParams)
+    assert turbokv.library_version() == turbokv.__version__
+    assert _lib.lib.tkv_version_number() // 10000 == _lib.ABI_MAJOR
+    assert turbokv.kernel_isa() in ("scalar", "avx2", "avx512", "neon")
+
+
+def test_codec_list():
+    infos = {c.name: c for c in turbokv.codecs(128)}
+    assert len(infos) == 14
+    assert infos["fp32"].bytes_per_vector == 512
+    assert infos["turbo_kv_4b"].bytes_per_vector == 66
+    assert infos["turbo_kv_4b"].bits_per_element == pytest.approx(4.125)
+    assert infos["q4_0"].bits_per_element == pytest.approx(4.5)
+    assert infos["turbo_kv_4b_qjl"].qjl and infos["turbo_kv_4b_qjl"].rotated
+    assert infos["turbo_kv_3b"].compression_vs_fp16 == pytest.approx(256 / 50)
+    assert infos["fp16"].to_dict()["compression_vs_fp32"] == pytest.approx(2.0)
+
+
+def test_codebook_matches_published():
+    cb = turbokv.codebook(4)
+    assert cb.shape == (16,)
+    np.testing.assert_allclose(cb[8:], [0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6181, 2.0690, 2.7326],
+                               atol=2e-4)
+    with pytest.raises(turbokv.InvalidArgument):
+        turbokv.codebook(7)
+
+
+@pytest.mark.parametrize("name", sorted(TURBO_FLOORS))
+@pytest.mark.parametrize("head_dim", [64, 80, 128])
+def test_round_trip_quality(rng, name, head_dim):
+    x = rng.standard_normal((300, head_dim)).astype(np.float32)
+    y = turbokv.encode(x, name, seed=3).decode()
+    cos = np.sum(x * y, axis=1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    assert cos.mean() >= TURBO_FLOORS[name]
+    # the norm correction keeps each decoded vector's norm
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), np.linalg.norm(x, axis=1), rtol=2e-3)
+
+
+@pytest.mark.parametrize("name", [c.name for c in turbokv.codecs()])
+def test_scores_and_weighted_sum_match_numpy(rng, name):
+    d, n = 96, 200
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal(d).astype(np.float32)
+    w = rng.random(n).astype(np.float32)
+    enc = turbokv.encode(x, name, seed=5)
+    dec = enc.decode()
+    np.testing.assert_allclose(enc.scores(q), dec @ q, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(enc.weighted_sum(w), w @ dec, rtol=1e-4, atol=1e-3)
+    keep = w >= 0.5
+    np.testing.assert_allclose(enc.weighted_sum(w, threshold=0.5), w[keep] @ dec[keep], rtol=1e-4,
+                               atol=1e-3)
+
+
+def test_attention_matches_numpy_softmax(rng):
+    d, n = 64, 500
+    k = rng.standard_normal((n, d)).astype(np.float32)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((3, d)).astype(np.float32)
+    ek, ev = turbokv.encode(k, "fp32"), turbokv.encode(v, "fp32")
+    out = turbokv.attention(q, ek, ev)
+    logits = q @ k.T / np.sqrt(d)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out, p @ v, rtol=1e-4, atol=1e-5)
+    assert turbokv.attention(q[0], ek, ev).shape == (d,)
+
+
+def test_attention_cosine_monotone_in_bits(rng):
+    d, n = 128, 1024
+    k = rng.standard_normal((n, d)).astype(np.float32)
+    v = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((8, d)).astype(np.float32)  # logit sd ~1 at scale 1/sqrt(d)
+    cos = [turbokv.attention_cosine(k, v, q, f"turbo_kv_{b}b").mean for b in (2, 3, 4, 5)]
+    assert cos == sorted(cos)
+    assert cos[2] > 0.985
+    mixed = turbokv.attention_cosine(k, v, q, k_codec="turbo_kv_5b", v_codec="turbo_kv_3b")
+    assert mixed.k_codec == "turbo_kv_5b" and mixed.v_codec == "turbo_kv_3b"
+
+
+def test_same_seed_same_bytes(rng):
+    x = rng.standard_normal((10, 80)).astype(np.float32)
+    a = turbokv.encode(x, "turbo_kv_3b", seed=9).codes
+    b = turbokv.encode(x, "turbo_kv_3b", seed=9).codes
+    c = turbokv.encode(x, "turbo_kv_3b", seed=10).codes
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_bad_arguments_raise_typed_errors(rng):
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    with pytest.raises(turbokv.InvalidArgument, match="unknown codec name 'turbo_kv_9b'"):
+        turbokv.encode(x, "turbo_kv_9b")
+    with pytest.raises(TypeError, match="float32"):
+        turbokv.encode(x.astype(np.float64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        turbokv.encode(np.asfortranarray(rng.standard_normal((4, 64)).astype(np.float32)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        turbokv.encode(rng.standard_normal((4, 128)).astype(np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="shape"):
+        turbokv.encode(x[0])
+    with pytest.raises(TypeError):
+        turbokv.encode([[1.0, 2.0]])
+    with pytest.raises(turbokv.InvalidArgument, match="head_dim 7"):
+        turbokv.Codec("turbo_kv_4b", 7)
+    with pytest.raises(turbokv.InvalidArgument, match="head_dim 7"):
+        turbokv.encode(rng.standard_normal((2, 7)).astype(np.float32))
+    bad = x.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(turbokv.InvalidArgument, match="not finite") as info:
+        turbokv.encode(bad)
+    assert info.value.status == -1
+    enc = turbokv.encode(x)
+    with pytest.raises(ValueError, match="64 elements"):
+        enc.scores(np.zeros(32, dtype=np.float32))
+    with pytest.raises(ValueError, match="weights"):
+        enc.weighted_sum(np.zeros(3, dtype=np.float32))
+    with pytest.raises(turbokv.InvalidArgument, match="threshold"):
+        enc.weighted_sum(np.zeros(4, dtype=np.float32), threshold=-1.0)
+    other = turbokv.encode(rng.standard_normal((4, 128)).astype(np.float32))
+    with pytest.raises(turbokv.InvalidArgument, match="head_dim"):
+        turbokv.attention(np.zeros(64, dtype=np.float32), enc, other)
+    c = turbokv.Codec("fp16", 64)
+    c.close()
+    c.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        c.encode(x)
+    with pytest.raises(turbokv.InvalidArgument, match="fp16"):
+        turbokv.encode(np.full((1, 64), 1e6, dtype=np.float32), "fp16")
