@@ -1,0 +1,25 @@
+/*
+ * attn.h - attention of one query over one (layer, KV head) of the compressed cache.
+ * The query is rotated once, scores are computed on the codes, values are summed in
+ * the rotated domain and rotated back once; fp16-window positions use the fp16 kernels.
+ */
+#ifndef TKV_ATTN_ATTN_H
+#define TKV_ATTN_ATTN_H
+
+#include <stdint.h>
+
+#include "kv/cache.h"
+
+/* Floats of `work` tkv_attn_one needs besides the scores array. */
+#define TKV_ATTN_WORK_FLOATS(d) (5 * (size_t)(d))
+
+/*
+ * out (head_dim) = softmax(scale * <q, k_t>) . v_t over positions t = 0..pos of
+ * (layer, head), pos < the layer's n.  Weights below sparse_threshold skip their
+ * value row.  scores: pos + 1 floats; work: TKV_ATTN_WORK_FLOATS(head_dim).
+ */
+void tkv_attn_one(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
+                  uint32_t pos, float scale, float sparse_threshold, float *out, float *scores,
+                  float *work);
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * cache.h - the KV cache: for every (layer, KV head) the keys and values of the
+ * positions seen so far, compressed with that layer's K and V codecs, plus an
+ * optional window of the most recent positions kept in fp16 (not yet compressed).
+ */
+#ifndef TKV_KV_CACHE_H
+#define TKV_KV_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec/codec.h"
+#include "turbokv.h"
+
+#define TKV_KV_GROW_TOKENS 256 /* storage grows in blocks of this many positions */
+
+typedef struct tkv_kv_head {
+    struct tkv_codec k_codec; /* seeded per (layer, head) */
+    struct tkv_codec v_codec;
+    uint8_t *k_codes;         /* (n_alloc, k_codec.layout.stride) positions [0, n_comp) */
+    uint8_t *v_codes;         /* (n_alloc, v_codec.layout.stride) */
+    uint16_t *k_window;       /* (window, d) fp16 ring: position p in slot p % window */
+    uint16_t *v_window;       /* (window, d) fp16 ring */
+} tkv_kv_head;
+
+typedef struct tkv_kv_layer {
+    int32_t k_codec_id;
+    int32_t v_codec_id;
+    uint32_t n;          /* positions stored in this layer */
+    uint32_t n_comp;     /* positions [0, n_comp) are compressed, [n_comp, n) in the window */
+    uint32_t n_alloc;    /* positions the code arrays can hold */
+} tkv_kv_layer;
+
+typedef struct tkv_kv_cache {
+    uint32_t n_layer;
+    uint32_t n_head_kv;
+    uint32_t head_dim;
+    uint32_t capacity;   /* max positions */
+    uint32_t window;     /* fp16 window length, 0 = off */
+    uint64_t seed;
+    int allocated;       /* codecs built (happens at first write, after overrides) */
+    tkv_kv_layer *layers; /* (n_layer) */
+    tkv_kv_head *heads;   /* (n_layer, n_head_kv) */
+} tkv_kv_cache;
+
+tkv_status tkv_kv_init(tkv_kv_cache *c, uint32_t n_layer, uint32_t n_head_kv, uint32_t head_dim,
+                       uint32_t capacity, int32_t k_codec, int32_t v_codec, uint32_t window,
+                       uint64_t seed);
+void tkv_kv_release(tkv_kv_cache *c);
+/* Change one layer's codecs; only before the first write. */
+tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
+                                   int32_t v_codec);
+/* Append position `pos` (must equal the layer's n) of one layer: k and v are
+ * (n_head_kv, head_dim).  scratch: TKV_CODEC_SCRATCH_FLOATS(head_dim) floats. */
+tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const float *k,
+                         const float *v, float *scratch);
+/* Drop every position >= n (all layers). */
+void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n);
+uint32_t tkv_kv_n_tokens(const tkv_kv_cache *c);
+/* Bytes the stored positions take (codes + window entries in use). */
+size_t tkv_kv_bytes_used(const tkv_kv_cache *c);
+/* Bytes one more compressed position costs over all layers and heads. */
+size_t tkv_kv_bytes_per_token(const tkv_kv_cache *c);
+/* Bytes allocated (code arrays' capacity + windows). */
+size_t tkv_kv_bytes_allocated(const tkv_kv_cache *c);
+/* Seed of the K (kind 0) or V (kind 1) codec of (layer, head). */
+uint64_t tkv_kv_codec_seed(uint64_t seed, uint32_t layer, uint32_t head, int kind);
+
+#endif
