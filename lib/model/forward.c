@@ -1,0 +1,268 @@
+/*
+ * forward.c - the llama-family transformer forward pass, read top to bottom:
+ *
+ *   x = embed(tokens)
+ *   for each layer:
+ *       h = rmsnorm(x) * attn_norm
+ *       q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv);  rope(q, k)
+ *       cache.append(k, v);  a = attention(q, cache)   (GQA: n_head / n_head_kv per group)
+ *       x += a Wo
+ *       h = rmsnorm(x) * ffn_norm
+ *       x += (silu(h Wgate) * (h Wup)) Wdown
+ *   logits = (rmsnorm(x) * output_norm) Wout
+ *
+ * Matmuls split weight rows over the thread pool; attention splits (token, head)
+ * pairs.  Nothing here allocates: buffers live in tkv_forward_state.
+ */
+#include "model/forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "attn/attn.h"
+#include "base/alloc.h"
+#include "base/status.h"
+#include "tensor/formats.h"
+#include "tensor/matmul.h"
+
+static uint64_t tkv_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *m,
+                                  uint32_t n_batch, uint32_t n_threads, uint32_t capacity) {
+    memset(s, 0, sizeof *s);
+    const tkv_hparams *hp = &m->hp;
+    s->n_batch = n_batch;
+    s->n_threads = n_threads;
+    s->capacity = capacity;
+    const size_t B = n_batch, E = hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim,
+                 KD = (size_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, V = hp->n_vocab;
+    s->x = tkv_calloc_aligned(B * E, sizeof(float));
+    s->xn = tkv_calloc_aligned(B * E, sizeof(float));
+    s->q = tkv_calloc_aligned(B * QD, sizeof(float));
+    s->k = tkv_calloc_aligned(B * KD, sizeof(float));
+    s->v = tkv_calloc_aligned(B * KD, sizeof(float));
+    s->att = tkv_calloc_aligned(B * QD, sizeof(float));
+    s->gate = tkv_calloc_aligned(B * F, sizeof(float));
+    s->up = tkv_calloc_aligned(B * F, sizeof(float));
+    s->logits = tkv_calloc_aligned(B * V, sizeof(float));
+    s->scores = tkv_calloc_aligned((size_t)n_threads * capacity, sizeof(float));
+    s->work = tkv_calloc_aligned((size_t)n_threads * TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
+    s->kv_scratch = tkv_calloc_aligned(TKV_CODEC_SCRATCH_FLOATS(hp->head_dim) + hp->head_dim,
+                                       sizeof(float));
+    s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
+    /* the largest quantized-activation scratch over every matmul shape of the model */
+    size_t mm = 0;
+    const int64_t cols[] = {(int64_t)E, (int64_t)QD, (int64_t)F};
+    const int32_t types[] = {m->layers[0].wq.type, m->layers[0].wk.type, m->layers[0].wv.type,
+                             m->layers[0].wo.type, m->layers[0].w_gate.type, m->layers[0].w_up.type,
+                             m->layers[0].w_down.type, m->output.type};
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const tkv_layer_weights *L = &m->layers[l];
+        const tkv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < 7; i++) {
+            size_t b = tkv_matmul_scratch_bytes(ws[i]->type, ws[i]->cols, (int64_t)B);
+            mm = b > mm ? b : mm;
+        }
+    }
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        for (size_t c = 0; c < 3; c++) {
+            size_t b = tkv_matmul_scratch_bytes(types[t], cols[c], (int64_t)B);
+            mm = b > mm ? b : mm;
+        }
+    }
+    s->mm_scratch_bytes = mm;
+    s->mm_scratch = tkv_calloc_aligned(mm ? mm : 64, 1);
+    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up ||
+        !s->logits || !s->scores || !s->work || !s->kv_scratch || !s->rope_inv_freq ||
+        !s->mm_scratch) {
+        tkv_forward_state_release(s);
+        return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "session: out of memory for activations "
+                        "(n_batch %u, capacity %u)", n_batch, capacity);
+    }
+    for (uint32_t i = 0; i < hp->head_dim / 2; i++) {
+        s->rope_inv_freq[i] = hp->rope_freq_scale *
+                              (float)pow((double)hp->rope_theta, -2.0 * i / (double)hp->head_dim);
+    }
+    return TKV_OK;
+}
+
+void tkv_forward_state_release(tkv_forward_state *s) {
+    float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->gate, s->up, s->logits,
+                     s->scores, s->work, s->kv_scratch, s->rope_inv_freq};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        tkv_free_aligned(bufs[i]);
+    }
+    tkv_free_aligned(s->mm_scratch);
+    memset(s, 0, sizeof *s);
+}
+
+/* ---- matmul over the pool ------------------------------------------------------------ */
+
+typedef struct {
+    const tkv_matmul_kernels *k;
+    const tkv_weight *w;
+    const float *X;
+    int64_t n_tok;
+    const void *scratch;
+    float *Y;
+} tkv_mm_job;
+
+static void tkv_mm_task(void *p, int ith, int nth) {
+    tkv_mm_job *j = p;
+    int64_t b, e;
+    tkv_split_range(j->w->rows, ith, nth, &b, &e);
+    if (b < e) {
+        tkv_matmul_rows(j->k, j->w->type, j->w->data, j->w->row_bytes, j->w->rows, j->w->cols, j->X,
+                        j->n_tok, j->scratch, j->Y, b, e);
+    }
+}
+
+/* Y (n_tok, w->rows) = X (n_tok, w->cols) W^T */
+static void tkv_linear(tkv_pool *pool, tkv_forward_state *s, const tkv_weight *w, const float *X,
+                       int64_t n_tok, float *Y) {
+    uint64_t t0 = tkv_now_ns();
+    const tkv_matmul_kernels *k = tkv_matmul_kernels_get();
+    tkv_matmul_prepare(k, w->type, w->cols, X, n_tok, s->mm_scratch);
+    tkv_mm_job job = {k, w, X, n_tok, s->mm_scratch, Y};
+    tkv_pool_run(pool, tkv_mm_task, &job);
+    s->times.matmul_ns += tkv_now_ns() - t0;
+}
+
+/* ---- small blocks ---------------------------------------------------------------------- */
+
+static void tkv_rmsnorm(float *out, const float *x, const float *w, uint32_t n, float eps) {
+    double ss = 0.0;
+    for (uint32_t i = 0; i < n; i++) {
+        ss += (double)x[i] * x[i];
+    }
+    const float inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (uint32_t i = 0; i < n; i++) {
+        out[i] = x[i] * inv * w[i];
+    }
+}
+
+/* Rotate each head's pairs by pos * inv_freq[i]: adjacent pairs (2i, 2i+1), or
+ * (i, i + d/2) in NeoX order. */
+static void tkv_rope(float *v, uint32_t n_heads, uint32_t d, uint32_t pos, const float *inv_freq,
+                     int neox) {
+    for (uint32_t h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * d;
+        for (uint32_t i = 0; i < d / 2; i++) {
+            const float angle = (float)pos * inv_freq[i];
+            const float c = cosf(angle), sn = sinf(angle);
+            const uint32_t a = neox ? i : 2 * i;
+            const uint32_t b = neox ? i + d / 2 : 2 * i + 1;
+            const float x0 = x[a], x1 = x[b];
+            x[a] = x0 * c - x1 * sn;
+            x[b] = x0 * sn + x1 * c;
+        }
+    }
+}
+
+/* ---- attention over the pool ------------------------------------------------------------ */
+
+typedef struct {
+    const struct tkv_model *m;
+    const tkv_kv_cache *cache;
+    tkv_forward_state *s;
+    uint32_t layer;
+    uint32_t n;
+    uint32_t pos0;
+    float sparse_threshold;
+} tkv_attn_job;
+
+static void tkv_attn_task(void *p, int ith, int nth) {
+    tkv_attn_job *j = p;
+    const tkv_hparams *hp = &j->m->hp;
+    const uint32_t d = hp->head_dim, H = hp->n_head, group = hp->n_head / hp->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)d);
+    float *scores = j->s->scores + (size_t)ith * j->s->capacity;
+    float *work = j->s->work + (size_t)ith * TKV_ATTN_WORK_FLOATS(d);
+    int64_t b, e;
+    tkv_split_range((int64_t)j->n * H, ith, nth, &b, &e);
+    for (int64_t i = b; i < e; i++) {
+        const uint32_t t = (uint32_t)(i / H), h = (uint32_t)(i % H);
+        const float *q = j->s->q + ((size_t)t * H + h) * d;
+        float *out = j->s->att + ((size_t)t * H + h) * d;
+        tkv_attn_one(j->cache, j->layer, h / group, q, j->pos0 + t, scale, j->sparse_threshold,
+                     out, scores, work);
+    }
+}
+
+tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool *pool,
+                       tkv_forward_state *s, const int32_t *tokens, uint32_t n, uint32_t pos0,
+                       int all_logits, float sparse_threshold) {
+    const tkv_hparams *hp = &m->hp;
+    const uint32_t E = hp->n_embd, d = hp->head_dim, H = hp->n_head, HK = hp->n_head_kv;
+    const uint32_t QD = H * d, KD = HK * d, F = hp->n_ff;
+    uint64_t t_start = tkv_now_ns();
+    tkv_phase_times before = s->times;
+
+    for (uint32_t t = 0; t < n; t++) {
+        tkv_embedding_row(m->tok_embd.type, m->tok_embd.data, m->tok_embd.row_bytes, E, tokens[t],
+                          s->x + (size_t)t * E);
+    }
+    for (uint32_t l = 0; l < hp->n_layer; l++) {
+        const tkv_layer_weights *L = &m->layers[l];
+        for (uint32_t t = 0; t < n; t++) {
+            tkv_rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
+        }
+        tkv_linear(pool, s, &L->wq, s->xn, n, s->q);
+        tkv_linear(pool, s, &L->wk, s->xn, n, s->k);
+        tkv_linear(pool, s, &L->wv, s->xn, n, s->v);
+        for (uint32_t t = 0; t < n; t++) {
+            float *q = s->q + (size_t)t * QD, *k = s->k + (size_t)t * KD, *v = s->v + (size_t)t * KD;
+            for (uint32_t i = 0; L->bq && i < QD; i++) {
+                q[i] += L->bq[i];
+            }
+            for (uint32_t i = 0; L->bk && i < KD; i++) {
+                k[i] += L->bk[i];
+            }
+            for (uint32_t i = 0; L->bv && i < KD; i++) {
+                v[i] += L->bv[i];
+            }
+            tkv_rope(q, H, d, pos0 + t, s->rope_inv_freq, hp->rope_neox);
+            tkv_rope(k, HK, d, pos0 + t, s->rope_inv_freq, hp->rope_neox);
+            TKV_TRY(tkv_kv_append(cache, l, pos0 + t, k, v, s->kv_scratch));
+        }
+        uint64_t ta = tkv_now_ns();
+        tkv_attn_job job = {m, cache, s, l, n, pos0, sparse_threshold};
+        tkv_pool_run(pool, tkv_attn_task, &job);
+        s->times.attention_ns += tkv_now_ns() - ta;
+        tkv_linear(pool, s, &L->wo, s->att, n, s->xn); /* xn reused as the projection output */
+        for (size_t i = 0; i < (size_t)n * E; i++) {
+            s->x[i] += s->xn[i];
+        }
+        for (uint32_t t = 0; t < n; t++) {
+            tkv_rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
+        }
+        tkv_linear(pool, s, &L->w_gate, s->xn, n, s->gate);
+        tkv_linear(pool, s, &L->w_up, s->xn, n, s->up);
+        for (size_t i = 0; i < (size_t)n * F; i++) {
+            const float g = s->gate[i];
+            s->gate[i] = g / (1.0f + expf(-g)) * s->up[i]; /* SwiGLU */
+        }
+        tkv_linear(pool, s, &L->w_down, s->gate, n, s->xn);
+        for (size_t i = 0; i < (size_t)n * E; i++) {
+            s->x[i] += s->xn[i];
+        }
+    }
+    const uint32_t first = all_logits ? 0 : n - 1;
+    const uint32_t n_out = n - first;
+    for (uint32_t t = 0; t < n_out; t++) {
+        tkv_rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)(first + t) * E, m->output_norm, E,
+                    hp->rms_eps);
+    }
+    tkv_linear(pool, s, &m->output, s->xn, n_out, s->logits);
+    uint64_t total = tkv_now_ns() - t_start;
+    uint64_t counted = (s->times.matmul_ns - before.matmul_ns) +
+                       (s->times.attention_ns - before.attention_ns);
+    s->times.other_ns += total > counted ? total - counted : 0;
+    return TKV_OK;
+}
