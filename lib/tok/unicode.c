@@ -2,7 +2,7 @@
  * unicode.c - UTF-8 decoding and character classes for the pre-tokenizers.
  *
  * The classes come from lib/tok/unicode_tables.h (generated from Python's unicodedata by
- * tools/gen_unicode_tables.py): sorted, non-overlapping inclusive ranges, looked up by
+ * lib/tok/gen_unicode_tables.py): sorted, non-overlapping inclusive ranges, looked up by
  * binary search.  ASCII, by far the most common input, takes a 128-entry table.
  */
 #include "tok/unicode.h"
