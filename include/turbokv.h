@@ -11,7 +11,7 @@
  * names are part of the ABI and are never reused.
  *
  * Sections: version; export macros; status codes and errors; codecs (ids,
- * properties); codec handles and kernels; utilities (CPU features).
+ * properties); codec handles and kernels; model; cache; session; utilities.
  */
 #ifndef TURBOKV_H
 #define TURBOKV_H
@@ -268,6 +268,238 @@ TKV_API tkv_status tkv_codec_attention(const tkv_codec *k_codec, const tkv_codec
  */
 TKV_API tkv_status tkv_codebook_centroids(uint32_t bits, float *out, size_t n_out,
                                           size_t *n_needed);
+
+/* ==================================================================================
+ * Model
+ *
+ * A tkv_model is a GGUF model loaded for inference (architectures "llama" and
+ * "qwen2"; weights F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K).  Weights
+ * stay memory-mapped in their file format.  A model is immutable after loading and
+ * may be shared by any number of threads; caches made from it must be freed first.
+ * ================================================================================== */
+
+typedef struct tkv_model tkv_model;
+
+typedef struct tkv_model_params {
+    uint32_t struct_size;  /* sizeof(tkv_model_params) */
+    uint32_t flags;        /* reserved for loading options, must be 0 */
+    uint32_t reserved[8];  /* must be zero */
+} tkv_model_params;
+
+/* Defaults for tkv_model_load.  Since 0.1. */
+TKV_API tkv_model_params tkv_model_default_params(void);
+
+/*
+ * Load a GGUF model file.  Returns TKV_OK, TKV_ERR_IO (cannot open/map),
+ * TKV_ERR_BAD_FORMAT (malformed file, with the offending key/tensor in the message),
+ * TKV_ERR_UNSUPPORTED (architecture or tensor type).  *out is NULL on failure.
+ * Since 0.1.
+ */
+TKV_API tkv_status tkv_model_load(const char *path, const tkv_model_params *params,
+                                  tkv_model **out);
+
+/* Free a model (NULL is a no-op).  Every cache made from it must be freed first.  Since 0.1. */
+TKV_API void tkv_model_free(tkv_model *model);
+
+/* Hyperparameters (0 for NULL).  Since 0.1. */
+TKV_API uint32_t tkv_model_n_layer(const tkv_model *model);
+TKV_API uint32_t tkv_model_n_head(const tkv_model *model);
+TKV_API uint32_t tkv_model_n_head_kv(const tkv_model *model);
+TKV_API uint32_t tkv_model_head_dim(const tkv_model *model);
+TKV_API uint32_t tkv_model_n_embd(const tkv_model *model);
+TKV_API uint32_t tkv_model_n_vocab(const tkv_model *model);
+TKV_API uint32_t tkv_model_n_ctx_train(const tkv_model *model);
+
+/* Architecture ("llama") and general.name; "" for NULL.  Valid until the model is freed. */
+TKV_API const char *tkv_model_arch(const tkv_model *model);
+TKV_API const char *tkv_model_name(const tkv_model *model);
+
+/*
+ * A string metadata value of the GGUF file (e.g. "tokenizer.chat_template"), copied
+ * with a terminating NUL into buf.  Two-call protocol: *n_out gets the byte length
+ * without the NUL; TKV_ERR_BUFFER_TOO_SMALL when cap <= that length;
+ * TKV_ERR_INVALID_ARGUMENT when the key is absent or not a string.  Since 0.1.
+ */
+TKV_API tkv_status tkv_model_meta_string(const tkv_model *model, const char *key, char *buf,
+                                         size_t cap, size_t *n_out);
+
+/* Special token ids (-1 when the model has none).  Since 0.1. */
+TKV_API int32_t tkv_model_token_bos(const tkv_model *model);
+TKV_API int32_t tkv_model_token_eos(const tkv_model *model);
+/* Id of the token whose text is exactly `text` (e.g. "<|im_end|>"), -1 if none. */
+TKV_API int32_t tkv_model_token_find(const tkv_model *model, const char *text);
+
+#define TKV_TOKENIZE_ADD_BOS (1u << 0)       /* prepend BOS when the model asks for it */
+#define TKV_TOKENIZE_PARSE_SPECIAL (1u << 1) /* match control tokens like <|im_start|> */
+
+/*
+ * Tokenize len bytes of UTF-8 text.  Two-call protocol: *n_out gets the number of
+ * tokens; TKV_ERR_BUFFER_TOO_SMALL when cap is smaller.  Since 0.1.
+ */
+TKV_API tkv_status tkv_model_tokenize(const tkv_model *model, const char *text, size_t len,
+                                      uint32_t flags, int32_t *tokens, size_t cap, size_t *n_out);
+
+/*
+ * Bytes of a token sequence (special tokens rendered when render_special).  Two-call
+ * protocol on bytes (no NUL is written).  Since 0.1.
+ */
+TKV_API tkv_status tkv_model_detokenize(const tkv_model *model, const int32_t *tokens, size_t n,
+                                        int32_t render_special, char *buf, size_t cap,
+                                        size_t *n_out);
+
+/* ==================================================================================
+ * Cache
+ *
+ * A tkv_cache holds the keys and values of one sequence for one model, compressed
+ * with a K codec and a V codec (per-layer overrides allowed before the first token).
+ * Storage grows in blocks as tokens arrive.  Use from one thread at a time; it must
+ * not outlive its model, and its sessions must be freed first.
+ * ================================================================================== */
+
+typedef struct tkv_cache tkv_cache;
+
+typedef struct tkv_cache_params {
+    uint32_t struct_size;      /* sizeof(tkv_cache_params) */
+    int32_t k_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
+    int32_t v_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
+    uint32_t n_ctx;            /* capacity in tokens; 0 = the model's training context */
+    uint32_t fp16_window;      /* most recent tokens kept in fp16 before compression; 0 = off */
+    uint32_t flags;            /* reserved, must be 0 */
+    uint64_t seed;             /* rotation seeds derive from it per (layer, head); default 0 */
+    float sparse_v_threshold;  /* skip values whose softmax weight is below; 0 = off */
+    uint32_t reserved[9];      /* must be zero */
+} tkv_cache_params;
+
+/* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0.  Since 0.1. */
+TKV_API tkv_cache_params tkv_cache_default_params(void);
+
+/* Create a cache for a model.  *out is NULL on failure.  Since 0.1. */
+TKV_API tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *params,
+                                    tkv_cache **out);
+
+/* Free a cache (NULL is a no-op).  Sessions on it must be freed first.  Since 0.1. */
+TKV_API void tkv_cache_free(tkv_cache *cache);
+
+/*
+ * Give one layer its own codecs (e.g. the first and last layers at higher precision).
+ * Only before the first token is stored; TKV_ERR_INVALID_ARGUMENT after.  Since 0.1.
+ */
+TKV_API tkv_status tkv_cache_set_layer_codecs(tkv_cache *cache, uint32_t layer, int32_t k_codec,
+                                              int32_t v_codec);
+
+/* Tokens stored, capacity in tokens (0 for NULL).  Since 0.1. */
+TKV_API uint32_t tkv_cache_n_tokens(const tkv_cache *cache);
+TKV_API uint32_t tkv_cache_capacity(const tkv_cache *cache);
+
+/* Bytes the stored tokens take; bytes one compressed token takes over all layers and
+ * heads (K + V); bytes currently allocated.  0 for NULL.  Since 0.1. */
+TKV_API size_t tkv_cache_bytes_used(const tkv_cache *cache);
+TKV_API size_t tkv_cache_bytes_per_token(const tkv_cache *cache);
+TKV_API size_t tkv_cache_bytes_allocated(const tkv_cache *cache);
+
+/* Drop every token at position >= n_tokens (no-op when n_tokens >= the count).  Since 0.1. */
+TKV_API tkv_status tkv_cache_truncate(tkv_cache *cache, uint32_t n_tokens);
+
+/* ==================================================================================
+ * Session: evaluate, sample, generate
+ *
+ * A tkv_session runs the model over its cache: tkv_session_eval appends tokens and
+ * computes logits; tkv_session_sample picks the next token.  It owns a thread pool and
+ * every buffer it needs (nothing is allocated per token).  Use from one thread at a
+ * time; free it before its cache.
+ *
+ *     tkv_session_eval(s, prompt, n, 0);            // prefill
+ *     for (;;) { tkv_session_sample(s, &sp, &tok); if (tok == eos) break;
+ *                tkv_session_eval(s, &tok, 1, 0); }  // decode
+ * ================================================================================== */
+
+typedef struct tkv_session tkv_session;
+
+typedef struct tkv_session_params {
+    uint32_t struct_size;  /* sizeof(tkv_session_params) */
+    uint32_t n_threads;    /* 0 = every available core */
+    uint32_t n_batch;      /* tokens per forward pass; longer inputs are split; 0 = 256 */
+    uint32_t flags;        /* reserved, must be 0 */
+    uint32_t reserved[8];  /* must be zero */
+} tkv_session_params;
+
+typedef struct tkv_sampler_params {
+    uint32_t struct_size;   /* sizeof(tkv_sampler_params) */
+    float temperature;      /* 0 = greedy; default 0.8 */
+    int32_t top_k;          /* 0 = off; default 40 */
+    float top_p;            /* 1 = off; default 0.95 */
+    float min_p;            /* 0 = off; default 0.05 */
+    float repeat_penalty;   /* 1 = off; default 1.0 */
+    int32_t repeat_last_n;  /* tokens the penalty looks back; default 64 */
+    uint64_t seed;          /* default 0 */
+    uint32_t reserved[8];   /* must be zero */
+} tkv_sampler_params;
+
+/* Per-phase wall time and token counts since the session was created or reset. */
+typedef struct tkv_timings {
+    uint32_t struct_size;
+    uint32_t reserved0;
+    int64_t prefill_tokens;   /* tokens evaluated in calls with more than one token */
+    int64_t decode_tokens;    /* tokens evaluated one at a time */
+    double prefill_seconds;
+    double decode_seconds;
+    double matmul_seconds;    /* of both phases */
+    double attention_seconds;
+    double other_seconds;
+    double sample_seconds;
+    uint32_t reserved[8];
+} tkv_timings;
+
+#define TKV_EVAL_LOGITS_ALL (1u << 0) /* keep logits of every evaluated token */
+
+TKV_API tkv_session_params tkv_session_default_params(void);
+TKV_API tkv_sampler_params tkv_sampler_default_params(void);
+
+/* Create a session on a cache (sequence continues at the cache's length).  Since 0.1. */
+TKV_API tkv_status tkv_session_create(tkv_cache *cache, const tkv_session_params *params,
+                                      tkv_session **out);
+/* Free a session (NULL is a no-op).  Since 0.1. */
+TKV_API void tkv_session_free(tkv_session *session);
+
+/*
+ * Evaluate n tokens at the end of the cache.  Logits of the last token (or of every
+ * token with TKV_EVAL_LOGITS_ALL) are kept until the next eval.  Returns
+ * TKV_ERR_CACHE_FULL when the tokens do not fit (nothing is appended then),
+ * TKV_ERR_INVALID_ARGUMENT for token ids outside the vocabulary.  Since 0.1.
+ */
+TKV_API tkv_status tkv_session_eval(tkv_session *session, const int32_t *tokens, int64_t n,
+                                    uint32_t flags);
+
+/*
+ * Logits (n_vocab floats) of token i of the last eval (i = -1: its last token).
+ * NULL when i is out of range or logits were not kept for it.
+ * Valid until the next eval on this session.  Since 0.1.
+ */
+TKV_API const float *tkv_session_logits(const tkv_session *session, int64_t i);
+
+/* Sample the next token from the last eval's last logits.  Since 0.1. */
+TKV_API tkv_status tkv_session_sample(tkv_session *session, const tkv_sampler_params *params,
+                                      int32_t *out_token);
+
+/* Called with each generated token; return non-zero to stop. */
+typedef int32_t (*tkv_token_callback)(int32_t token, void *user_data);
+
+/*
+ * Generate up to max_tokens tokens after the evaluated ones: sample, call back, eval,
+ * until EOS (not passed to the callback), the callback asks to stop, or the cache is
+ * full (TKV_ERR_CACHE_FULL).  The prompt must have been evaluated first.
+ * *n_generated (may be NULL) counts tokens passed to the callback.  Since 0.1.
+ */
+TKV_API tkv_status tkv_session_generate(tkv_session *session, const tkv_sampler_params *params,
+                                        int64_t max_tokens, tkv_token_callback callback,
+                                        void *user_data, int64_t *n_generated);
+
+/* Timings since creation or the last tkv_session_reset_timings.  Since 0.1. */
+TKV_API tkv_status tkv_session_timings(const tkv_session *session, tkv_timings *out);
+TKV_API void tkv_session_reset_timings(tkv_session *session);
+
+/* Tokens in the session's cache (its position).  Since 0.1. */
+TKV_API uint32_t tkv_session_n_tokens(const tkv_session *session);
 
 /* ==================================================================================
  * Utilities: CPU features and kernel selection

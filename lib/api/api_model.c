@@ -1,0 +1,414 @@
+/*
+ * api_model.c - public model, cache and session functions: argument and ABI checks,
+ * then the model / kv / session layers.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/status.h"
+#include "codec/codec.h"
+#include "session/session.h"
+#include "turbokv.h"
+
+#define TKV_CHECK_PARAMS(fn, p)                                                               \
+    do {                                                                                     \
+        TKV_REQUIRE((p), TKV_ERR_INVALID_ARGUMENT, "%s: params is NULL", fn);                \
+        TKV_REQUIRE((p)->struct_size == sizeof *(p), TKV_ERR_ABI,                            \
+                    "%s: struct_size is %u, this library expects %u (start from the "        \
+                    "*_default_params() function)", fn, (p)->struct_size,                    \
+                    (unsigned)sizeof *(p));                                                  \
+        for (size_t i_ = 0; i_ < sizeof (p)->reserved / sizeof (p)->reserved[0]; i_++) {     \
+            TKV_REQUIRE((p)->reserved[i_] == 0, TKV_ERR_ABI, "%s: reserved[%zu] is not zero", \
+                        fn, i_);                                                             \
+        }                                                                                    \
+    } while (0)
+
+/* ---- model ------------------------------------------------------------------------------ */
+
+tkv_model_params tkv_model_default_params(void) {
+    tkv_model_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    return p;
+}
+
+tkv_status tkv_model_load(const char *path, const tkv_model_params *params, tkv_model **out) {
+    TKV_REQUIRE(out, TKV_ERR_INVALID_ARGUMENT, "tkv_model_load: out is NULL");
+    *out = NULL;
+    TKV_REQUIRE(path, TKV_ERR_INVALID_ARGUMENT, "tkv_model_load: path is NULL");
+    TKV_CHECK_PARAMS("tkv_model_load", params);
+    TKV_REQUIRE(params->flags == 0, TKV_ERR_INVALID_ARGUMENT, "tkv_model_load: flags must be 0");
+    return tkv_model_open(path, out);
+}
+
+void tkv_model_free(tkv_model *model) { tkv_model_close(model); }
+
+uint32_t tkv_model_n_layer(const tkv_model *m) { return m ? m->hp.n_layer : 0; }
+uint32_t tkv_model_n_head(const tkv_model *m) { return m ? m->hp.n_head : 0; }
+uint32_t tkv_model_n_head_kv(const tkv_model *m) { return m ? m->hp.n_head_kv : 0; }
+uint32_t tkv_model_head_dim(const tkv_model *m) { return m ? m->hp.head_dim : 0; }
+uint32_t tkv_model_n_embd(const tkv_model *m) { return m ? m->hp.n_embd : 0; }
+uint32_t tkv_model_n_vocab(const tkv_model *m) { return m ? m->hp.n_vocab : 0; }
+uint32_t tkv_model_n_ctx_train(const tkv_model *m) { return m ? m->hp.n_ctx_train : 0; }
+const char *tkv_model_arch(const tkv_model *m) { return m ? m->arch_name : ""; }
+const char *tkv_model_name(const tkv_model *m) { return m ? m->name : ""; }
+int32_t tkv_model_token_bos(const tkv_model *m) { return m ? tkv_tokenizer_bos(m->tokenizer) : -1; }
+int32_t tkv_model_token_eos(const tkv_model *m) { return m ? tkv_tokenizer_eos(m->tokenizer) : -1; }
+
+int32_t tkv_model_token_find(const tkv_model *m, const char *text) {
+    if (!m || !text) {
+        return -1;
+    }
+    return tkv_tokenizer_find(m->tokenizer, text, strlen(text));
+}
+
+tkv_status tkv_model_meta_string(const tkv_model *m, const char *key, char *buf, size_t cap,
+                                 size_t *n_out) {
+    TKV_REQUIRE(m && key && n_out, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_model_meta_string: model, key and n_out must not be NULL");
+    TKV_REQUIRE(tkv_gguf_find_key(m->gguf, key) >= 0, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_model_meta_string: the model has no metadata key '%.128s'", key);
+    tkv_gguf_str str;
+    tkv_status st = tkv_gguf_get_string(m->gguf, key, &str);
+    TKV_REQUIRE(st == TKV_OK, TKV_ERR_INVALID_ARGUMENT, "tkv_model_meta_string: %s", tkv_last_error());
+    *n_out = str.len;
+    TKV_REQUIRE(buf && cap > str.len, TKV_ERR_BUFFER_TOO_SMALL,
+                "tkv_model_meta_string: '%.128s' needs %zu bytes with its NUL, got %zu", key,
+                str.len + 1, cap);
+    memcpy(buf, str.ptr, str.len);
+    buf[str.len] = '\0';
+    return TKV_OK;
+}
+
+tkv_status tkv_model_tokenize(const tkv_model *m, const char *text, size_t len, uint32_t flags,
+                              int32_t *tokens, size_t cap, size_t *n_out) {
+    TKV_REQUIRE(m && n_out && (text || len == 0), TKV_ERR_INVALID_ARGUMENT,
+                "tkv_model_tokenize: model, text and n_out must not be NULL");
+    TKV_REQUIRE(tokens || cap == 0, TKV_ERR_INVALID_ARGUMENT, "tkv_model_tokenize: tokens is NULL");
+    TKV_REQUIRE((flags & ~(TKV_TOKENIZE_ADD_BOS | TKV_TOKENIZE_PARSE_SPECIAL)) == 0,
+                TKV_ERR_INVALID_ARGUMENT, "tkv_model_tokenize: unknown flags 0x%x", flags);
+    const int32_t bos = tkv_tokenizer_bos(m->tokenizer);
+    const size_t prefix = (flags & TKV_TOKENIZE_ADD_BOS) && tkv_tokenizer_add_bos(m->tokenizer) &&
+                          bos >= 0 ? 1 : 0;
+    size_t n = 0;
+    tkv_status st = tkv_tokenizer_encode(m->tokenizer, text ? text : "", len,
+                                         (flags & TKV_TOKENIZE_PARSE_SPECIAL) != 0,
+                                         tokens ? tokens + (cap >= prefix ? prefix : 0) : NULL,
+                                         cap >= prefix ? cap - prefix : 0, &n);
+    *n_out = n + prefix;
+    if (st != TKV_OK && st != TKV_ERR_BUFFER_TOO_SMALL) {
+        return st;
+    }
+    if (prefix && cap >= 1) {
+        tokens[0] = bos;
+    }
+    TKV_REQUIRE(*n_out <= cap, TKV_ERR_BUFFER_TOO_SMALL,
+                "tkv_model_tokenize: %zu tokens do not fit in %zu", *n_out, cap);
+    return TKV_OK;
+}
+
+tkv_status tkv_model_detokenize(const tkv_model *m, const int32_t *tokens, size_t n,
+                                int32_t render_special, char *buf, size_t cap, size_t *n_out) {
+    TKV_REQUIRE(m && n_out && (tokens || n == 0), TKV_ERR_INVALID_ARGUMENT,
+                "tkv_model_detokenize: model, tokens and n_out must not be NULL");
+    TKV_REQUIRE(buf || cap == 0, TKV_ERR_INVALID_ARGUMENT, "tkv_model_detokenize: buf is NULL");
+    return tkv_tokenizer_decode(m->tokenizer, tokens, n, render_special != 0, buf, cap, n_out);
+}
+
+/* ---- cache ------------------------------------------------------------------------------- */
+
+tkv_cache_params tkv_cache_default_params(void) {
+    tkv_cache_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.k_codec = TKV_CODEC_TURBO_4B;
+    p.v_codec = TKV_CODEC_TURBO_4B;
+    return p;
+}
+
+static tkv_status tkv_check_codec_id(const char *fn, const char *what, int32_t id) {
+    TKV_REQUIRE(tkv_codec_desc_get(id), TKV_ERR_INVALID_ARGUMENT, "%s: unknown %s codec id %d", fn,
+                what, (int)id);
+    return TKV_OK;
+}
+
+tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *params,
+                            tkv_cache **out) {
+    TKV_REQUIRE(out, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: out is NULL");
+    *out = NULL;
+    TKV_REQUIRE(model, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: model is NULL");
+    TKV_CHECK_PARAMS("tkv_cache_create", params);
+    TKV_TRY(tkv_check_codec_id("tkv_cache_create", "K", params->k_codec));
+    TKV_TRY(tkv_check_codec_id("tkv_cache_create", "V", params->v_codec));
+    TKV_REQUIRE(params->flags == 0, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: flags must be 0");
+    TKV_REQUIRE(isfinite(params->sparse_v_threshold) && params->sparse_v_threshold >= 0.0f &&
+                    params->sparse_v_threshold < 1.0f,
+                TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: sparse_v_threshold %g outside [0, 1)",
+                (double)params->sparse_v_threshold);
+    const uint32_t n_ctx = params->n_ctx ? params->n_ctx : model->hp.n_ctx_train;
+    TKV_REQUIRE(n_ctx >= 1 && n_ctx <= (1u << 24), TKV_ERR_INVALID_ARGUMENT,
+                "tkv_cache_create: n_ctx %u outside 1..16777216", n_ctx);
+    TKV_REQUIRE(params->fp16_window <= n_ctx, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_cache_create: fp16_window %u exceeds n_ctx %u", params->fp16_window, n_ctx);
+    tkv_cache *c = calloc(1, sizeof *c);
+    TKV_REQUIRE(c, TKV_ERR_OUT_OF_MEMORY, "tkv_cache_create: out of memory");
+    c->model = model;
+    c->sparse_v_threshold = params->sparse_v_threshold;
+    tkv_status st = tkv_kv_init(&c->kv, model->hp.n_layer, model->hp.n_head_kv, model->hp.head_dim,
+                                n_ctx, params->k_codec, params->v_codec, params->fp16_window,
+                                params->seed);
+    if (st != TKV_OK) {
+        free(c);
+        return st;
+    }
+    *out = c;
+    return TKV_OK;
+}
+
+void tkv_cache_free(tkv_cache *cache) {
+    if (!cache) {
+        return;
+    }
+    tkv_kv_release(&cache->kv);
+    free(cache);
+}
+
+tkv_status tkv_cache_set_layer_codecs(tkv_cache *cache, uint32_t layer, int32_t k_codec,
+                                      int32_t v_codec) {
+    TKV_REQUIRE(cache, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_set_layer_codecs: cache is NULL");
+    TKV_REQUIRE(layer < cache->kv.n_layer, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_cache_set_layer_codecs: layer %u outside 0..%u", layer, cache->kv.n_layer - 1);
+    TKV_TRY(tkv_check_codec_id("tkv_cache_set_layer_codecs", "K", k_codec));
+    TKV_TRY(tkv_check_codec_id("tkv_cache_set_layer_codecs", "V", v_codec));
+    return tkv_kv_set_layer_codecs(&cache->kv, layer, k_codec, v_codec);
+}
+
+uint32_t tkv_cache_n_tokens(const tkv_cache *c) { return c ? tkv_kv_n_tokens(&c->kv) : 0; }
+uint32_t tkv_cache_capacity(const tkv_cache *c) { return c ? c->kv.capacity : 0; }
+size_t tkv_cache_bytes_used(const tkv_cache *c) { return c ? tkv_kv_bytes_used(&c->kv) : 0; }
+size_t tkv_cache_bytes_per_token(const tkv_cache *c) { return c ? tkv_kv_bytes_per_token(&c->kv) : 0; }
+size_t tkv_cache_bytes_allocated(const tkv_cache *c) { return c ? tkv_kv_bytes_allocated(&c->kv) : 0; }
+
+tkv_status tkv_cache_truncate(tkv_cache *cache, uint32_t n_tokens) {
+    TKV_REQUIRE(cache, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_truncate: cache is NULL");
+    tkv_kv_truncate(&cache->kv, n_tokens);
+    return TKV_OK;
+}
+
+/* ---- session ------------------------------------------------------------------------------ */
+
+tkv_session_params tkv_session_default_params(void) {
+    tkv_session_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    return p;
+}
+
+tkv_sampler_params tkv_sampler_default_params(void) {
+    tkv_sampler_params p;
+    memset(&p, 0, sizeof p);
+    p.struct_size = sizeof p;
+    p.temperature = 0.8f;
+    p.top_k = 40;
+    p.top_p = 0.95f;
+    p.min_p = 0.05f;
+    p.repeat_penalty = 1.0f;
+    p.repeat_last_n = 64;
+    return p;
+}
+
+tkv_status tkv_session_create(tkv_cache *cache, const tkv_session_params *params,
+                              tkv_session **out) {
+    TKV_REQUIRE(out, TKV_ERR_INVALID_ARGUMENT, "tkv_session_create: out is NULL");
+    *out = NULL;
+    TKV_REQUIRE(cache, TKV_ERR_INVALID_ARGUMENT, "tkv_session_create: cache is NULL");
+    TKV_CHECK_PARAMS("tkv_session_create", params);
+    TKV_REQUIRE(params->flags == 0, TKV_ERR_INVALID_ARGUMENT, "tkv_session_create: flags must be 0");
+    TKV_REQUIRE(params->n_threads <= 1024 && params->n_batch <= 65536, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_create: n_threads %u (max 1024) or n_batch %u (max 65536) too large",
+                params->n_threads, params->n_batch);
+    tkv_session *s = calloc(1, sizeof *s);
+    TKV_REQUIRE(s, TKV_ERR_OUT_OF_MEMORY, "tkv_session_create: out of memory");
+    s->cache = cache;
+    s->model = cache->model;
+    const uint32_t threads = params->n_threads ? params->n_threads : (uint32_t)tkv_cpu_count();
+    uint32_t batch = params->n_batch ? params->n_batch : 256;
+    if (batch > cache->kv.capacity) {
+        batch = cache->kv.capacity;
+    }
+    const uint32_t n_vocab = s->model->hp.n_vocab;
+    tkv_status st = tkv_pool_create((int)threads, &s->pool);
+    if (st == TKV_OK) {
+        st = tkv_forward_state_init(&s->fs, s->model, batch, threads, cache->kv.capacity);
+    }
+    if (st == TKV_OK) {
+        s->history = calloc(cache->kv.capacity, sizeof *s->history);
+        s->sample_probs = calloc(n_vocab, sizeof *s->sample_probs);
+        s->sample_ids = calloc(n_vocab, sizeof *s->sample_ids);
+        if (!s->history || !s->sample_probs || !s->sample_ids) {
+            st = tkv_fail(TKV_ERR_OUT_OF_MEMORY, "tkv_session_create: out of memory");
+        }
+    }
+    if (st != TKV_OK) {
+        tkv_session_free(s);
+        return st;
+    }
+    *out = s;
+    return TKV_OK;
+}
+
+void tkv_session_free(tkv_session *s) {
+    if (!s) {
+        return;
+    }
+    if (s->fs.x) {
+        tkv_forward_state_release(&s->fs);
+    }
+    tkv_pool_free(s->pool);
+    free(s->history);
+    free(s->sample_probs);
+    free(s->sample_ids);
+    free(s);
+}
+
+tkv_status tkv_session_eval(tkv_session *s, const int32_t *tokens, int64_t n, uint32_t flags) {
+    TKV_REQUIRE(s, TKV_ERR_INVALID_ARGUMENT, "tkv_session_eval: session is NULL");
+    TKV_REQUIRE(n > 0 && tokens, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_eval: need at least one token (n = %lld)", (long long)n);
+    TKV_REQUIRE((flags & ~TKV_EVAL_LOGITS_ALL) == 0, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_eval: unknown flags 0x%x", flags);
+    const int all = (flags & TKV_EVAL_LOGITS_ALL) != 0;
+    TKV_REQUIRE(!all || n <= s->fs.n_batch, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_eval: %lld tokens with TKV_EVAL_LOGITS_ALL exceed n_batch %u "
+                "(evaluate them in pieces)", (long long)n, s->fs.n_batch);
+    const int32_t n_vocab = (int32_t)s->model->hp.n_vocab;
+    for (int64_t i = 0; i < n; i++) {
+        TKV_REQUIRE(tokens[i] >= 0 && tokens[i] < n_vocab, TKV_ERR_INVALID_ARGUMENT,
+                    "tkv_session_eval: token %d at index %lld outside the vocabulary (0..%d)",
+                    (int)tokens[i], (long long)i, n_vocab - 1);
+    }
+    const uint32_t have = tkv_kv_n_tokens(&s->cache->kv);
+    TKV_REQUIRE((uint64_t)have + (uint64_t)n <= s->cache->kv.capacity, TKV_ERR_CACHE_FULL,
+                "tkv_session_eval: %lld tokens after %u do not fit the cache capacity %u",
+                (long long)n, have, s->cache->kv.capacity);
+    tkv_status st = tkv_session_eval_tokens(s, tokens, n, all);
+    if (st != TKV_OK) {
+        /* leave the cache as it was before the call */
+        tkv_kv_truncate(&s->cache->kv, have);
+        s->n_logits = 0;
+    }
+    return st;
+}
+
+const float *tkv_session_logits(const tkv_session *s, int64_t i) {
+    if (!s || s->n_logits == 0) {
+        return NULL;
+    }
+    if (i < 0) {
+        i = s->n_logits - 1;
+    }
+    if (i >= s->n_logits) {
+        return NULL;
+    }
+    return s->fs.logits + (size_t)i * s->model->hp.n_vocab;
+}
+
+static tkv_status tkv_check_sampler(const tkv_sampler_params *p) {
+    TKV_CHECK_PARAMS("tkv_session_sample", p);
+    TKV_REQUIRE(isfinite(p->temperature) && p->temperature >= 0.0f && p->top_k >= 0 &&
+                    p->top_p > 0.0f && p->top_p <= 1.0f && p->min_p >= 0.0f && p->min_p < 1.0f &&
+                    isfinite(p->repeat_penalty) && p->repeat_penalty > 0.0f &&
+                    p->repeat_last_n >= 0,
+                TKV_ERR_INVALID_ARGUMENT,
+                "sampler: temperature %g (>= 0), top_k %d (>= 0), top_p %g (0, 1], min_p %g [0, 1), "
+                "repeat_penalty %g (> 0), repeat_last_n %d (>= 0)", (double)p->temperature,
+                (int)p->top_k, (double)p->top_p, (double)p->min_p, (double)p->repeat_penalty,
+                (int)p->repeat_last_n);
+    return TKV_OK;
+}
+
+static int32_t tkv_sample_now(tkv_session *s, const tkv_sampler_params *p) {
+    const uint64_t t0 = tkv_session_now_ns();
+    if (!s->rng_seeded || s->rng_seed != p->seed) {
+        tkv_rng_init(&s->rng, p->seed);
+        s->rng_seed = p->seed;
+        s->rng_seeded = 1;
+    }
+    tkv_sampling sp = {p->temperature, p->top_k, p->top_p, p->min_p, p->repeat_penalty,
+                       p->repeat_last_n};
+    int32_t tok = tkv_sample(&sp, tkv_session_logits(s, -1), (int32_t)s->model->hp.n_vocab,
+                             s->history, tkv_kv_n_tokens(&s->cache->kv), &s->rng, s->sample_probs,
+                             s->sample_ids);
+    s->sample_ns += tkv_session_now_ns() - t0;
+    return tok;
+}
+
+tkv_status tkv_session_sample(tkv_session *s, const tkv_sampler_params *params, int32_t *out) {
+    TKV_REQUIRE(s && params && out, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_sample: session, params and out must not be NULL");
+    TKV_TRY(tkv_check_sampler(params));
+    TKV_REQUIRE(s->n_logits > 0, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_sample: no logits: evaluate tokens first");
+    *out = tkv_sample_now(s, params);
+    return TKV_OK;
+}
+
+tkv_status tkv_session_generate(tkv_session *s, const tkv_sampler_params *params,
+                                int64_t max_tokens, tkv_token_callback callback, void *user_data,
+                                int64_t *n_generated) {
+    if (n_generated) {
+        *n_generated = 0;
+    }
+    TKV_REQUIRE(s && params, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_generate: session and params must not be NULL");
+    TKV_TRY(tkv_check_sampler(params));
+    TKV_REQUIRE(max_tokens >= 0, TKV_ERR_INVALID_ARGUMENT, "tkv_session_generate: max_tokens < 0");
+    TKV_REQUIRE(s->n_logits > 0, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_generate: evaluate the prompt first");
+    const int32_t eos = tkv_tokenizer_eos(s->model->tokenizer);
+    for (int64_t i = 0; i < max_tokens; i++) {
+        int32_t tok = tkv_sample_now(s, params);
+        if (tok == eos) {
+            break;
+        }
+        if (n_generated) {
+            (*n_generated)++;
+        }
+        if (callback && callback(tok, user_data) != 0) {
+            break;
+        }
+        if (i + 1 < max_tokens) {
+            TKV_TRY(tkv_session_eval(s, &tok, 1, 0));
+        }
+    }
+    return TKV_OK;
+}
+
+tkv_status tkv_session_timings(const tkv_session *s, tkv_timings *out) {
+    TKV_REQUIRE(s && out, TKV_ERR_INVALID_ARGUMENT, "tkv_session_timings: NULL argument");
+    memset(out, 0, sizeof *out);
+    out->struct_size = sizeof *out;
+    out->prefill_tokens = s->prefill_tokens;
+    out->decode_tokens = s->decode_tokens;
+    out->prefill_seconds = (double)s->prefill_ns * 1e-9;
+    out->decode_seconds = (double)s->decode_ns * 1e-9;
+    out->matmul_seconds = (double)(s->fs.times.matmul_ns - s->base_times.matmul_ns) * 1e-9;
+    out->attention_seconds = (double)(s->fs.times.attention_ns - s->base_times.attention_ns) * 1e-9;
+    out->other_seconds = (double)(s->fs.times.other_ns - s->base_times.other_ns) * 1e-9;
+    out->sample_seconds = (double)s->sample_ns * 1e-9;
+    return TKV_OK;
+}
+
+void tkv_session_reset_timings(tkv_session *s) {
+    if (!s) {
+        return;
+    }
+    s->prefill_tokens = s->decode_tokens = 0;
+    s->prefill_ns = s->decode_ns = s->sample_ns = 0;
+    s->base_times = s->fs.times;
+}
+
+uint32_t tkv_session_n_tokens(const tkv_session *s) {
+    return s ? tkv_kv_n_tokens(&s->cache->kv) : 0;
+}

@@ -1,0 +1,44 @@
+/* session.h - the public cache and session objects (internal layout). */
+#ifndef TKV_SESSION_SESSION_H
+#define TKV_SESSION_SESSION_H
+
+#include <stdint.h>
+
+#include "base/rng.h"
+#include "base/threads.h"
+#include "kv/cache.h"
+#include "model/forward.h"
+#include "model/model.h"
+#include "session/sampler.h"
+
+struct tkv_cache {
+    const struct tkv_model *model;
+    tkv_kv_cache kv;
+    float sparse_v_threshold;
+};
+
+struct tkv_session {
+    struct tkv_cache *cache;
+    const struct tkv_model *model;
+    tkv_pool *pool;
+    tkv_forward_state fs;
+    int64_t n_logits;        /* rows of fs.logits valid since the last eval */
+    int64_t last_eval_n;     /* tokens in the last eval */
+    int32_t *history;        /* (capacity) tokens evaluated, for the repetition penalty */
+    float *sample_probs;     /* (n_vocab) */
+    int32_t *sample_ids;     /* (n_vocab) */
+    tkv_rng rng;
+    uint64_t rng_seed;
+    int rng_seeded;
+    /* timings */
+    int64_t prefill_tokens, decode_tokens;
+    uint64_t prefill_ns, decode_ns, sample_ns;
+    tkv_phase_times base_times;
+};
+
+/* Evaluate tokens (already validated) in chunks of n_batch. */
+tkv_status tkv_session_eval_tokens(struct tkv_session *s, const int32_t *tokens, int64_t n,
+                                   int all_logits);
+uint64_t tkv_session_now_ns(void);
+
+#endif
