@@ -8,12 +8,21 @@ Codecs on NumPy arrays::
     approx = enc.decode()
     scores = enc.scores(keys[0])
     turbokv.codecs()          # every codec with its bits and bytes per vector
+
+Generation on a real model with a compressed cache::
+
+    print(turbokv.generate("The capital of France is", kv="turbo_kv_4b", temperature=0))
 """
 from __future__ import annotations
 
 from ._errors import (ABIError, BufferTooSmall, CacheFullError, FormatError, InternalError,
                       InvalidArgument, OutOfMemory, TurboKVError, UnsupportedError)
+from . import models
 from ._lib import lib as _clib
+from .cache import KVCache
+from .generate import Generation, GenerationStats, generate, load_model
+from .model import Model
+from .session import Sampling, Session, SessionTimings
 from .codec import (AttentionCosine, Codec, CodecInfo, Encoded, attention, attention_cosine,
                     codebook, codec_info, codecs, cpu_features, encode, kernel_isa)
 
@@ -26,6 +35,8 @@ def library_version() -> str:
 
 
 __all__ = [
+    "Generation", "GenerationStats", "KVCache", "Model", "Sampling", "Session", "SessionTimings",
+    "generate", "load_model", "models",
     "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "Codec", "CodecInfo",
     "Encoded", "FormatError", "InternalError", "InvalidArgument", "OutOfMemory", "TurboKVError",
     "UnsupportedError", "attention", "attention_cosine", "codebook", "codec_info", "codecs",

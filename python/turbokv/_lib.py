@@ -144,3 +144,152 @@ _bind("tkv_cpu_features", c_uint32, [])
 _bind("tkv_kernel_isa", c_char_p, [])
 
 float_p = POINTER(c_float)
+
+# ---- model -------------------------------------------------------------------------------
+
+class ModelParams(Structure):
+    """Mirror of tkv_model_params."""
+
+    _fields_ = [("struct_size", c_uint32), ("flags", c_uint32), ("reserved", c_uint32 * 8)]
+
+
+class CacheParams(Structure):
+    """Mirror of tkv_cache_params."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("k_codec", c_int32),
+        ("v_codec", c_int32),
+        ("n_ctx", c_uint32),
+        ("fp16_window", c_uint32),
+        ("flags", c_uint32),
+        ("seed", c_uint64),
+        ("sparse_v_threshold", c_float),
+        ("reserved", c_uint32 * 9),
+    ]
+
+
+class SessionParams(Structure):
+    """Mirror of tkv_session_params."""
+
+    _fields_ = [("struct_size", c_uint32), ("n_threads", c_uint32), ("n_batch", c_uint32),
+                ("flags", c_uint32), ("reserved", c_uint32 * 8)]
+
+
+class SamplerParams(Structure):
+    """Mirror of tkv_sampler_params."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("temperature", c_float),
+        ("top_k", c_int32),
+        ("top_p", c_float),
+        ("min_p", c_float),
+        ("repeat_penalty", c_float),
+        ("repeat_last_n", c_int32),
+        ("seed", c_uint64),
+        ("reserved", c_uint32 * 8),
+    ]
+
+
+class Timings(Structure):
+    """Mirror of tkv_timings."""
+
+    _fields_ = [
+        ("struct_size", c_uint32),
+        ("reserved0", c_uint32),
+        ("prefill_tokens", c_int64),
+        ("decode_tokens", c_int64),
+        ("prefill_seconds", ctypes.c_double),
+        ("decode_seconds", ctypes.c_double),
+        ("matmul_seconds", ctypes.c_double),
+        ("attention_seconds", ctypes.c_double),
+        ("other_seconds", ctypes.c_double),
+        ("sample_seconds", ctypes.c_double),
+        ("reserved", c_uint32 * 8),
+    ]
+
+
+int32_p = POINTER(c_int32)
+
+# tkv_model_params tkv_model_default_params(void);
+_bind("tkv_model_default_params", ModelParams, [])
+# tkv_status tkv_model_load(const char *path, const tkv_model_params *params, tkv_model **out);
+_bind("tkv_model_load", c_int32, [c_char_p, POINTER(ModelParams), POINTER(c_void_p)])
+# void tkv_model_free(tkv_model *model);
+_bind("tkv_model_free", None, [c_void_p])
+# uint32_t tkv_model_n_layer(const tkv_model *model); (and the other counts)
+for _name in ("n_layer", "n_head", "n_head_kv", "head_dim", "n_embd", "n_vocab", "n_ctx_train"):
+    _bind(f"tkv_model_{_name}", c_uint32, [c_void_p])
+# const char *tkv_model_arch(const tkv_model *model);
+_bind("tkv_model_arch", c_char_p, [c_void_p])
+# const char *tkv_model_name(const tkv_model *model);
+_bind("tkv_model_name", c_char_p, [c_void_p])
+# tkv_status tkv_model_meta_string(const tkv_model *model, const char *key, char *buf,
+#                                  size_t cap, size_t *n_out);
+_bind("tkv_model_meta_string", c_int32, [c_void_p, c_char_p, c_char_p, c_size_t, POINTER(c_size_t)])
+# int32_t tkv_model_token_bos(const tkv_model *model);
+_bind("tkv_model_token_bos", c_int32, [c_void_p])
+# int32_t tkv_model_token_eos(const tkv_model *model);
+_bind("tkv_model_token_eos", c_int32, [c_void_p])
+# int32_t tkv_model_token_find(const tkv_model *model, const char *text);
+_bind("tkv_model_token_find", c_int32, [c_void_p, c_char_p])
+# tkv_status tkv_model_tokenize(const tkv_model *model, const char *text, size_t len,
+#                               uint32_t flags, int32_t *tokens, size_t cap, size_t *n_out);
+_bind("tkv_model_tokenize", c_int32,
+      [c_void_p, c_char_p, c_size_t, c_uint32, int32_p, c_size_t, POINTER(c_size_t)])
+# tkv_status tkv_model_detokenize(const tkv_model *model, const int32_t *tokens, size_t n,
+#                                 int32_t render_special, char *buf, size_t cap, size_t *n_out);
+_bind("tkv_model_detokenize", c_int32,
+      [c_void_p, int32_p, c_size_t, c_int32, c_char_p, c_size_t, POINTER(c_size_t)])
+
+# ---- cache -------------------------------------------------------------------------------
+# tkv_cache_params tkv_cache_default_params(void);
+_bind("tkv_cache_default_params", CacheParams, [])
+# tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *params,
+#                             tkv_cache **out);
+_bind("tkv_cache_create", c_int32, [c_void_p, POINTER(CacheParams), POINTER(c_void_p)])
+# void tkv_cache_free(tkv_cache *cache);
+_bind("tkv_cache_free", None, [c_void_p])
+# tkv_status tkv_cache_set_layer_codecs(tkv_cache *cache, uint32_t layer, int32_t k_codec,
+#                                       int32_t v_codec);
+_bind("tkv_cache_set_layer_codecs", c_int32, [c_void_p, c_uint32, c_int32, c_int32])
+# uint32_t tkv_cache_n_tokens(const tkv_cache *cache);
+_bind("tkv_cache_n_tokens", c_uint32, [c_void_p])
+# uint32_t tkv_cache_capacity(const tkv_cache *cache);
+_bind("tkv_cache_capacity", c_uint32, [c_void_p])
+# size_t tkv_cache_bytes_used / bytes_per_token / bytes_allocated(const tkv_cache *cache);
+for _name in ("bytes_used", "bytes_per_token", "bytes_allocated"):
+    _bind(f"tkv_cache_{_name}", c_size_t, [c_void_p])
+# tkv_status tkv_cache_truncate(tkv_cache *cache, uint32_t n_tokens);
+_bind("tkv_cache_truncate", c_int32, [c_void_p, c_uint32])
+
+# ---- session -----------------------------------------------------------------------------
+TOKEN_CALLBACK = ctypes.CFUNCTYPE(c_int32, c_int32, c_void_p)
+# tkv_session_params tkv_session_default_params(void);
+_bind("tkv_session_default_params", SessionParams, [])
+# tkv_sampler_params tkv_sampler_default_params(void);
+_bind("tkv_sampler_default_params", SamplerParams, [])
+# tkv_status tkv_session_create(tkv_cache *cache, const tkv_session_params *params,
+#                               tkv_session **out);
+_bind("tkv_session_create", c_int32, [c_void_p, POINTER(SessionParams), POINTER(c_void_p)])
+# void tkv_session_free(tkv_session *session);
+_bind("tkv_session_free", None, [c_void_p])
+# tkv_status tkv_session_eval(tkv_session *session, const int32_t *tokens, int64_t n,
+#                             uint32_t flags);
+_bind("tkv_session_eval", c_int32, [c_void_p, int32_p, c_int64, c_uint32])
+# const float *tkv_session_logits(const tkv_session *session, int64_t i);
+_bind("tkv_session_logits", POINTER(c_float), [c_void_p, c_int64])
+# tkv_status tkv_session_sample(tkv_session *session, const tkv_sampler_params *params,
+#                               int32_t *out_token);
+_bind("tkv_session_sample", c_int32, [c_void_p, POINTER(SamplerParams), int32_p])
+# tkv_status tkv_session_generate(tkv_session *session, const tkv_sampler_params *params,
+#     int64_t max_tokens, tkv_token_callback callback, void *user_data, int64_t *n_generated);
+_bind("tkv_session_generate", c_int32,
+      [c_void_p, POINTER(SamplerParams), c_int64, TOKEN_CALLBACK, c_void_p, POINTER(c_int64)])
+# tkv_status tkv_session_timings(const tkv_session *session, tkv_timings *out);
+_bind("tkv_session_timings", c_int32, [c_void_p, POINTER(Timings)])
+# void tkv_session_reset_timings(tkv_session *session);
+_bind("tkv_session_reset_timings", None, [c_void_p])
+# uint32_t tkv_session_n_tokens(const tkv_session *session);
+_bind("tkv_session_n_tokens", c_uint32, [c_void_p])

@@ -1,0 +1,157 @@
+"""A loaded GGUF model (owns one ``tkv_model`` handle)."""
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from ._lib import ModelParams, check, int32_p, lib
+from ._errors import UnsupportedError
+
+TOKENIZE_ADD_BOS = 1
+TOKENIZE_PARSE_SPECIAL = 2
+
+
+class Model:
+    """A GGUF model loaded for inference; immutable and shareable between threads.
+
+    ``Model()`` loads the default real model (installing it on first use when
+    ``install=True``); ``Model("path/to/file.gguf")`` or ``Model("smollm2-135m")``.
+    """
+
+    def __init__(self, path: Union[str, Path, None] = None, *, install: bool = False) -> None:
+        from . import models
+
+        self._handle: Optional[int] = None
+        self._open_children = 0
+        file = models.path(str(path) if path is not None else None, install_missing=install)
+        params = lib.tkv_model_default_params()
+        handle = ctypes.c_void_p()
+        check(lib.tkv_model_load(str(file).encode(), ctypes.byref(params), ctypes.byref(handle)))
+        self._handle = handle.value
+        self.path = Path(file)
+        h = self._handle
+        self.arch: str = lib.tkv_model_arch(h).decode()
+        self.name: str = lib.tkv_model_name(h).decode()
+        self.n_layer: int = lib.tkv_model_n_layer(h)
+        self.n_head: int = lib.tkv_model_n_head(h)
+        self.n_head_kv: int = lib.tkv_model_n_head_kv(h)
+        self.head_dim: int = lib.tkv_model_head_dim(h)
+        self.n_embd: int = lib.tkv_model_n_embd(h)
+        self.n_vocab: int = lib.tkv_model_n_vocab(h)
+        self.n_ctx_train: int = lib.tkv_model_n_ctx_train(h)
+        self.bos: int = lib.tkv_model_token_bos(h)
+        self.eos: int = lib.tkv_model_token_eos(h)
+
+    @property
+    def handle(self) -> int:
+        if self._handle is None:
+            raise ValueError("model is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the model (idempotent).  Close its caches first: closing a model that an
+        open KVCache still uses raises ValueError."""
+        if self._open_children > 0:
+            raise ValueError(f"model has {self._open_children} open KVCache(s): close them first")
+        if self._handle is not None:
+            lib.tkv_model_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self._open_children == 0:
+            self.close()
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, arch={self.arch}, layers={self.n_layer}, "
+                f"heads={self.n_head}/{self.n_head_kv}, head_dim={self.head_dim})")
+
+    def kv_bytes_per_token_fp32(self) -> int:
+        """KV bytes per token of an fp32 cache: n_layer * n_head_kv * head_dim * 2 * 4."""
+        return self.n_layer * self.n_head_kv * self.head_dim * 2 * 4
+
+    def metadata(self, key: str) -> Optional[str]:
+        """A string metadata value of the GGUF file, or None when absent / not a string."""
+        n = ctypes.c_size_t()
+        status = lib.tkv_model_meta_string(self.handle, key.encode(), None, 0, ctypes.byref(n))
+        if status == -1:
+            return None
+        buf = ctypes.create_string_buffer(n.value + 1)
+        check(lib.tkv_model_meta_string(self.handle, key.encode(), buf, n.value + 1, ctypes.byref(n)))
+        return buf.raw[: n.value].decode("utf-8", "replace")
+
+    def token_id(self, text: str) -> int:
+        """Id of the token whose text is exactly ``text``, -1 if none."""
+        return int(lib.tkv_model_token_find(self.handle, text.encode()))
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> npt.NDArray[np.int32]:
+        """Token ids of ``text``; ``special`` matches control tokens like <|im_start|>."""
+        data = text.encode("utf-8")
+        flags = (TOKENIZE_ADD_BOS if add_bos else 0) | (TOKENIZE_PARSE_SPECIAL if special else 0)
+        n = ctypes.c_size_t()
+        cap = len(data) + 8
+        while True:
+            out = np.empty(cap, dtype=np.int32)
+            status = lib.tkv_model_tokenize(self.handle, data, len(data), flags,
+                                            out.ctypes.data_as(int32_p), cap, ctypes.byref(n))
+            if status == -6 and n.value > cap:
+                cap = n.value
+                continue
+            check(status)
+            return out[: n.value].copy()
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
+        """The bytes of a token sequence (may end inside a UTF-8 character)."""
+        arr = np.ascontiguousarray(np.asarray(tokens, dtype=np.int32))
+        n = ctypes.c_size_t()
+        cap = max(16, arr.size * 8)
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            status = lib.tkv_model_detokenize(self.handle, arr.ctypes.data_as(int32_p), arr.size,
+                                              int(special), buf, cap, ctypes.byref(n))
+            if status == -6 and n.value > cap:
+                cap = n.value
+                continue
+            check(status)
+            return buf.raw[: n.value]
+
+    def chat_prompt(self, user: str, system: Optional[str] = None) -> str:
+        """The prompt text of one user turn in the model's chat template.
+
+        Supports the templates the supported models use: ChatML (SmolLM2, Qwen2) with the
+        template's default system message, and Llama 3's header format.
+        """
+        template = self.metadata("tokenizer.chat_template") or ""
+        if "<|im_start|>" in template:
+            if system is None:
+                m = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", template, re.S)
+                system = m.group(1) if m else None
+            head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+            return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        if "<|start_header_id|>" in template:
+            head = (f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
+                    if system else "")
+            return (f"<|begin_of_text|>{head}<|start_header_id|>user<|end_header_id|>\n\n{user}"
+                    f"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+        raise UnsupportedError(-5, f"model {self.name!r}: no supported chat template "
+                                   "(ChatML or Llama 3) in tokenizer.chat_template")
+
+    def stop_tokens(self) -> set[int]:
+        """EOS plus the end-of-turn markers of the chat templates."""
+        ids = {self.eos}
+        for text in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
+            tid = self.token_id(text)
+            if tid >= 0:
+                ids.add(tid)
+        ids.discard(-1)
+        return ids

@@ -1,0 +1,153 @@
+"""The C forward pass against the NumPy reference on tiny random GGUF models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+import turbokv
+from tiny_models import TinyConfig, reference_forward, write_tiny_model
+
+# Tolerance on logits relative to their spread: float weights are checked tightly; quantized
+# weight types multiply 8-bit quantized activations, which adds ~0.5% relative error.
+CASES = [
+    ("llama", T.F32, 2e-4),
+    ("llama", T.F16, 2e-4),
+    ("llama", T.BF16, 2e-4),
+    ("llama", T.Q8_0, 2e-2),
+    ("llama", T.Q4_0, 2e-2),
+    ("llama", T.Q4_1, 2e-2),
+    ("llama", T.Q5_0, 2e-2),
+    ("llama", T.Q5_1, 2e-2),
+    ("qwen2", T.F32, 2e-4),
+    ("qwen2", T.Q4_1, 2e-2),
+]
+KQUANT_CASES = [("llama", T.Q4_K), ("llama", T.Q5_K), ("llama", T.Q6_K)]
+
+
+def _hp(cfg: TinyConfig) -> dict:
+    return dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_head_kv=cfg.n_head_kv,
+                head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, rms_eps=cfg.rms_eps,
+                neox=cfg.arch == "qwen2")
+
+
+def _c_logits(path, tokens, kv="fp32", n_batch=0, one_by_one=False):
+    model = turbokv.Model(path)
+    with turbokv.KVCache(model, k=kv, v=kv, n_ctx=64) as cache, \
+            turbokv.Session(cache, n_threads=2, n_batch=n_batch) as s:
+        if one_by_one:
+            rows = []
+            for t in tokens:
+                s.eval([t])
+                rows.append(s.logits())
+            out = np.stack(rows)
+        else:
+            s.eval(tokens, all_logits=True)
+            out = s.all_logits()
+    model.close()
+    return out
+
+
+def _rel_err(a, b):
+    return float(np.max(np.abs(a - b)) / (np.std(b) + 1e-12))
+
+
+@pytest.mark.parametrize("arch,wtype,tol", CASES, ids=[f"{a}-{t.name}" for a, t, _ in CASES])
+def test_logits_match_numpy_reference(tmp_path, arch, wtype, tol):
+    cfg = TinyConfig(arch=arch, weight_type=wtype, tied=(wtype != T.Q8_0), seed=7)
+    path = tmp_path / "tiny.gguf"
+    weights = write_tiny_model(path, cfg)
+    tokens = np.array([256 + 6, 5, 17, 200, 3, 99, 42, 7, 7, 150, 11, 260], dtype=np.int32)
+    ref = reference_forward(weights, _hp(cfg), tokens)
+    got = _c_logits(path, tokens)
+    assert got.shape == ref.shape
+    assert _rel_err(got, ref) < tol
+
+
+@pytest.mark.parametrize("arch,wtype", KQUANT_CASES, ids=[t.name for _, t in KQUANT_CASES])
+def test_kquant_logits_match_numpy_reference(tmp_path, arch, wtype):
+    cfg = TinyConfig(arch=arch, weight_type=wtype, n_embd=256, n_head=4, n_head_kv=2, n_ff=512,
+                     seed=3)
+    path = tmp_path / "tiny_k.gguf"
+    weights = write_tiny_model(path, cfg)
+    tokens = np.array([1, 2, 3, 100, 200, 255, 10], dtype=np.int32)
+    assert _rel_err(_c_logits(path, tokens), reference_forward(weights, _hp(cfg), tokens)) < 2e-2
+
+
+def test_batched_prefill_equals_token_by_token(tmp_path):
+    cfg = TinyConfig(seed=11)
+    path = tmp_path / "tiny.gguf"
+    write_tiny_model(path, cfg)
+    tokens = np.arange(1, 40, dtype=np.int32)
+    batched = _c_logits(path, tokens)
+    single = _c_logits(path, tokens, one_by_one=True)
+    chunked_model = turbokv.Model(path)
+    with turbokv.KVCache(chunked_model, k="fp32", v="fp32", n_ctx=64) as cache, \
+            turbokv.Session(cache, n_batch=8) as s:
+        s.eval(tokens)  # five chunks of at most 8
+        chunked = s.logits()
+    chunked_model.close()
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(chunked, single[-1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kv,tol", [("fp16", 5e-3), ("q8_0", 2e-2), ("turbo_kv_5b", 0.1),
+                                    ("turbo_kv_4b", 0.2), ("turbo_kv_3b", 0.4)])
+def test_compressed_cache_error_follows_codec(tmp_path, kv, tol):
+    cfg = TinyConfig(seed=5)
+    path = tmp_path / "tiny.gguf"
+    weights = write_tiny_model(path, cfg)
+    tokens = np.arange(3, 35, dtype=np.int32)
+    ref = reference_forward(weights, _hp(cfg), tokens)
+    err = _rel_err(_c_logits(path, tokens, kv=kv), ref)
+    assert err < tol
+
+
+def test_session_misuse_raises(tmp_path):
+    cfg = TinyConfig(seed=1)
+    path = tmp_path / "tiny.gguf"
+    write_tiny_model(path, cfg)
+    model = turbokv.Model(path)
+    cache = turbokv.KVCache(model, k="fp32", v="turbo_kv_3b", n_ctx=16)
+    s = turbokv.Session(cache, n_batch=8)
+    with pytest.raises(turbokv.InvalidArgument, match="outside the vocabulary"):
+        s.eval([5, 100000])
+    with pytest.raises(turbokv.InvalidArgument, match="evaluate tokens first"):
+        s.sample()
+    with pytest.raises(turbokv.InvalidArgument, match="n_batch"):
+        s.eval(list(range(10)), all_logits=True)
+    s.eval(list(range(1, 11)))
+    with pytest.raises(turbokv.CacheFullError, match="capacity 16"):
+        s.eval(list(range(1, 11)))
+    assert len(cache) == 10  # a failed eval appends nothing
+    cache.truncate(4)
+    assert len(cache) == 4 and s.n_tokens == 4
+    s.eval([7, 8])
+    assert len(cache) == 6
+    with pytest.raises(turbokv.InvalidArgument, match="before the first token"):
+        turbokv.KVCache.__init__  # (documented: overrides only before the first token)
+        from turbokv import _lib
+        _lib.check(_lib.lib.tkv_cache_set_layer_codecs(cache.handle, 0, 0, 0))
+    with pytest.raises(ValueError, match="open KVCache"):
+        model.close()
+    s.close()
+    cache.close()
+    model.close()
+    with pytest.raises(turbokv.InvalidArgument, match="layer 9"):
+        turbokv.KVCache(turbokv.Model(path), layer_codecs={9: ("fp32", "fp32")})
+    with pytest.raises(turbokv.InvalidArgument, match="unknown codec"):
+        turbokv.KVCache(turbokv.Model(path), k="nope")
+
+
+def test_malformed_gguf_gives_format_error(tmp_path):
+    cfg = TinyConfig(seed=2)
+    path = tmp_path / "tiny.gguf"
+    write_tiny_model(path, cfg)
+    data = path.read_bytes()
+    for cut in (0, 3, 20, 200, len(data) // 2, len(data) - 1):
+        bad = tmp_path / f"cut{cut}.gguf"
+        bad.write_bytes(data[:cut])
+        with pytest.raises((turbokv.FormatError, turbokv.UnsupportedError)):
+            turbokv.Model(bad)
+    with pytest.raises(FileNotFoundError):
+        turbokv.Model(tmp_path / "missing.gguf")
