@@ -1,0 +1,282 @@
+/*
+ * matmul_scalar.c - the reference kernels: activation quantization and one-row dots for
+ * every format.  These define the results (see matmul.h); the ISA files must quantize
+ * activations bit-identically and reproduce the dots up to float summation order.
+ * Block contributions are summed in double so the reference itself adds no rounding noise.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "base/half.h"
+#include "tensor/matmul.h"
+
+static void tkv_quantize_q8_scalar(const float *x, int64_t n, void *xq) {
+    int8_t *q = xq;
+    float *d = (float *)((char *)xq + n);
+    float *ds = d + n / TKV_QK;
+    for (int64_t b = 0; b < n / TKV_QK; b++) {
+        const float *xb = x + b * TKV_QK;
+        float amax = 0.0f;
+        for (int j = 0; j < TKV_QK; j++) {
+            amax = fmaxf(amax, fabsf(xb[j]));
+        }
+        /* id = 127 / amax, not 1 / d: one rounding, the same in every ISA */
+        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < TKV_QK; j++) {
+            const int v = (int)nearbyintf(xb[j] * id);
+            q[b * TKV_QK + j] = (int8_t)v;
+            sum += v;
+        }
+        d[b] = amax / 127.0f;
+        ds[b] = d[b] * (float)sum;
+    }
+}
+
+/* Q8 activation row accessors */
+#define XQ(x) ((const int8_t *)(x))
+#define XD(x, n) ((const float *)((const char *)(x) + (n)))
+#define XDS(x, n) (XD(x, n) + (n) / TKV_QK)
+
+static void tkv_dot_f32_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
+                               float *y, size_t ys) {
+    const float *wf = w;
+    for (int t = 0; t < nx; t++) {
+        const float *xf = (const float *)((const char *)x + t * xs);
+        double acc = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            acc += (double)wf[i] * (double)xf[i];
+        }
+        y[t * ys] = (float)acc;
+    }
+}
+
+static void tkv_dot_f16_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
+                               float *y, size_t ys) {
+    const uint16_t *wh = w;
+    for (int t = 0; t < nx; t++) {
+        const float *xf = (const float *)((const char *)x + t * xs);
+        double acc = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            acc += (double)tkv_fp16_to_f32(wh[i]) * (double)xf[i];
+        }
+        y[t * ys] = (float)acc;
+    }
+}
+
+static void tkv_dot_bf16_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
+                                float *y, size_t ys) {
+    const uint16_t *wh = w;
+    for (int t = 0; t < nx; t++) {
+        const float *xf = (const float *)((const char *)x + t * xs);
+        double acc = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            acc += (double)tkv_bf16_to_f32(wh[i]) * (double)xf[i];
+        }
+        y[t * ys] = (float)acc;
+    }
+}
+
+/* The weight codes of one 32-element block, offsets already subtracted for Q4_0/Q5_0, and
+ * the scale and min (min 0 for the symmetric formats). */
+static void tkv_unpack32(int32_t type, const void *blk, int *q, float *d, float *m) {
+    *m = 0.0f;
+    switch (type) {
+    case TKV_TYPE_Q8_0: {
+        const tkv_block_q8_0 *b = blk;
+        *d = tkv_fp16_to_f32(b->d);
+        for (int j = 0; j < 32; j++) {
+            q[j] = b->qs[j];
+        }
+        break;
+    }
+    case TKV_TYPE_Q4_0:
+    case TKV_TYPE_Q4_1: {
+        const uint8_t *qs;
+        if (type == TKV_TYPE_Q4_0) {
+            const tkv_block_q4_0 *b = blk;
+            *d = tkv_fp16_to_f32(b->d);
+            qs = b->qs;
+        } else {
+            const tkv_block_q4_1 *b = blk;
+            *d = tkv_fp16_to_f32(b->d);
+            *m = tkv_fp16_to_f32(b->m);
+            qs = b->qs;
+        }
+        const int off = type == TKV_TYPE_Q4_0 ? 8 : 0;
+        for (int j = 0; j < 16; j++) {
+            q[j] = (qs[j] & 15) - off;
+            q[j + 16] = (qs[j] >> 4) - off;
+        }
+        break;
+    }
+    default: { /* Q5_0, Q5_1 */
+        const uint8_t *qs, *qhb;
+        if (type == TKV_TYPE_Q5_0) {
+            const tkv_block_q5_0 *b = blk;
+            *d = tkv_fp16_to_f32(b->d);
+            qs = b->qs;
+            qhb = b->qh;
+        } else {
+            const tkv_block_q5_1 *b = blk;
+            *d = tkv_fp16_to_f32(b->d);
+            *m = tkv_fp16_to_f32(b->m);
+            qs = b->qs;
+            qhb = b->qh;
+        }
+        const uint32_t qh = (uint32_t)qhb[0] | (uint32_t)qhb[1] << 8 | (uint32_t)qhb[2] << 16 |
+                            (uint32_t)qhb[3] << 24;
+        const int off = type == TKV_TYPE_Q5_0 ? 16 : 0;
+        for (int j = 0; j < 16; j++) {
+            q[j] = ((qs[j] & 15) | (int)((qh >> j) & 1) << 4) - off;
+            q[j + 16] = ((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - off;
+        }
+        break;
+    }
+    }
+}
+
+static void tkv_dot_q32_scalar(int32_t type, size_t block_bytes, int64_t n, const void *w,
+                               const void *x, size_t xs, int nx, float *y, size_t ys) {
+    double acc[TKV_MM_NX] = {0};
+    int q[32];
+    for (int64_t b = 0; b < n / TKV_QK; b++) {
+        float d, m;
+        tkv_unpack32(type, (const char *)w + (size_t)b * block_bytes, q, &d, &m);
+        for (int t = 0; t < nx; t++) {
+            const void *xt = (const char *)x + t * xs;
+            const int8_t *xq = XQ(xt) + b * TKV_QK;
+            int32_t isum = 0;
+            for (int j = 0; j < 32; j++) {
+                isum += q[j] * xq[j];
+            }
+            acc[t] += (double)d * XD(xt, n)[b] * isum + (double)m * XDS(xt, n)[b];
+        }
+    }
+    for (int t = 0; t < nx; t++) {
+        y[t * ys] = (float)acc[t];
+    }
+}
+
+#define TKV_DOT32(name, type, blk)                                                         \
+    static void name(int64_t n, const void *w, const void *x, size_t xs, int nx, float *y, \
+                     size_t ys) {                                                          \
+        tkv_dot_q32_scalar(type, sizeof(blk), n, w, x, xs, nx, y, ys);                     \
+    }
+TKV_DOT32(tkv_dot_q8_0_scalar, TKV_TYPE_Q8_0, tkv_block_q8_0)
+TKV_DOT32(tkv_dot_q4_0_scalar, TKV_TYPE_Q4_0, tkv_block_q4_0)
+TKV_DOT32(tkv_dot_q4_1_scalar, TKV_TYPE_Q4_1, tkv_block_q4_1)
+TKV_DOT32(tkv_dot_q5_0_scalar, TKV_TYPE_Q5_0, tkv_block_q5_0)
+TKV_DOT32(tkv_dot_q5_1_scalar, TKV_TYPE_Q5_1, tkv_block_q5_1)
+
+/* Q4_K / Q5_K: per sub-block j, d*sc[j]*d_x*isum - dmin*m[j]*(d_x*sum x codes). */
+static void tkv_dot_qk_asym_scalar(int five, int64_t n, const void *w, const void *x, size_t xs,
+                                   int nx, float *y, size_t ys) {
+    double acc[TKV_MM_NX] = {0};
+    int q[TKV_QK_K];
+    for (int64_t i = 0; i < n / TKV_QK_K; i++) {
+        const uint8_t *scales, *qs, *qh = NULL;
+        float d, dmin;
+        if (five) {
+            const tkv_block_q5_k *b = (const tkv_block_q5_k *)w + i;
+            d = tkv_fp16_to_f32(b->d);
+            dmin = tkv_fp16_to_f32(b->dmin);
+            scales = b->scales;
+            qs = b->qs;
+            qh = b->qh;
+        } else {
+            const tkv_block_q4_k *b = (const tkv_block_q4_k *)w + i;
+            d = tkv_fp16_to_f32(b->d);
+            dmin = tkv_fp16_to_f32(b->dmin);
+            scales = b->scales;
+            qs = b->qs;
+        }
+        for (int e = 0; e < TKV_QK_K; e++) {
+            const int r = e % 64;
+            const uint8_t byte = qs[32 * (e / 64) + (r & 31)];
+            q[e] = r < 32 ? (byte & 15) : (byte >> 4);
+            if (qh) {
+                q[e] |= ((qh[e % 32] >> (e / 32)) & 1) << 4;
+            }
+        }
+        for (int j = 0; j < 8; j++) {
+            uint8_t sc, m;
+            tkv_q_k_scale_min(scales, j, &sc, &m);
+            const int64_t xb = i * 8 + j; /* activation block */
+            for (int t = 0; t < nx; t++) {
+                const void *xt = (const char *)x + t * xs;
+                const int8_t *xq = XQ(xt) + xb * TKV_QK;
+                int32_t isum = 0;
+                for (int k = 0; k < 32; k++) {
+                    isum += q[32 * j + k] * xq[k];
+                }
+                acc[t] += (double)d * sc * XD(xt, n)[xb] * isum -
+                          (double)dmin * m * XDS(xt, n)[xb];
+            }
+        }
+    }
+    for (int t = 0; t < nx; t++) {
+        y[t * ys] = (float)acc[t];
+    }
+}
+
+static void tkv_dot_q4_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
+                                float *y, size_t ys) {
+    tkv_dot_qk_asym_scalar(0, n, w, x, xs, nx, y, ys);
+}
+
+static void tkv_dot_q5_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
+                                float *y, size_t ys) {
+    tkv_dot_qk_asym_scalar(1, n, w, x, xs, nx, y, ys);
+}
+
+/* Q6_K: per 32-element activation block, d * d_x * (sc[2j]*isum_lo16 + sc[2j+1]*isum_hi16). */
+static void tkv_dot_q6_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
+                                float *y, size_t ys) {
+    double acc[TKV_MM_NX] = {0};
+    int q[TKV_QK_K];
+    for (int64_t i = 0; i < n / TKV_QK_K; i++) {
+        const tkv_block_q6_k *b = (const tkv_block_q6_k *)w + i;
+        const float d = tkv_fp16_to_f32(b->d);
+        for (int e = 0; e < TKV_QK_K; e++) {
+            const int h = e / 128, g = (e % 128) / 32, l = e % 32;
+            const uint8_t lb = b->ql[64 * h + 32 * (g & 1) + l];
+            q[e] = ((g < 2 ? (lb & 15) : (lb >> 4)) | ((b->qh[32 * h + l] >> (2 * g)) & 3) << 4) - 32;
+        }
+        for (int j = 0; j < 8; j++) {
+            const int64_t xb = i * 8 + j;
+            for (int t = 0; t < nx; t++) {
+                const void *xt = (const char *)x + t * xs;
+                const int8_t *xq = XQ(xt) + xb * TKV_QK;
+                int32_t lo = 0, hi = 0;
+                for (int k = 0; k < 16; k++) {
+                    lo += q[32 * j + k] * xq[k];
+                    hi += q[32 * j + 16 + k] * xq[16 + k];
+                }
+                const int32_t isum = b->scales[2 * j] * lo + b->scales[2 * j + 1] * hi;
+                acc[t] += (double)d * XD(xt, n)[xb] * isum;
+            }
+        }
+    }
+    for (int t = 0; t < nx; t++) {
+        y[t * ys] = (float)acc[t];
+    }
+}
+
+const tkv_matmul_kernels tkv_matmul_kernels_scalar = {
+    .isa = "scalar",
+    .quantize_q8 = tkv_quantize_q8_scalar,
+    .dot = {
+        [TKV_TYPE_F32] = tkv_dot_f32_scalar,
+        [TKV_TYPE_F16] = tkv_dot_f16_scalar,
+        [TKV_TYPE_BF16] = tkv_dot_bf16_scalar,
+        [TKV_TYPE_Q8_0] = tkv_dot_q8_0_scalar,
+        [TKV_TYPE_Q4_0] = tkv_dot_q4_0_scalar,
+        [TKV_TYPE_Q4_1] = tkv_dot_q4_1_scalar,
+        [TKV_TYPE_Q5_0] = tkv_dot_q5_0_scalar,
+        [TKV_TYPE_Q5_1] = tkv_dot_q5_1_scalar,
+        [TKV_TYPE_Q4_K] = tkv_dot_q4_k_scalar,
+        [TKV_TYPE_Q5_K] = tkv_dot_q5_k_scalar,
+        [TKV_TYPE_Q6_K] = tkv_dot_q6_k_scalar,
+    },
+};
