@@ -224,11 +224,11 @@ TKV_INLINE __m512i tkv_or_bit(__m512i idx, __mmask16 m, int b) {
 }
 
 TKV_INLINE void tkv_turbo_walk(const uint32_t bits, uint32_t d, const uint8_t *pl,
-                               const tkv_turbo_tables *T, tkv_turbo_sink *s) {
+                               const tkv_turbo_tables *T, tkv_turbo_sink *s, uint32_t begin) {
     const __m512i m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3);
     if (bits == 4 || bits == 5) {
         const uint8_t *p1 = pl + d / 2; /* bit 4 (5-bit codes) */
-        for (uint32_t g0 = 0; g0 < d; g0 += 32) {
+        for (uint32_t g0 = begin; g0 < d; g0 += 32) {
             const uint32_t t = d - g0 < 32 ? d - g0 : 32, half = t / 2;
             const __mmask16 mh = half >= 16 ? 0xffff : tkv_m16(half);
             /* byte k: element k in the low nibble, k + t/2 in the high one */
@@ -247,7 +247,7 @@ TKV_INLINE void tkv_turbo_walk(const uint32_t bits, uint32_t d, const uint8_t *p
         }
     } else if (bits == 2 || bits == 3) {
         const uint8_t *p1 = pl + tkv_kc_plane2_bytes(d); /* bit 2 (3-bit codes) */
-        for (uint32_t g0 = 0; g0 < d; g0 += 64) {
+        for (uint32_t g0 = begin; g0 < d; g0 += 64) {
             const uint32_t t = d - g0 < 64 ? d - g0 : 64, qn = (t + 3) / 4;
             /* byte k: elements k, k+qn, k+2qn, k+3qn in bit pairs 0-1 .. 6-7 */
             const __m512i v =
@@ -265,7 +265,7 @@ TKV_INLINE void tkv_turbo_walk(const uint32_t bits, uint32_t d, const uint8_t *p
             }
         }
     } else { /* 8: one index byte per element */
-        for (uint32_t j = 0; j < d; j += 16) {
+        for (uint32_t j = begin; j < d; j += 16) {
             const __mmask16 m = d - j >= 16 ? 0xffff : tkv_m16(d - j);
             const __m512i idx = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, pl + j));
             tkv_sink_chunk(s, (j >> 4) & 1, tkv_lookup(bits, T, idx), j, m);
@@ -318,44 +318,162 @@ static tkv_turbo_tables tkv_tables(const tkv_code_layout *L) {
     return T;
 }
 
+/* Elements per full group: P4 32, P2 64, P8 16 (one register). */
+#define TKV_GROUP(bits) ((bits) == 4 || (bits) == 5 ? 32u : (bits) == 2 || (bits) == 3 ? 64u : 16u)
+
+/* The G/16 centroid registers of the full group at g0 (c[k]: elements g0+16k..g0+16k+15):
+ * the hot path, with no masks or tail checks. */
+TKV_INLINE void tkv_group_full(const uint32_t bits, uint32_t d, const uint8_t *pl, uint32_t g0,
+                               const tkv_turbo_tables *T, __m512 c[4]) {
+    if (bits == 4 || bits == 5) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pl + g0 / 2)));
+        __m512i i0 = _mm512_and_si512(v, _mm512_set1_epi32(15)), i1 = _mm512_srli_epi32(v, 4);
+        if (bits == 5) {
+            const uint8_t *p1 = pl + d / 2 + g0 / 8;
+            i0 = tkv_or_bit(i0, tkv_kc_u16(p1), 4);
+            i1 = tkv_or_bit(i1, tkv_kc_u16(p1 + 2), 4);
+        }
+        c[0] = tkv_lookup(bits, T, i0);
+        c[1] = tkv_lookup(bits, T, i1);
+    } else if (bits == 2 || bits == 3) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pl + g0 / 4)));
+        const uint8_t *p1 = pl + tkv_kc_plane2_bytes(d) + g0 / 8;
+        for (int sl = 0; sl < 4; sl++) {
+            __m512i idx = _mm512_and_si512(_mm512_srli_epi32(v, 2 * sl), _mm512_set1_epi32(3));
+            if (bits == 3) {
+                idx = tkv_or_bit(idx, tkv_kc_u16(p1 + 2 * sl), 2);
+            }
+            c[sl] = tkv_lookup(bits, T, idx);
+        }
+    } else {
+        c[0] = tkv_lookup(bits, T, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pl + g0))));
+    }
+}
+
+/* Horizontal sums of four registers at once: [sum a, sum b, sum c, sum d]. */
+static inline __m128 tkv_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d */
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    /* per 128-bit lane: [a, b, c, d] partial sums */
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* Scores of keys one at a time (remainder of the 4-key batches). */
+TKV_INLINE float tkv_turbo_score1(const uint32_t bits, const tkv_code_layout *L, const float *q,
+                                  const uint8_t *code, const tkv_turbo_tables *T) {
+    tkv_turbo_sink s = {0, q, _mm512_setzero_ps(), _mm512_setzero_ps(), NULL, _mm512_setzero_ps()};
+    tkv_turbo_walk(bits, L->d, code + L->payload_off, T, &s, 0);
+    return tkv_h2f(code + L->scale_off) * _mm512_reduce_add_ps(_mm512_add_ps(s.sum0, s.sum1));
+}
+
+/* Four keys per pass: their groups interleave (four independent FMA chains), one
+ * transposed reduction serves all four, and the four fp16 scales convert together.
+ * The partial last group (if any) goes through the masked walk. */
 TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout *L,
                                       const float *q, const uint8_t *codes, size_t n,
                                       float *out) {
     const tkv_turbo_tables T = tkv_tables(L);
-    const uint32_t d = L->d;
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *code = codes + i * L->stride;
-        tkv_turbo_sink s = {0, q, _mm512_setzero_ps(), _mm512_setzero_ps(), NULL,
-                            _mm512_setzero_ps()};
-        tkv_turbo_walk(bits, d, code + L->payload_off, &T, &s);
-        /* the scale multiplies the whole dot product once */
-        float r = tkv_h2f(code + L->scale_off) * _mm512_reduce_add_ps(_mm512_add_ps(s.sum0, s.sum1));
-        if (L->has_qjl) {
-            const float g = L->qjl_coef * tkv_h2f(code + L->rnorm_off);
-            r += g * tkv_qjl_dot(q + d, code + L->signs_off, d);
+    const uint32_t d = L->d, G = TKV_GROUP(bits), full = d / G * G;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint8_t *code[4];
+        __m512 acc[4];
+        for (int k = 0; k < 4; k++) {
+            code[k] = codes + (i + (size_t)k) * L->stride;
+            acc[k] = _mm512_setzero_ps();
         }
-        out[i] = r;
+        for (uint32_t g0 = 0; g0 < full; g0 += G) {
+            for (int k = 0; k < 4; k++) {
+                __m512 c[4];
+                tkv_group_full(bits, d, code[k] + L->payload_off, g0, &T, c);
+                for (uint32_t ch = 0; ch < G / 16; ch++) {
+                    acc[k] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g0 + 16 * ch), c[ch], acc[k]);
+                }
+            }
+        }
+        if (full < d) {
+            for (int k = 0; k < 4; k++) {
+                tkv_turbo_sink s = {0, q, acc[k], _mm512_setzero_ps(), NULL, _mm512_setzero_ps()};
+                tkv_turbo_walk(bits, d, code[k] + L->payload_off, &T, &s, full);
+                acc[k] = _mm512_add_ps(s.sum0, s.sum1);
+            }
+        }
+        const __m128i h = _mm_setr_epi16((short)tkv_kc_u16(code[0] + L->scale_off),
+                                         (short)tkv_kc_u16(code[1] + L->scale_off),
+                                         (short)tkv_kc_u16(code[2] + L->scale_off),
+                                         (short)tkv_kc_u16(code[3] + L->scale_off), 0, 0, 0, 0);
+        /* the scale multiplies the whole dot product once */
+        _mm_storeu_ps(out + i, _mm_mul_ps(_mm_cvtph_ps(h), tkv_reduce4(acc[0], acc[1], acc[2], acc[3])));
+    }
+    for (; i < n; i++) {
+        out[i] = tkv_turbo_score1(bits, L, q, codes + i * L->stride, &T);
+    }
+    if (L->has_qjl) {
+        for (size_t k = 0; k < n; k++) {
+            const uint8_t *code = codes + k * L->stride;
+            const float g = L->qjl_coef * tkv_h2f(code + L->rnorm_off);
+            out[k] += g * tkv_qjl_dot(q + d, code + L->signs_off, d);
+        }
     }
 }
 
+/* acc += ws[k] * decode(code[k]) for nk (1..4) keys, in key order for every element.
+ * Each full-group register of acc is loaded and stored once for all nk keys. */
+TKV_INLINE void tkv_turbo_axpy_batch(const uint32_t bits, const tkv_code_layout *L,
+                                     const tkv_turbo_tables *T, const uint8_t *const code[4],
+                                     const float ws[4], int nk, float *acc) {
+    const uint32_t d = L->d, G = TKV_GROUP(bits), full = d / G * G;
+    for (uint32_t g0 = 0; g0 < full; g0 += G) {
+        __m512 c[4][4];
+        for (int k = 0; k < nk; k++) {
+            tkv_group_full(bits, d, code[k] + L->payload_off, g0, T, c[k]);
+        }
+        for (uint32_t ch = 0; ch < G / 16; ch++) {
+            float *a = acc + g0 + 16 * ch;
+            __m512 v = _mm512_loadu_ps(a);
+            for (int k = 0; k < nk; k++) {
+                v = _mm512_fmadd_ps(_mm512_set1_ps(ws[k]), c[k][ch], v);
+            }
+            _mm512_storeu_ps(a, v);
+        }
+    }
+    for (int k = 0; k < nk && full < d; k++) {
+        tkv_turbo_sink s = {1, NULL, _mm512_setzero_ps(), _mm512_setzero_ps(), acc,
+                            _mm512_set1_ps(ws[k])};
+        tkv_turbo_walk(bits, d, code[k] + L->payload_off, T, &s, full);
+    }
+}
+
+/* Rows with |w| >= threshold are collected four at a time and added in one batch;
+ * w * scale is folded into one broadcast per row. */
 TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout *L,
                                      const float *w, float threshold, const uint8_t *codes,
                                      size_t n, float *acc) {
     const tkv_turbo_tables T = tkv_tables(L);
     const uint32_t d = L->d;
+    const uint8_t *code[4];
+    float ws[4];
+    int nk = 0;
     for (size_t i = 0; i < n; i++) {
         if (!(fabsf(w[i]) >= threshold)) {
             continue;
         }
-        const uint8_t *code = codes + i * L->stride;
-        /* fold w * scale into one broadcast: acc += (w * scale) * centroid */
-        tkv_turbo_sink s = {1, NULL, _mm512_setzero_ps(), _mm512_setzero_ps(), acc,
-                            _mm512_set1_ps(w[i] * tkv_h2f(code + L->scale_off))};
-        tkv_turbo_walk(bits, d, code + L->payload_off, &T, &s);
+        code[nk] = codes + i * L->stride;
+        ws[nk] = w[i] * tkv_h2f(code[nk] + L->scale_off);
         if (L->has_qjl) {
-            const float g = L->qjl_coef * tkv_h2f(code + L->rnorm_off);
-            tkv_qjl_axpy(acc + d, code + L->signs_off, d, w[i] * g);
+            const float g = L->qjl_coef * tkv_h2f(code[nk] + L->rnorm_off);
+            tkv_qjl_axpy(acc + d, code[nk] + L->signs_off, d, w[i] * g);
         }
+        if (++nk == 4) {
+            tkv_turbo_axpy_batch(bits, L, &T, code, ws, 4, acc);
+            nk = 0;
+        }
+    }
+    for (int k = 0; k < nk; k++) {
+        tkv_turbo_axpy_batch(bits, L, &T, &code[k], &ws[k], 1, acc);
     }
 }
 
