@@ -41,7 +41,9 @@ static double urand(void) {
     rng_state ^= rng_state >> 27;
     return ((rng_state * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0) + 1e-300;
 }
-static float grand(void) { return (float)(sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand())); }
+static float grand(void) {
+    return (float)(sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand()));
+}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -53,22 +55,21 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-#define CHECK_TKV(expr)                                                                  \
-    do {                                                                                 \
-        tkv_status st_ = (expr);                                                         \
-        if (st_ != TKV_OK) {                                                             \
-            fprintf(stderr, "%s failed: %s: %s\n", #expr, tkv_status_name(st_),          \
-                    tkv_last_error());                                                   \
-            exit(1);                                                                     \
-        }                                                                                \
+#define CHECK_TKV(expr)                                                                            \
+    do {                                                                                           \
+        tkv_status st_ = (expr);                                                                   \
+        if (st_ != TKV_OK) {                                                                       \
+            fprintf(stderr, "%s failed: %s: %s\n", #expr, tkv_status_name(st_), tkv_last_error()); \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
 
 typedef struct bench_codec {
     tkv_codec *codec;
-    size_t bytes;           /* per vector */
-    void *k, *v;            /* n encoded keys / values */
+    size_t bytes;            /* per vector */
+    void *k, *v;             /* n encoded keys / values */
     double enc_vps, dec_vps; /* vectors per second */
-    double *attn_us;        /* per round */
+    double *attn_us;         /* per round */
 } bench_codec;
 
 static void run_config(uint32_t d, int64_t n, int rounds) {
@@ -126,8 +127,8 @@ static void run_config(uint32_t d, int64_t n, int rounds) {
             const size_t sz = tkv_codec_encoded_size(bc[c].codec, n);
             double t0 = now_s();
             for (int i = 0; i < reps; i++) {
-                CHECK_TKV(tkv_codec_attention(bc[c].codec, bc[c].codec, q, bc[c].k, sz, bc[c].v,
-                                              sz, n, 0.0f, 0.0f, out));
+                CHECK_TKV(tkv_codec_attention(bc[c].codec, bc[c].codec, q, bc[c].k, sz, bc[c].v, sz,
+                                              n, 0.0f, 0.0f, out));
             }
             double t1 = now_s();
             if (r >= 0) {

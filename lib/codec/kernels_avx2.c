@@ -31,7 +31,9 @@ static inline float tkv_hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-static inline float tkv_h2f(const uint8_t *p) { return _cvtsh_ss(tkv_kc_u16(p)); }
+static inline float tkv_h2f(const uint8_t *p) {
+    return _cvtsh_ss(tkv_kc_u16(p));
+}
 
 /* 8 int32 lanes widened from 8 bytes at p */
 static inline __m256i tkv_u8x8(const uint8_t *p) {
@@ -108,21 +110,20 @@ TKV_INLINE void tkv_axpy_flt(const tkv_code_format fmt, float *acc, const uint8_
     }
 }
 
-#define TKV_FLOAT_KERNELS(name, fmt)                                                           \
-    static void tkv_scores_##name##_avx2(const tkv_code_layout *L, const float *q,             \
-                                         const uint8_t *codes, size_t n, float *out) {         \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            out[i] = tkv_dot_flt(fmt, q, codes + i * L->stride, L->d);                         \
-        }                                                                                      \
-    }                                                                                          \
-    static void tkv_accum_##name##_avx2(const tkv_code_layout *L, const float *w,              \
-                                        float threshold, const uint8_t *codes, size_t n,       \
-                                        float *acc) {                                          \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            if (fabsf(w[i]) >= threshold) {                                                    \
-                tkv_axpy_flt(fmt, acc, codes + i * L->stride, L->d, w[i]);                     \
-            }                                                                                  \
-        }                                                                                      \
+#define TKV_FLOAT_KERNELS(name, fmt)                                                               \
+    static void tkv_scores_##name##_avx2(const tkv_code_layout *L, const float *q,                 \
+                                         const uint8_t *codes, size_t n, float *out) {             \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            out[i] = tkv_dot_flt(fmt, q, codes + i * L->stride, L->d);                             \
+        }                                                                                          \
+    }                                                                                              \
+    static void tkv_accum_##name##_avx2(const tkv_code_layout *L, const float *w, float threshold, \
+                                        const uint8_t *codes, size_t n, float *acc) {              \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            if (fabsf(w[i]) >= threshold) {                                                        \
+                tkv_axpy_flt(fmt, acc, codes + i * L->stride, L->d, w[i]);                         \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 TKV_FLOAT_KERNELS(f32, TKV_FMT_F32)
@@ -209,21 +210,20 @@ TKV_INLINE void tkv_axpy_block(const int four_bit, float *acc, const uint8_t *p,
     }
 }
 
-#define TKV_BLOCK_KERNELS(name, four_bit)                                                      \
-    static void tkv_scores_##name##_avx2(const tkv_code_layout *L, const float *q,             \
-                                         const uint8_t *codes, size_t n, float *out) {         \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            out[i] = tkv_dot_block(four_bit, q, codes + i * L->stride, L->d);                  \
-        }                                                                                      \
-    }                                                                                          \
-    static void tkv_accum_##name##_avx2(const tkv_code_layout *L, const float *w,              \
-                                        float threshold, const uint8_t *codes, size_t n,       \
-                                        float *acc) {                                          \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            if (fabsf(w[i]) >= threshold) {                                                    \
-                tkv_axpy_block(four_bit, acc, codes + i * L->stride, L->d, w[i]);              \
-            }                                                                                  \
-        }                                                                                      \
+#define TKV_BLOCK_KERNELS(name, four_bit)                                                          \
+    static void tkv_scores_##name##_avx2(const tkv_code_layout *L, const float *q,                 \
+                                         const uint8_t *codes, size_t n, float *out) {             \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            out[i] = tkv_dot_block(four_bit, q, codes + i * L->stride, L->d);                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void tkv_accum_##name##_avx2(const tkv_code_layout *L, const float *w, float threshold, \
+                                        const uint8_t *codes, size_t n, float *acc) {              \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            if (fabsf(w[i]) >= threshold) {                                                        \
+                tkv_axpy_block(four_bit, acc, codes + i * L->stride, L->d, w[i]);                  \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 TKV_BLOCK_KERNELS(q8_0, 0)
@@ -367,8 +367,8 @@ static void tkv_qjl_axpy(float *acc, const uint8_t *signs, uint32_t d, float wg)
     uint32_t j = 0;
     for (; j + 8 <= d; j += 8) {
         const __m256 m = _mm256_castsi256_ps(tkv_bitmask8(signs[j / 8]));
-        _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j),
-                                                _mm256_blendv_ps(neg, pos, m)));
+        _mm256_storeu_ps(acc + j,
+                         _mm256_add_ps(_mm256_loadu_ps(acc + j), _mm256_blendv_ps(neg, pos, m)));
     }
     for (; j < d; j++) {
         acc[j] += tkv_kc_p1(signs, j) ? wg : -wg;
@@ -383,9 +383,8 @@ static tkv_turbo_tables tkv_tables(const tkv_code_layout *L) {
     return T;
 }
 
-TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout *L,
-                                      const float *q, const uint8_t *codes, size_t n,
-                                      float *out) {
+TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout *L, const float *q,
+                                      const uint8_t *codes, size_t n, float *out) {
     const tkv_turbo_tables T = tkv_tables(L);
     const uint32_t d = L->d;
     for (size_t i = 0; i < n; i++) {
@@ -403,9 +402,8 @@ TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout
     }
 }
 
-TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout *L,
-                                     const float *w, float threshold, const uint8_t *codes,
-                                     size_t n, float *acc) {
+TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout *L, const float *w,
+                                     float threshold, const uint8_t *codes, size_t n, float *acc) {
     const tkv_turbo_tables T = tkv_tables(L);
     const uint32_t d = L->d;
     for (size_t i = 0; i < n; i++) {
@@ -414,7 +412,12 @@ TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout 
         }
         const uint8_t *code = codes + i * L->stride;
         /* fold w * scale into one broadcast: acc += (w * scale) * centroid */
-        tkv_turbo_sink s = {1,   NULL, _mm256_setzero_ps(), _mm256_setzero_ps(), 0.0f, acc,
+        tkv_turbo_sink s = {1,
+                            NULL,
+                            _mm256_setzero_ps(),
+                            _mm256_setzero_ps(),
+                            0.0f,
+                            acc,
                             w[i] * tkv_h2f(code + L->scale_off)};
         tkv_turbo_walk(bits, d, code + L->payload_off, L->centroids, &T, &s);
         if (L->has_qjl) {
@@ -427,24 +430,48 @@ TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout 
 static void tkv_scores_turbo_avx2(const tkv_code_layout *L, const float *q, const uint8_t *codes,
                                   size_t n, float *out) {
     switch (L->bits) {
-    case 2: tkv_turbo_scores_bits(2, L, q, codes, n, out); break;
-    case 3: tkv_turbo_scores_bits(3, L, q, codes, n, out); break;
-    case 4: tkv_turbo_scores_bits(4, L, q, codes, n, out); break;
-    case 5: tkv_turbo_scores_bits(5, L, q, codes, n, out); break;
-    case 8: tkv_turbo_scores_bits(8, L, q, codes, n, out); break;
-    default: tkv_scores_scalar(L, q, codes, n, out); break; /* 1-bit: no codec uses it */
+    case 2:
+        tkv_turbo_scores_bits(2, L, q, codes, n, out);
+        break;
+    case 3:
+        tkv_turbo_scores_bits(3, L, q, codes, n, out);
+        break;
+    case 4:
+        tkv_turbo_scores_bits(4, L, q, codes, n, out);
+        break;
+    case 5:
+        tkv_turbo_scores_bits(5, L, q, codes, n, out);
+        break;
+    case 8:
+        tkv_turbo_scores_bits(8, L, q, codes, n, out);
+        break;
+    default:
+        tkv_scores_scalar(L, q, codes, n, out);
+        break; /* 1-bit: no codec uses it */
     }
 }
 
 static void tkv_accum_turbo_avx2(const tkv_code_layout *L, const float *w, float threshold,
                                  const uint8_t *codes, size_t n, float *acc) {
     switch (L->bits) {
-    case 2: tkv_turbo_accum_bits(2, L, w, threshold, codes, n, acc); break;
-    case 3: tkv_turbo_accum_bits(3, L, w, threshold, codes, n, acc); break;
-    case 4: tkv_turbo_accum_bits(4, L, w, threshold, codes, n, acc); break;
-    case 5: tkv_turbo_accum_bits(5, L, w, threshold, codes, n, acc); break;
-    case 8: tkv_turbo_accum_bits(8, L, w, threshold, codes, n, acc); break;
-    default: tkv_accum_scalar(L, w, threshold, codes, n, acc); break;
+    case 2:
+        tkv_turbo_accum_bits(2, L, w, threshold, codes, n, acc);
+        break;
+    case 3:
+        tkv_turbo_accum_bits(3, L, w, threshold, codes, n, acc);
+        break;
+    case 4:
+        tkv_turbo_accum_bits(4, L, w, threshold, codes, n, acc);
+        break;
+    case 5:
+        tkv_turbo_accum_bits(5, L, w, threshold, codes, n, acc);
+        break;
+    case 8:
+        tkv_turbo_accum_bits(8, L, w, threshold, codes, n, acc);
+        break;
+    default:
+        tkv_accum_scalar(L, w, threshold, codes, n, acc);
+        break;
     }
 }
 
@@ -464,9 +491,9 @@ static void tkv_fwht_avx2(float *x, uint32_t d, float scale) {
     const __m256 s4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
     for (uint32_t i = 0; i < d; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
-        v = _mm256_fmadd_ps(v, s1, _mm256_permute_ps(v, 0xB1));          /* h = 1 */
-        v = _mm256_fmadd_ps(v, s2, _mm256_permute_ps(v, 0x4E));          /* h = 2 */
-        v = _mm256_fmadd_ps(v, s4, _mm256_permute2f128_ps(v, v, 0x01));  /* h = 4 */
+        v = _mm256_fmadd_ps(v, s1, _mm256_permute_ps(v, 0xB1));         /* h = 1 */
+        v = _mm256_fmadd_ps(v, s2, _mm256_permute_ps(v, 0x4E));         /* h = 2 */
+        v = _mm256_fmadd_ps(v, s4, _mm256_permute2f128_ps(v, v, 0x01)); /* h = 4 */
         _mm256_storeu_ps(x + i, v);
     }
     for (uint32_t h = 8; h < d; h *= 2) {
@@ -566,8 +593,8 @@ static void tkv_matvec_t_avx2(const float *m, const float *x, uint32_t rows, uin
 
 const tkv_codec_kernels tkv_codec_kernels_avx2 = {
     .isa = "avx2",
-    .scores = {tkv_scores_f32_avx2, tkv_scores_f16_avx2, tkv_scores_bf16_avx2,
-               tkv_scores_q8_0_avx2, tkv_scores_q4_0_avx2, tkv_scores_turbo_avx2},
+    .scores = {tkv_scores_f32_avx2, tkv_scores_f16_avx2, tkv_scores_bf16_avx2, tkv_scores_q8_0_avx2,
+               tkv_scores_q4_0_avx2, tkv_scores_turbo_avx2},
     .accum = {tkv_accum_f32_avx2, tkv_accum_f16_avx2, tkv_accum_bf16_avx2, tkv_accum_q8_0_avx2,
               tkv_accum_q4_0_avx2, tkv_accum_turbo_avx2},
     .fwht = tkv_fwht_avx2,

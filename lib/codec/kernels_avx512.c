@@ -24,9 +24,13 @@
 /* Force inlining of the generic bodies so each (format, bits) instance is specialized. */
 #define TKV_INLINE static inline __attribute__((always_inline))
 
-static inline __mmask16 tkv_m16(uint32_t r) { return (__mmask16)((1u << r) - 1u); } /* r <= 16 */
+static inline __mmask16 tkv_m16(uint32_t r) {
+    return (__mmask16)((1u << r) - 1u);
+} /* r <= 16 */
 
-static inline float tkv_h2f(const uint8_t *p) { return _cvtsh_ss(tkv_kc_u16(p)); }
+static inline float tkv_h2f(const uint8_t *p) {
+    return _cvtsh_ss(tkv_kc_u16(p));
+}
 
 /* ---------------------------------------------------------------------------------
  * fp32 / fp16 / bf16: load 16 elements (masked), FMA against q.
@@ -53,8 +57,7 @@ TKV_INLINE float tkv_dot_flt(const tkv_code_format fmt, const float *q, const ui
     uint32_t j = 0;
     for (; j + 32 <= d; j += 32) {
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), tkv_load_flt(fmt, p, j, 0xffff), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j + 16), tkv_load_flt(fmt, p, j + 16, 0xffff),
-                             a1);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j + 16), tkv_load_flt(fmt, p, j + 16, 0xffff), a1);
     }
     for (; j < d; j += 16) {
         const __mmask16 m = d - j >= 16 ? 0xffff : tkv_m16(d - j);
@@ -73,21 +76,21 @@ TKV_INLINE void tkv_axpy_flt(const tkv_code_format fmt, float *acc, const uint8_
     }
 }
 
-#define TKV_FLOAT_KERNELS(name, fmt)                                                           \
-    static void tkv_scores_##name##_avx512(const tkv_code_layout *L, const float *q,           \
-                                           const uint8_t *codes, size_t n, float *out) {       \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            out[i] = tkv_dot_flt(fmt, q, codes + i * L->stride, L->d);                         \
-        }                                                                                      \
-    }                                                                                          \
-    static void tkv_accum_##name##_avx512(const tkv_code_layout *L, const float *w,            \
-                                          float threshold, const uint8_t *codes, size_t n,     \
-                                          float *acc) {                                        \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            if (fabsf(w[i]) >= threshold) {                                                    \
-                tkv_axpy_flt(fmt, acc, codes + i * L->stride, L->d, w[i]);                     \
-            }                                                                                  \
-        }                                                                                      \
+#define TKV_FLOAT_KERNELS(name, fmt)                                                               \
+    static void tkv_scores_##name##_avx512(const tkv_code_layout *L, const float *q,               \
+                                           const uint8_t *codes, size_t n, float *out) {           \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            out[i] = tkv_dot_flt(fmt, q, codes + i * L->stride, L->d);                             \
+        }                                                                                          \
+    }                                                                                              \
+    static void tkv_accum_##name##_avx512(const tkv_code_layout *L, const float *w,                \
+                                          float threshold, const uint8_t *codes, size_t n,         \
+                                          float *acc) {                                            \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            if (fabsf(w[i]) >= threshold) {                                                        \
+                tkv_axpy_flt(fmt, acc, codes + i * L->stride, L->d, w[i]);                         \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 TKV_FLOAT_KERNELS(f32, TKV_FMT_F32)
@@ -109,8 +112,8 @@ TKV_INLINE void tkv_block_vals(const int four_bit, const uint8_t *qs, uint32_t t
         *m0 = *m1 = half >= 16 ? 0xffff : tkv_m16(half);
         const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(*m0, qs));
         const __m512i eight = _mm512_set1_epi32(8);
-        *x0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)),
-                                                  eight));
+        *x0 =
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), eight));
         *x1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
         *off1 = half;
     } else {
@@ -155,21 +158,21 @@ TKV_INLINE void tkv_axpy_block(const int four_bit, float *acc, const uint8_t *p,
     }
 }
 
-#define TKV_BLOCK_KERNELS(name, four_bit)                                                      \
-    static void tkv_scores_##name##_avx512(const tkv_code_layout *L, const float *q,           \
-                                           const uint8_t *codes, size_t n, float *out) {       \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            out[i] = tkv_dot_block(four_bit, q, codes + i * L->stride, L->d);                  \
-        }                                                                                      \
-    }                                                                                          \
-    static void tkv_accum_##name##_avx512(const tkv_code_layout *L, const float *w,            \
-                                          float threshold, const uint8_t *codes, size_t n,     \
-                                          float *acc) {                                        \
-        for (size_t i = 0; i < n; i++) {                                                       \
-            if (fabsf(w[i]) >= threshold) {                                                    \
-                tkv_axpy_block(four_bit, acc, codes + i * L->stride, L->d, w[i]);              \
-            }                                                                                  \
-        }                                                                                      \
+#define TKV_BLOCK_KERNELS(name, four_bit)                                                          \
+    static void tkv_scores_##name##_avx512(const tkv_code_layout *L, const float *q,               \
+                                           const uint8_t *codes, size_t n, float *out) {           \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            out[i] = tkv_dot_block(four_bit, q, codes + i * L->stride, L->d);                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void tkv_accum_##name##_avx512(const tkv_code_layout *L, const float *w,                \
+                                          float threshold, const uint8_t *codes, size_t n,         \
+                                          float *acc) {                                            \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            if (fabsf(w[i]) >= threshold) {                                                        \
+                tkv_axpy_block(four_bit, acc, codes + i * L->stride, L->d, w[i]);                  \
+            }                                                                                      \
+        }                                                                                          \
     }
 
 TKV_BLOCK_KERNELS(q8_0, 0)
@@ -235,8 +238,8 @@ TKV_INLINE void tkv_turbo_walk(const uint32_t bits, uint32_t d, const uint8_t *p
             const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mh, pl + g0 / 2));
             __m512i i0 = _mm512_and_si512(v, m15), i1 = _mm512_srli_epi32(v, 4);
             if (bits == 5) {
-                const __mmask16 b0 = t == 32 ? tkv_kc_u16(p1 + g0 / 8)
-                                             : (__mmask16)tkv_kc_bits(p1, g0, half);
+                const __mmask16 b0 =
+                    t == 32 ? tkv_kc_u16(p1 + g0 / 8) : (__mmask16)tkv_kc_bits(p1, g0, half);
                 const __mmask16 b1 = t == 32 ? tkv_kc_u16(p1 + g0 / 8 + 2)
                                              : (__mmask16)tkv_kc_bits(p1, g0 + half, half);
                 i0 = tkv_or_bit(i0, b0, 4);
@@ -250,15 +253,14 @@ TKV_INLINE void tkv_turbo_walk(const uint32_t bits, uint32_t d, const uint8_t *p
         for (uint32_t g0 = begin; g0 < d; g0 += 64) {
             const uint32_t t = d - g0 < 64 ? d - g0 : 64, qn = (t + 3) / 4;
             /* byte k: elements k, k+qn, k+2qn, k+3qn in bit pairs 0-1 .. 6-7 */
-            const __m512i v =
-                _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(tkv_m16(qn), pl + g0 / 4));
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(tkv_m16(qn), pl + g0 / 4));
             for (uint32_t sl = 0; sl < 4 && sl * qn < t; sl++) {
                 const uint32_t cnt = t - sl * qn < qn ? t - sl * qn : qn;
                 const uint32_t j = g0 + sl * qn;
                 __m512i idx = _mm512_and_si512(_mm512_srli_epi32(v, 2 * (int)sl), m3);
                 if (bits == 3) {
-                    const __mmask16 b = t == 64 ? tkv_kc_u16(p1 + j / 8)
-                                                : (__mmask16)tkv_kc_bits(p1, j, cnt);
+                    const __mmask16 b =
+                        t == 64 ? tkv_kc_u16(p1 + j / 8) : (__mmask16)tkv_kc_bits(p1, j, cnt);
                     idx = tkv_or_bit(idx, b, 2);
                 }
                 tkv_sink_chunk(s, sl & 1, tkv_lookup(bits, T, idx), j, tkv_m16(cnt));
@@ -304,8 +306,8 @@ static void tkv_qjl_axpy(float *acc, const uint8_t *signs, uint32_t d, float wg)
     for (uint32_t j = 0; j < d; j += 16) {
         const uint32_t r = d - j >= 16 ? 16 : d - j;
         const __mmask16 m = tkv_m16(r);
-        const __mmask16 b = r == 16 ? tkv_kc_u16(signs + j / 8)
-                                    : (__mmask16)tkv_kc_bits(signs, j, r);
+        const __mmask16 b =
+            r == 16 ? tkv_kc_u16(signs + j / 8) : (__mmask16)tkv_kc_bits(signs, j, r);
         const __m512 a = _mm512_maskz_loadu_ps(m, acc + j);
         _mm512_mask_storeu_ps(acc + j, m, _mm512_add_ps(a, _mm512_mask_blend_ps(b, neg, pos)));
     }
@@ -346,7 +348,8 @@ TKV_INLINE void tkv_group_full(const uint32_t bits, uint32_t d, const uint8_t *p
             c[sl] = tkv_lookup(bits, T, idx);
         }
     } else {
-        c[0] = tkv_lookup(bits, T, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pl + g0))));
+        c[0] =
+            tkv_lookup(bits, T, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pl + g0))));
     }
 }
 
@@ -356,7 +359,8 @@ static inline __m128 tkv_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
     const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
     const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
     /* per 128-bit lane: [a, b, c, d] partial sums */
-    const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    const __m512 s =
+        _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
     const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
@@ -372,9 +376,8 @@ TKV_INLINE float tkv_turbo_score1(const uint32_t bits, const tkv_code_layout *L,
 /* Four keys per pass: their groups interleave (four independent FMA chains), one
  * transposed reduction serves all four, and the four fp16 scales convert together.
  * The partial last group (if any) goes through the masked walk. */
-TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout *L,
-                                      const float *q, const uint8_t *codes, size_t n,
-                                      float *out) {
+TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout *L, const float *q,
+                                      const uint8_t *codes, size_t n, float *out) {
     const tkv_turbo_tables T = tkv_tables(L);
     const uint32_t d = L->d, G = TKV_GROUP(bits), full = d / G * G;
     size_t i = 0;
@@ -406,7 +409,8 @@ TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout
                                          (short)tkv_kc_u16(code[2] + L->scale_off),
                                          (short)tkv_kc_u16(code[3] + L->scale_off), 0, 0, 0, 0);
         /* the scale multiplies the whole dot product once */
-        _mm_storeu_ps(out + i, _mm_mul_ps(_mm_cvtph_ps(h), tkv_reduce4(acc[0], acc[1], acc[2], acc[3])));
+        _mm_storeu_ps(out + i,
+                      _mm_mul_ps(_mm_cvtph_ps(h), tkv_reduce4(acc[0], acc[1], acc[2], acc[3])));
     }
     for (; i < n; i++) {
         out[i] = tkv_turbo_score1(bits, L, q, codes + i * L->stride, &T);
@@ -441,17 +445,16 @@ TKV_INLINE void tkv_turbo_axpy_batch(const uint32_t bits, const tkv_code_layout 
         }
     }
     for (int k = 0; k < nk && full < d; k++) {
-        tkv_turbo_sink s = {1, NULL, _mm512_setzero_ps(), _mm512_setzero_ps(), acc,
-                            _mm512_set1_ps(ws[k])};
+        tkv_turbo_sink s = {
+            1, NULL, _mm512_setzero_ps(), _mm512_setzero_ps(), acc, _mm512_set1_ps(ws[k])};
         tkv_turbo_walk(bits, d, code[k] + L->payload_off, T, &s, full);
     }
 }
 
 /* Rows with |w| >= threshold are collected four at a time and added in one batch;
  * w * scale is folded into one broadcast per row. */
-TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout *L,
-                                     const float *w, float threshold, const uint8_t *codes,
-                                     size_t n, float *acc) {
+TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout *L, const float *w,
+                                     float threshold, const uint8_t *codes, size_t n, float *acc) {
     const tkv_turbo_tables T = tkv_tables(L);
     const uint32_t d = L->d;
     const uint8_t *code[4];
@@ -477,27 +480,51 @@ TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout 
     }
 }
 
-static void tkv_scores_turbo_avx512(const tkv_code_layout *L, const float *q,
-                                    const uint8_t *codes, size_t n, float *out) {
+static void tkv_scores_turbo_avx512(const tkv_code_layout *L, const float *q, const uint8_t *codes,
+                                    size_t n, float *out) {
     switch (L->bits) {
-    case 2: tkv_turbo_scores_bits(2, L, q, codes, n, out); break;
-    case 3: tkv_turbo_scores_bits(3, L, q, codes, n, out); break;
-    case 4: tkv_turbo_scores_bits(4, L, q, codes, n, out); break;
-    case 5: tkv_turbo_scores_bits(5, L, q, codes, n, out); break;
-    case 8: tkv_turbo_scores_bits(8, L, q, codes, n, out); break;
-    default: tkv_scores_scalar(L, q, codes, n, out); break; /* 1-bit: no codec uses it */
+    case 2:
+        tkv_turbo_scores_bits(2, L, q, codes, n, out);
+        break;
+    case 3:
+        tkv_turbo_scores_bits(3, L, q, codes, n, out);
+        break;
+    case 4:
+        tkv_turbo_scores_bits(4, L, q, codes, n, out);
+        break;
+    case 5:
+        tkv_turbo_scores_bits(5, L, q, codes, n, out);
+        break;
+    case 8:
+        tkv_turbo_scores_bits(8, L, q, codes, n, out);
+        break;
+    default:
+        tkv_scores_scalar(L, q, codes, n, out);
+        break; /* 1-bit: no codec uses it */
     }
 }
 
 static void tkv_accum_turbo_avx512(const tkv_code_layout *L, const float *w, float threshold,
                                    const uint8_t *codes, size_t n, float *acc) {
     switch (L->bits) {
-    case 2: tkv_turbo_accum_bits(2, L, w, threshold, codes, n, acc); break;
-    case 3: tkv_turbo_accum_bits(3, L, w, threshold, codes, n, acc); break;
-    case 4: tkv_turbo_accum_bits(4, L, w, threshold, codes, n, acc); break;
-    case 5: tkv_turbo_accum_bits(5, L, w, threshold, codes, n, acc); break;
-    case 8: tkv_turbo_accum_bits(8, L, w, threshold, codes, n, acc); break;
-    default: tkv_accum_scalar(L, w, threshold, codes, n, acc); break;
+    case 2:
+        tkv_turbo_accum_bits(2, L, w, threshold, codes, n, acc);
+        break;
+    case 3:
+        tkv_turbo_accum_bits(3, L, w, threshold, codes, n, acc);
+        break;
+    case 4:
+        tkv_turbo_accum_bits(4, L, w, threshold, codes, n, acc);
+        break;
+    case 5:
+        tkv_turbo_accum_bits(5, L, w, threshold, codes, n, acc);
+        break;
+    case 8:
+        tkv_turbo_accum_bits(8, L, w, threshold, codes, n, acc);
+        break;
+    default:
+        tkv_accum_scalar(L, w, threshold, codes, n, acc);
+        break;
     }
 }
 
@@ -520,10 +547,10 @@ static void tkv_fwht_avx512(float *x, uint32_t d, float scale) {
     const __m512 s8 = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
     for (uint32_t i = 0; i < d; i += 16) {
         __m512 v = _mm512_loadu_ps(x + i);
-        v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));          /* h = 1 */
-        v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));          /* h = 2 */
-        v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1));    /* h = 4 */
-        v = _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E));    /* h = 8 */
+        v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));       /* h = 1 */
+        v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));       /* h = 2 */
+        v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1)); /* h = 4 */
+        v = _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E)); /* h = 8 */
         _mm512_storeu_ps(x + i, v);
     }
     for (uint32_t h = 16; h < d; h *= 2) {
@@ -605,7 +632,8 @@ static void tkv_matvec_t_avx512(const float *m, const float *x, uint32_t rows, u
         for (uint32_t c = 0; c < cols; c += 16) {
             const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
             const __m512 a = _mm512_maskz_loadu_ps(k, y + c);
-            _mm512_mask_storeu_ps(y + c, k, _mm512_fmadd_ps(xr, _mm512_maskz_loadu_ps(k, row + c), a));
+            _mm512_mask_storeu_ps(y + c, k,
+                                  _mm512_fmadd_ps(xr, _mm512_maskz_loadu_ps(k, row + c), a));
         }
     }
 }

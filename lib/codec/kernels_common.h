@@ -9,7 +9,9 @@
 
 #include <stdint.h>
 
-static inline uint16_t tkv_kc_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint16_t tkv_kc_u16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
 
 /* count (1..16) bits of a P1 plane starting at bit pos; reads only the bytes that hold
  * them, so it never runs past the plane. */
@@ -23,7 +25,9 @@ static inline uint32_t tkv_kc_bits(const uint8_t *p, uint32_t pos, uint32_t coun
 }
 
 /* Bytes of a P2 plane of d elements (groups of 64, the last one ceil(t/4) bytes). */
-static inline uint32_t tkv_kc_plane2_bytes(uint32_t d) { return (d / 64) * 16 + (d % 64 + 3) / 4; }
+static inline uint32_t tkv_kc_plane2_bytes(uint32_t d) {
+    return (d / 64) * 16 + (d % 64 + 3) / 4;
+}
 
 static inline uint32_t tkv_kc_p4(uint32_t d, const uint8_t *pl, uint32_t j) {
     const uint32_t g0 = j & ~31u;
@@ -40,17 +44,25 @@ static inline uint32_t tkv_kc_p2(uint32_t d, const uint8_t *pl, uint32_t j) {
     return (uint32_t)(pl[g0 / 4 + k % q] >> (2 * (k / q))) & 3u;
 }
 
-static inline uint32_t tkv_kc_p1(const uint8_t *p, uint32_t j) { return (p[j / 8] >> (j % 8)) & 1u; }
+static inline uint32_t tkv_kc_p1(const uint8_t *p, uint32_t j) {
+    return (p[j / 8] >> (j % 8)) & 1u;
+}
 
 /* Codebook index of element j of a turbo vector whose index planes start at pl. */
 static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl, uint32_t j) {
     switch (bits) {
-    case 1: return tkv_kc_p1(pl, j);
-    case 2: return tkv_kc_p2(d, pl, j);
-    case 3: return tkv_kc_p2(d, pl, j) | tkv_kc_p1(pl + tkv_kc_plane2_bytes(d), j) << 2;
-    case 4: return tkv_kc_p4(d, pl, j);
-    case 5: return tkv_kc_p4(d, pl, j) | tkv_kc_p1(pl + d / 2, j) << 4;
-    default: return pl[j];
+    case 1:
+        return tkv_kc_p1(pl, j);
+    case 2:
+        return tkv_kc_p2(d, pl, j);
+    case 3:
+        return tkv_kc_p2(d, pl, j) | tkv_kc_p1(pl + tkv_kc_plane2_bytes(d), j) << 2;
+    case 4:
+        return tkv_kc_p4(d, pl, j);
+    case 5:
+        return tkv_kc_p4(d, pl, j) | tkv_kc_p1(pl + d / 2, j) << 4;
+    default:
+        return pl[j];
     }
 }
 

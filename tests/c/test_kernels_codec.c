@@ -33,28 +33,40 @@
 
 static const uint32_t test_dims[] = {2, 6, 64, 80, 96, 128, 256};
 
-static float frand(tkv_rng *rng) { return (float)(tkv_rng_uniform(rng) * 2.0 - 1.0); }
+static float frand(tkv_rng *rng) {
+    return (float)(tkv_rng_uniform(rng) * 2.0 - 1.0);
+}
 
 /* Vector i of a test set: the distribution cycles with i. */
 static void make_vector(tkv_rng *rng, uint32_t d, int i, float *x) {
     const int kind = i % 5;
     for (uint32_t j = 0; j < d; j++) {
         switch (kind) {
-        case 0: x[j] = (float)tkv_rng_gaussian(rng); break;
-        case 1: x[j] = 3.0f * frand(rng); break;
+        case 0:
+            x[j] = (float)tkv_rng_gaussian(rng);
+            break;
+        case 1:
+            x[j] = 3.0f * frand(rng);
+            break;
         case 2: /* gaussian with a few large outliers */
             x[j] = (float)tkv_rng_gaussian(rng);
             if (tkv_rng_uniform(rng) < 0.05) {
                 x[j] *= 200.0f;
             }
             break;
-        case 3: x[j] = j % 7 == 3 ? 50.0f * frand(rng) : 0.0f; break; /* sparse spikes */
-        default: x[j] = i == 4 ? 0.0f : 0.01f * frand(rng); break;    /* zero, then tiny */
+        case 3:
+            x[j] = j % 7 == 3 ? 50.0f * frand(rng) : 0.0f;
+            break; /* sparse spikes */
+        default:
+            x[j] = i == 4 ? 0.0f : 0.01f * frand(rng);
+            break; /* zero, then tiny */
         }
     }
 }
 
-static int near_rel(double a, double b, double mag) { return fabs(a - b) <= REL_TOL * mag + 1e-30; }
+static int near_rel(double a, double b, double mag) {
+    return fabs(a - b) <= REL_TOL * mag + 1e-30;
+}
 
 static void test_codec_dim(const tkv_codec_kernels *K, const tkv_codec_kernels *S, int32_t id,
                            uint32_t d) {
@@ -100,8 +112,8 @@ static void test_codec_dim(const tkv_codec_kernels *K, const tkv_codec_kernels *
         }
         if (!near_rel(out_k[i], out_s[i], mag)) {
             if (bad++ < 3) {
-                fprintf(stderr, "  %s %s d=%u scores[%d]: %.9g vs scalar %.9g (mag %.3g)\n",
-                        K->isa, c.desc->name, d, i, (double)out_k[i], (double)out_s[i], mag);
+                fprintf(stderr, "  %s %s d=%u scores[%d]: %.9g vs scalar %.9g (mag %.3g)\n", K->isa,
+                        c.desc->name, d, i, (double)out_k[i], (double)out_s[i], mag);
             }
         }
     }
@@ -130,8 +142,8 @@ static void test_codec_dim(const tkv_codec_kernels *K, const tkv_codec_kernels *
                 }
             }
         }
-        CHECK_MSG(bad == 0, "%s %s d=%u threshold %g: %d accum elements out of tolerance",
-                  K->isa, c.desc->name, d, (double)thresholds[t], bad);
+        CHECK_MSG(bad == 0, "%s %s d=%u threshold %g: %d accum elements out of tolerance", K->isa,
+                  c.desc->name, d, (double)thresholds[t], bad);
     }
 
     free(buf);
@@ -159,8 +171,8 @@ static void test_fwht(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
         const float scale = 1.0f / sqrtf((float)d);
         S->fwht(a, d, scale);
         K->fwht(b, d, scale);
-        CHECK_MSG(memcmp(a, b, d * sizeof(float)) == 0, "%s fwht d=%u differs from scalar",
-                  K->isa, d);
+        CHECK_MSG(memcmp(a, b, d * sizeof(float)) == 0, "%s fwht d=%u differs from scalar", K->isa,
+                  d);
     }
 }
 
