@@ -383,22 +383,52 @@ static tkv_turbo_tables tkv_tables(const tkv_code_layout *L) {
     return T;
 }
 
+/* Horizontal sums of four registers at once: [sum a, sum b, sum c, sum d]. */
+static inline __m128 tkv_reduce4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    /* [a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567] after two rounds of hadd */
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* Four keys per pass: their walks are independent (the out-of-order core overlaps
+ * them), one transposed reduction serves all four and their fp16 scales convert
+ * together. */
 TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout *L, const float *q,
                                       const uint8_t *codes, size_t n, float *out) {
     const tkv_turbo_tables T = tkv_tables(L);
     const uint32_t d = L->d;
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256 sum[4];
+        float tail[4];
+        uint16_t h[8] = {0};
+        for (int k = 0; k < 4; k++) {
+            const uint8_t *code = codes + (i + (size_t)k) * L->stride;
+            tkv_turbo_sink s = {0, q, _mm256_setzero_ps(), _mm256_setzero_ps(), 0.0f, NULL, 0.0f};
+            tkv_turbo_walk(bits, d, code + L->payload_off, L->centroids, &T, &s);
+            sum[k] = _mm256_add_ps(s.sum0, s.sum1);
+            tail[k] = s.tail;
+            h[k] = tkv_kc_u16(code + L->scale_off);
+        }
+        const __m128 dot =
+            _mm_add_ps(tkv_reduce4(sum[0], sum[1], sum[2], sum[3]), _mm_loadu_ps(tail));
+        /* the scale multiplies the whole dot product once */
+        const __m128 sc = _mm_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)h));
+        _mm_storeu_ps(out + i, _mm_mul_ps(sc, dot));
+    }
+    for (; i < n; i++) {
         const uint8_t *code = codes + i * L->stride;
         tkv_turbo_sink s = {0, q, _mm256_setzero_ps(), _mm256_setzero_ps(), 0.0f, NULL, 0.0f};
         tkv_turbo_walk(bits, d, code + L->payload_off, L->centroids, &T, &s);
-        /* the scale multiplies the whole dot product once */
         const float dot = tkv_hsum8(_mm256_add_ps(s.sum0, s.sum1)) + s.tail;
-        float r = tkv_h2f(code + L->scale_off) * dot;
-        if (L->has_qjl) {
+        out[i] = tkv_h2f(code + L->scale_off) * dot;
+    }
+    if (L->has_qjl) {
+        for (size_t k = 0; k < n; k++) {
+            const uint8_t *code = codes + k * L->stride;
             const float g = L->qjl_coef * tkv_h2f(code + L->rnorm_off);
-            r += g * tkv_qjl_dot(q + d, code + L->signs_off, d);
+            out[k] += g * tkv_qjl_dot(q + d, code + L->signs_off, d);
         }
-        out[i] = r;
     }
 }
 
