@@ -1,13 +1,650 @@
-/* kernels_avx512.c - avx512 codec kernels (being written: scalar entries for now). */
+/*
+ * kernels_avx512.c - AVX-512 (F/BW/VL/DQ) codec kernels: 16 floats per register.
+ *
+ * Same results as kernels_scalar.c up to float rounding (FMA, summation order).
+ * Every entry works on the codes directly, never decoding a vector to memory:
+ *   - float formats convert 16 elements per instruction (vcvtph2ps, bf16 << 16);
+ *   - q8_0 / q4_0 widen a block's int8 / nibbles to int32 lanes, convert and FMA
+ *     against the query, then apply the block scale once per block;
+ *   - turbo unpacks 16 indices into int32 lanes with one widening load, a shift and
+ *     a mask, and looks the centroids up in registers: vpermps for 16-entry tables
+ *     (bits <= 4), vpermt2ps for 32 (5 bits).  A P1 plane is read straight into a
+ *     __mmask16 and ORed into the index with a masked vpord.
+ * The partial group at the end of a vector (head_dim % 32 or % 64 != 0) uses masked
+ * loads (fault-suppressing, so they never touch bytes past the vector) except for
+ * P1 bits at unaligned positions, which tkv_kc_bits reads byte by byte.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
 #include "codec/kernels.h"
+#include "codec/kernels_common.h"
+
+/* Force inlining of the generic bodies so each (format, bits) instance is specialized. */
+#define TKV_INLINE static inline __attribute__((always_inline))
+
+static inline __mmask16 tkv_m16(uint32_t r) {
+    return (__mmask16)((1u << r) - 1u);
+} /* r <= 16 */
+
+static inline float tkv_h2f(const uint8_t *p) {
+    return _cvtsh_ss(tkv_kc_u16(p));
+}
+
+/* ---------------------------------------------------------------------------------
+ * fp32 / fp16 / bf16: load 16 elements (masked), FMA against q.
+ * --------------------------------------------------------------------------------- */
+
+/* Elements [j, j+16) of a float-format vector p, lanes outside m zero. */
+TKV_INLINE __m512 tkv_load_flt(const tkv_code_format fmt, const uint8_t *p, uint32_t j,
+                               __mmask16 m) {
+    if (fmt == TKV_FMT_F32) {
+        return _mm512_maskz_loadu_ps(m, p + 4 * (size_t)j);
+    }
+    const __m256i h = _mm256_maskz_loadu_epi16(m, p + 2 * (size_t)j);
+    if (fmt == TKV_FMT_F16) {
+        return _mm512_cvtph_ps(h);
+    }
+    /* bf16 is the top half of an fp32: widen and shift left 16 */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+TKV_INLINE float tkv_dot_flt(const tkv_code_format fmt, const float *q, const uint8_t *p,
+                             uint32_t d) {
+    /* two accumulators hide the FMA latency */
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    uint32_t j = 0;
+    for (; j + 32 <= d; j += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), tkv_load_flt(fmt, p, j, 0xffff), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j + 16), tkv_load_flt(fmt, p, j + 16, 0xffff), a1);
+    }
+    for (; j < d; j += 16) {
+        const __mmask16 m = d - j >= 16 ? 0xffff : tkv_m16(d - j);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + j), tkv_load_flt(fmt, p, j, m), a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+TKV_INLINE void tkv_axpy_flt(const tkv_code_format fmt, float *acc, const uint8_t *p, uint32_t d,
+                             float w) {
+    const __m512 vw = _mm512_set1_ps(w);
+    for (uint32_t j = 0; j < d; j += 16) {
+        const __mmask16 m = d - j >= 16 ? 0xffff : tkv_m16(d - j);
+        const __m512 a = _mm512_maskz_loadu_ps(m, acc + j);
+        _mm512_mask_storeu_ps(acc + j, m, _mm512_fmadd_ps(vw, tkv_load_flt(fmt, p, j, m), a));
+    }
+}
+
+#define TKV_FLOAT_KERNELS(name, fmt)                                                               \
+    static void tkv_scores_##name##_avx512(const tkv_code_layout *L, const float *q,               \
+                                           const uint8_t *codes, size_t n, float *out) {           \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            out[i] = tkv_dot_flt(fmt, q, codes + i * L->stride, L->d);                             \
+        }                                                                                          \
+    }                                                                                              \
+    static void tkv_accum_##name##_avx512(const tkv_code_layout *L, const float *w,                \
+                                          float threshold, const uint8_t *codes, size_t n,         \
+                                          float *acc) {                                            \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            if (fabsf(w[i]) >= threshold) {                                                        \
+                tkv_axpy_flt(fmt, acc, codes + i * L->stride, L->d, w[i]);                         \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+TKV_FLOAT_KERNELS(f32, TKV_FMT_F32)
+TKV_FLOAT_KERNELS(f16, TKV_FMT_F16)
+TKV_FLOAT_KERNELS(bf16, TKV_FMT_BF16)
+
+/* ---------------------------------------------------------------------------------
+ * q8_0 / q4_0: blocks of 32 (fp16 scale first); the last block holds d % 32.
+ * A block's 32 values are two registers: q8 widens int8 -> int32 -> float; q4 widens
+ * the 16 bytes once and takes low nibbles (elements 0..t/2-1) and high nibbles
+ * (t/2..t-1).  Partial blocks mask both the code bytes and the query.
+ * --------------------------------------------------------------------------------- */
+
+/* The two halves of a block as floats (without the scale) and their lane masks. */
+TKV_INLINE void tkv_block_vals(const int four_bit, const uint8_t *qs, uint32_t t, __m512 *x0,
+                               __m512 *x1, __mmask16 *m0, __mmask16 *m1, uint32_t *off1) {
+    if (four_bit) {
+        const uint32_t half = t / 2;
+        *m0 = *m1 = half >= 16 ? 0xffff : tkv_m16(half);
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(*m0, qs));
+        const __m512i eight = _mm512_set1_epi32(8);
+        *x0 =
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), eight));
+        *x1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
+        *off1 = half;
+    } else {
+        *m0 = t >= 16 ? 0xffff : tkv_m16(t);
+        *m1 = t >= 32 ? 0xffff : t > 16 ? tkv_m16(t - 16) : 0;
+        *x0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(*m0, qs)));
+        *x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(*m1, qs + 16)));
+        *off1 = 16;
+    }
+}
+
+TKV_INLINE float tkv_dot_block(const int four_bit, const float *q, const uint8_t *p, uint32_t d) {
+    __m512 acc = _mm512_setzero_ps();
+    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+        const uint32_t t = d - b0 < 32 ? d - b0 : 32;
+        __m512 x0, x1;
+        __mmask16 m0, m1;
+        uint32_t off1;
+        tkv_block_vals(four_bit, p + 2, t, &x0, &x1, &m0, &m1, &off1);
+        /* sum q*x over the block first, then one FMA with the block scale */
+        __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, q + b0), x0);
+        s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, q + b0 + off1), x1, s);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(tkv_h2f(p)), s, acc);
+        p += 2 + (four_bit ? t / 2 : t);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+TKV_INLINE void tkv_axpy_block(const int four_bit, float *acc, const uint8_t *p, uint32_t d,
+                               float w) {
+    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+        const uint32_t t = d - b0 < 32 ? d - b0 : 32;
+        __m512 x0, x1;
+        __mmask16 m0, m1;
+        uint32_t off1;
+        tkv_block_vals(four_bit, p + 2, t, &x0, &x1, &m0, &m1, &off1);
+        const __m512 ws = _mm512_set1_ps(w * tkv_h2f(p));
+        float *a0 = acc + b0, *a1 = acc + b0 + off1;
+        _mm512_mask_storeu_ps(a0, m0, _mm512_fmadd_ps(ws, x0, _mm512_maskz_loadu_ps(m0, a0)));
+        _mm512_mask_storeu_ps(a1, m1, _mm512_fmadd_ps(ws, x1, _mm512_maskz_loadu_ps(m1, a1)));
+        p += 2 + (four_bit ? t / 2 : t);
+    }
+}
+
+#define TKV_BLOCK_KERNELS(name, four_bit)                                                          \
+    static void tkv_scores_##name##_avx512(const tkv_code_layout *L, const float *q,               \
+                                           const uint8_t *codes, size_t n, float *out) {           \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            out[i] = tkv_dot_block(four_bit, q, codes + i * L->stride, L->d);                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void tkv_accum_##name##_avx512(const tkv_code_layout *L, const float *w,                \
+                                          float threshold, const uint8_t *codes, size_t n,         \
+                                          float *acc) {                                            \
+        for (size_t i = 0; i < n; i++) {                                                           \
+            if (fabsf(w[i]) >= threshold) {                                                        \
+                tkv_axpy_block(four_bit, acc, codes + i * L->stride, L->d, w[i]);                  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+TKV_BLOCK_KERNELS(q8_0, 0)
+TKV_BLOCK_KERNELS(q4_0, 1)
+
+/* ---------------------------------------------------------------------------------
+ * turbo: scale * centroids[idx], indices in bit planes (pack.h).
+ *
+ * The index walk is written once (tkv_turbo_walk) and visits the vector in chunks of
+ * up to 16 elements: for each chunk it yields the 16 centroids (looked up in
+ * registers), the position of the chunk's lane 0, and the lane mask.  P4 groups of 32
+ * give two chunks (low nibbles: elements k, high: k + t/2), P2 groups of 64 give four
+ * (bit pair s: elements k + s*q), P8 gives one per 16 bytes.  Scores FMA the chunks
+ * against q; accum FMAs them into acc.
+ * --------------------------------------------------------------------------------- */
+
+typedef struct tkv_turbo_tables {
+    __m512 lo, hi; /* centroids 0..15 and 16..31 */
+} tkv_turbo_tables;
+
+/* 16 centroids of indices idx (int32 lanes; bits 0..4 used). */
+TKV_INLINE __m512 tkv_lookup(const uint32_t bits, const tkv_turbo_tables *T, __m512i idx) {
+    if (bits <= 4) {
+        return _mm512_permutexvar_ps(idx, T->lo); /* 16-entry table in one register */
+    }
+    return _mm512_permutex2var_ps(T->lo, idx, T->hi); /* 32 entries across two */
+}
+
+/* Scores and accum share the walk; the "sink" is what they do with a chunk. */
+typedef struct tkv_turbo_sink {
+    int accum;      /* 0: dot with q into sum0/sum1; 1: acc += ws * c */
+    const float *q; /* scores */
+    __m512 sum0, sum1;
+    float *acc; /* accum */
+    __m512 ws;
+} tkv_turbo_sink;
+
+TKV_INLINE void tkv_sink_chunk(tkv_turbo_sink *s, int second, __m512 c, uint32_t j, __mmask16 m) {
+    if (s->accum) {
+        const __m512 a = _mm512_maskz_loadu_ps(m, s->acc + j);
+        _mm512_mask_storeu_ps(s->acc + j, m, _mm512_fmadd_ps(s->ws, c, a));
+    } else if (second) {
+        s->sum1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, s->q + j), c, s->sum1);
+    } else {
+        s->sum0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, s->q + j), c, s->sum0);
+    }
+}
+
+/* OR bit `b` into the index lanes selected by the P1 mask m. */
+TKV_INLINE __m512i tkv_or_bit(__m512i idx, __mmask16 m, int b) {
+    return _mm512_mask_or_epi32(idx, m, idx, _mm512_set1_epi32(1 << b));
+}
+
+TKV_INLINE void tkv_turbo_walk(const uint32_t bits, uint32_t d, const uint8_t *pl,
+                               const tkv_turbo_tables *T, tkv_turbo_sink *s, uint32_t begin) {
+    const __m512i m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3);
+    if (bits == 4 || bits == 5) {
+        const uint8_t *p1 = pl + d / 2; /* bit 4 (5-bit codes) */
+        for (uint32_t g0 = begin; g0 < d; g0 += 32) {
+            const uint32_t t = d - g0 < 32 ? d - g0 : 32, half = t / 2;
+            const __mmask16 mh = half >= 16 ? 0xffff : tkv_m16(half);
+            /* byte k: element k in the low nibble, k + t/2 in the high one */
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mh, pl + g0 / 2));
+            __m512i i0 = _mm512_and_si512(v, m15), i1 = _mm512_srli_epi32(v, 4);
+            if (bits == 5) {
+                const __mmask16 b0 =
+                    t == 32 ? tkv_kc_u16(p1 + g0 / 8) : (__mmask16)tkv_kc_bits(p1, g0, half);
+                const __mmask16 b1 = t == 32 ? tkv_kc_u16(p1 + g0 / 8 + 2)
+                                             : (__mmask16)tkv_kc_bits(p1, g0 + half, half);
+                i0 = tkv_or_bit(i0, b0, 4);
+                i1 = tkv_or_bit(i1, b1, 4);
+            }
+            tkv_sink_chunk(s, 0, tkv_lookup(bits, T, i0), g0, mh);
+            tkv_sink_chunk(s, 1, tkv_lookup(bits, T, i1), g0 + half, mh);
+        }
+    } else if (bits == 2 || bits == 3) {
+        const uint8_t *p1 = pl + tkv_kc_plane2_bytes(d); /* bit 2 (3-bit codes) */
+        for (uint32_t g0 = begin; g0 < d; g0 += 64) {
+            const uint32_t t = d - g0 < 64 ? d - g0 : 64, qn = (t + 3) / 4;
+            /* byte k: elements k, k+qn, k+2qn, k+3qn in bit pairs 0-1 .. 6-7 */
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(tkv_m16(qn), pl + g0 / 4));
+            for (uint32_t sl = 0; sl < 4 && sl * qn < t; sl++) {
+                const uint32_t cnt = t - sl * qn < qn ? t - sl * qn : qn;
+                const uint32_t j = g0 + sl * qn;
+                __m512i idx = _mm512_and_si512(_mm512_srli_epi32(v, 2 * (int)sl), m3);
+                if (bits == 3) {
+                    const __mmask16 b =
+                        t == 64 ? tkv_kc_u16(p1 + j / 8) : (__mmask16)tkv_kc_bits(p1, j, cnt);
+                    idx = tkv_or_bit(idx, b, 2);
+                }
+                tkv_sink_chunk(s, sl & 1, tkv_lookup(bits, T, idx), j, tkv_m16(cnt));
+            }
+        }
+    } else { /* 8: one index byte per element */
+        for (uint32_t j = begin; j < d; j += 16) {
+            const __mmask16 m = d - j >= 16 ? 0xffff : tkv_m16(d - j);
+            const __m512i idx = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, pl + j));
+            tkv_sink_chunk(s, (j >> 4) & 1, tkv_lookup(bits, T, idx), j, m);
+        }
+    }
+}
+
+/* QJL sketch term sum_j sq_j * (bit j ? +1 : -1): negate the lanes whose bit is clear
+ * (masked subtract from zero) and add. */
+static float tkv_qjl_dot(const float *sq, const uint8_t *signs, uint32_t d) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const __m512 zero = _mm512_setzero_ps();
+    uint32_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        const __mmask16 b = tkv_kc_u16(signs + j / 8);
+        const __m512 v = _mm512_loadu_ps(sq + j);
+        const __m512 sv = _mm512_mask_sub_ps(v, (__mmask16)~b, zero, v);
+        if ((j >> 4) & 1) {
+            a1 = _mm512_add_ps(a1, sv);
+        } else {
+            a0 = _mm512_add_ps(a0, sv);
+        }
+    }
+    if (j < d) {
+        const __mmask16 m = tkv_m16(d - j);
+        const __mmask16 b = (__mmask16)tkv_kc_bits(signs, j, d - j);
+        const __m512 v = _mm512_maskz_loadu_ps(m, sq + j);
+        a0 = _mm512_add_ps(a0, _mm512_mask_sub_ps(v, (__mmask16)~b, zero, v));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+/* acc[j] += bit j ? wg : -wg */
+static void tkv_qjl_axpy(float *acc, const uint8_t *signs, uint32_t d, float wg) {
+    const __m512 pos = _mm512_set1_ps(wg), neg = _mm512_set1_ps(-wg);
+    for (uint32_t j = 0; j < d; j += 16) {
+        const uint32_t r = d - j >= 16 ? 16 : d - j;
+        const __mmask16 m = tkv_m16(r);
+        const __mmask16 b =
+            r == 16 ? tkv_kc_u16(signs + j / 8) : (__mmask16)tkv_kc_bits(signs, j, r);
+        const __m512 a = _mm512_maskz_loadu_ps(m, acc + j);
+        _mm512_mask_storeu_ps(acc + j, m, _mm512_add_ps(a, _mm512_mask_blend_ps(b, neg, pos)));
+    }
+}
+
+static tkv_turbo_tables tkv_tables(const tkv_code_layout *L) {
+    tkv_turbo_tables T;
+    T.lo = _mm512_loadu_ps(L->centroids);
+    T.hi = _mm512_loadu_ps(L->centroids + 16);
+    return T;
+}
+
+/* Elements per full group: P4 32, P2 64, P8 16 (one register). */
+#define TKV_GROUP(bits) ((bits) == 4 || (bits) == 5 ? 32u : (bits) == 2 || (bits) == 3 ? 64u : 16u)
+
+/* The G/16 centroid registers of the full group at g0 (c[k]: elements g0+16k..g0+16k+15):
+ * the hot path, with no masks or tail checks. */
+TKV_INLINE void tkv_group_full(const uint32_t bits, uint32_t d, const uint8_t *pl, uint32_t g0,
+                               const tkv_turbo_tables *T, __m512 c[4]) {
+    if (bits == 4 || bits == 5) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pl + g0 / 2)));
+        __m512i i0 = _mm512_and_si512(v, _mm512_set1_epi32(15)), i1 = _mm512_srli_epi32(v, 4);
+        if (bits == 5) {
+            const uint8_t *p1 = pl + d / 2 + g0 / 8;
+            i0 = tkv_or_bit(i0, tkv_kc_u16(p1), 4);
+            i1 = tkv_or_bit(i1, tkv_kc_u16(p1 + 2), 4);
+        }
+        c[0] = tkv_lookup(bits, T, i0);
+        c[1] = tkv_lookup(bits, T, i1);
+    } else if (bits == 2 || bits == 3) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pl + g0 / 4)));
+        const uint8_t *p1 = pl + tkv_kc_plane2_bytes(d) + g0 / 8;
+        for (int sl = 0; sl < 4; sl++) {
+            __m512i idx = _mm512_and_si512(_mm512_srli_epi32(v, 2 * sl), _mm512_set1_epi32(3));
+            if (bits == 3) {
+                idx = tkv_or_bit(idx, tkv_kc_u16(p1 + 2 * sl), 2);
+            }
+            c[sl] = tkv_lookup(bits, T, idx);
+        }
+    } else {
+        c[0] =
+            tkv_lookup(bits, T, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pl + g0))));
+    }
+}
+
+/* Horizontal sums of four registers at once: [sum a, sum b, sum c, sum d]. */
+static inline __m128 tkv_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d */
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    /* per 128-bit lane: [a, b, c, d] partial sums */
+    const __m512 s =
+        _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* Scores of keys one at a time (remainder of the 4-key batches). */
+TKV_INLINE float tkv_turbo_score1(const uint32_t bits, const tkv_code_layout *L, const float *q,
+                                  const uint8_t *code, const tkv_turbo_tables *T) {
+    tkv_turbo_sink s = {0, q, _mm512_setzero_ps(), _mm512_setzero_ps(), NULL, _mm512_setzero_ps()};
+    tkv_turbo_walk(bits, L->d, code + L->payload_off, T, &s, 0);
+    return tkv_h2f(code + L->scale_off) * _mm512_reduce_add_ps(_mm512_add_ps(s.sum0, s.sum1));
+}
+
+/* Four keys per pass: their groups interleave (four independent FMA chains), one
+ * transposed reduction serves all four, and the four fp16 scales convert together.
+ * The partial last group (if any) goes through the masked walk. */
+TKV_INLINE void tkv_turbo_scores_bits(const uint32_t bits, const tkv_code_layout *L, const float *q,
+                                      const uint8_t *codes, size_t n, float *out) {
+    const tkv_turbo_tables T = tkv_tables(L);
+    const uint32_t d = L->d, G = TKV_GROUP(bits), full = d / G * G;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint8_t *code[4];
+        __m512 acc[4];
+        for (int k = 0; k < 4; k++) {
+            code[k] = codes + (i + (size_t)k) * L->stride;
+            acc[k] = _mm512_setzero_ps();
+        }
+        for (uint32_t g0 = 0; g0 < full; g0 += G) {
+            for (int k = 0; k < 4; k++) {
+                __m512 c[4];
+                tkv_group_full(bits, d, code[k] + L->payload_off, g0, &T, c);
+                for (uint32_t ch = 0; ch < G / 16; ch++) {
+                    acc[k] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g0 + 16 * ch), c[ch], acc[k]);
+                }
+            }
+        }
+        if (full < d) {
+            for (int k = 0; k < 4; k++) {
+                tkv_turbo_sink s = {0, q, acc[k], _mm512_setzero_ps(), NULL, _mm512_setzero_ps()};
+                tkv_turbo_walk(bits, d, code[k] + L->payload_off, &T, &s, full);
+                acc[k] = _mm512_add_ps(s.sum0, s.sum1);
+            }
+        }
+        const __m128i h = _mm_setr_epi16((short)tkv_kc_u16(code[0] + L->scale_off),
+                                         (short)tkv_kc_u16(code[1] + L->scale_off),
+                                         (short)tkv_kc_u16(code[2] + L->scale_off),
+                                         (short)tkv_kc_u16(code[3] + L->scale_off), 0, 0, 0, 0);
+        /* the scale multiplies the whole dot product once */
+        _mm_storeu_ps(out + i,
+                      _mm_mul_ps(_mm_cvtph_ps(h), tkv_reduce4(acc[0], acc[1], acc[2], acc[3])));
+    }
+    for (; i < n; i++) {
+        out[i] = tkv_turbo_score1(bits, L, q, codes + i * L->stride, &T);
+    }
+    if (L->has_qjl) {
+        for (size_t k = 0; k < n; k++) {
+            const uint8_t *code = codes + k * L->stride;
+            const float g = L->qjl_coef * tkv_h2f(code + L->rnorm_off);
+            out[k] += g * tkv_qjl_dot(q + d, code + L->signs_off, d);
+        }
+    }
+}
+
+/* acc += ws[k] * decode(code[k]) for nk (1..4) keys, in key order for every element.
+ * Each full-group register of acc is loaded and stored once for all nk keys. */
+TKV_INLINE void tkv_turbo_axpy_batch(const uint32_t bits, const tkv_code_layout *L,
+                                     const tkv_turbo_tables *T, const uint8_t *const code[4],
+                                     const float ws[4], int nk, float *acc) {
+    const uint32_t d = L->d, G = TKV_GROUP(bits), full = d / G * G;
+    for (uint32_t g0 = 0; g0 < full; g0 += G) {
+        __m512 c[4][4];
+        for (int k = 0; k < nk; k++) {
+            tkv_group_full(bits, d, code[k] + L->payload_off, g0, T, c[k]);
+        }
+        for (uint32_t ch = 0; ch < G / 16; ch++) {
+            float *a = acc + g0 + 16 * ch;
+            __m512 v = _mm512_loadu_ps(a);
+            for (int k = 0; k < nk; k++) {
+                v = _mm512_fmadd_ps(_mm512_set1_ps(ws[k]), c[k][ch], v);
+            }
+            _mm512_storeu_ps(a, v);
+        }
+    }
+    for (int k = 0; k < nk && full < d; k++) {
+        tkv_turbo_sink s = {
+            1, NULL, _mm512_setzero_ps(), _mm512_setzero_ps(), acc, _mm512_set1_ps(ws[k])};
+        tkv_turbo_walk(bits, d, code[k] + L->payload_off, T, &s, full);
+    }
+}
+
+/* Rows with |w| >= threshold are collected four at a time and added in one batch;
+ * w * scale is folded into one broadcast per row. */
+TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout *L, const float *w,
+                                     float threshold, const uint8_t *codes, size_t n, float *acc) {
+    const tkv_turbo_tables T = tkv_tables(L);
+    const uint32_t d = L->d;
+    const uint8_t *code[4];
+    float ws[4];
+    int nk = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!(fabsf(w[i]) >= threshold)) {
+            continue;
+        }
+        code[nk] = codes + i * L->stride;
+        ws[nk] = w[i] * tkv_h2f(code[nk] + L->scale_off);
+        if (L->has_qjl) {
+            const float g = L->qjl_coef * tkv_h2f(code[nk] + L->rnorm_off);
+            tkv_qjl_axpy(acc + d, code[nk] + L->signs_off, d, w[i] * g);
+        }
+        if (++nk == 4) {
+            tkv_turbo_axpy_batch(bits, L, &T, code, ws, 4, acc);
+            nk = 0;
+        }
+    }
+    for (int k = 0; k < nk; k++) {
+        tkv_turbo_axpy_batch(bits, L, &T, &code[k], &ws[k], 1, acc);
+    }
+}
+
+static void tkv_scores_turbo_avx512(const tkv_code_layout *L, const float *q, const uint8_t *codes,
+                                    size_t n, float *out) {
+    switch (L->bits) {
+    case 2:
+        tkv_turbo_scores_bits(2, L, q, codes, n, out);
+        break;
+    case 3:
+        tkv_turbo_scores_bits(3, L, q, codes, n, out);
+        break;
+    case 4:
+        tkv_turbo_scores_bits(4, L, q, codes, n, out);
+        break;
+    case 5:
+        tkv_turbo_scores_bits(5, L, q, codes, n, out);
+        break;
+    case 8:
+        tkv_turbo_scores_bits(8, L, q, codes, n, out);
+        break;
+    default:
+        tkv_scores_scalar(L, q, codes, n, out);
+        break; /* 1-bit: no codec uses it */
+    }
+}
+
+static void tkv_accum_turbo_avx512(const tkv_code_layout *L, const float *w, float threshold,
+                                   const uint8_t *codes, size_t n, float *acc) {
+    switch (L->bits) {
+    case 2:
+        tkv_turbo_accum_bits(2, L, w, threshold, codes, n, acc);
+        break;
+    case 3:
+        tkv_turbo_accum_bits(3, L, w, threshold, codes, n, acc);
+        break;
+    case 4:
+        tkv_turbo_accum_bits(4, L, w, threshold, codes, n, acc);
+        break;
+    case 5:
+        tkv_turbo_accum_bits(5, L, w, threshold, codes, n, acc);
+        break;
+    case 8:
+        tkv_turbo_accum_bits(8, L, w, threshold, codes, n, acc);
+        break;
+    default:
+        tkv_accum_scalar(L, w, threshold, codes, n, acc);
+        break;
+    }
+}
+
+/* ---------------------------------------------------------------------------------
+ * fwht: the butterflies of span h >= 16 pair whole registers; the four spans below
+ * 16 stay inside one register: partner = x with lanes swapped (vpermilps within 128-bit
+ * lanes for h = 1, 2; vshuff32x4 across them for h = 4, 8), then x * sign + partner
+ * with sign = +1 on the lower half of each pair, -1 on the upper.  x * (+-1) is exact,
+ * so every stage is bit-identical to the scalar a + b, a - b.
+ * --------------------------------------------------------------------------------- */
+
+static void tkv_fwht_avx512(float *x, uint32_t d, float scale) {
+    if (d < 16) {
+        tkv_fwht_scalar(x, d, scale);
+        return;
+    }
+    const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
+    const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
+    const __m512 s8 = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (uint32_t i = 0; i < d; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));       /* h = 1 */
+        v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));       /* h = 2 */
+        v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1)); /* h = 4 */
+        v = _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E)); /* h = 8 */
+        _mm512_storeu_ps(x + i, v);
+    }
+    for (uint32_t h = 16; h < d; h *= 2) {
+        for (uint32_t i = 0; i < d; i += 2 * h) {
+            for (uint32_t j = i; j < i + h; j += 16) {
+                const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + h);
+                _mm512_storeu_ps(x + j, _mm512_add_ps(a, b));
+                _mm512_storeu_ps(x + j + h, _mm512_sub_ps(a, b));
+            }
+        }
+    }
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (uint32_t i = 0; i < d; i += 16) {
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
+    }
+}
+
+/* ---------------------------------------------------------------------------------
+ * matvec: four rows per pass share each load of x; matvec_t: y += x[r] * row r for
+ * four rows per pass, so y is loaded and stored once per four rows.
+ * --------------------------------------------------------------------------------- */
+
+static void tkv_matvec_avx512(const float *m, const float *x, uint32_t rows, uint32_t cols,
+                              float *y) {
+    uint32_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *r0 = m + (size_t)r * cols;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        for (uint32_t c = 0; c < cols; c += 16) {
+            const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
+            const __m512 xv = _mm512_maskz_loadu_ps(k, x + c);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, r0 + c), xv, a0);
+            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, r0 + cols + c), xv, a1);
+            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, r0 + 2 * (size_t)cols + c), xv, a2);
+            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, r0 + 3 * (size_t)cols + c), xv, a3);
+        }
+        y[r] = _mm512_reduce_add_ps(a0);
+        y[r + 1] = _mm512_reduce_add_ps(a1);
+        y[r + 2] = _mm512_reduce_add_ps(a2);
+        y[r + 3] = _mm512_reduce_add_ps(a3);
+    }
+    for (; r < rows; r++) {
+        const float *row = m + (size_t)r * cols;
+        __m512 a = _mm512_setzero_ps();
+        for (uint32_t c = 0; c < cols; c += 16) {
+            const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, row + c), _mm512_maskz_loadu_ps(k, x + c),
+                                a);
+        }
+        y[r] = _mm512_reduce_add_ps(a);
+    }
+}
+
+static void tkv_matvec_t_avx512(const float *m, const float *x, uint32_t rows, uint32_t cols,
+                                float *y) {
+    for (uint32_t c = 0; c < cols; c += 16) {
+        const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
+        _mm512_mask_storeu_ps(y + c, k, _mm512_setzero_ps());
+    }
+    uint32_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *r0 = m + (size_t)r * cols;
+        const __m512 x0 = _mm512_set1_ps(x[r]), x1 = _mm512_set1_ps(x[r + 1]);
+        const __m512 x2 = _mm512_set1_ps(x[r + 2]), x3 = _mm512_set1_ps(x[r + 3]);
+        for (uint32_t c = 0; c < cols; c += 16) {
+            const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
+            __m512 a = _mm512_maskz_loadu_ps(k, y + c);
+            a = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(k, r0 + c), a);
+            a = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(k, r0 + cols + c), a);
+            a = _mm512_fmadd_ps(x2, _mm512_maskz_loadu_ps(k, r0 + 2 * (size_t)cols + c), a);
+            a = _mm512_fmadd_ps(x3, _mm512_maskz_loadu_ps(k, r0 + 3 * (size_t)cols + c), a);
+            _mm512_mask_storeu_ps(y + c, k, a);
+        }
+    }
+    for (; r < rows; r++) {
+        const float *row = m + (size_t)r * cols;
+        const __m512 xr = _mm512_set1_ps(x[r]);
+        for (uint32_t c = 0; c < cols; c += 16) {
+            const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
+            const __m512 a = _mm512_maskz_loadu_ps(k, y + c);
+            _mm512_mask_storeu_ps(y + c, k,
+                                  _mm512_fmadd_ps(xr, _mm512_maskz_loadu_ps(k, row + c), a));
+        }
+    }
+}
 
 const tkv_codec_kernels tkv_codec_kernels_avx512 = {
     .isa = "avx512",
-    .scores = {tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar,
-               tkv_scores_scalar, tkv_scores_scalar},
-    .accum = {tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar,
-              tkv_accum_scalar, tkv_accum_scalar},
-    .fwht = tkv_fwht_scalar,
-    .matvec = tkv_matvec_scalar,
-    .matvec_t = tkv_matvec_t_scalar,
+    .scores = {tkv_scores_f32_avx512, tkv_scores_f16_avx512, tkv_scores_bf16_avx512,
+               tkv_scores_q8_0_avx512, tkv_scores_q4_0_avx512, tkv_scores_turbo_avx512},
+    .accum = {tkv_accum_f32_avx512, tkv_accum_f16_avx512, tkv_accum_bf16_avx512,
+              tkv_accum_q8_0_avx512, tkv_accum_q4_0_avx512, tkv_accum_turbo_avx512},
+    .fwht = tkv_fwht_avx512,
+    .matvec = tkv_matvec_avx512,
+    .matvec_t = tkv_matvec_t_avx512,
 };

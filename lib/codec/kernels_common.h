@@ -1,0 +1,69 @@
+/*
+ * kernels_common.h - plain-C helpers shared by the ISA kernel files: little-endian
+ * field loads, bit-field reads of P1 planes, and the index of one element of a
+ * turbo vector (the scalar path SIMD kernels take for the partial group at the end
+ * of a vector).  The plane layout is documented in pack.h.
+ */
+#ifndef TKV_CODEC_KERNELS_COMMON_H
+#define TKV_CODEC_KERNELS_COMMON_H
+
+#include <stdint.h>
+
+static inline uint16_t tkv_kc_u16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+/* count (1..16) bits of a P1 plane starting at bit pos; reads only the bytes that hold
+ * them, so it never runs past the plane. */
+static inline uint32_t tkv_kc_bits(const uint8_t *p, uint32_t pos, uint32_t count) {
+    const uint32_t first = pos >> 3, last = (pos + count - 1) >> 3;
+    uint32_t v = 0;
+    for (uint32_t b = first; b <= last; b++) {
+        v |= (uint32_t)p[b] << (8 * (b - first));
+    }
+    return (v >> (pos & 7)) & ((1u << count) - 1u);
+}
+
+/* Bytes of a P2 plane of d elements (groups of 64, the last one ceil(t/4) bytes). */
+static inline uint32_t tkv_kc_plane2_bytes(uint32_t d) {
+    return (d / 64) * 16 + (d % 64 + 3) / 4;
+}
+
+static inline uint32_t tkv_kc_p4(uint32_t d, const uint8_t *pl, uint32_t j) {
+    const uint32_t g0 = j & ~31u;
+    const uint32_t t = d - g0 < 32 ? d - g0 : 32;
+    const uint32_t half = t / 2, k = j - g0;
+    const uint8_t b = pl[g0 / 2 + (k < half ? k : k - half)];
+    return k < half ? (uint32_t)(b & 15) : (uint32_t)(b >> 4);
+}
+
+static inline uint32_t tkv_kc_p2(uint32_t d, const uint8_t *pl, uint32_t j) {
+    const uint32_t g0 = j & ~63u;
+    const uint32_t t = d - g0 < 64 ? d - g0 : 64;
+    const uint32_t q = (t + 3) / 4, k = j - g0;
+    return (uint32_t)(pl[g0 / 4 + k % q] >> (2 * (k / q))) & 3u;
+}
+
+static inline uint32_t tkv_kc_p1(const uint8_t *p, uint32_t j) {
+    return (p[j / 8] >> (j % 8)) & 1u;
+}
+
+/* Codebook index of element j of a turbo vector whose index planes start at pl. */
+static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl, uint32_t j) {
+    switch (bits) {
+    case 1:
+        return tkv_kc_p1(pl, j);
+    case 2:
+        return tkv_kc_p2(d, pl, j);
+    case 3:
+        return tkv_kc_p2(d, pl, j) | tkv_kc_p1(pl + tkv_kc_plane2_bytes(d), j) << 2;
+    case 4:
+        return tkv_kc_p4(d, pl, j);
+    case 5:
+        return tkv_kc_p4(d, pl, j) | tkv_kc_p1(pl + d / 2, j) << 4;
+    default:
+        return pl[j];
+    }
+}
+
+#endif

@@ -1,0 +1,294 @@
+/*
+ * test_kernels_codec.c - every ISA kernel table against the scalar reference.
+ *
+ * For each table this CPU can run (avx2, avx512; others are skipped with a note), each
+ * codec and head_dim in {2, 6, 64, 80, 96, 128, 256}: encode vectors drawn from several
+ * distributions (gaussian, uniform, gaussian with large outliers, sparse spikes, zero),
+ * then compare scores and accum (threshold 0 and one that skips rows, into a nonzero
+ * accumulator) with the scalar table.
+ *
+ * Tolerance: the ISA kernels reorder sums and use FMA, so a result may differ from the
+ * scalar one by a few roundings of each term.  We accept
+ *     |simd - scalar| <= 1e-5 * sum |terms|
+ * where the terms are q_j * x_j for a score, and acc0_j plus w_i * x_ij over the rows
+ * kept for an accumulator element (x = the scalar decode).  fwht must match bit for bit
+ * (each stage is exact, see the kernels); matvec / matvec_t use the same 1e-5 rule.
+ *
+ * Run with --print-isa, the binary prints tkv_kernel_isa() and exits: the TKV_ISA test
+ * runs itself as a child with the variable set.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/rng.h"
+#include "check.h"
+#include "codec/codec.h"
+#include "codec/kernels.h"
+#include "turbokv.h"
+
+#define N_VEC 41
+#define REL_TOL 1e-5
+
+static const uint32_t test_dims[] = {2, 6, 64, 80, 96, 128, 256};
+
+static float frand(tkv_rng *rng) {
+    return (float)(tkv_rng_uniform(rng) * 2.0 - 1.0);
+}
+
+/* Vector i of a test set: the distribution cycles with i. */
+static void make_vector(tkv_rng *rng, uint32_t d, int i, float *x) {
+    const int kind = i % 5;
+    for (uint32_t j = 0; j < d; j++) {
+        switch (kind) {
+        case 0:
+            x[j] = (float)tkv_rng_gaussian(rng);
+            break;
+        case 1:
+            x[j] = 3.0f * frand(rng);
+            break;
+        case 2: /* gaussian with a few large outliers */
+            x[j] = (float)tkv_rng_gaussian(rng);
+            if (tkv_rng_uniform(rng) < 0.05) {
+                x[j] *= 200.0f;
+            }
+            break;
+        case 3:
+            x[j] = j % 7 == 3 ? 50.0f * frand(rng) : 0.0f;
+            break; /* sparse spikes */
+        default:
+            x[j] = i == 4 ? 0.0f : 0.01f * frand(rng);
+            break; /* zero, then tiny */
+        }
+    }
+}
+
+static int near_rel(double a, double b, double mag) {
+    return fabs(a - b) <= REL_TOL * mag + 1e-30;
+}
+
+static void test_codec_dim(const tkv_codec_kernels *K, const tkv_codec_kernels *S, int32_t id,
+                           uint32_t d) {
+    struct tkv_codec c;
+    CHECK_OK(tkv_codec_init(&c, id, d, 1234 + id));
+    const tkv_code_layout *L = &c.layout;
+    const uint32_t width = tkv_codec_work_width(&c);
+    const size_t stride = L->stride;
+    /* +1: the kernels must not assume aligned codes */
+    uint8_t *buf = malloc(N_VEC * stride + 1);
+    uint8_t *codes = buf + 1;
+    float *x = malloc(d * sizeof *x);
+    float *scratch = malloc(TKV_CODEC_SCRATCH_FLOATS(d) * sizeof(float));
+    float *dec = malloc((size_t)N_VEC * width * sizeof *dec); /* scalar decodes */
+    float *q = malloc(width * sizeof *q);
+    float *out_s = malloc(N_VEC * sizeof *out_s), *out_k = malloc(N_VEC * sizeof *out_k);
+    float *w = malloc(N_VEC * sizeof *w);
+    float *acc0 = malloc(width * sizeof *acc0);
+    float *acc_s = malloc(width * sizeof *acc_s), *acc_k = malloc(width * sizeof *acc_k);
+    tkv_rng rng;
+    tkv_rng_init(&rng, 99 + (uint64_t)id * 1000 + d);
+    for (int i = 0; i < N_VEC; i++) {
+        make_vector(&rng, d, i, x);
+        CHECK_OK(tkv_codec_encode_one(&c, x, codes + (size_t)i * stride, scratch));
+        tkv_decode_rotated_scalar(L, codes + (size_t)i * stride, dec + (size_t)i * width);
+    }
+    for (uint32_t j = 0; j < width; j++) {
+        q[j] = (float)tkv_rng_gaussian(&rng);
+        acc0[j] = frand(&rng);
+    }
+    for (int i = 0; i < N_VEC; i++) {
+        w[i] = i % 9 == 5 ? 0.0f : frand(&rng);
+    }
+
+    /* scores */
+    S->scores[L->format](L, q, codes, N_VEC, out_s);
+    K->scores[L->format](L, q, codes, N_VEC, out_k);
+    int bad = 0;
+    for (int i = 0; i < N_VEC; i++) {
+        double mag = 0.0;
+        for (uint32_t j = 0; j < width; j++) {
+            mag += fabs((double)q[j] * dec[(size_t)i * width + j]);
+        }
+        if (!near_rel(out_k[i], out_s[i], mag)) {
+            if (bad++ < 3) {
+                fprintf(stderr, "  %s %s d=%u scores[%d]: %.9g vs scalar %.9g (mag %.3g)\n", K->isa,
+                        c.desc->name, d, i, (double)out_k[i], (double)out_s[i], mag);
+            }
+        }
+    }
+    CHECK_MSG(bad == 0, "%s %s d=%u: %d scores out of tolerance", K->isa, c.desc->name, d, bad);
+
+    /* accum: threshold 0 keeps every row (w = 0 included), 0.5 skips about half */
+    const float thresholds[2] = {0.0f, 0.5f};
+    for (int t = 0; t < 2; t++) {
+        memcpy(acc_s, acc0, width * sizeof *acc0);
+        memcpy(acc_k, acc0, width * sizeof *acc0);
+        S->accum[L->format](L, w, thresholds[t], codes, N_VEC, acc_s);
+        K->accum[L->format](L, w, thresholds[t], codes, N_VEC, acc_k);
+        bad = 0;
+        for (uint32_t j = 0; j < width; j++) {
+            double mag = fabs(acc0[j]);
+            for (int i = 0; i < N_VEC; i++) {
+                if (fabsf(w[i]) >= thresholds[t]) {
+                    mag += fabs((double)w[i] * dec[(size_t)i * width + j]);
+                }
+            }
+            if (!near_rel(acc_k[j], acc_s[j], mag)) {
+                if (bad++ < 3) {
+                    fprintf(stderr, "  %s %s d=%u thr=%g acc[%u]: %.9g vs scalar %.9g\n", K->isa,
+                            c.desc->name, d, (double)thresholds[t], j, (double)acc_k[j],
+                            (double)acc_s[j]);
+                }
+            }
+        }
+        CHECK_MSG(bad == 0, "%s %s d=%u threshold %g: %d accum elements out of tolerance", K->isa,
+                  c.desc->name, d, (double)thresholds[t], bad);
+    }
+
+    free(buf);
+    free(x);
+    free(scratch);
+    free(dec);
+    free(q);
+    free(out_s);
+    free(out_k);
+    free(w);
+    free(acc0);
+    free(acc_s);
+    free(acc_k);
+    tkv_codec_release(&c);
+}
+
+static void test_fwht(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
+    float a[1024], b[1024];
+    tkv_rng rng;
+    tkv_rng_init(&rng, 7);
+    for (uint32_t d = 2; d <= 1024; d *= 2) {
+        for (uint32_t j = 0; j < d; j++) {
+            a[j] = b[j] = (float)tkv_rng_gaussian(&rng);
+        }
+        const float scale = 1.0f / sqrtf((float)d);
+        S->fwht(a, d, scale);
+        K->fwht(b, d, scale);
+        CHECK_MSG(memcmp(a, b, d * sizeof(float)) == 0, "%s fwht d=%u differs from scalar", K->isa,
+                  d);
+    }
+}
+
+static void test_matvec(const tkv_codec_kernels *K, const tkv_codec_kernels *S, uint32_t rows,
+                        uint32_t cols) {
+    float *m = malloc((size_t)rows * cols * sizeof *m);
+    float *x = malloc((rows > cols ? rows : cols) * sizeof *x);
+    float *ys = malloc((rows > cols ? rows : cols) * sizeof *ys);
+    float *yk = malloc((rows > cols ? rows : cols) * sizeof *yk);
+    tkv_rng rng;
+    tkv_rng_init(&rng, rows * 131 + cols);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) {
+        m[i] = (float)tkv_rng_gaussian(&rng);
+    }
+    for (uint32_t i = 0; i < (rows > cols ? rows : cols); i++) {
+        x[i] = frand(&rng);
+    }
+    S->matvec(m, x, rows, cols, ys);
+    K->matvec(m, x, rows, cols, yk);
+    int bad = 0;
+    for (uint32_t r = 0; r < rows; r++) {
+        double mag = 0.0;
+        for (uint32_t c = 0; c < cols; c++) {
+            mag += fabs((double)m[(size_t)r * cols + c] * x[c]);
+        }
+        bad += !near_rel(yk[r], ys[r], mag);
+    }
+    CHECK_MSG(bad == 0, "%s matvec %ux%u: %d rows out of tolerance", K->isa, rows, cols, bad);
+    S->matvec_t(m, x, rows, cols, ys);
+    K->matvec_t(m, x, rows, cols, yk);
+    bad = 0;
+    for (uint32_t c = 0; c < cols; c++) {
+        double mag = 0.0;
+        for (uint32_t r = 0; r < rows; r++) {
+            mag += fabs((double)m[(size_t)r * cols + c] * x[r]);
+        }
+        bad += !near_rel(yk[c], ys[c], mag);
+    }
+    CHECK_MSG(bad == 0, "%s matvec_t %ux%u: %d columns out of tolerance", K->isa, rows, cols, bad);
+    free(m);
+    free(x);
+    free(ys);
+    free(yk);
+}
+
+/* The name printed by a child of this binary run with TKV_ISA=want ("" if it failed). */
+static void child_isa(const char *self, const char *want, char *got, size_t got_size) {
+    char cmd[4096];
+    got[0] = '\0';
+    if (strlen(self) > 3000 || strchr(self, '\'')) {
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "TKV_ISA=%s '%s' --print-isa", want, self);
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        return;
+    }
+    if (fgets(got, (int)got_size, p)) {
+        got[strcspn(got, "\r\n")] = '\0';
+    }
+    pclose(p);
+}
+
+static void test_isa_selection(const char *self) {
+    CHECK(tkv_codec_kernels_for_isa("scalar") == &tkv_codec_kernels_scalar);
+    CHECK(tkv_codec_kernels_for_isa(NULL) == NULL);
+    CHECK(tkv_codec_kernels_for_isa("sse9") == NULL);
+    const uint32_t f = tkv_cpu_features();
+    const tkv_codec_kernels *k2 = tkv_codec_kernels_for_isa("avx2");
+    const tkv_codec_kernels *k5 = tkv_codec_kernels_for_isa("avx512");
+    CHECK((k2 != NULL) == ((f & TKV_CPU_AVX2) != 0));
+    CHECK((k5 != NULL) == ((f & TKV_CPU_AVX512) != 0));
+    if (k2) {
+        CHECK(strcmp(k2->isa, "avx2") == 0);
+    }
+    if (k5) {
+        CHECK(strcmp(k5->isa, "avx512") == 0);
+    }
+    /* TKV_ISA picks the named table when the CPU can run it, else the best it can */
+    const char *best = k5 ? "avx512" : k2 ? "avx2" : "scalar";
+    const char *const wants[] = {"scalar", "avx2", "avx512"};
+    const char *expect[] = {"scalar", k2 ? "avx2" : "scalar", best};
+    char got[64];
+    for (int i = 0; i < 3; i++) {
+        child_isa(self, wants[i], got, sizeof got);
+        CHECK_MSG(strcmp(got, expect[i]) == 0, "TKV_ISA=%s: child chose '%s', expected '%s'",
+                  wants[i], got, expect[i]);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "--print-isa") == 0) {
+        printf("%s\n", tkv_kernel_isa());
+        return 0;
+    }
+    const tkv_codec_kernels *S = &tkv_codec_kernels_scalar;
+    const char *const isas[] = {"avx2", "avx512"};
+    for (int k = 0; k < 2; k++) {
+        const tkv_codec_kernels *K = tkv_codec_kernels_for_isa(isas[k]);
+        if (!K) {
+            printf("note: %s kernels not available on this CPU/build, skipped\n", isas[k]);
+            continue;
+        }
+        printf("testing %s kernels\n", K->isa);
+        for (int32_t id = TKV_CODEC_FP32; id < TKV_CODEC_COUNT; id++) {
+            for (size_t t = 0; t < sizeof test_dims / sizeof test_dims[0]; t++) {
+                test_codec_dim(K, S, id, test_dims[t]);
+            }
+        }
+        test_fwht(K, S);
+        test_matvec(K, S, 80, 80);
+        test_matvec(K, S, 96, 96);
+        test_matvec(K, S, 130, 130);
+        test_matvec(K, S, 7, 33);
+        test_matvec(K, S, 33, 7);
+    }
+    test_isa_selection(argv[0]);
+    CHECK_MAIN_END();
+}
