@@ -152,38 +152,51 @@ TKV_FLOAT_KERNEL(dot_bf16, uint16_t, TKV_LOAD_BF16, TKV_CVT_BF16)
 /* Body shared by Q8_0/Q4_0/Q4_1/Q5_0/Q5_1.  UNPACK yields `wu` (u8 codes, or |w| for Q8_0)
  * and per-block floats dw, mw; the offset term mw * ds goes to a scalar accumulator. */
 #define TKV_Q32_KERNEL(name, btype, UNPACK, SIGNED)                                            \
+    TKV_INLINE void TKV_FN(name##_blk)(const btype *blk, const int8_t *const *xq,             \
+                                       const float *const *xd, const float *const *xds,       \
+                                       int64_t b, const int nx, __m256 *acc, float *macc) {   \
+        __m256i wu, wsgn;                                                                     \
+        float dw, mw;                                                                         \
+        UNPACK(blk);                                                                          \
+        (void)wsgn;                                                                           \
+        for (int t = 0; t < nx; t++) {                                                        \
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq[t] + b * TKV_QK));            \
+            if (SIGNED) {                                                                     \
+                xv = _mm256_sign_epi8(xv, wsgn);                                              \
+            }                                                                                 \
+            const __m256 p = _mm256_cvtepi32_ps(TKV_MULSUM(wu, xv));                          \
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[t]);               \
+            macc[t] += mw * xds[t][b];                                                        \
+        }                                                                                     \
+    }                                                                                         \
     TKV_INLINE void TKV_FN(name##_n)(int64_t n, const void *w, const void *x, size_t xs,      \
                                      const int nx, float *y, size_t ys) {                     \
         const btype *wb = w;                                                                  \
         const int8_t *xq[TKV_MM_NX];                                                          \
         const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];                                          \
-        __m256 acc[TKV_MM_NX];                                                                \
-        float macc[TKV_MM_NX];                                                                \
+        /* two accumulator sets (even/odd blocks) halve the fma latency chain */              \
+        __m256 acc0[TKV_MM_NX], acc1[TKV_MM_NX];                                              \
+        float macc0[TKV_MM_NX], macc1[TKV_MM_NX];                                             \
         for (int t = 0; t < nx; t++) {                                                        \
             const void *xt = (const char *)x + (size_t)t * xs;                                \
             xq[t] = TKV_XQ(xt);                                                               \
             xd[t] = TKV_XD(xt, n);                                                            \
             xds[t] = TKV_XDS(xt, n);                                                          \
-            acc[t] = _mm256_setzero_ps();                                                     \
-            macc[t] = 0.0f;                                                                   \
+            acc0[t] = acc1[t] = _mm256_setzero_ps();                                          \
+            macc0[t] = macc1[t] = 0.0f;                                                       \
         }                                                                                     \
-        for (int64_t b = 0; b < n / TKV_QK; b++) {                                            \
-            __m256i wu, wsgn;                                                                 \
-            float dw, mw;                                                                     \
-            UNPACK(wb + b);                                                                   \
-            (void)wsgn;                                                                       \
-            for (int t = 0; t < nx; t++) {                                                    \
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq[t] + b * TKV_QK));        \
-                if (SIGNED) {                                                                 \
-                    xv = _mm256_sign_epi8(xv, wsgn);                                          \
-                }                                                                             \
-                const __m256 p = _mm256_cvtepi32_ps(TKV_MULSUM(wu, xv));                      \
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[t]);           \
-                macc[t] += mw * xds[t][b];                                                    \
-            }                                                                                 \
+        const int64_t nb = n / TKV_QK;                                                        \
+        int64_t b = 0;                                                                        \
+        for (; b + 2 <= nb; b += 2) {                                                         \
+            TKV_FN(name##_blk)(wb + b, xq, xd, xds, b, nx, acc0, macc0);                      \
+            TKV_FN(name##_blk)(wb + b + 1, xq, xd, xds, b + 1, nx, acc1, macc1);              \
+        }                                                                                     \
+        if (b < nb) {                                                                         \
+            TKV_FN(name##_blk)(wb + b, xq, xd, xds, b, nx, acc0, macc0);                      \
         }                                                                                     \
         for (int t = 0; t < nx; t++) {                                                        \
-            y[(size_t)t * ys] = TKV_FN(hsum)(acc[t]) + macc[t];                               \
+            y[(size_t)t * ys] = TKV_FN(hsum)(_mm256_add_ps(acc0[t], acc1[t])) +               \
+                                (macc0[t] + macc1[t]);                                        \
         }                                                                                     \
     }                                                                                         \
     TKV_NX_DISPATCH(name)
