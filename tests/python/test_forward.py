@@ -8,19 +8,26 @@ from gguf import GGMLQuantizationType as T
 import turbokv
 from tiny_models import TinyConfig, reference_forward, write_tiny_model
 
-# Tolerance on logits relative to their spread: float weights are checked tightly; quantized
-# weight types multiply 8-bit quantized activations, which adds ~0.5% relative error.
+# Max logit error relative to the logits' standard deviation.  Float weights are checked
+# against the exact reference.  Quantized weights multiply 8-bit quantized activations
+# (integer dot products), so they are checked tightly against a reference that quantizes
+# activations the same way (measured: 4e-7 for Q8_0/Q4_0, 7e-3 for Q4_1 whose min term
+# uses the float activation sum).  A single matmul matches that reference to 5e-6; through
+# the random network a code can round the other way when float32 and float64 activations
+# straddle a rounding boundary, hence 6e-2.  Against the exact reference: measured 0.05-0.1.
+FLOAT = 2e-4
+ACT_Q = 6e-2
 CASES = [
-    ("llama", T.F32, 2e-4),
-    ("llama", T.F16, 2e-4),
-    ("llama", T.BF16, 2e-4),
-    ("llama", T.Q8_0, 2e-2),
-    ("llama", T.Q4_0, 2e-2),
-    ("llama", T.Q4_1, 2e-2),
-    ("llama", T.Q5_0, 2e-2),
-    ("llama", T.Q5_1, 2e-2),
-    ("qwen2", T.F32, 2e-4),
-    ("qwen2", T.Q4_1, 2e-2),
+    ("llama", T.F32, FLOAT),
+    ("llama", T.F16, FLOAT),
+    ("llama", T.BF16, FLOAT),
+    ("llama", T.Q8_0, ACT_Q),
+    ("llama", T.Q4_0, ACT_Q),
+    ("llama", T.Q4_1, ACT_Q),
+    ("llama", T.Q5_0, ACT_Q),
+    ("llama", T.Q5_1, ACT_Q),
+    ("qwen2", T.F32, FLOAT),
+    ("qwen2", T.Q4_1, ACT_Q),
 ]
 KQUANT_CASES = [("llama", T.Q4_K), ("llama", T.Q5_K), ("llama", T.Q6_K)]
 
@@ -58,10 +65,15 @@ def test_logits_match_numpy_reference(tmp_path, arch, wtype, tol):
     path = tmp_path / "tiny.gguf"
     weights = write_tiny_model(path, cfg)
     tokens = np.array([256 + 6, 5, 17, 200, 3, 99, 42, 7, 7, 150, 11, 260], dtype=np.int32)
-    ref = reference_forward(weights, _hp(cfg), tokens)
+    exact = reference_forward(weights, _hp(cfg), tokens)
     got = _c_logits(path, tokens)
-    assert got.shape == ref.shape
-    assert _rel_err(got, ref) < tol
+    assert got.shape == exact.shape
+    if tol == FLOAT:
+        assert _rel_err(got, exact) < tol
+    else:
+        act_q = reference_forward(weights, _hp(cfg), tokens, act_quant=True)
+        assert _rel_err(got, act_q) < tol
+        assert _rel_err(got, exact) < 0.2
 
 
 @pytest.mark.parametrize("arch,wtype", KQUANT_CASES, ids=[t.name for _, t in KQUANT_CASES])
@@ -71,7 +83,9 @@ def test_kquant_logits_match_numpy_reference(tmp_path, arch, wtype):
     path = tmp_path / "tiny_k.gguf"
     weights = write_tiny_model(path, cfg)
     tokens = np.array([1, 2, 3, 100, 200, 255, 10], dtype=np.int32)
-    assert _rel_err(_c_logits(path, tokens), reference_forward(weights, _hp(cfg), tokens)) < 2e-2
+    got = _c_logits(path, tokens)
+    assert _rel_err(got, reference_forward(weights, _hp(cfg), tokens, act_quant=True)) < ACT_Q
+    assert _rel_err(got, reference_forward(weights, _hp(cfg), tokens)) < 0.2
 
 
 def test_batched_prefill_equals_token_by_token(tmp_path):
@@ -91,16 +105,29 @@ def test_batched_prefill_equals_token_by_token(tmp_path):
     np.testing.assert_allclose(chunked, single[-1], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kv,tol", [("fp16", 5e-3), ("q8_0", 2e-2), ("turbo_kv_5b", 0.1),
-                                    ("turbo_kv_4b", 0.2), ("turbo_kv_3b", 0.4)])
-def test_compressed_cache_error_follows_codec(tmp_path, kv, tol):
+def _mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    def logp(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    lr, lg = logp(ref_logits.astype(np.float64)), logp(logits.astype(np.float64))
+    return float(np.mean(np.sum(np.exp(lr) * (lr - lg), axis=1)))
+
+
+def test_compressed_cache_error_follows_codec(tmp_path):
+    """Mean KL of next-token distributions vs the exact reference (head_dim 16, 32 tokens).
+    Measured: fp16 1e-8, q8_0 1.5e-4, turbo 5b 0.010, 4b 0.039, 3b 0.147, 2b 0.51."""
     cfg = TinyConfig(seed=5)
     path = tmp_path / "tiny.gguf"
     weights = write_tiny_model(path, cfg)
     tokens = np.arange(3, 35, dtype=np.int32)
     ref = reference_forward(weights, _hp(cfg), tokens)
-    err = _rel_err(_c_logits(path, tokens, kv=kv), ref)
-    assert err < tol
+    bounds = {"fp16": 1e-5, "q8_0": 1e-3, "turbo_kv_5b": 0.02, "turbo_kv_4b": 0.06,
+              "turbo_kv_3b": 0.22, "turbo_kv_2b": 0.75}
+    kls = {kv: _mean_kl(ref, _c_logits(path, tokens, kv=kv)) for kv in bounds}
+    for kv, bound in bounds.items():
+        assert kls[kv] < bound, (kv, kls[kv])
+    order = list(bounds)
+    assert all(kls[a] < kls[b] for a, b in zip(order, order[1:])), kls
 
 
 def test_session_misuse_raises(tmp_path):

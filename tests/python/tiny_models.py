@@ -66,12 +66,12 @@ def _quantize(w: np.ndarray, t: T, rng: np.random.Generator) -> np.ndarray:
         nb = cols // 256
         size = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}[t]
         raw = rng.integers(0, 256, size=(rows, nb, size), dtype=np.uint8)
-        d = np.float16(0.002).view(np.uint16)
+        d = np.float16(0.0005).view(np.uint16)
         if t == T.Q6_K:
             raw[:, :, 208] = d & 0xFF
             raw[:, :, 209] = d >> 8
         else:
-            dmin = np.float16(0.001).view(np.uint16)
+            dmin = np.float16(0.0002).view(np.uint16)
             raw[:, :, 0], raw[:, :, 1] = d & 0xFF, d >> 8
             raw[:, :, 2], raw[:, :, 3] = dmin & 0xFF, dmin >> 8
         return raw.reshape(rows, nb * size)
@@ -168,11 +168,26 @@ def _rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool) -> np.ndarra
     return out
 
 
-def reference_forward(W: dict[str, np.ndarray], hp: dict, tokens: np.ndarray) -> np.ndarray:
+def quantize_activations_q8(x: np.ndarray) -> np.ndarray:
+    """What an integer-dot matmul sees of its input: blocks of 32 along the last axis
+    rounded to int8 with scale max|x| / 127 (the Q8_0 rule)."""
+    xb = np.asarray(x, dtype=np.float32).reshape(-1, 32)
+    amax = np.abs(xb).max(axis=1, keepdims=True)
+    d = amax / np.float32(127.0)
+    # codes exactly as the C kernels round them: nearest-even of x * (127 / amax) in float32
+    inv = np.float32(127.0) / np.where(amax > 0, amax, np.float32(1.0))
+    q = np.rint(xb * inv)
+    return (q.astype(np.float64) * d.astype(np.float64)).reshape(np.shape(x))
+
+
+def reference_forward(W: dict[str, np.ndarray], hp: dict, tokens: np.ndarray,
+                      act_quant: bool = False) -> np.ndarray:
     """Logits (n, n_vocab) of every token, float64, causal attention over all of them.
 
     hp: n_layer, n_head, n_head_kv, head_dim, rope_theta, rms_eps, neox.
+    act_quant: feed every matmul Q8-quantized activations, as integer-dot kernels do.
     """
+    aq = quantize_activations_q8 if act_quant else (lambda a: a)
     n = len(tokens)
     H, HK, D = hp["n_head"], hp["n_head_kv"], hp["head_dim"]
     pos = np.arange(n, dtype=np.float64)
@@ -180,7 +195,7 @@ def reference_forward(W: dict[str, np.ndarray], hp: dict, tokens: np.ndarray) ->
     mask = np.triu(np.full((n, n), -np.inf), 1)
     for l in range(hp["n_layer"]):
         p = f"blk.{l}."
-        h = _rms(x, W[p + "attn_norm.weight"], hp["rms_eps"])
+        h = aq(_rms(x, W[p + "attn_norm.weight"], hp["rms_eps"]))
         q = h @ W[p + "attn_q.weight"].T + W.get(p + "attn_q.bias", 0)
         k = h @ W[p + "attn_k.weight"].T + W.get(p + "attn_k.bias", 0)
         v = h @ W[p + "attn_v.weight"].T + W.get(p + "attn_v.bias", 0)
@@ -194,11 +209,11 @@ def reference_forward(W: dict[str, np.ndarray], hp: dict, tokens: np.ndarray) ->
             s = np.exp(s - s.max(axis=1, keepdims=True))
             s /= s.sum(axis=1, keepdims=True)
             out[:, hh] = s @ v[:, g]
-        x = x + out.reshape(n, H * D) @ W[p + "attn_output.weight"].T
-        h = _rms(x, W[p + "ffn_norm.weight"], hp["rms_eps"])
+        x = x + aq(out.reshape(n, H * D)) @ W[p + "attn_output.weight"].T
+        h = aq(_rms(x, W[p + "ffn_norm.weight"], hp["rms_eps"]))
         gate = h @ W[p + "ffn_gate.weight"].T
         up = h @ W[p + "ffn_up.weight"].T
-        x = x + (gate / (1 + np.exp(-gate)) * up) @ W[p + "ffn_down.weight"].T
-    x = _rms(x, W["output_norm.weight"], hp["rms_eps"])
+        x = x + aq(gate / (1 + np.exp(-gate)) * up) @ W[p + "ffn_down.weight"].T
+    x = aq(_rms(x, W["output_norm.weight"], hp["rms_eps"]))
     out_w = W.get("output.weight", W["token_embd.weight"])
     return x @ out_w.T
