@@ -358,13 +358,21 @@ TKV_API tkv_status tkv_model_detokenize(const tkv_model *model, const int32_t *t
 
 typedef struct tkv_cache tkv_cache;
 
+/*
+ * Subtract a fixed vector per (layer, KV head), the mean of the keys of the first
+ * batch that layer sees, from every key before it is stored.  Every score of a query
+ * moves by the same constant, which softmax cancels, so attention is unchanged in
+ * exact arithmetic while the codec no longer spends bits on the keys' common offset.
+ */
+#define TKV_CACHE_FLAG_CENTER_KEYS (1u << 0)
+
 typedef struct tkv_cache_params {
     uint32_t struct_size;      /* sizeof(tkv_cache_params) */
     int32_t k_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
     int32_t v_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
     uint32_t n_ctx;            /* capacity in tokens; 0 = the model's training context */
     uint32_t fp16_window;      /* most recent tokens kept in fp16 before compression; 0 = off */
-    uint32_t flags;            /* reserved, must be 0 */
+    uint32_t flags;            /* TKV_CACHE_FLAG_*; default 0 */
     uint64_t seed;             /* rotation seeds derive from it per (layer, head); default 0 */
     float sparse_v_threshold;  /* skip values whose softmax weight is below; 0 = off */
     uint32_t reserved[9];      /* must be zero */
@@ -521,6 +529,22 @@ TKV_API uint32_t tkv_cpu_features(void);
 
 /* Name of the kernel set in use: "scalar", "avx2", "avx512" or "neon".  Since 0.1. */
 TKV_API const char *tkv_kernel_isa(void);
+
+/* ==================================================================================
+ * [EXPERIMENTAL] Research hooks
+ *
+ * Outside the ABI promise: these may change or disappear in any release.  Python
+ * exposes them only under turbokv.experimental.
+ * ================================================================================== */
+
+/*
+ * [EXPERIMENTAL] tkv_session_eval, and copy every evaluated token's post-RoPE query,
+ * key and value vectors of every layer (before they enter the cache):
+ * q (n, n_layer, n_head, head_dim), k and v (n, n_layer, n_head_kv, head_dim) floats.
+ * n must not exceed the session's n_batch.  Since 0.1.
+ */
+TKV_API tkv_status tkv_session_eval_capture(tkv_session *session, const int32_t *tokens, int64_t n,
+                                            uint32_t flags, float *q, float *k, float *v);
 
 #ifdef __cplusplus
 }

@@ -141,7 +141,8 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
     TKV_CHECK_PARAMS("tkv_cache_create", params);
     TKV_TRY(tkv_check_codec_id("tkv_cache_create", "K", params->k_codec));
     TKV_TRY(tkv_check_codec_id("tkv_cache_create", "V", params->v_codec));
-    TKV_REQUIRE(params->flags == 0, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: flags must be 0");
+    TKV_REQUIRE((params->flags & ~TKV_CACHE_FLAG_CENTER_KEYS) == 0, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_cache_create: unknown flags 0x%x", params->flags);
     TKV_REQUIRE(isfinite(params->sparse_v_threshold) && params->sparse_v_threshold >= 0.0f &&
                     params->sparse_v_threshold < 1.0f,
                 TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: sparse_v_threshold %g outside [0, 1)",
@@ -158,6 +159,12 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
     tkv_status st = tkv_kv_init(&c->kv, model->hp.n_layer, model->hp.n_head_kv, model->hp.head_dim,
                                 n_ctx, params->k_codec, params->v_codec, params->fp16_window,
                                 params->seed);
+    if (st == TKV_OK && (params->flags & TKV_CACHE_FLAG_CENTER_KEYS)) {
+        st = tkv_kv_enable_key_centering(&c->kv);
+        if (st != TKV_OK) {
+            tkv_kv_release(&c->kv);
+        }
+    }
     if (st != TKV_OK) {
         free(c);
         return st;
@@ -411,4 +418,19 @@ void tkv_session_reset_timings(tkv_session *s) {
 
 uint32_t tkv_session_n_tokens(const tkv_session *s) {
     return s ? tkv_kv_n_tokens(&s->cache->kv) : 0;
+}
+
+tkv_status tkv_session_eval_capture(tkv_session *s, const int32_t *tokens, int64_t n,
+                                    uint32_t flags, float *q, float *k, float *v) {
+    TKV_REQUIRE(s && q && k && v, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_eval_capture: session, q, k and v must not be NULL");
+    TKV_REQUIRE(n > 0 && n <= s->fs.n_batch, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_session_eval_capture: n = %lld must be in 1..n_batch (%u)", (long long)n,
+                s->fs.n_batch);
+    s->fs.capture_q = q;
+    s->fs.capture_k = k;
+    s->fs.capture_v = v;
+    tkv_status st = tkv_session_eval(s, tokens, n, flags);
+    s->fs.capture_q = s->fs.capture_k = s->fs.capture_v = NULL;
+    return st;
 }

@@ -5,7 +5,9 @@
  * window is 0).  Code arrays grow by TKV_KV_GROW_TOKENS positions with realloc, so a
  * 32K-token capacity reserves nothing up front.  Codec seeds are derived from the
  * cache seed per (layer, head, K/V) with SplitMix64, so a cache's bytes can be decoded
- * by any process that knows the seed.
+ * by any process that knows the seed.  With key centering on, stored keys are k - mu
+ * (see cache.h); attention scores then differ from <q, k> by <q, mu>, the same for
+ * every position, which the softmax cancels.
  */
 #include "kv/cache.h"
 
@@ -59,8 +61,37 @@ void tkv_kv_release(tkv_kv_cache *c) {
     }
     free(c->heads);
     free(c->layers);
+    free(c->key_offsets);
+    free(c->offset_ready);
     c->heads = NULL;
     c->layers = NULL;
+    c->key_offsets = NULL;
+    c->offset_ready = NULL;
+}
+
+tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c) {
+    c->key_offsets = calloc((size_t)c->n_layer * c->n_head_kv * c->head_dim, sizeof(float));
+    c->offset_ready = calloc(c->n_layer, 1);
+    TKV_REQUIRE(c->key_offsets && c->offset_ready, TKV_ERR_OUT_OF_MEMORY,
+                "cache: out of memory for key offsets");
+    c->center_keys = 1;
+    return TKV_OK;
+}
+
+void tkv_kv_observe_keys(tkv_kv_cache *c, uint32_t layer, const float *k, uint32_t n_tok) {
+    if (!c->center_keys || c->offset_ready[layer] || n_tok == 0) {
+        return;
+    }
+    const size_t width = (size_t)c->n_head_kv * c->head_dim;
+    float *mu = c->key_offsets + layer * width;
+    for (size_t j = 0; j < width; j++) {
+        double sum = 0.0;
+        for (uint32_t t = 0; t < n_tok; t++) {
+            sum += k[t * width + j];
+        }
+        mu[j] = (float)(sum / n_tok);
+    }
+    c->offset_ready[layer] = 1;
 }
 
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
@@ -163,10 +194,18 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     const uint32_t target = c->window > 0 ? (evict ? L->n_comp + 1 : L->n_comp) : pos + 1;
     TKV_TRY(tkv_kv_grow(c, layer, target));
     float *row = scratch;                      /* d */
-    float *codec_scratch = scratch + d;        /* codec scratch */
+    float *centered = scratch + d;             /* d */
+    float *codec_scratch = scratch + 2 * (size_t)d; /* codec scratch */
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const float *kh = k + (size_t)h * d;
+        if (c->center_keys) {
+            const float *mu = c->key_offsets + ((size_t)layer * c->n_head_kv + h) * d;
+            for (uint32_t j = 0; j < d; j++) {
+                centered[j] = kh[j] - mu[j];
+            }
+            kh = centered;
+        }
         const float *vh = v + (size_t)h * d;
         if (c->window == 0) {
             TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh,

@@ -13,6 +13,7 @@
 #include "turbokv.h"
 
 #define TKV_KV_GROW_TOKENS 256 /* storage grows in blocks of this many positions */
+#define TKV_KV_SCRATCH_FLOATS(d) (TKV_CODEC_SCRATCH_FLOATS(d) + 2 * (size_t)(d))
 
 typedef struct tkv_kv_head {
     struct tkv_codec k_codec; /* seeded per (layer, head) */
@@ -39,6 +40,9 @@ typedef struct tkv_kv_cache {
     uint32_t window;     /* fp16 window length, 0 = off */
     uint64_t seed;
     int allocated;       /* codecs built (happens at first write, after overrides) */
+    int center_keys;     /* subtract a fixed per-(layer, head) vector from keys */
+    float *key_offsets;  /* (n_layer, n_head_kv, head_dim), valid where offset_ready */
+    uint8_t *offset_ready; /* (n_layer) */
     tkv_kv_layer *layers; /* (n_layer) */
     tkv_kv_head *heads;   /* (n_layer, n_head_kv) */
 } tkv_kv_cache;
@@ -47,11 +51,23 @@ tkv_status tkv_kv_init(tkv_kv_cache *c, uint32_t n_layer, uint32_t n_head_kv, ui
                        uint32_t capacity, int32_t k_codec, int32_t v_codec, uint32_t window,
                        uint64_t seed);
 void tkv_kv_release(tkv_kv_cache *c);
+/*
+ * Key centering: softmax ignores a constant added to every score of a query, and
+ * <q, k - mu> = <q, k> - <q, mu> shifts every score of q by the same amount.  So a
+ * fixed vector mu per (layer, head) can be subtracted from every key before it is
+ * stored (codes and fp16 window alike) without changing attention in exact
+ * arithmetic, while the codec no longer spends its bits on the keys' shared offset.
+ * mu is the mean of the keys of the first batch a layer sees.
+ */
+tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c);
+/* Set the layer's offsets from its first batch (no-op when centering is off or the
+ * offsets are set): k is (n_tok, n_head_kv * head_dim). */
+void tkv_kv_observe_keys(tkv_kv_cache *c, uint32_t layer, const float *k, uint32_t n_tok);
 /* Change one layer's codecs; only before the first write. */
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
                                    int32_t v_codec);
 /* Append position `pos` (must equal the layer's n) of one layer: k and v are
- * (n_head_kv, head_dim).  scratch: TKV_CODEC_SCRATCH_FLOATS(head_dim) floats. */
+ * (n_head_kv, head_dim).  scratch: TKV_KV_SCRATCH_FLOATS(head_dim) floats. */
 tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const float *k,
                          const float *v, float *scratch);
 /* Drop every position >= n (all layers). */

@@ -53,8 +53,7 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     s->logits = tkv_calloc_aligned(B * V, sizeof(float));
     s->scores = tkv_calloc_aligned((size_t)n_threads * capacity, sizeof(float));
     s->work = tkv_calloc_aligned((size_t)n_threads * TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
-    s->kv_scratch = tkv_calloc_aligned(TKV_CODEC_SCRATCH_FLOATS(hp->head_dim) + hp->head_dim,
-                                       sizeof(float));
+    s->kv_scratch = tkv_calloc_aligned(TKV_KV_SCRATCH_FLOATS(hp->head_dim), sizeof(float));
     s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
     /* the largest quantized-activation scratch over every matmul shape of the model */
     size_t mm = 0;
@@ -229,7 +228,17 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
             }
             tkv_rope(q, H, d, pos0 + t, s->rope_inv_freq, hp->rope_neox);
             tkv_rope(k, HK, d, pos0 + t, s->rope_inv_freq, hp->rope_neox);
-            TKV_TRY(tkv_kv_append(cache, l, pos0 + t, k, v, s->kv_scratch));
+            if (s->capture_q) {
+                const size_t row = (size_t)t * hp->n_layer + l;
+                memcpy(s->capture_q + row * QD, q, QD * sizeof *q);
+                memcpy(s->capture_k + row * KD, k, KD * sizeof *k);
+                memcpy(s->capture_v + row * KD, v, KD * sizeof *v);
+            }
+        }
+        tkv_kv_observe_keys(cache, l, s->k, n);
+        for (uint32_t t = 0; t < n; t++) {
+            TKV_TRY(tkv_kv_append(cache, l, pos0 + t, s->k + (size_t)t * KD, s->v + (size_t)t * KD,
+                                  s->kv_scratch));
         }
         uint64_t ta = tkv_now_ns();
         tkv_attn_job job = {m, cache, s, l, n, pos0, sparse_threshold};

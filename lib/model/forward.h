@@ -38,6 +38,9 @@ typedef struct tkv_forward_state {
     void *mm_scratch;       /* quantized activations */
     size_t mm_scratch_bytes;
     float *rope_inv_freq;   /* (head_dim / 2) */
+    /* optional capture of post-RoPE vectors (research harnesses), NULL when off:
+     * q (n, n_layer, n_head, head_dim), k and v (n, n_layer, n_head_kv, head_dim) */
+    float *capture_q, *capture_k, *capture_v;
     tkv_phase_times times;
 } tkv_forward_state;
 

@@ -293,3 +293,9 @@ _bind("tkv_session_timings", c_int32, [c_void_p, POINTER(Timings)])
 _bind("tkv_session_reset_timings", None, [c_void_p])
 # uint32_t tkv_session_n_tokens(const tkv_session *session);
 _bind("tkv_session_n_tokens", c_uint32, [c_void_p])
+
+# ---- [EXPERIMENTAL] --------------------------------------------------------------------------
+# tkv_status tkv_session_eval_capture(tkv_session *session, const int32_t *tokens, int64_t n,
+#                                     uint32_t flags, float *q, float *k, float *v);
+_bind("tkv_session_eval_capture", c_int32,
+      [c_void_p, int32_p, c_int64, c_uint32, POINTER(c_float), POINTER(c_float), POINTER(c_float)])

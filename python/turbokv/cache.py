@@ -8,6 +8,8 @@ from ._lib import check, lib
 from .codec import codec_id
 from .model import Model
 
+CACHE_FLAG_CENTER_KEYS = 1
+
 
 class KVCache:
     """Keys and values of one sequence, compressed with a K codec and a V codec.
@@ -20,12 +22,15 @@ class KVCache:
         fp16_window: most recent tokens kept in fp16 before compression (0 = off).
         seed: rotation seeds derive from it per (layer, head).
         sparse_v_threshold: skip values whose softmax weight is below it (0 = off).
+        center_keys: subtract a fixed per-(layer, head) vector (the mean of the first
+            batch's keys) from every key before coding; attention is unchanged in exact
+            arithmetic, and the codec stops spending bits on the keys' shared offset.
         layer_codecs: {layer: (k_codec, v_codec)} overrides, e.g. {0: ("q8_0", "q8_0")}.
     """
 
     def __init__(self, model: Model, *, k: str = "turbo_kv_4b", v: str = "turbo_kv_4b",
                  n_ctx: int = 0, fp16_window: int = 0, seed: int = 0,
-                 sparse_v_threshold: float = 0.0,
+                 sparse_v_threshold: float = 0.0, center_keys: bool = False,
                  layer_codecs: Optional[dict[int, tuple[str, str]]] = None) -> None:
         self._handle: Optional[int] = None
         self.model = model
@@ -38,11 +43,13 @@ class KVCache:
         params.fp16_window = int(fp16_window)
         params.seed = int(seed)
         params.sparse_v_threshold = float(sparse_v_threshold)
+        params.flags = CACHE_FLAG_CENTER_KEYS if center_keys else 0
         handle = ctypes.c_void_p()
         check(lib.tkv_cache_create(model.handle, ctypes.byref(params), ctypes.byref(handle)))
         self._handle = handle.value
         model._open_children += 1
         self.k_codec, self.v_codec = k, v
+        self.center_keys = bool(center_keys)
         try:
             for layer, (lk, lv) in (layer_codecs or {}).items():
                 check(lib.tkv_cache_set_layer_codecs(self._handle, int(layer), codec_id(lk),

@@ -178,3 +178,30 @@ def test_malformed_gguf_gives_format_error(tmp_path):
             turbokv.Model(bad)
     with pytest.raises(FileNotFoundError):
         turbokv.Model(tmp_path / "missing.gguf")
+
+
+def test_key_centering_keeps_attention_exact(tmp_path):
+    """Subtracting a per-(layer, head) vector from keys shifts every score of a query by
+    the same constant: with fp32 storage the logits must not move; with a codec the
+    centered cache must not be worse on a model whose keys share an offset."""
+    cfg = TinyConfig(seed=9)
+    path = tmp_path / "tiny.gguf"
+    weights = write_tiny_model(path, cfg)
+    tokens = np.arange(10, 40, dtype=np.int32)
+    model = turbokv.Model(path)
+
+    def logits(kv: str, center: bool) -> np.ndarray:
+        with turbokv.KVCache(model, k=kv, v="fp32", n_ctx=64, center_keys=center) as cache, \
+                turbokv.Session(cache) as s:
+            s.eval(tokens[:8])
+            rows = [s.logits()]
+            for t in tokens[8:]:
+                s.eval([t])
+                rows.append(s.logits())
+        return np.stack(rows)
+
+    plain, centered = logits("fp32", False), logits("fp32", True)
+    np.testing.assert_allclose(centered, plain, rtol=1e-4, atol=1e-4)
+    ref = reference_forward(weights, _hp(cfg), tokens)[7:]
+    assert _mean_kl(ref, logits("turbo_kv_3b", True)) < 1.5 * _mean_kl(ref, logits("turbo_kv_3b", False))
+    model.close()
