@@ -1,25 +1,36 @@
 /*
- * threads.c - a fixed-size pthread pool: workers sleep on a condition variable and
- * wake for each run (generation counter), the caller takes part as thread 0 and then
- * waits until every worker has reported back.
+ * threads.c - a fixed-size pthread pool built for many short parallel sections.
+ *
+ * A decode step runs a few hundred parallel sections of 20-200 us each, so waking
+ * sleeping threads through a condition variable every time (tens of us per wake)
+ * would cost as much as the work.  Workers therefore spin on an atomic generation
+ * counter for a while after each section, and only then sleep on the condition
+ * variable; the caller runs part 0 itself and spins until every worker has
+ * finished.  A run publishes its job under the mutex and broadcasts, so a worker
+ * that went to sleep is always woken.
  */
 #include "base/threads.h"
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "base/status.h"
+
+/* Spin iterations before sleeping (~100-200 us): longer than the gaps between the
+ * parallel sections of one forward pass, far shorter than a human-visible pause. */
+#define TKV_POOL_SPIN 200000
 
 struct tkv_pool {
     int n;
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t wake;
-    pthread_cond_t done;
-    uint64_t generation;
-    int pending;
-    int stop;
+    _Atomic uint64_t generation;
+    _Atomic int pending;
+    _Atomic int stop;
     tkv_task_fn fn;
     void *ctx;
 };
@@ -29,6 +40,14 @@ typedef struct {
     int ith;
 } tkv_worker_arg;
 
+static inline void tkv_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ volatile("pause");
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
 static void *tkv_worker(void *p) {
     tkv_worker_arg *arg = p;
     tkv_pool *pool = arg->pool;
@@ -36,24 +55,28 @@ static void *tkv_worker(void *p) {
     free(arg);
     uint64_t seen = 0;
     for (;;) {
-        pthread_mutex_lock(&pool->mu);
-        while (!pool->stop && pool->generation == seen) {
-            pthread_cond_wait(&pool->wake, &pool->mu);
+        uint64_t gen = atomic_load_explicit(&pool->generation, memory_order_acquire);
+        for (int spin = 0; gen == seen && spin < TKV_POOL_SPIN; spin++) {
+            if (atomic_load_explicit(&pool->stop, memory_order_relaxed)) {
+                return NULL;
+            }
+            tkv_cpu_relax();
+            gen = atomic_load_explicit(&pool->generation, memory_order_acquire);
         }
-        if (pool->stop) {
+        if (gen == seen) {
+            pthread_mutex_lock(&pool->mu);
+            while (!atomic_load(&pool->stop) && atomic_load(&pool->generation) == seen) {
+                pthread_cond_wait(&pool->wake, &pool->mu);
+            }
             pthread_mutex_unlock(&pool->mu);
-            return NULL;
+            if (atomic_load(&pool->stop)) {
+                return NULL;
+            }
+            gen = atomic_load_explicit(&pool->generation, memory_order_acquire);
         }
-        seen = pool->generation;
-        tkv_task_fn fn = pool->fn;
-        void *ctx = pool->ctx;
-        pthread_mutex_unlock(&pool->mu);
-        fn(ctx, ith, pool->n);
-        pthread_mutex_lock(&pool->mu);
-        if (--pool->pending == 0) {
-            pthread_cond_signal(&pool->done);
-        }
-        pthread_mutex_unlock(&pool->mu);
+        seen = gen;
+        pool->fn(pool->ctx, ith, pool->n);
+        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
     }
 }
 
@@ -64,27 +87,31 @@ tkv_status tkv_pool_create(int n_threads, tkv_pool **out) {
     pool->n = n_threads < 1 ? 1 : n_threads;
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->wake, NULL);
-    pthread_cond_init(&pool->done, NULL);
+    atomic_init(&pool->generation, 0);
+    atomic_init(&pool->pending, 0);
+    atomic_init(&pool->stop, 0);
     if (pool->n > 1) {
         pool->threads = calloc((size_t)pool->n - 1, sizeof *pool->threads);
         if (!pool->threads) {
+            pool->n = 1;
             tkv_pool_free(pool);
             return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "thread pool: out of memory");
         }
         for (int i = 1; i < pool->n; i++) {
             tkv_worker_arg *arg = malloc(sizeof *arg);
-            if (!arg) {
-                pool->n = i;
-                tkv_pool_free(pool);
-                return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "thread pool: out of memory");
+            int started = arg != NULL;
+            if (arg) {
+                arg->pool = pool;
+                arg->ith = i;
+                started = pthread_create(&pool->threads[i - 1], NULL, tkv_worker, arg) == 0;
+                if (!started) {
+                    free(arg);
+                }
             }
-            arg->pool = pool;
-            arg->ith = i;
-            if (pthread_create(&pool->threads[i - 1], NULL, tkv_worker, arg) != 0) {
-                free(arg);
+            if (!started) {
                 pool->n = i; /* join only the threads that started */
                 tkv_pool_free(pool);
-                return tkv_fail(TKV_ERR_INTERNAL, "thread pool: pthread_create failed for thread %d", i);
+                return tkv_fail(TKV_ERR_INTERNAL, "thread pool: cannot start thread %d", i);
             }
         }
     }
@@ -97,7 +124,7 @@ void tkv_pool_free(tkv_pool *pool) {
         return;
     }
     pthread_mutex_lock(&pool->mu);
-    pool->stop = 1;
+    atomic_store(&pool->stop, 1);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mu);
     if (pool->threads) {
@@ -108,7 +135,6 @@ void tkv_pool_free(tkv_pool *pool) {
     free(pool->threads);
     pthread_mutex_destroy(&pool->mu);
     pthread_cond_destroy(&pool->wake);
-    pthread_cond_destroy(&pool->done);
     free(pool);
 }
 
@@ -122,16 +148,20 @@ void tkv_pool_run(tkv_pool *pool, tkv_task_fn fn, void *ctx) {
     pthread_mutex_lock(&pool->mu);
     pool->fn = fn;
     pool->ctx = ctx;
-    pool->pending = pool->n - 1;
-    pool->generation++;
+    atomic_store_explicit(&pool->pending, pool->n - 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mu);
     fn(ctx, 0, pool->n);
-    pthread_mutex_lock(&pool->mu);
-    while (pool->pending > 0) {
-        pthread_cond_wait(&pool->done, &pool->mu);
+    /* spin: the other parts finish within microseconds of ours; yield if a worker was
+     * descheduled, so an oversubscribed machine still makes progress */
+    for (long spin = 0; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spin++) {
+        if (spin < TKV_POOL_SPIN) {
+            tkv_cpu_relax();
+        } else {
+            sched_yield();
+        }
     }
-    pthread_mutex_unlock(&pool->mu);
 }
 
 int tkv_cpu_count(void) {

@@ -103,34 +103,64 @@ void tkv_forward_state_release(tkv_forward_state *s) {
 
 /* ---- matmul over the pool ------------------------------------------------------------ */
 
+#define TKV_MAX_FUSED 3
+
+/* Several products of the same input X, split by rows over the pool in one section:
+ * Y_i (n_tok, w_i->rows) = X (n_tok, cols) W_i^T.  Fusing Q/K/V and gate/up halves the
+ * number of synchronizations per layer, which dominate single-token decode. */
 typedef struct {
     const tkv_matmul_kernels *k;
-    const tkv_weight *w;
+    const tkv_weight *w[TKV_MAX_FUSED];
+    float *Y[TKV_MAX_FUSED];
+    int n_w;
+    int64_t total_rows;
     const float *X;
     int64_t n_tok;
     const void *scratch;
-    float *Y;
 } tkv_mm_job;
 
 static void tkv_mm_task(void *p, int ith, int nth) {
     tkv_mm_job *j = p;
     int64_t b, e;
-    tkv_split_range(j->w->rows, ith, nth, &b, &e);
-    if (b < e) {
-        tkv_matmul_rows(j->k, j->w->type, j->w->data, j->w->row_bytes, j->w->rows, j->w->cols, j->X,
-                        j->n_tok, j->scratch, j->Y, b, e);
+    tkv_split_range(j->total_rows, ith, nth, &b, &e);
+    int64_t base = 0;
+    for (int i = 0; i < j->n_w && b < e; i++) {
+        const tkv_weight *w = j->w[i];
+        const int64_t lo = b > base ? b - base : 0;
+        const int64_t hi = e - base < w->rows ? e - base : w->rows;
+        if (lo < hi) {
+            tkv_matmul_rows(j->k, w->type, w->data, w->row_bytes, w->rows, w->cols, j->X, j->n_tok,
+                            j->scratch, j->Y[i], lo, hi);
+        }
+        base += w->rows;
     }
+}
+
+/* Y_i = X W_i^T for n_w weights with the same number of columns. */
+static void tkv_linear_multi(tkv_pool *pool, tkv_forward_state *s, const tkv_weight *const *ws,
+                             float *const *Ys, int n_w, const float *X, int64_t n_tok) {
+    uint64_t t0 = tkv_now_ns();
+    const tkv_matmul_kernels *k = tkv_matmul_kernels_get();
+    tkv_mm_job job = {.k = k, .n_w = n_w, .X = X, .n_tok = n_tok, .scratch = s->mm_scratch};
+    int quantized_done = 0;
+    for (int i = 0; i < n_w; i++) {
+        job.w[i] = ws[i];
+        job.Y[i] = Ys[i];
+        job.total_rows += ws[i]->rows;
+        /* Q8 activations depend only on X, so one quantization serves every quantized W */
+        if (tkv_matmul_uses_q8(ws[i]->type) && !quantized_done) {
+            tkv_matmul_prepare(k, ws[i]->type, ws[i]->cols, X, n_tok, s->mm_scratch);
+            quantized_done = 1;
+        }
+    }
+    tkv_pool_run(pool, tkv_mm_task, &job);
+    s->times.matmul_ns += tkv_now_ns() - t0;
 }
 
 /* Y (n_tok, w->rows) = X (n_tok, w->cols) W^T */
 static void tkv_linear(tkv_pool *pool, tkv_forward_state *s, const tkv_weight *w, const float *X,
                        int64_t n_tok, float *Y) {
-    uint64_t t0 = tkv_now_ns();
-    const tkv_matmul_kernels *k = tkv_matmul_kernels_get();
-    tkv_matmul_prepare(k, w->type, w->cols, X, n_tok, s->mm_scratch);
-    tkv_mm_job job = {k, w, X, n_tok, s->mm_scratch, Y};
-    tkv_pool_run(pool, tkv_mm_task, &job);
-    s->times.matmul_ns += tkv_now_ns() - t0;
+    tkv_linear_multi(pool, s, &w, &Y, 1, X, n_tok);
 }
 
 /* ---- small blocks ---------------------------------------------------------------------- */
@@ -212,9 +242,9 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
         for (uint32_t t = 0; t < n; t++) {
             tkv_rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
         }
-        tkv_linear(pool, s, &L->wq, s->xn, n, s->q);
-        tkv_linear(pool, s, &L->wk, s->xn, n, s->k);
-        tkv_linear(pool, s, &L->wv, s->xn, n, s->v);
+        const tkv_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_y[3] = {s->q, s->k, s->v};
+        tkv_linear_multi(pool, s, qkv_w, qkv_y, 3, s->xn, n);
         for (uint32_t t = 0; t < n; t++) {
             float *q = s->q + (size_t)t * QD, *k = s->k + (size_t)t * KD, *v = s->v + (size_t)t * KD;
             for (uint32_t i = 0; L->bq && i < QD; i++) {
@@ -251,8 +281,9 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
         for (uint32_t t = 0; t < n; t++) {
             tkv_rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
         }
-        tkv_linear(pool, s, &L->w_gate, s->xn, n, s->gate);
-        tkv_linear(pool, s, &L->w_up, s->xn, n, s->up);
+        const tkv_weight *gu_w[2] = {&L->w_gate, &L->w_up};
+        float *gu_y[2] = {s->gate, s->up};
+        tkv_linear_multi(pool, s, gu_w, gu_y, 2, s->xn, n);
         for (size_t i = 0; i < (size_t)n * F; i++) {
             const float g = s->gate[i];
             s->gate[i] = g / (1.0f + expf(-g)) * s->up[i]; /* SwiGLU */
