@@ -238,20 +238,7 @@ tkv_status tkv_codec_attention(const tkv_codec *k_codec, const tkv_codec *v_code
     float qprep[2 * TKV_HEAD_DIM_MAX];
     tkv_codec_prepare_query(k_codec, q, qprep);
     kern->scores[k_codec->layout.format](&k_codec->layout, qprep, k_codes, (size_t)n, p);
-    float mx = -INFINITY;
-    for (int64_t i = 0; i < n; i++) {
-        p[i] *= scale;
-        mx = fmaxf(mx, p[i]);
-    }
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        p[i] = expf(p[i] - mx);
-        sum += p[i];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t i = 0; i < n; i++) {
-        p[i] *= inv;
-    }
+    kern->softmax(p, (size_t)n, scale);
     float acc[2 * TKV_HEAD_DIM_MAX];
     memset(acc, 0, sizeof acc);
     kern->accum[v_codec->layout.format](&v_codec->layout, p, threshold, v_codes, (size_t)n, acc);

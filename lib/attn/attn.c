@@ -1,6 +1,6 @@
 /*
  * attn.c - one query against the cache: scores on codes, a numerically stable
- * softmax (max subtracted, sum in double), V accumulated on codes.
+ * softmax (max subtracted), V accumulated on codes.
  *
  * Positions [0, n_comp) are compressed; [n_comp, pos] sit in the fp16 window ring
  * (slot t % window), read unrotated with the fp16 kernels.
@@ -40,20 +40,7 @@ void tkv_attn_one(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, cons
                                   scores + t);
         t += run;
     }
-    float mx = -INFINITY;
-    for (uint32_t t = 0; t < n; t++) {
-        scores[t] *= scale;
-        mx = scores[t] > mx ? scores[t] : mx;
-    }
-    double sum = 0.0;
-    for (uint32_t t = 0; t < n; t++) {
-        scores[t] = expf(scores[t] - mx);
-        sum += scores[t];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (uint32_t t = 0; t < n; t++) {
-        scores[t] *= inv;
-    }
+    kern->softmax(scores, n, scale);
     memset(out, 0, d * sizeof *out);
     if (n_comp > 0) {
         const uint32_t width = tkv_codec_work_width(&hd->v_codec);

@@ -62,6 +62,8 @@ typedef struct tkv_codec_kernels {
     void (*matvec)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
     /* y = M^T x, M (rows, cols) row-major, x has rows elements */
     void (*matvec_t)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
+    /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1 */
+    void (*softmax)(float *x, size_t n, float scale);
 } tkv_codec_kernels;
 
 /* The table in use (chosen once, thread-safe). */
@@ -85,6 +87,7 @@ void tkv_accum_scalar(const tkv_code_layout *layout, const float *w, float thres
 void tkv_fwht_scalar(float *x, uint32_t d, float scale);
 void tkv_matvec_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
+void tkv_softmax_scalar(float *x, size_t n, float scale);
 
 /* Decode one vector into the rotated domain (d floats; QJL: 2d, the second half
  * being coef * |r| * sign bits, still to be multiplied by S^T). */

@@ -621,6 +621,75 @@ static void tkv_matvec_t_avx2(const float *m, const float *x, uint32_t rows, uin
     }
 }
 
+
+/*
+ * softmax with a vectorized exp.  exp(x) = 2^k * exp(r), k = round(x / ln 2),
+ * r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in a high and a low part so r is exact
+ * to float precision), exp(r) by its degree-6 Taylor polynomial (error < 2e-8 on that
+ * interval), and 2^k applied to the exponent.  Inputs below -87 give 0, as expf's
+ * subnormal results do not matter next to the maximum's 1.
+ */
+static inline __m256 tkv_exp_avx2(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^k: k in [-126, 128] after the clamp, added to the exponent field */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static float tkv_hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+static void tkv_softmax_avx2(float *x, size_t n, float scale) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vs);
+        _mm256_storeu_ps(x + i, v);
+        vmax = _mm256_max_ps(vmax, v);
+    }
+    float mx = tkv_hmax8(vmax);
+    for (; i < n; i++) {
+        x[i] *= scale;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = tkv_exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = tkv_hsum8(vsum);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    const float inv = 1.0f / sum;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+    }
+    for (; i < n; i++) {
+        x[i] *= inv;
+    }
+}
+
 const tkv_codec_kernels tkv_codec_kernels_avx2 = {
     .isa = "avx2",
     .scores = {tkv_scores_f32_avx2, tkv_scores_f16_avx2, tkv_scores_bf16_avx2, tkv_scores_q8_0_avx2,
@@ -630,4 +699,5 @@ const tkv_codec_kernels tkv_codec_kernels_avx2 = {
     .fwht = tkv_fwht_avx2,
     .matvec = tkv_matvec_avx2,
     .matvec_t = tkv_matvec_t_avx2,
+    .softmax = tkv_softmax_avx2,
 };

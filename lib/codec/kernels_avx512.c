@@ -638,6 +638,67 @@ static void tkv_matvec_t_avx512(const float *m, const float *x, uint32_t rows, u
     }
 }
 
+
+/*
+ * softmax with a vectorized exp.  exp(x) = 2^k * exp(r), k = round(x / ln 2),
+ * r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in a high and a low part so r is exact
+ * to float precision), exp(r) by its degree-6 Taylor polynomial (error < 2e-8 on that
+ * interval), and 2^k applied to the exponent.  Inputs below -87 give 0, as expf's
+ * subnormal results do not matter next to the maximum's 1.
+ */
+static inline __m512 tkv_exp_avx512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, k);
+}
+
+static void tkv_softmax_avx512(float *x, size_t n, float scale) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), vs);
+        _mm512_storeu_ps(x + i, v);
+        vmax = _mm512_max_ps(vmax, v);
+    }
+    float mx = _mm512_reduce_max_ps(vmax);
+    for (; i < n; i++) {
+        x[i] *= scale;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    const __m512 vm = _mm512_set1_ps(mx);
+    __m512 vsum = _mm512_setzero_ps();
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 e = tkv_exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+        _mm512_storeu_ps(x + i, e);
+        vsum = _mm512_add_ps(vsum, e);
+    }
+    if (i < n) {
+        const __mmask16 k = tkv_m16((uint32_t)(n - i));
+        const __m512 e = tkv_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
+        _mm512_mask_storeu_ps(x + i, k, e);
+        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(k, e));
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (i = 0; i + 16 <= n; i += 16) {
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    }
+    if (i < n) {
+        const __mmask16 k = tkv_m16((uint32_t)(n - i));
+        _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
+    }
+}
+
 const tkv_codec_kernels tkv_codec_kernels_avx512 = {
     .isa = "avx512",
     .scores = {tkv_scores_f32_avx512, tkv_scores_f16_avx512, tkv_scores_bf16_avx512,
@@ -647,4 +708,5 @@ const tkv_codec_kernels tkv_codec_kernels_avx512 = {
     .fwht = tkv_fwht_avx512,
     .matvec = tkv_matvec_avx512,
     .matvec_t = tkv_matvec_t_avx512,
+    .softmax = tkv_softmax_avx512,
 };

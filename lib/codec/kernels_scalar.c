@@ -143,6 +143,23 @@ void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t
     }
 }
 
+void tkv_softmax_scalar(float *x, size_t n, float scale) {
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        x[i] *= scale;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (size_t i = 0; i < n; i++) {
+        x[i] *= inv;
+    }
+}
+
 const tkv_codec_kernels tkv_codec_kernels_scalar = {
     .isa = "scalar",
     .scores = {tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar,
@@ -152,4 +169,5 @@ const tkv_codec_kernels tkv_codec_kernels_scalar = {
     .fwht = tkv_fwht_scalar,
     .matvec = tkv_matvec_scalar,
     .matvec_t = tkv_matvec_t_scalar,
+    .softmax = tkv_softmax_scalar,
 };

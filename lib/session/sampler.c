@@ -8,26 +8,56 @@
 #include <math.h>
 #include <stdlib.h>
 
-static int tkv_cmp_desc(const void *a, const void *b, const float *p) {
-    float x = p[*(const int32_t *)a], y = p[*(const int32_t *)b];
-    return (x < y) - (x > y);
-}
-
-/* qsort has no context argument in C11: sort (prob, id) pairs by a small insertion
- * into a heap-free selection of the top candidates instead. */
+/* Sort ids by vals, descending (shell sort: no allocation, no global state). */
 static void tkv_sort_ids(int32_t *ids, int32_t n, const float *vals) {
-    /* shell sort by value, descending: no allocation, no global state */
     for (int32_t gap = n / 2; gap > 0; gap /= 2) {
         for (int32_t i = gap; i < n; i++) {
-            int32_t tmp = ids[i];
+            const int32_t tmp = ids[i];
             int32_t j = i;
-            while (j >= gap && tkv_cmp_desc(&ids[j - gap], &tmp, vals) > 0) {
+            while (j >= gap && vals[ids[j - gap]] < vals[tmp]) {
                 ids[j] = ids[j - gap];
                 j -= gap;
             }
             ids[j] = tmp;
         }
     }
+}
+
+/* The k largest of vals[0..n) into ids[0..k) (unordered), with a min-heap: O(n log k). */
+static int32_t tkv_top_k(const float *vals, int32_t n, int32_t k, int32_t *ids) {
+    int32_t size = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (size < k) {
+            int32_t c = size++;
+            ids[c] = i;
+            while (c > 0 && vals[ids[(c - 1) / 2]] > vals[ids[c]]) {
+                const int32_t p = (c - 1) / 2, t = ids[p];
+                ids[p] = ids[c];
+                ids[c] = t;
+                c = p;
+            }
+        } else if (vals[i] > vals[ids[0]]) {
+            ids[0] = i;
+            int32_t c = 0;
+            for (;;) {
+                int32_t l = 2 * c + 1, r = l + 1, m = c;
+                if (l < size && vals[ids[l]] < vals[ids[m]]) {
+                    m = l;
+                }
+                if (r < size && vals[ids[r]] < vals[ids[m]]) {
+                    m = r;
+                }
+                if (m == c) {
+                    break;
+                }
+                const int32_t t = ids[m];
+                ids[m] = ids[c];
+                ids[c] = t;
+                c = m;
+            }
+        }
+    }
+    return size;
 }
 
 int32_t tkv_sample(const tkv_sampling *p, const float *logits, int32_t n_vocab,
@@ -70,23 +100,31 @@ int32_t tkv_sample(const tkv_sampling *p, const float *logits, int32_t n_vocab,
     int32_t n = n_vocab;
     int32_t *ids = work_ids;
     for (int32_t i = 0; i < n; i++) {
-        ids[i] = i;
         l[i] /= p->temperature;
     }
     if (p->top_k > 0 && p->top_k < n) {
-        /* partial selection: keep the k largest by a threshold found with nth-largest scan */
-        tkv_sort_ids(ids, n, l);
-        n = p->top_k;
+        n = tkv_top_k(l, n, p->top_k, ids);
     } else {
-        tkv_sort_ids(ids, n, l);
+        /* tokens more than 40 nats below the best carry < 1e-17 of the mass: sorting
+         * them would cost far more than they can change */
+        float mx0 = l[0];
+        for (int32_t i = 1; i < n; i++) {
+            mx0 = l[i] > mx0 ? l[i] : mx0;
+        }
+        int32_t kept = 0;
+        for (int32_t i = 0; i < n; i++) {
+            if (l[i] >= mx0 - 40.0f) {
+                ids[kept++] = i;
+            }
+        }
+        n = kept;
     }
+    tkv_sort_ids(ids, n, l);
     const float mx = l[ids[0]];
     double sum = 0.0;
     for (int32_t i = 0; i < n; i++) {
         sum += exp((double)(l[ids[i]] - mx));
     }
-    /* probabilities in sorted order, written over the now unused head of `l` is unsafe;
-     * compute them on the fly instead */
     if (p->top_p < 1.0f && p->top_p > 0.0f) {
         double cum = 0.0;
         int32_t keep = n;

@@ -176,6 +176,34 @@ static void test_fwht(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
     }
 }
 
+/* softmax: every probability within 2e-6 relative (+1e-12 absolute) of scalar expf's,
+ * for lengths around the vector widths and logits spread over a wide range */
+static void test_softmax(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
+    static float a[5000], b[5000];
+    tkv_rng rng;
+    tkv_rng_init(&rng, 11);
+    const size_t lens[] = {1, 2, 7, 8, 15, 16, 17, 33, 100, 1023, 4999};
+    const float spreads[] = {0.1f, 3.0f, 40.0f};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        for (size_t si = 0; si < 3; si++) {
+            const size_t n = lens[li];
+            for (size_t i = 0; i < n; i++) {
+                a[i] = b[i] = spreads[si] * (float)tkv_rng_gaussian(&rng);
+            }
+            S->softmax(a, n, 0.7f);
+            K->softmax(b, n, 0.7f);
+            double worst = 0, total = 0;
+            for (size_t i = 0; i < n; i++) {
+                worst = fmax(worst, fabs(a[i] - b[i]) / (fabs(a[i]) + 1e-12 / 2e-6));
+                total += b[i];
+            }
+            CHECK_MSG(worst <= 2e-6, "%s softmax n=%zu spread %g: relative error %g", K->isa, n,
+                      (double)spreads[si], worst);
+            CHECK_NEAR(total, 1.0, 1e-5);
+        }
+    }
+}
+
 static void test_matvec(const tkv_codec_kernels *K, const tkv_codec_kernels *S, uint32_t rows,
                         uint32_t cols) {
     float *m = malloc((size_t)rows * cols * sizeof *m);
@@ -283,6 +311,7 @@ int main(int argc, char **argv) {
             }
         }
         test_fwht(K, S);
+        test_softmax(K, S);
         test_matvec(K, S, 80, 80);
         test_matvec(K, S, 96, 96);
         test_matvec(K, S, 130, 130);

@@ -1,0 +1,193 @@
+/*
+ * test_api_model.c - misuse of the model / cache / session API must give clear errors:
+ * NULL handles, bad struct_size, non-zero reserved words, missing or malformed files.
+ * (Real models are exercised from Python, tests/python/test_forward.py and
+ * test_real_model.py.)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "turbokv.h"
+
+static void write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fwrite(data, 1, n, f);
+        fclose(f);
+    }
+}
+
+static int32_t count_tokens(int32_t token, void *user) {
+    (void)token;
+    (*(int *)user)++;
+    return 0;
+}
+
+/* The whole path on a real model (TKV_TEST_MODEL=path.gguf), meant for the sanitizer
+ * build: load, tokenize, prefill, decode, sample, generate, truncate, with several
+ * cache configurations. */
+static void test_real_model(const char *path) {
+    tkv_model_params mp = tkv_model_default_params();
+    tkv_model *m = NULL;
+    CHECK_OK(tkv_model_load(path, &mp, &m));
+    if (!m) {
+        return;
+    }
+    const char *text = "The capital of France is";
+    int32_t toks[64];
+    size_t n = 0;
+    CHECK_STATUS(tkv_model_tokenize(m, text, strlen(text), TKV_TOKENIZE_ADD_BOS, toks, 1, &n),
+                 TKV_ERR_BUFFER_TOO_SMALL);
+    CHECK_OK(tkv_model_tokenize(m, text, strlen(text), TKV_TOKENIZE_ADD_BOS, toks, 64, &n));
+    CHECK(n >= 4);
+    char buf[256];
+    size_t len = 0;
+    CHECK_OK(tkv_model_detokenize(m, toks, n, 0, buf, sizeof buf, &len));
+    CHECK(len == strlen(text) && memcmp(buf, text, len) == 0);
+    CHECK_STATUS(tkv_model_meta_string(m, "general.architecture", buf, 3, &len),
+                 TKV_ERR_BUFFER_TOO_SMALL);
+    CHECK_OK(tkv_model_meta_string(m, "general.architecture", buf, sizeof buf, &len));
+    CHECK_STATUS(tkv_model_meta_string(m, "no.such.key", buf, sizeof buf, &len),
+                 TKV_ERR_INVALID_ARGUMENT);
+
+    const int32_t codecs[][2] = {{TKV_CODEC_FP32, TKV_CODEC_FP32},
+                                 {TKV_CODEC_TURBO_4B, TKV_CODEC_TURBO_3B},
+                                 {TKV_CODEC_TURBO_4B_QJL, TKV_CODEC_Q4_0_ROT}};
+    for (int i = 0; i < 3; i++) {
+        tkv_cache_params cp = tkv_cache_default_params();
+        cp.k_codec = codecs[i][0];
+        cp.v_codec = codecs[i][1];
+        cp.n_ctx = 40;
+        cp.fp16_window = i == 1 ? 3 : 0;
+        cp.flags = i == 2 ? TKV_CACHE_FLAG_CENTER_KEYS : 0;
+        tkv_cache *c = NULL;
+        CHECK_OK(tkv_cache_create(m, &cp, &c));
+        CHECK_STATUS(tkv_cache_set_layer_codecs(c, 1000, 0, 0), TKV_ERR_INVALID_ARGUMENT);
+        CHECK_OK(tkv_cache_set_layer_codecs(c, 0, TKV_CODEC_Q8_0, TKV_CODEC_FP16));
+        tkv_session_params sp = tkv_session_default_params();
+        sp.n_threads = 2;
+        sp.n_batch = 4; /* the prompt goes through in several chunks */
+        tkv_session *s = NULL;
+        CHECK_OK(tkv_session_create(c, &sp, &s));
+        if (!s) {
+            tkv_cache_free(c);
+            continue;
+        }
+        CHECK(tkv_session_logits(s, -1) == NULL);
+        CHECK_OK(tkv_session_eval(s, toks, (int64_t)n, 0));
+        CHECK(tkv_session_logits(s, -1) != NULL && tkv_session_logits(s, 1) == NULL);
+        CHECK_STATUS(tkv_cache_set_layer_codecs(c, 0, 0, 0), TKV_ERR_INVALID_ARGUMENT);
+        tkv_sampler_params smp = tkv_sampler_default_params();
+        smp.seed = 7;
+        int32_t next = -1;
+        CHECK_OK(tkv_session_sample(s, &smp, &next));
+        CHECK(next >= 0 && next < (int32_t)tkv_model_n_vocab(m));
+        smp.struct_size = 3;
+        CHECK_STATUS(tkv_session_sample(s, &smp, &next), TKV_ERR_ABI);
+        smp = tkv_sampler_default_params();
+        smp.top_p = 0.0f;
+        CHECK_STATUS(tkv_session_sample(s, &smp, &next), TKV_ERR_INVALID_ARGUMENT);
+        smp = tkv_sampler_default_params();
+        int generated = 0;
+        int64_t n_gen = 0;
+        CHECK_OK(tkv_session_generate(s, &smp, 6, count_tokens, &generated, &n_gen));
+        CHECK(n_gen == generated && generated <= 6);
+        int32_t bad = -5;
+        CHECK_STATUS(tkv_session_eval(s, &bad, 1, 0), TKV_ERR_INVALID_ARGUMENT);
+        int32_t many[40] = {0};
+        CHECK_STATUS(tkv_session_eval(s, many, 40, 0), TKV_ERR_CACHE_FULL);
+        CHECK_STATUS(tkv_session_eval(s, many, 5, TKV_EVAL_LOGITS_ALL), TKV_ERR_INVALID_ARGUMENT);
+        const uint32_t before = tkv_cache_n_tokens(c);
+        CHECK_OK(tkv_cache_truncate(c, 2));
+        CHECK_EQ_INT(tkv_cache_n_tokens(c), 2);
+        CHECK_OK(tkv_session_eval(s, toks + 2, 3, TKV_EVAL_LOGITS_ALL));
+        CHECK(tkv_session_logits(s, 2) != NULL);
+        CHECK(before >= n);
+        CHECK(tkv_cache_bytes_used(c) > 0 && tkv_cache_bytes_allocated(c) >= tkv_cache_bytes_used(c));
+        tkv_timings t;
+        CHECK_OK(tkv_session_timings(s, &t));
+        CHECK(t.prefill_tokens >= (int64_t)n && t.matmul_seconds > 0);
+        tkv_session_free(s);
+        tkv_cache_free(c);
+    }
+    tkv_model_free(m);
+}
+
+int main(void) {
+    tkv_model *m = (tkv_model *)0x1;
+    tkv_model_params mp = tkv_model_default_params();
+    CHECK_EQ_INT(mp.struct_size, sizeof mp);
+    CHECK_STATUS(tkv_model_load(NULL, &mp, &m), TKV_ERR_INVALID_ARGUMENT);
+    CHECK(m == NULL);
+    CHECK_STATUS(tkv_model_load("x.gguf", NULL, &m), TKV_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(tkv_model_load("x.gguf", &mp, NULL), TKV_ERR_INVALID_ARGUMENT);
+    mp.struct_size = 4;
+    CHECK_STATUS(tkv_model_load("x.gguf", &mp, &m), TKV_ERR_ABI);
+    mp = tkv_model_default_params();
+    mp.reserved[7] = 3;
+    CHECK_STATUS(tkv_model_load("x.gguf", &mp, &m), TKV_ERR_ABI);
+    mp = tkv_model_default_params();
+    CHECK_STATUS(tkv_model_load("/nonexistent/dir/model.gguf", &mp, &m), TKV_ERR_IO);
+    CHECK(strstr(tkv_last_error(), "/nonexistent/dir/model.gguf") != NULL);
+
+    char path[] = "/tmp/tkv_test_modelXXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    write_file(path, "GGUF", 4);
+    CHECK_STATUS(tkv_model_load(path, &mp, &m), TKV_ERR_BAD_FORMAT);
+    write_file(path, "not a gguf file at all, just text", 33);
+    CHECK_STATUS(tkv_model_load(path, &mp, &m), TKV_ERR_BAD_FORMAT);
+    remove(path);
+    CHECK(m == NULL);
+
+    /* getters and frees on NULL */
+    tkv_model_free(NULL);
+    tkv_cache_free(NULL);
+    tkv_session_free(NULL);
+    CHECK_EQ_INT(tkv_model_n_layer(NULL), 0);
+    CHECK(strcmp(tkv_model_arch(NULL), "") == 0);
+    CHECK_EQ_INT(tkv_model_token_eos(NULL), -1);
+    CHECK_EQ_INT(tkv_model_token_find(NULL, "x"), -1);
+    CHECK_EQ_INT(tkv_cache_n_tokens(NULL), 0);
+    CHECK_EQ_INT(tkv_cache_bytes_used(NULL), 0);
+    CHECK_EQ_INT(tkv_session_n_tokens(NULL), 0);
+    CHECK(tkv_session_logits(NULL, -1) == NULL);
+
+    size_t n = 0;
+    int32_t tok = 0;
+    CHECK_STATUS(tkv_model_tokenize(NULL, "a", 1, 0, &tok, 1, &n), TKV_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(tkv_model_detokenize(NULL, &tok, 1, 0, NULL, 0, &n), TKV_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(tkv_model_meta_string(NULL, "k", NULL, 0, &n), TKV_ERR_INVALID_ARGUMENT);
+
+    tkv_cache *c = (tkv_cache *)0x1;
+    tkv_cache_params cp = tkv_cache_default_params();
+    CHECK_EQ_INT(cp.k_codec, TKV_CODEC_TURBO_4B);
+    CHECK_STATUS(tkv_cache_create(NULL, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
+    CHECK(c == NULL);
+    CHECK_STATUS(tkv_cache_set_layer_codecs(NULL, 0, 0, 0), TKV_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(tkv_cache_truncate(NULL, 0), TKV_ERR_INVALID_ARGUMENT);
+
+    tkv_session *s = (tkv_session *)0x1;
+    tkv_session_params sp = tkv_session_default_params();
+    CHECK_STATUS(tkv_session_create(NULL, &sp, &s), TKV_ERR_INVALID_ARGUMENT);
+    CHECK(s == NULL);
+    CHECK_STATUS(tkv_session_eval(NULL, &tok, 1, 0), TKV_ERR_INVALID_ARGUMENT);
+    tkv_sampler_params smp = tkv_sampler_default_params();
+    CHECK_STATUS(tkv_session_sample(NULL, &smp, &tok), TKV_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(tkv_session_generate(NULL, &smp, 1, NULL, NULL, NULL), TKV_ERR_INVALID_ARGUMENT);
+    tkv_timings t;
+    CHECK_STATUS(tkv_session_timings(NULL, &t), TKV_ERR_INVALID_ARGUMENT);
+    tkv_session_reset_timings(NULL);
+
+    const char *model_path = getenv("TKV_TEST_MODEL");
+    if (model_path && *model_path) {
+        test_real_model(model_path);
+    } else {
+        printf("TKV_TEST_MODEL not set: real-model API checks skipped\n");
+    }
+    CHECK_MAIN_END();
+}
