@@ -3,7 +3,8 @@
  * softmax (max subtracted), V accumulated on codes.
  *
  * Positions [0, n_comp) are compressed; [n_comp, pos] sit in the fp16 window ring
- * (slot t % window), read unrotated with the fp16 kernels.
+ * (slot t % window), read unrotated with the fp16 kernels.  Queries of one GQA group
+ * go together so that turbo codes are unpacked once for all of them.
  */
 #include "attn/attn.h"
 
@@ -12,54 +13,94 @@
 
 #include "codec/kernels.h"
 
-void tkv_attn_one(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
-                  uint32_t pos, float scale, float sparse_threshold, float *out, float *scores,
-                  float *work) {
+void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
+                    int nq, uint32_t pos, float scale, float sparse_threshold, float *out,
+                    float *scores, size_t stride, float *work) {
     const tkv_kv_layer *L = &cache->layers[layer];
     const tkv_kv_head *hd = &cache->heads[(size_t)layer * cache->n_head_kv + head];
     const tkv_codec_kernels *kern = tkv_codec_kernels_active();
     const uint32_t d = cache->head_dim;
     const uint32_t n = pos + 1;
     const uint32_t n_comp = L->n_comp < n ? L->n_comp : n;
-    float *qprep = work;          /* 2d */
-    float *acc = work + 2 * (size_t)d; /* 2d */
-    float *acc_w = work + 4 * (size_t)d; /* d */
+    const uint32_t W = cache->window;
+    const tkv_code_layout f16 = {.format = TKV_FMT_F16, .d = d, .stride = 2 * d};
+    const tkv_code_layout *kl = &hd->k_codec.layout, *vl = &hd->v_codec.layout;
+    /* per query: qprep (2d) | acc (2d) | window acc (d) */
+    float *qprep[TKV_MAX_QUERIES], *acc[TKV_MAX_QUERIES], *row[TKV_MAX_QUERIES];
+    for (int k = 0; k < nq; k++) {
+        float *w = work + (size_t)k * TKV_ATTN_WORK_FLOATS(d);
+        qprep[k] = w;
+        acc[k] = w + 2 * (size_t)d;
+        row[k] = scores + (size_t)k * stride;
+    }
 
     if (n_comp > 0) {
-        tkv_codec_prepare_query(&hd->k_codec, q, qprep);
-        kern->scores[hd->k_codec.layout.format](&hd->k_codec.layout, qprep, hd->k_codes, n_comp,
-                                                 scores);
+        for (int k = 0; k < nq; k++) {
+            tkv_codec_prepare_query(&hd->k_codec, q + (size_t)k * d, qprep[k]);
+        }
+        if (kl->format == TKV_FMT_TURBO && nq > 1) {
+            kern->scores_turbo_multi(kl, (const float *const *)qprep, nq, hd->k_codes, n_comp, row);
+        } else {
+            for (int k = 0; k < nq; k++) {
+                kern->scores[kl->format](kl, qprep[k], hd->k_codes, n_comp, row[k]);
+            }
+        }
     }
-    /* window positions, as (up to) two contiguous runs of ring slots */
-    tkv_code_layout f16 = {.format = TKV_FMT_F16, .d = d, .stride = 2 * d};
-    const uint32_t W = cache->window;
+    /* window positions, as (up to) two contiguous runs of ring slots, unrotated fp16 */
     for (uint32_t t = n_comp; t < n;) {
-        uint32_t slot = t % W;
-        uint32_t run = W - slot < n - t ? W - slot : n - t;
-        kern->scores[TKV_FMT_F16](&f16, q, (const uint8_t *)(hd->k_window + (size_t)slot * d), run,
-                                  scores + t);
+        const uint32_t slot = t % W;
+        const uint32_t run = W - slot < n - t ? W - slot : n - t;
+        for (int k = 0; k < nq; k++) {
+            kern->scores[TKV_FMT_F16](&f16, q + (size_t)k * d,
+                                      (const uint8_t *)(hd->k_window + (size_t)slot * d), run,
+                                      row[k] + t);
+        }
         t += run;
     }
-    kern->softmax(scores, n, scale);
-    memset(out, 0, d * sizeof *out);
+    for (int k = 0; k < nq; k++) {
+        kern->softmax(row[k], n, scale);
+        memset(out + (size_t)k * d, 0, d * sizeof *out);
+    }
     if (n_comp > 0) {
         const uint32_t width = tkv_codec_work_width(&hd->v_codec);
-        memset(acc, 0, width * sizeof *acc);
-        kern->accum[hd->v_codec.layout.format](&hd->v_codec.layout, scores, sparse_threshold,
-                                                hd->v_codes, n_comp, acc);
-        tkv_codec_finish_accum(&hd->v_codec, acc, out);
+        for (int k = 0; k < nq; k++) {
+            memset(acc[k], 0, width * sizeof(float));
+        }
+        if (vl->format == TKV_FMT_TURBO && nq > 1) {
+            kern->accum_turbo_multi(vl, (const float *const *)row, nq, sparse_threshold,
+                                    hd->v_codes, n_comp, acc);
+        } else {
+            for (int k = 0; k < nq; k++) {
+                kern->accum[vl->format](vl, row[k], sparse_threshold, hd->v_codes, n_comp, acc[k]);
+            }
+        }
+        for (int k = 0; k < nq; k++) {
+            tkv_codec_finish_accum(&hd->v_codec, acc[k], out + (size_t)k * d);
+        }
     }
     if (n_comp < n) {
-        memset(acc_w, 0, d * sizeof *acc_w);
-        for (uint32_t t = n_comp; t < n;) {
-            uint32_t slot = t % W;
-            uint32_t run = W - slot < n - t ? W - slot : n - t;
-            kern->accum[TKV_FMT_F16](&f16, scores + t, sparse_threshold,
-                                     (const uint8_t *)(hd->v_window + (size_t)slot * d), run, acc_w);
-            t += run;
-        }
-        for (uint32_t j = 0; j < d; j++) {
-            out[j] += acc_w[j];
+        for (int k = 0; k < nq; k++) {
+            float *acc_w = acc[k] + 2 * (size_t)d;
+            memset(acc_w, 0, d * sizeof *acc_w);
+            for (uint32_t t = n_comp; t < n;) {
+                const uint32_t slot = t % W;
+                const uint32_t run = W - slot < n - t ? W - slot : n - t;
+                kern->accum[TKV_FMT_F16](&f16, row[k] + t, sparse_threshold,
+                                         (const uint8_t *)(hd->v_window + (size_t)slot * d), run,
+                                         acc_w);
+                t += run;
+            }
+            float *o = out + (size_t)k * d;
+            for (uint32_t j = 0; j < d; j++) {
+                o[j] += acc_w[j];
+            }
         }
     }
+}
+
+void tkv_attn_one(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
+                  uint32_t pos, float scale, float sparse_threshold, float *out, float *scores,
+                  float *work) {
+    tkv_attn_group(cache, layer, head, q, 1, pos, scale, sparse_threshold, out, scores, pos + 1,
+                   work);
 }

@@ -22,4 +22,14 @@ void tkv_attn_one(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, cons
                   uint32_t pos, float scale, float sparse_threshold, float *out, float *scores,
                   float *work);
 
+/*
+ * The same for nq (1..TKV_MAX_QUERIES) queries that share the KV head (grouped-query
+ * attention): q and out are (nq, head_dim); scores holds nq rows of `stride` >= pos + 1
+ * floats; work nq * TKV_ATTN_WORK_FLOATS(head_dim).  Turbo codes are unpacked once for
+ * all the queries.
+ */
+void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
+                    int nq, uint32_t pos, float scale, float sparse_threshold, float *out,
+                    float *scores, size_t stride, float *work);
+
 #endif

@@ -52,6 +52,19 @@ typedef void (*tkv_scores_fn)(const tkv_code_layout *layout, const float *q, con
 typedef void (*tkv_accum_fn)(const tkv_code_layout *layout, const float *w, float threshold,
                              const uint8_t *codes, size_t n, float *acc);
 
+/*
+ * The same for nq (1..TKV_MAX_QUERIES) queries over the same codes, for grouped-query
+ * attention where several query heads share one KV head: outs[k][i] = scores of qs[k],
+ * accs[k] += ws[k][i] * decode(code i).  Only the turbo format has them: decoding the
+ * codebook indices once serves every query of the group.
+ */
+#define TKV_MAX_QUERIES 4
+typedef void (*tkv_scores_multi_fn)(const tkv_code_layout *layout, const float *const *qs, int nq,
+                                    const uint8_t *codes, size_t n, float *const *outs);
+typedef void (*tkv_accum_multi_fn)(const tkv_code_layout *layout, const float *const *ws, int nq,
+                                   float threshold, const uint8_t *codes, size_t n,
+                                   float *const *accs);
+
 typedef struct tkv_codec_kernels {
     const char *isa;
     tkv_scores_fn scores[TKV_FMT_COUNT];
@@ -64,6 +77,8 @@ typedef struct tkv_codec_kernels {
     void (*matvec_t)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
     /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1 */
     void (*softmax)(float *x, size_t n, float scale);
+    tkv_scores_multi_fn scores_turbo_multi;
+    tkv_accum_multi_fn accum_turbo_multi;
 } tkv_codec_kernels;
 
 /* The table in use (chosen once, thread-safe). */
@@ -88,6 +103,10 @@ void tkv_fwht_scalar(float *x, uint32_t d, float scale);
 void tkv_matvec_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 void tkv_softmax_scalar(float *x, size_t n, float scale);
+void tkv_scores_multi_scalar(const tkv_code_layout *layout, const float *const *qs, int nq,
+                             const uint8_t *codes, size_t n, float *const *outs);
+void tkv_accum_multi_scalar(const tkv_code_layout *layout, const float *const *ws, int nq,
+                            float threshold, const uint8_t *codes, size_t n, float *const *accs);
 
 /* Decode one vector into the rotated domain (d floats; QJL: 2d, the second half
  * being coef * |r| * sign bits, still to be multiplied by S^T). */

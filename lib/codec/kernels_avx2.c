@@ -690,6 +690,22 @@ static void tkv_softmax_avx2(float *x, size_t n, float scale) {
     }
 }
 
+/* Grouped queries: one pass per query (the AVX2 lookups cost little next to the FMAs). */
+static void tkv_scores_turbo_multi_avx2(const tkv_code_layout *L, const float *const *qs, int nq,
+                                        const uint8_t *codes, size_t n, float *const *outs) {
+    for (int k = 0; k < nq; k++) {
+        tkv_scores_turbo_avx2(L, qs[k], codes, n, outs[k]);
+    }
+}
+
+static void tkv_accum_turbo_multi_avx2(const tkv_code_layout *L, const float *const *ws, int nq,
+                                       float threshold, const uint8_t *codes, size_t n,
+                                       float *const *accs) {
+    for (int k = 0; k < nq; k++) {
+        tkv_accum_turbo_avx2(L, ws[k], threshold, codes, n, accs[k]);
+    }
+}
+
 const tkv_codec_kernels tkv_codec_kernels_avx2 = {
     .isa = "avx2",
     .scores = {tkv_scores_f32_avx2, tkv_scores_f16_avx2, tkv_scores_bf16_avx2, tkv_scores_q8_0_avx2,
@@ -700,4 +716,6 @@ const tkv_codec_kernels tkv_codec_kernels_avx2 = {
     .matvec = tkv_matvec_avx2,
     .matvec_t = tkv_matvec_t_avx2,
     .softmax = tkv_softmax_avx2,
+    .scores_turbo_multi = tkv_scores_turbo_multi_avx2,
+    .accum_turbo_multi = tkv_accum_turbo_multi_avx2,
 };

@@ -639,6 +639,172 @@ static void tkv_matvec_t_avx512(const float *m, const float *x, uint32_t rows, u
 }
 
 
+/* ---------------------------------------------------------------------------------
+ * Grouped queries (GQA): nq query heads share the KV head, so each key's codebook
+ * indices are unpacked and looked up once and the resulting centroid registers feed
+ * the FMAs of every query.  Keys go four at a time as in the single-query kernels.
+ * --------------------------------------------------------------------------------- */
+
+TKV_INLINE void tkv_turbo_scores_multi_bits(const uint32_t bits, const tkv_code_layout *L,
+                                            const float *const *qs, int nq, const uint8_t *codes,
+                                            size_t n, float *const *outs) {
+    const tkv_turbo_tables T = tkv_tables(L);
+    const uint32_t d = L->d, G = TKV_GROUP(bits), full = d / G * G;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint8_t *code[4];
+        __m512 acc[TKV_MAX_QUERIES][4];
+        for (int k = 0; k < 4; k++) {
+            code[k] = codes + (i + (size_t)k) * L->stride;
+        }
+        for (int qi = 0; qi < nq; qi++) {
+            for (int k = 0; k < 4; k++) {
+                acc[qi][k] = _mm512_setzero_ps();
+            }
+        }
+        for (uint32_t g0 = 0; g0 < full; g0 += G) {
+            __m512 c[4][4];
+            for (int k = 0; k < 4; k++) {
+                tkv_group_full(bits, d, code[k] + L->payload_off, g0, &T, c[k]);
+            }
+            for (int qi = 0; qi < nq; qi++) {
+                for (uint32_t ch = 0; ch < G / 16; ch++) {
+                    const __m512 qv = _mm512_loadu_ps(qs[qi] + g0 + 16 * ch);
+                    for (int k = 0; k < 4; k++) {
+                        acc[qi][k] = _mm512_fmadd_ps(qv, c[k][ch], acc[qi][k]);
+                    }
+                }
+            }
+        }
+        if (full < d) {
+            for (int qi = 0; qi < nq; qi++) {
+                for (int k = 0; k < 4; k++) {
+                    tkv_turbo_sink s = {0, qs[qi], acc[qi][k], _mm512_setzero_ps(), NULL,
+                                        _mm512_setzero_ps()};
+                    tkv_turbo_walk(bits, d, code[k] + L->payload_off, &T, &s, full);
+                    acc[qi][k] = _mm512_add_ps(s.sum0, s.sum1);
+                }
+            }
+        }
+        const __m128i h = _mm_setr_epi16((short)tkv_kc_u16(code[0] + L->scale_off),
+                                         (short)tkv_kc_u16(code[1] + L->scale_off),
+                                         (short)tkv_kc_u16(code[2] + L->scale_off),
+                                         (short)tkv_kc_u16(code[3] + L->scale_off), 0, 0, 0, 0);
+        const __m128 scales = _mm_cvtph_ps(h);
+        for (int qi = 0; qi < nq; qi++) {
+            _mm_storeu_ps(outs[qi] + i, _mm_mul_ps(scales, tkv_reduce4(acc[qi][0], acc[qi][1],
+                                                                       acc[qi][2], acc[qi][3])));
+        }
+    }
+    for (; i < n; i++) {
+        for (int qi = 0; qi < nq; qi++) {
+            outs[qi][i] = tkv_turbo_score1(bits, L, qs[qi], codes + i * L->stride, &T);
+        }
+    }
+    if (L->has_qjl) {
+        for (size_t k = 0; k < n; k++) {
+            const uint8_t *code = codes + k * L->stride;
+            const float g = L->qjl_coef * tkv_h2f(code + L->rnorm_off);
+            for (int qi = 0; qi < nq; qi++) {
+                outs[qi][k] += g * tkv_qjl_dot(qs[qi] + d, code + L->signs_off, d);
+            }
+        }
+    }
+}
+
+/* accs[qi] += ws[qi][k] * decode(code[k]) for four keys; a weight of 0 stands for a row the
+ * threshold skips (adding 0 * finite centroid leaves acc bit-identical). */
+TKV_INLINE void tkv_turbo_axpy_multi(const uint32_t bits, const tkv_code_layout *L,
+                                     const tkv_turbo_tables *T, const uint8_t *const code[4],
+                                     float ws[TKV_MAX_QUERIES][4], int nq, int nk,
+                                     float *const *accs) {
+    const uint32_t d = L->d, G = TKV_GROUP(bits), full = d / G * G;
+    for (uint32_t g0 = 0; g0 < full; g0 += G) {
+        __m512 c[4][4];
+        for (int k = 0; k < nk; k++) {
+            tkv_group_full(bits, d, code[k] + L->payload_off, g0, T, c[k]);
+        }
+        for (int qi = 0; qi < nq; qi++) {
+            for (uint32_t ch = 0; ch < G / 16; ch++) {
+                float *a = accs[qi] + g0 + 16 * ch;
+                __m512 v = _mm512_loadu_ps(a);
+                for (int k = 0; k < nk; k++) {
+                    v = _mm512_fmadd_ps(_mm512_set1_ps(ws[qi][k]), c[k][ch], v);
+                }
+                _mm512_storeu_ps(a, v);
+            }
+        }
+    }
+    for (int k = 0; k < nk && full < d; k++) {
+        for (int qi = 0; qi < nq; qi++) {
+            tkv_turbo_sink s = {1, NULL, _mm512_setzero_ps(), _mm512_setzero_ps(), accs[qi],
+                                _mm512_set1_ps(ws[qi][k])};
+            tkv_turbo_walk(bits, d, code[k] + L->payload_off, T, &s, full);
+        }
+    }
+}
+
+TKV_INLINE void tkv_turbo_accum_multi_bits(const uint32_t bits, const tkv_code_layout *L,
+                                           const float *const *w, int nq, float threshold,
+                                           const uint8_t *codes, size_t n, float *const *accs) {
+    const tkv_turbo_tables T = tkv_tables(L);
+    const uint32_t d = L->d;
+    const uint8_t *code[4];
+    float ws[TKV_MAX_QUERIES][4];
+    int nk = 0;
+    for (size_t i = 0; i < n; i++) {
+        int any = 0;
+        for (int qi = 0; qi < nq; qi++) {
+            any |= fabsf(w[qi][i]) >= threshold;
+        }
+        if (!any) {
+            continue;
+        }
+        code[nk] = codes + i * L->stride;
+        const float scale = tkv_h2f(code[nk] + L->scale_off);
+        for (int qi = 0; qi < nq; qi++) {
+            const int keep = fabsf(w[qi][i]) >= threshold;
+            ws[qi][nk] = keep ? w[qi][i] * scale : 0.0f;
+            if (keep && L->has_qjl) {
+                const float g = L->qjl_coef * tkv_h2f(code[nk] + L->rnorm_off);
+                tkv_qjl_axpy(accs[qi] + d, code[nk] + L->signs_off, d, w[qi][i] * g);
+            }
+        }
+        if (++nk == 4) {
+            tkv_turbo_axpy_multi(bits, L, &T, code, ws, nq, 4, accs);
+            nk = 0;
+        }
+    }
+    if (nk > 0) {
+        tkv_turbo_axpy_multi(bits, L, &T, code, ws, nq, nk, accs);
+    }
+}
+
+static void tkv_scores_turbo_multi_avx512(const tkv_code_layout *L, const float *const *qs, int nq,
+                                          const uint8_t *codes, size_t n, float *const *outs) {
+    switch (L->bits) {
+    case 2: tkv_turbo_scores_multi_bits(2, L, qs, nq, codes, n, outs); break;
+    case 3: tkv_turbo_scores_multi_bits(3, L, qs, nq, codes, n, outs); break;
+    case 4: tkv_turbo_scores_multi_bits(4, L, qs, nq, codes, n, outs); break;
+    case 5: tkv_turbo_scores_multi_bits(5, L, qs, nq, codes, n, outs); break;
+    case 8: tkv_turbo_scores_multi_bits(8, L, qs, nq, codes, n, outs); break;
+    default: tkv_scores_multi_scalar(L, qs, nq, codes, n, outs); break;
+    }
+}
+
+static void tkv_accum_turbo_multi_avx512(const tkv_code_layout *L, const float *const *ws, int nq,
+                                         float threshold, const uint8_t *codes, size_t n,
+                                         float *const *accs) {
+    switch (L->bits) {
+    case 2: tkv_turbo_accum_multi_bits(2, L, ws, nq, threshold, codes, n, accs); break;
+    case 3: tkv_turbo_accum_multi_bits(3, L, ws, nq, threshold, codes, n, accs); break;
+    case 4: tkv_turbo_accum_multi_bits(4, L, ws, nq, threshold, codes, n, accs); break;
+    case 5: tkv_turbo_accum_multi_bits(5, L, ws, nq, threshold, codes, n, accs); break;
+    case 8: tkv_turbo_accum_multi_bits(8, L, ws, nq, threshold, codes, n, accs); break;
+    default: tkv_accum_multi_scalar(L, ws, nq, threshold, codes, n, accs); break;
+    }
+}
+
 /*
  * softmax with a vectorized exp.  exp(x) = 2^k * exp(r), k = round(x / ln 2),
  * r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in a high and a low part so r is exact
@@ -709,4 +875,6 @@ const tkv_codec_kernels tkv_codec_kernels_avx512 = {
     .matvec = tkv_matvec_avx512,
     .matvec_t = tkv_matvec_t_avx512,
     .softmax = tkv_softmax_avx512,
+    .scores_turbo_multi = tkv_scores_turbo_multi_avx512,
+    .accum_turbo_multi = tkv_accum_turbo_multi_avx512,
 };

@@ -160,6 +160,20 @@ void tkv_softmax_scalar(float *x, size_t n, float scale) {
     }
 }
 
+void tkv_scores_multi_scalar(const tkv_code_layout *L, const float *const *qs, int nq,
+                             const uint8_t *codes, size_t n, float *const *outs) {
+    for (int k = 0; k < nq; k++) {
+        tkv_scores_scalar(L, qs[k], codes, n, outs[k]);
+    }
+}
+
+void tkv_accum_multi_scalar(const tkv_code_layout *L, const float *const *ws, int nq,
+                            float threshold, const uint8_t *codes, size_t n, float *const *accs) {
+    for (int k = 0; k < nq; k++) {
+        tkv_accum_scalar(L, ws[k], threshold, codes, n, accs[k]);
+    }
+}
+
 const tkv_codec_kernels tkv_codec_kernels_scalar = {
     .isa = "scalar",
     .scores = {tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar,
@@ -170,4 +184,6 @@ const tkv_codec_kernels tkv_codec_kernels_scalar = {
     .matvec = tkv_matvec_scalar,
     .matvec_t = tkv_matvec_t_scalar,
     .softmax = tkv_softmax_scalar,
+    .scores_turbo_multi = tkv_scores_multi_scalar,
+    .accum_turbo_multi = tkv_accum_multi_scalar,
 };

@@ -51,8 +51,9 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     s->gate = tkv_calloc_aligned(B * F, sizeof(float));
     s->up = tkv_calloc_aligned(B * F, sizeof(float));
     s->logits = tkv_calloc_aligned(B * V, sizeof(float));
-    s->scores = tkv_calloc_aligned((size_t)n_threads * capacity, sizeof(float));
-    s->work = tkv_calloc_aligned((size_t)n_threads * TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
+    s->scores = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES * capacity, sizeof(float));
+    s->work = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES *
+                                     TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
     s->kv_scratch = tkv_calloc_aligned(TKV_KV_SCRATCH_FLOATS(hp->head_dim), sizeof(float));
     s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
     /* the largest quantized-activation scratch over every matmul shape of the model */
@@ -206,21 +207,30 @@ typedef struct {
     float sparse_threshold;
 } tkv_attn_job;
 
+/* Work items are (token, run of up to TKV_MAX_QUERIES query heads of one KV head): the
+ * query heads of a GQA group are adjacent in q, so a run is one contiguous block. */
 static void tkv_attn_task(void *p, int ith, int nth) {
     tkv_attn_job *j = p;
     const tkv_hparams *hp = &j->m->hp;
     const uint32_t d = hp->head_dim, H = hp->n_head, group = hp->n_head / hp->n_head_kv;
+    const uint32_t runs_per_group = (group + TKV_MAX_QUERIES - 1) / TKV_MAX_QUERIES;
+    const uint32_t run_len = (group + runs_per_group - 1) / runs_per_group;
+    const uint32_t items_per_token = hp->n_head_kv * runs_per_group;
     const float scale = 1.0f / sqrtf((float)d);
-    float *scores = j->s->scores + (size_t)ith * j->s->capacity;
-    float *work = j->s->work + (size_t)ith * TKV_ATTN_WORK_FLOATS(d);
+    float *scores = j->s->scores + (size_t)ith * TKV_MAX_QUERIES * j->s->capacity;
+    float *work = j->s->work + (size_t)ith * TKV_MAX_QUERIES * TKV_ATTN_WORK_FLOATS(d);
     int64_t b, e;
-    tkv_split_range((int64_t)j->n * H, ith, nth, &b, &e);
+    tkv_split_range((int64_t)j->n * items_per_token, ith, nth, &b, &e);
     for (int64_t i = b; i < e; i++) {
-        const uint32_t t = (uint32_t)(i / H), h = (uint32_t)(i % H);
-        const float *q = j->s->q + ((size_t)t * H + h) * d;
-        float *out = j->s->att + ((size_t)t * H + h) * d;
-        tkv_attn_one(j->cache, j->layer, h / group, q, j->pos0 + t, scale, j->sparse_threshold,
-                     out, scores, work);
+        const uint32_t t = (uint32_t)(i / items_per_token);
+        const uint32_t item = (uint32_t)(i % items_per_token);
+        const uint32_t kvh = item / runs_per_group, r = item % runs_per_group;
+        const uint32_t h0 = kvh * group + r * run_len;
+        const uint32_t h1 = h0 + run_len < (kvh + 1) * group ? h0 + run_len : (kvh + 1) * group;
+        const float *q = j->s->q + ((size_t)t * H + h0) * d;
+        float *out = j->s->att + ((size_t)t * H + h0) * d;
+        tkv_attn_group(j->cache, j->layer, kvh, q, (int)(h1 - h0), j->pos0 + t, scale,
+                       j->sparse_threshold, out, scores, j->s->capacity, work);
     }
 }
 

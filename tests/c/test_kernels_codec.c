@@ -176,6 +176,79 @@ static void test_fwht(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
     }
 }
 
+/* Grouped-query turbo kernels: each of nq queries must match the scalar single-query
+ * kernels within the same 1e-5 * sum|terms| rule (checked loosely here against the sum of
+ * absolute values of the scalar outputs over the codes, scaled by the vector size). */
+static void test_turbo_multi(const tkv_codec_kernels *K, int32_t id, uint32_t d) {
+    struct tkv_codec c;
+    if (tkv_codec_init(&c, id, d, 5) != TKV_OK) {
+        CHECK_MSG(0, "codec %d d=%u init failed", (int)id, d);
+        return;
+    }
+    const size_t n = 23; /* not a multiple of the 4-key batches */
+    const tkv_code_layout *L = &c.layout;
+    const uint32_t width = tkv_codec_work_width(&c);
+    uint8_t *codes = malloc(n * L->stride);
+    float *x = malloc(d * sizeof *x), *scratch = malloc(TKV_CODEC_SCRATCH_FLOATS(d) * sizeof(float));
+    float q[TKV_MAX_QUERIES][2 * 256], out_k[TKV_MAX_QUERIES][23], out_s[23];
+    float w[TKV_MAX_QUERIES][23], acc_k[TKV_MAX_QUERIES][2 * 256], acc_s[2 * 256];
+    tkv_rng rng;
+    tkv_rng_init(&rng, 1000 + (uint64_t)id * 7 + d);
+    for (size_t i = 0; i < n; i++) {
+        for (uint32_t j = 0; j < d; j++) {
+            x[j] = (float)tkv_rng_gaussian(&rng) + (j % 7 == 0 ? 3.0f : 0.0f);
+        }
+        tkv_codec_encode_one(&c, x, codes + i * L->stride, scratch);
+    }
+    for (int nq = 1; nq <= TKV_MAX_QUERIES; nq++) {
+        const float *qs[TKV_MAX_QUERIES], *ws[TKV_MAX_QUERIES];
+        float *outs[TKV_MAX_QUERIES], *accs[TKV_MAX_QUERIES];
+        for (int k = 0; k < nq; k++) {
+            for (uint32_t j = 0; j < width; j++) {
+                q[k][j] = (float)tkv_rng_gaussian(&rng);
+                acc_k[k][j] = 0.25f * (float)k;
+            }
+            for (size_t i = 0; i < n; i++) {
+                w[k][i] = (float)tkv_rng_uniform(&rng);
+            }
+            qs[k] = q[k];
+            ws[k] = w[k];
+            outs[k] = out_k[k];
+            accs[k] = acc_k[k];
+        }
+        K->scores_turbo_multi(L, qs, nq, codes, n, outs);
+        K->accum_turbo_multi(L, ws, nq, 0.3f, codes, n, accs);
+        for (int k = 0; k < nq; k++) {
+            tkv_scores_scalar(L, q[k], codes, n, out_s);
+            double mag = 1e-6;
+            for (size_t i = 0; i < n; i++) {
+                mag += fabs(out_s[i]);
+            }
+            double worst = 0;
+            for (size_t i = 0; i < n; i++) {
+                worst = fmax(worst, fabs(out_s[i] - out_k[k][i]));
+            }
+            CHECK_MSG(worst <= 1e-5 * mag, "%s %s d=%u nq=%d query %d: scores differ by %g (mag %g)",
+                      K->isa, tkv_codec_name(id), d, nq, k, worst, mag);
+            for (uint32_t j = 0; j < width; j++) {
+                acc_s[j] = 0.25f * (float)k;
+            }
+            tkv_accum_scalar(L, w[k], 0.3f, codes, n, acc_s);
+            double amag = 1e-6, aworst = 0;
+            for (uint32_t j = 0; j < width; j++) {
+                amag += fabs(acc_s[j]);
+                aworst = fmax(aworst, fabs(acc_s[j] - acc_k[k][j]));
+            }
+            CHECK_MSG(aworst <= 1e-5 * amag, "%s %s d=%u nq=%d query %d: accum differs by %g",
+                      K->isa, tkv_codec_name(id), d, nq, k, aworst);
+        }
+    }
+    free(codes);
+    free(x);
+    free(scratch);
+    tkv_codec_release(&c);
+}
+
 /* softmax: every probability within 2e-6 relative (+1e-12 absolute) of scalar expf's,
  * for lengths around the vector widths and logits spread over a wide range */
 static void test_softmax(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
@@ -312,6 +385,12 @@ int main(int argc, char **argv) {
         }
         test_fwht(K, S);
         test_softmax(K, S);
+        for (int32_t id = TKV_CODEC_TURBO_2B; id < TKV_CODEC_COUNT; id++) {
+            const uint32_t dims[] = {6, 64, 80, 96, 128, 256};
+            for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+                test_turbo_multi(K, id, dims[t]);
+            }
+        }
         test_matvec(K, S, 80, 80);
         test_matvec(K, S, 96, 96);
         test_matvec(K, S, 130, 130);
