@@ -97,10 +97,3 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
         }
     }
 }
-
-void tkv_attn_one(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
-                  uint32_t pos, float scale, float sparse_threshold, float *out, float *scores,
-                  float *work) {
-    tkv_attn_group(cache, layer, head, q, 1, pos, scale, sparse_threshold, out, scores, pos + 1,
-                   work);
-}

@@ -1,5 +1,6 @@
 /*
- * attn.h - attention of one query over one (layer, KV head) of the compressed cache.
+ * attn.h - attention of the queries of one GQA group over one (layer, KV head) of the
+ * compressed cache.
  * The query is rotated once, scores are computed on the codes, values are summed in
  * the rotated domain and rotated back once; fp16-window positions use the fp16 kernels.
  */
@@ -10,23 +11,16 @@
 
 #include "kv/cache.h"
 
-/* Floats of `work` tkv_attn_one needs besides the scores array. */
+/* Floats of `work` one query needs besides its row of scores. */
 #define TKV_ATTN_WORK_FLOATS(d) (5 * (size_t)(d))
 
 /*
- * out (head_dim) = softmax(scale * <q, k_t>) . v_t over positions t = 0..pos of
- * (layer, head), pos < the layer's n.  Weights below sparse_threshold skip their
- * value row.  scores: pos + 1 floats; work: TKV_ATTN_WORK_FLOATS(head_dim).
- */
-void tkv_attn_one(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
-                  uint32_t pos, float scale, float sparse_threshold, float *out, float *scores,
-                  float *work);
-
-/*
- * The same for nq (1..TKV_MAX_QUERIES) queries that share the KV head (grouped-query
- * attention): q and out are (nq, head_dim); scores holds nq rows of `stride` >= pos + 1
- * floats; work nq * TKV_ATTN_WORK_FLOATS(head_dim).  Turbo codes are unpacked once for
- * all the queries.
+ * out = softmax(scale * <q_k, k_t>) . v_t over positions t = 0..pos of (layer, head),
+ * pos < the layer's n, for nq (1..TKV_MAX_QUERIES) queries that share the KV head
+ * (grouped-query attention): q and out are (nq, head_dim); scores holds nq rows of
+ * `stride` >= pos + 1 floats; work nq * TKV_ATTN_WORK_FLOATS(head_dim).  Weights below
+ * sparse_threshold skip their value row.  Turbo codes are unpacked once for all the
+ * queries.
  */
 void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
                     int nq, uint32_t pos, float scale, float sparse_threshold, float *out,
