@@ -44,28 +44,34 @@ void tkv_matmul_rows(const tkv_matmul_kernels *k, int32_t type, const void *W, s
                      int64_t n_rows_w, int64_t n_cols, const float *X, int64_t n_tok,
                      const void *scratch, float *Y, int64_t row_begin, int64_t row_end) {
     const tkv_rowdot_fn dot = k->dot[type];
+    const tkv_tiledot_fn tile = k->tile[type];
     assert(dot != NULL);
     const int q8 = tkv_matmul_uses_q8(type);
     const char *xs = q8 ? (const char *)scratch : (const char *)X;
     const size_t x_stride = q8 ? tkv_q8_row_stride(n_cols) : (size_t)n_cols * sizeof(float);
     const char *w = (const char *)W;
-    if (n_tok <= TKV_MM_NX) { /* decode: one pass over the rows */
-        for (int64_t r = row_begin; r < row_end; r++) {
-            dot(n_cols, w + (size_t)r * row_bytes, xs, x_stride, (int)n_tok, Y + r,
-                (size_t)n_rows_w);
-        }
-        return;
-    }
+    /* rows per kernel call: a tile kernel shares each activation load among TKV_MM_NW rows */
+    const int64_t step = tile ? TKV_MM_NW : 1;
     int64_t panel = (int64_t)(TKV_MM_PANEL_BYTES / (row_bytes ? row_bytes : 1));
-    panel = panel < 1 ? 1 : panel;
+    panel = panel < step ? step : panel;
+    if (n_tok <= TKV_MM_NX) { /* decode: one pass over the rows */
+        panel = row_end - row_begin;
+    }
     for (int64_t r0 = row_begin; r0 < row_end; r0 += panel) {
         const int64_t r1 = r0 + panel < row_end ? r0 + panel : row_end;
         for (int64_t t0 = 0; t0 < n_tok; t0 += TKV_MM_NX) {
             const int nx = (int)(n_tok - t0 < TKV_MM_NX ? n_tok - t0 : TKV_MM_NX);
             const char *x = xs + (size_t)t0 * x_stride;
             float *y = Y + t0 * n_rows_w;
-            for (int64_t r = r0; r < r1; r++) {
-                dot(n_cols, w + (size_t)r * row_bytes, x, x_stride, nx, y + r, (size_t)n_rows_w);
+            for (int64_t r = r0; r < r1; r += step) {
+                if (tile) {
+                    const int nw = (int)(r1 - r < step ? r1 - r : step);
+                    tile(n_cols, w + (size_t)r * row_bytes, row_bytes, nw, x, x_stride, nx,
+                         y + r, (size_t)n_rows_w);
+                } else {
+                    dot(n_cols, w + (size_t)r * row_bytes, x, x_stride, nx, y + r,
+                        (size_t)n_rows_w);
+                }
             }
         }
     }

@@ -49,10 +49,21 @@ typedef void (*tkv_quantize_q8_fn)(const float *x, int64_t n, void *xq);
 
 #define TKV_MM_NX 4 /* activation rows per kernel call: each weight block is unpacked once */
 
+/* Kernel of a tile: n_w <= TKV_MM_NW consecutive weight rows (w, w + row_bytes, ...) against
+ * n_x <= TKV_MM_NX activation rows (as for tkv_rowdot_fn):
+ *   y[t * y_stride + r] = dot(w_r, x_t).
+ * Optional per type; kernels may process fewer rows than n_w at once but compute them all. */
+typedef void (*tkv_tiledot_fn)(int64_t n_cols, const void *w, size_t row_bytes, int n_w,
+                               const void *x, size_t x_stride, int n_x, float *y,
+                               size_t y_stride);
+
+#define TKV_MM_NW 4 /* weight rows per tile call: each activation load serves them all */
+
 typedef struct tkv_matmul_kernels {
     const char *isa;                /* "scalar", "avx2", "avx512", "avx512vnni" */
     tkv_quantize_q8_fn quantize_q8; /* activations -> Q8 */
     tkv_rowdot_fn dot[TKV_TYPE_COUNT]; /* by TKV_TYPE_*; NULL for unsupported types */
+    tkv_tiledot_fn tile[TKV_TYPE_COUNT]; /* faster multi-row kernels; NULL: use dot */
 } tkv_matmul_kernels;
 
 /* 1 if the type's kernels take Q8 activations (all quantized types), 0 for float types. */

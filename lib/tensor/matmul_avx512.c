@@ -11,20 +11,30 @@
 #define TKV_FN(name) tkv_##name##_avx512
 #define TKV_ATTR
 #define TKV_MULSUM(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
+#define TKV_DP512(u, s) _mm512_madd_epi16(_mm512_maddubs_epi16((u), (s)), _mm512_set1_epi16(1))
+#define TKV_Q8_BIASED 0
 #include "tensor/matmul_x86_body.h"
+#include "tensor/matmul_avx512_body.h"
 #undef TKV_FN
 #undef TKV_ATTR
 #undef TKV_MULSUM
+#undef TKV_DP512
+#undef TKV_Q8_BIASED
 
 /* The VNNI instructions are enabled per function, so this file keeps the flags CMake
  * gives every *_avx512.c and the dispatcher only picks these on CPUs with VNNI. */
 #define TKV_FN(name) tkv_##name##_avx512vnni
 #define TKV_ATTR __attribute__((target("avx512vnni")))
 #define TKV_MULSUM(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (s))
+#define TKV_DP512(u, s) _mm512_dpbusd_epi32(_mm512_setzero_si512(), (u), (s))
+#define TKV_Q8_BIASED 1
 #include "tensor/matmul_x86_body.h"
+#include "tensor/matmul_avx512_body.h"
 #undef TKV_FN
 #undef TKV_ATTR
 #undef TKV_MULSUM
+#undef TKV_DP512
+#undef TKV_Q8_BIASED
 
 #define TKV_TABLE(suffix, name)                                  \
     {                                                            \
@@ -42,6 +52,13 @@
             [TKV_TYPE_Q4_K] = tkv_dot_q4_k_##suffix,             \
             [TKV_TYPE_Q5_K] = tkv_dot_q5_k_##suffix,             \
             [TKV_TYPE_Q6_K] = tkv_dot_q6_k_##suffix,             \
+        },                                                       \
+        .tile = {                                                \
+            [TKV_TYPE_Q8_0] = tkv_tile_q8_0_##suffix,            \
+            [TKV_TYPE_Q4_0] = tkv_tile_q4_0_##suffix,            \
+            [TKV_TYPE_Q4_1] = tkv_tile_q4_1_##suffix,            \
+            [TKV_TYPE_Q5_0] = tkv_tile_q5_0_##suffix,            \
+            [TKV_TYPE_Q5_1] = tkv_tile_q5_1_##suffix,            \
         },                                                       \
     }
 
