@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,9 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--configs", nargs="+", default=None, help="cache specs (default: the table)")
     ap.add_argument("--metrics", default="ppl,kld,cosine,speed")
+    ap.add_argument("--speed-repeats", type=int, default=3, help="speed: best of N runs")
+    ap.add_argument("--update", action="store_true",
+                    help="merge the measured metrics into an existing sweep.json (by config)")
     ap.add_argument("--niah", action="store_true", help="run the NIAH grid instead")
     ap.add_argument("--niah-configs", default="fp32,turbo_kv_4b,turbo_kv_3b,turbo_kv_4b+center,"
                                                "turbo_kv_3b+center")
@@ -62,7 +66,17 @@ def main() -> int:
     configs = args.configs or CONFIGS
     rows = tkv_eval.sweep(model, k_codecs=[], configs=configs, metrics=args.metrics.split(","),
                           n_ctx=args.n_ctx, chunks=args.chunks, n_threads=args.threads,
+                          speed_repeats=args.speed_repeats,
                           baseline_file=out / f"baseline_{args.n_ctx}x{args.chunks}.npz")
+    if args.update and (out / "sweep.json").is_file():
+        old = {r["config"]: r for r in json.loads((out / "sweep.json").read_text())}
+        for row in rows:
+            for k, v in old.get(row.config, {}).items():
+                if isinstance(getattr(row, k), float) and math.isnan(getattr(row, k)) \
+                        and v is not None:
+                    setattr(row, k, v)
+        seen = {r.config for r in rows}
+        rows += [tkv_eval.SweepRow(**r) for c, r in old.items() if c not in seen]
     tkv_eval.write_json(rows, out / "sweep.json")
     tkv_eval.write_csv(rows, out / "sweep.csv")
     table = tkv_eval.markdown_table(rows)

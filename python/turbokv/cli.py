@@ -175,7 +175,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if args.what == "niah":
         lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
-        depths = [d / 100 if d > 1 else d for d in _floats(args.depths)]
+        depths = [d / 100 for d in _floats(args.depths)]
         res = tkv_eval.niah(model, _eval_configs(args), lengths=lengths, depths=depths,
                             trials=args.trials, seed=args.seed, filler=args.text,
                             n_threads=args.threads, progress=progress)
@@ -196,7 +196,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           seed=args.seed, text=args.text, n_ctx=args.ctx_size,
                           chunks=args.chunks, top_k=args.top_k, baseline_file=args.baseline_file,
                           niah_lengths=[int(x) for x in (args.lengths or "512,1024").split(",")],
-                          niah_depths=[d / 100 if d > 1 else d for d in _floats(args.depths)],
+                          niah_depths=[d / 100 for d in _floats(args.depths)],
                           n_threads=args.threads, progress=progress)
     if args.csv:
         tkv_eval.write_csv(rows, args.csv)

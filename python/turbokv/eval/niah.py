@@ -192,12 +192,13 @@ def heatmap(results: Sequence[NiahResult], path: Union[str, Path]) -> Optional[P
     n = len(results)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.2), squeeze=False)
     im = None
-    for ax, r in zip(axes[0], results):
+    for i, (ax, r) in enumerate(zip(axes[0], results)):
         im = ax.imshow(r.grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(r.depths)), [f"{int(d * 100)}" for d in r.depths])
         ax.set_yticks(range(len(r.lengths)), [str(L) for L in r.lengths])
         ax.set_xlabel("needle depth (%)")
-        ax.set_ylabel("context (tokens)")
+        if i == 0:
+            ax.set_ylabel("context (tokens)")
         ax.set_title(f"{r.config.name}\n{r.n_correct}/{len(r.trials)}", fontsize=9)
     if im is not None:
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="retrieved")

@@ -83,7 +83,7 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
           chunks: Optional[int] = 10, top_k: int = 256, baseline_file: Union[str, Path, None] = None,
           attention_tokens: int = 512, attention_stride: int = 16,
           niah_lengths: Sequence[int] = (512, 1024), niah_depths: Sequence[float] = (0.0, 0.5, 1.0),
-          niah_trials: int = 1, speed_prompt_tokens: int = 256, speed_decode_tokens: int = 64,
+          niah_trials: int = 1, speed_prompt_tokens: int = 256, speed_decode_tokens: int = 64, speed_repeats: int = 1,
           n_threads: int = 0, progress: bool = True) -> list[SweepRow]:
     """Evaluate every (k, v) in ``k_codecs`` x ``v_codecs`` (``v_codecs`` None: v = k),
     each with the given levers, plus ``configs`` (spec strings or CacheConfig), and fp32
@@ -91,7 +91,7 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
 
     metrics: any of "ppl" / "kld" (one perplexity run gives both, plus top-1), "cosine"
     (attention cosine on captured activations), "niah" (retrieval score), "speed"
-    (prefill / decode tok/s).  The fp32 baseline of the perplexity runs is computed once.
+    (prefill / decode tok/s, best of ``speed_repeats`` runs).  The fp32 baseline of the perplexity runs is computed once.
     """
     unknown = set(metrics) - set(METRICS)
     if unknown:
@@ -133,7 +133,8 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
         base = None
         for row, c in zip(rows, unique):
             s = measure_speed(model, c, prompt_tokens=speed_prompt_tokens,
-                              decode_tokens=speed_decode_tokens, text=text, n_threads=n_threads)
+                              decode_tokens=speed_decode_tokens, text=text, n_threads=n_threads,
+                              repeats=speed_repeats)
             row.prefill_tok_s, row.decode_tok_s = s.prefill_tok_s, s.decode_tok_s
             if c == FP32:
                 base = s.decode_tok_s
