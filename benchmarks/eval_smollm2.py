@@ -1,7 +1,7 @@
 """The README's quality/speed table for the default model (SmolLM2-135M-Instruct).
 
     TURBOKV_LIBRARY=build/libturbokv.so PYTHONPATH=python \
-        python3 benchmarks/eval_smollm2.py --chunks 8 --n-ctx 512 --out benchmarks/results
+        python3 benchmarks/eval_smollm2.py --chunks 8 --n-ctx 512 --top-k 256 --out benchmarks/results
 
 Runs perplexity + KL divergence (WikiText-2 test, chunks of n_ctx, second half scored,
 fp32-KV baseline from the same run), attention cosine on captured activations, and
@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--n-ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--top-k", type=int, default=4096,
+                    help="fp32 log-probs kept per token for the KL (the README table: 256)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--configs", nargs="+", default=None, help="cache specs (default: the table)")
     ap.add_argument("--metrics", default="ppl,kld,cosine,speed")
@@ -66,8 +68,8 @@ def main() -> int:
     configs = args.configs or CONFIGS
     rows = tkv_eval.sweep(model, k_codecs=[], configs=configs, metrics=args.metrics.split(","),
                           n_ctx=args.n_ctx, chunks=args.chunks, n_threads=args.threads,
-                          speed_repeats=args.speed_repeats,
-                          baseline_file=out / f"baseline_{args.n_ctx}x{args.chunks}.npz")
+                          speed_repeats=args.speed_repeats, top_k=args.top_k,
+                          baseline_file=out / f"baseline_{args.n_ctx}x{args.chunks}_top{args.top_k}.npz")
     if args.update and (out / "sweep.json").is_file():
         old = {r["config"]: r for r in json.loads((out / "sweep.json").read_text())}
         for row in rows:

@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text name (wikitext-2, moby-dick) or file (ppl/attention; niah filler)")
     p.add_argument("-c", "--ctx-size", type=int, default=512, help="ppl chunk length")
     p.add_argument("--chunks", type=int, default=None, help="ppl: at most N chunks")
-    p.add_argument("--top-k", type=int, default=256, help="baseline log-probs kept per token")
+    p.add_argument("--top-k", type=int, default=4096,
+                   help="baseline log-probs kept per token (0 = all; KL over them + a tail bucket)")
     p.add_argument("--baseline-file", default=None, help=".npz to reuse / save the fp32 baseline")
     p.add_argument("--tokens", type=int, default=512, help="attention: tokens captured")
     p.add_argument("--stride", type=int, default=16, help="attention: every N-th query position")
