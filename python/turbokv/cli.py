@@ -106,10 +106,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_configs(args: argparse.Namespace) -> list:
-    """Cache configurations from --kv specs and -ctk/-ctv plus the shared lever flags."""
-    from .eval.config import CacheConfig
-
+def _layers(args: argparse.Namespace) -> dict:
+    """--layer L=K[/V] options as {layer: (k, v)}."""
     layers = {}
     for item in args.layer or []:
         which, _, pair = item.partition("=")
@@ -117,6 +115,14 @@ def _eval_configs(args: argparse.Namespace) -> list:
         if not which or not k:
             raise ValueError(f"--layer {item!r}: use LAYER=K[/V], e.g. 0=q8_0/q8_0")
         layers[int(which)] = (k, v or k)
+    return layers
+
+
+def _eval_configs(args: argparse.Namespace) -> list:
+    """Cache configurations from --kv specs and -ctk/-ctv plus the shared lever flags."""
+    from .eval.config import CacheConfig
+
+    layers = _layers(args)
     specs = list(args.kv or [])
     if args.cache_type_k or args.cache_type_v:
         k = args.cache_type_k or args.cache_type_v
@@ -193,7 +199,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           v_codecs=args.v.split(",") if args.v else None,
                           configs=args.kv or None, metrics=args.metrics.split(","),
                           center_keys=args.center_keys, fp16_window=args.fp16_window,
-                          seed=args.seed, text=args.text, n_ctx=args.ctx_size,
+                          layer_codecs=_layers(args), seed=args.seed, text=args.text, n_ctx=args.ctx_size,
                           chunks=args.chunks, top_k=args.top_k, baseline_file=args.baseline_file,
                           niah_lengths=[int(x) for x in (args.lengths or "512,1024").split(",")],
                           niah_depths=[d / 100 for d in _floats(args.depths)],
