@@ -25,6 +25,7 @@ from .model import Model
 from .session import Sampling, Session, SessionTimings
 from .codec import (AttentionCosine, Codec, CodecInfo, Encoded, attention, attention_cosine,
                     codebook, codec_info, codecs, cpu_features, encode, kernel_isa)
+from . import eval  # the evaluation harnesses: turbokv.eval.perplexity, .sweep, ...
 
 __version__ = "0.1.0"
 
@@ -36,7 +37,7 @@ def library_version() -> str:
 
 __all__ = [
     "Generation", "GenerationStats", "KVCache", "Model", "Sampling", "Session", "SessionTimings",
-    "generate", "load_model", "models",
+    "eval", "generate", "load_model", "models",
     "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "Codec", "CodecInfo",
     "Encoded", "FormatError", "InternalError", "InvalidArgument", "OutOfMemory", "TurboKVError",
     "UnsupportedError", "attention", "attention_cosine", "codebook", "codec_info", "codecs",

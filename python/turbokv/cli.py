@@ -106,6 +106,133 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layers(args: argparse.Namespace) -> dict:
+    """--layer L=K[/V] options as {layer: (k, v)}."""
+    layers = {}
+    for item in args.layer or []:
+        which, _, pair = item.partition("=")
+        k, _, v = pair.partition("/")
+        if not which or not k:
+            raise ValueError(f"--layer {item!r}: use LAYER=K[/V], e.g. 0=q8_0/q8_0")
+        layers[int(which)] = (k, v or k)
+    return layers
+
+
+def _eval_configs(args: argparse.Namespace) -> list:
+    """Cache configurations from --kv specs and -ctk/-ctv plus the shared lever flags."""
+    from .eval.config import CacheConfig
+
+    layers = _layers(args)
+    specs = list(args.kv or [])
+    if args.cache_type_k or args.cache_type_v:
+        k = args.cache_type_k or args.cache_type_v
+        specs.append(f"{k}/{args.cache_type_v or k}")
+    if not specs:
+        specs = ["turbo_kv_4b"]
+    out = []
+    for spec in specs:
+        c = CacheConfig.parse(spec)
+        extra = tuple((l, a, b) for l, (a, b) in layers.items())
+        out.append(CacheConfig(c.k, c.v, c.center_keys or args.center_keys,
+                               c.fp16_window or args.fp16_window, c.layer_codecs + extra, args.seed))
+    return out
+
+
+def _floats(text: str) -> list:
+    return [float(x) for x in text.split(",") if x]
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from . import eval as tkv_eval
+    from .generate import load_model
+
+    model = load_model(args.model)
+    progress = not args.no_progress
+    if args.what == "ppl":
+        runner = tkv_eval.PerplexityRunner(model, text=args.text, n_ctx=args.ctx_size,
+                                           chunks=args.chunks, n_threads=args.threads,
+                                           top_k=args.top_k, baseline_file=args.baseline_file,
+                                           progress=progress)
+        res = [runner.run(c) for c in _eval_configs(args)]
+        if args.json:
+            print(json.dumps([r.to_dict() for r in res], indent=2))
+            return 0
+        print(f"{runner.text_label}: {runner.chunks.shape[0]} chunks of {runner.n_ctx} tokens, "
+              f"{res[0].n_tokens} scored; fp32-KV PPL {res[0].ppl_base:.4f}")
+        print(f"{'cache':<34} {'bits':>6} {'PPL':>16} {'delta':>18} {'KLD mean':>9} "
+              f"{'KLD p99':>8} {'top-1':>6}")
+        for r in res:
+            print(f"{r.config.name:<34} {r.bits_per_element:>6.3f} {r.ppl:>8.4f} ± {r.ppl_se:<6.4f}"
+                  f" {r.delta_ppl:>+8.4f} ({r.delta_ppl_pct:>+6.2f}%) {r.kld_mean:>9.5f} "
+                  f"{r.kld_p99:>8.4f} {r.top1:>6.3f}")
+        return 0
+    if args.what == "attention":
+        res = tkv_eval.attention_eval(model, _eval_configs(args), text=args.text,
+                                      n_tokens=args.tokens, stride=args.stride,
+                                      n_threads=args.threads, progress=progress)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in res], indent=2))
+            return 0
+        for r in res:
+            print(f"{r.config.name}: output cosine mean {r.mean:.5f} worst {r.worst:.4f}; "
+                  f"score cosine mean {r.score_mean:.5f} worst {r.score_worst:.4f}")
+            print("  worst layers (mean output cosine): " + ", ".join(
+                f"{l}: {r.per_layer[l]:.4f}" for l in r.worst_layers(5)))
+        return 0
+    if args.what == "niah":
+        lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
+        depths = [d / 100 for d in _floats(args.depths)]
+        res = tkv_eval.niah(model, _eval_configs(args), lengths=lengths, depths=depths,
+                            trials=args.trials, seed=args.seed, filler=args.text,
+                            n_threads=args.threads, progress=progress)
+        if args.heatmap and tkv_eval.heatmap(res, args.heatmap) is None:
+            print("turbokv: matplotlib is not installed (pip install 'turbokv[plot]'): "
+                  "no heatmap", file=sys.stderr)
+        if args.json:
+            print(json.dumps([r.to_dict() for r in res], indent=2))
+            return 0
+        for r in res:
+            print(r.table())
+        return 0
+    # sweep
+    rows = tkv_eval.sweep(model, k_codecs=args.k.split(",") if args.k else [],
+                          v_codecs=args.v.split(",") if args.v else None,
+                          configs=args.kv or None, metrics=args.metrics.split(","),
+                          center_keys=args.center_keys, fp16_window=args.fp16_window,
+                          layer_codecs=_layers(args), seed=args.seed, text=args.text, n_ctx=args.ctx_size,
+                          chunks=args.chunks, top_k=args.top_k, baseline_file=args.baseline_file,
+                          niah_lengths=[int(x) for x in (args.lengths or "512,1024").split(",")],
+                          niah_depths=[d / 100 for d in _floats(args.depths)],
+                          n_threads=args.threads, progress=progress)
+    if args.csv:
+        tkv_eval.write_csv(rows, args.csv)
+    if args.json_file:
+        tkv_eval.write_json(rows, args.json_file)
+    if args.plot and tkv_eval.pareto_plot(rows, args.plot) is None:
+        print("turbokv: matplotlib is not installed (pip install 'turbokv[plot]'): no plot",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(tkv_eval.markdown_table(rows))
+    return 0
+
+
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from .eval.gates import run_gates
+
+    report = run_gates(args.config, n_threads=args.threads, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    if not report.passed:
+        for c in report.failures:
+            print(f"turbokv gate: missed: {c.describe()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turbokv", description="KV-cache compression toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +274,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="library version, CPU features, kernel ISA")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("eval", help="evaluate compressed caches: ppl, attention, niah, sweep")
+    p.add_argument("what", choices=["ppl", "attention", "niah", "sweep"])
+    p.add_argument("-m", "--model", default=None, help="model name or GGUF path")
+    p.add_argument("--kv", action="append", default=None, metavar="SPEC",
+                   help="cache spec K[/V][+center][+w=N][+L=LAYERS:K/V] (repeatable; "
+                        "sweep: extra configurations)")
+    p.add_argument("-ctk", "--cache-type-k", default=None, help="codec for keys")
+    p.add_argument("-ctv", "--cache-type-v", default=None, help="codec for values")
+    p.add_argument("--k", default=None, help="sweep: comma-separated K codecs")
+    p.add_argument("--v", default=None, help="sweep: comma-separated V codecs (default: V = K)")
+    p.add_argument("--center-keys", action="store_true", help="key centering on every config")
+    p.add_argument("--fp16-window", type=int, default=0, help="recent tokens kept in fp16")
+    p.add_argument("--layer", action="append", default=None, metavar="L=K/V",
+                   help="per-layer codec override, e.g. 0=q8_0/q8_0 (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text", default=None,
+                   help="text name (wikitext-2, moby-dick) or file (ppl/attention; niah filler)")
+    p.add_argument("-c", "--ctx-size", type=int, default=512, help="ppl chunk length")
+    p.add_argument("--chunks", type=int, default=None, help="ppl: at most N chunks")
+    p.add_argument("--top-k", type=int, default=4096,
+                   help="baseline log-probs kept per token (0 = all; KL over them + a tail bucket)")
+    p.add_argument("--baseline-file", default=None, help=".npz to reuse / save the fp32 baseline")
+    p.add_argument("--tokens", type=int, default=512, help="attention: tokens captured")
+    p.add_argument("--stride", type=int, default=16, help="attention: every N-th query position")
+    p.add_argument("--lengths", default=None, help="niah: comma-separated context lengths")
+    p.add_argument("--depths", default="0,25,50,75,100", help="niah: depths in %%")
+    p.add_argument("--trials", type=int, default=1, help="niah: trials per cell")
+    p.add_argument("--heatmap", default=None, help="niah: write a heatmap PNG")
+    p.add_argument("--metrics", default="ppl,kld", help="sweep: ppl,kld,cosine,niah,speed")
+    p.add_argument("--csv", default=None, help="sweep: write rows as CSV")
+    p.add_argument("--json-file", default=None, help="sweep: write rows as JSON")
+    p.add_argument("--plot", default=None, help="sweep: Pareto plot PNG (quality vs bits)")
+    p.add_argument("-t", "--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("gate", help="run quality gates from a TOML/JSON file; exit 1 on a miss")
+    p.add_argument("--config", required=True, help="gate file (.toml or .json)")
+    p.add_argument("-t", "--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_gate)
     return parser
 
 

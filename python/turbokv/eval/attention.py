@@ -1,0 +1,157 @@
+"""Attention cosine on real activations: which layers and heads a codec hurts.
+
+A forward pass with an fp32 cache over real text captures every layer's post-RoPE
+queries, keys and values (``turbokv.experimental.eval_capture``).  Then, per layer and
+KV head, keys and values are encoded with each codec (seed per (layer, head)) and, for a
+subset of query positions (every ``stride``-th), the causal attention output of each
+query head of the group over the prefix is computed on the codes (``turbokv.attention``)
+and compared with exact float64 attention over the fp32 vectors.
+
+With ``center_keys`` the mean key of the (layer, head) is subtracted before encoding;
+scores then move by <q, mean> for every key of a query, which softmax cancels.  The
+score cosine is therefore taken between mean-removed score vectors (shift-invariant),
+the codec's scores coming from ``Encoded.scores`` on the codes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from ..cache import KVCache
+from ..codec import Codec, Encoded, attention
+from ..experimental import CapturedQKV, eval_capture
+from ..model import Model
+from ..session import Session
+from ._progress import bar
+from .config import CacheConfig, as_configs
+from .data import resolve_text
+
+DEFAULT_TEXT = "wikitext-2"
+
+
+def capture(model: Model, *, text: Optional[str] = None, n_tokens: int = 512, offset: int = 0,
+            n_threads: int = 0) -> CapturedQKV:
+    """Q/K/V of every layer for ``n_tokens`` tokens of ``text`` (BOS first), fp32 cache."""
+    _, content = resolve_text(text, DEFAULT_TEXT)
+    toks = model.tokenize(content, add_bos=True)
+    if model.bos >= 0 and offset:
+        toks = np.concatenate([[model.bos], toks[1 + offset:]]).astype(np.int32)
+    toks = toks[:n_tokens]
+    if toks.size < 2:
+        raise ValueError("need at least 2 tokens to capture")
+    with KVCache(model, k="fp32", v="fp32", n_ctx=int(toks.size)) as cache, \
+            Session(cache, n_threads=n_threads, n_batch=int(toks.size)) as s:
+        return eval_capture(s, toks)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = np.sum(a * b, axis=-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return num / np.maximum(den, 1e-300)
+
+
+def _seed(base: int, layer: int, head: int) -> int:
+    return (base * 1_000_003 + layer * 1009 + head * 2) % (2**63)
+
+
+@dataclass
+class AttentionResult:
+    """Attention-output and score cosines of one codec configuration against fp32.
+
+    per_layer / per_layer_worst: (n_layer,); per_head: (n_layer, n_head_kv) means.
+    """
+
+    config: CacheConfig
+    n_tokens: int
+    n_queries: int                      # (position, query head) pairs per layer
+    mean: float
+    worst: float
+    score_mean: float
+    score_worst: float
+    per_layer: npt.NDArray[np.float64]
+    per_layer_worst: npt.NDArray[np.float64]
+    per_head: npt.NDArray[np.float64]
+    score_per_layer: npt.NDArray[np.float64]
+
+    def worst_layers(self, n: int = 5) -> list[int]:
+        """The n layers with the lowest mean output cosine, worst first."""
+        return [int(i) for i in np.argsort(self.per_layer)[:n]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.name, **self.config.to_dict(), "n_tokens": self.n_tokens,
+                "n_queries": self.n_queries, "mean": self.mean, "worst": self.worst,
+                "score_mean": self.score_mean, "score_worst": self.score_worst,
+                "per_layer": self.per_layer.tolist(),
+                "per_layer_worst": self.per_layer_worst.tolist(),
+                "per_head": self.per_head.tolist(), "score_per_layer": self.score_per_layer.tolist(),
+                "worst_layers": self.worst_layers()}
+
+
+def attention_cosine_eval(qkv: CapturedQKV, config: Union[str, CacheConfig], *, stride: int = 16,
+                          progress: bool = True) -> AttentionResult:
+    """Compare one configuration with fp32 on captured activations (see module doc).
+
+    Layer overrides of the configuration apply; ``fp16_window`` is ignored (every key
+    and value is encoded)."""
+    cfg = CacheConfig.parse(config)
+    n, n_layer, n_head, d = qkv.q.shape
+    n_kv = qkv.k.shape[2]
+    group = n_head // n_kv
+    scale = 1.0 / np.sqrt(d)
+    positions = np.arange(min(stride, n) - 1, n, stride)
+    out_cos = np.zeros((n_layer, n_kv, positions.size, group))
+    sc_cos = np.zeros_like(out_cos)
+    for layer in bar(range(n_layer), progress=progress, desc=f"attention {cfg.name}",
+                     unit="layer"):
+        k_name, v_name = cfg.layer_pair(layer)
+        for g in range(n_kv):
+            keys = np.ascontiguousarray(qkv.k[:, layer, g], dtype=np.float32)
+            vals = np.ascontiguousarray(qkv.v[:, layer, g], dtype=np.float32)
+            mu = keys.mean(axis=0) if cfg.center_keys else np.zeros(d, np.float32)
+            stored = np.ascontiguousarray(keys - mu, dtype=np.float32)
+            seed = _seed(cfg.seed, layer, g)
+            with Codec(k_name, d, seed=seed) as ck, Codec(v_name, d, seed=seed + 1) as cv:
+                ek, ev = ck.encode(stored), cv.encode(vals)
+                k64, v64 = keys.astype(np.float64), vals.astype(np.float64)
+                for pi, t in enumerate(positions):
+                    qs = np.ascontiguousarray(qkv.q[t, layer, g * group:(g + 1) * group],
+                                              dtype=np.float32)
+                    pk, pv = Encoded(ck, ek.codes[: t + 1]), Encoded(cv, ev.codes[: t + 1])
+                    got = attention(qs, pk, pv).astype(np.float64)
+                    s_ref = qs.astype(np.float64) @ k64[: t + 1].T * scale
+                    w = np.exp(s_ref - s_ref.max(axis=1, keepdims=True))
+                    w /= w.sum(axis=1, keepdims=True)
+                    ref = w @ v64[: t + 1]
+                    out_cos[layer, g, pi] = _cos(got, ref)
+                    if t == 0:
+                        sc_cos[layer, g, pi] = 1.0
+                        continue
+                    s_got = np.stack([pk.scores(qs[j]) for j in range(group)]).astype(np.float64)
+                    a = s_got - s_got.mean(axis=1, keepdims=True)
+                    b = s_ref - s_ref.mean(axis=1, keepdims=True)
+                    sc_cos[layer, g, pi] = _cos(a, b)
+    flat = out_cos.reshape(n_layer, -1)
+    sflat = sc_cos.reshape(n_layer, -1)
+    return AttentionResult(
+        config=cfg, n_tokens=n, n_queries=int(flat.shape[1]), mean=float(flat.mean()),
+        worst=float(flat.min()), score_mean=float(sflat.mean()), score_worst=float(sflat.min()),
+        per_layer=flat.mean(axis=1), per_layer_worst=flat.min(axis=1),
+        per_head=out_cos.reshape(n_layer, n_kv, -1).mean(axis=2),
+        score_per_layer=sflat.mean(axis=1))
+
+
+def attention_eval(model: Model, configs: Union[str, CacheConfig, Sequence[Union[str, CacheConfig]]],
+                   *, text: Optional[str] = None, n_tokens: int = 512, stride: int = 16,
+                   n_threads: int = 0, qkv: Optional[CapturedQKV] = None, progress: bool = True
+                   ) -> list[AttentionResult]:
+    """Capture real Q/K/V once (or use ``qkv``) and compare each configuration with fp32.
+
+    Returns one AttentionResult per configuration (mean / worst / per-layer cosines of the
+    attention output and of the score vectors)."""
+    if qkv is None:
+        qkv = capture(model, text=text, n_tokens=n_tokens, n_threads=n_threads)
+    return [attention_cosine_eval(qkv, c, stride=stride, progress=progress)
+            for c in as_configs(configs)]

@@ -1,0 +1,141 @@
+"""What one evaluated cache looks like: K/V codecs and the cache's levers.
+
+A configuration can be written as a short spec string, used by the command line and
+the gate files::
+
+    K[/V][+center][+w=N][+L=LAYERS:K/V]...
+
+    "turbo_kv_4b"                     K and V turbo_kv_4b
+    "turbo_kv_5b/turbo_kv_3b+center"  K at 5 bits, V at 3 bits, key centering on
+    "turbo_kv_4b+L=0,29:q8_0/q8_0"   layers 0 and 29 in q8_0
+    "turbo_kv_3b+w=64"                the 64 most recent tokens kept in fp16
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+from ..cache import KVCache
+from ..codec import codec_info
+from ..model import Model
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """K/V codecs plus the cache's levers (see ``KVCache``)."""
+
+    k: str = "fp32"
+    v: Optional[str] = None            # None = same as k
+    center_keys: bool = False
+    fp16_window: int = 0
+    layer_codecs: tuple[tuple[int, str, str], ...] = field(default_factory=tuple)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.v is None:
+            object.__setattr__(self, "v", self.k)
+        object.__setattr__(self, "layer_codecs",
+                           tuple(sorted((int(l), str(a), str(b)) for l, a, b in self.layer_codecs)))
+        if self.fp16_window < 0:
+            raise ValueError("fp16_window must be >= 0")
+
+    @classmethod
+    def make(cls, k: str = "fp32", v: Optional[str] = None, *, center_keys: bool = False,
+             fp16_window: int = 0,
+             layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None,
+             seed: int = 0) -> "CacheConfig":
+        """From ``KVCache``-style arguments (``layer_codecs`` as {layer: (k, v)})."""
+        lc = tuple((int(l), kv[0], kv[1]) for l, kv in (layer_codecs or {}).items())
+        return cls(k, v, center_keys, int(fp16_window), lc, int(seed))
+
+    @classmethod
+    def parse(cls, spec: Union[str, "CacheConfig"]) -> "CacheConfig":
+        """Parse ``K[/V][+center][+w=N][+L=LAYERS:K/V]...`` (see the module docstring)."""
+        if isinstance(spec, CacheConfig):
+            return spec
+        parts = [p.strip() for p in str(spec).split("+")]
+        if not parts[0]:
+            raise ValueError(f"cache spec {spec!r}: missing codec name")
+        k, _, v = parts[0].partition("/")
+        center, window, layers = False, 0, []
+        for p in parts[1:]:
+            if p in ("center", "c"):
+                center = True
+            elif p.startswith("w="):
+                window = int(p[2:])
+            elif p.startswith("L="):
+                which, _, codecs = p[2:].partition(":")
+                lk, _, lv = codecs.partition("/")
+                if not which or not lk:
+                    raise ValueError(f"cache spec {spec!r}: layer override must look like "
+                                     "L=0,29:q8_0/q8_0")
+                for layer in which.split(","):
+                    layers.append((int(layer), lk, lv or lk))
+            else:
+                raise ValueError(f"cache spec {spec!r}: unknown option {p!r} "
+                                 "(known: center, w=N, L=LAYERS:K/V)")
+        return cls(k, v or None, center, window, tuple(layers))
+
+    @property
+    def name(self) -> str:
+        """The spec string of this configuration (``parse(c.name) == c``)."""
+        s = self.k if self.k == self.v else f"{self.k}/{self.v}"
+        if self.center_keys:
+            s += "+center"
+        if self.fp16_window:
+            s += f"+w={self.fp16_window}"
+        groups: dict[tuple[str, str], list[int]] = {}
+        for l, a, b in self.layer_codecs:
+            groups.setdefault((a, b), []).append(l)
+        for (a, b), ls in groups.items():
+            s += f"+L={','.join(map(str, ls))}:{a}" + (f"/{b}" if b != a else "")
+        return s
+
+    @property
+    def is_fp32(self) -> bool:
+        """True when this cache stores keys and values exactly (the baseline)."""
+        return (self.k == "fp32" and self.v == "fp32" and not self.fp16_window
+                and all(a == b == "fp32" for _, a, b in self.layer_codecs))
+
+    def layer_pair(self, layer: int) -> tuple[str, str]:
+        for l, a, b in self.layer_codecs:
+            if l == layer:
+                return a, b
+        return self.k, str(self.v)
+
+    def bytes_per_token(self, model: Model) -> int:
+        """KV bytes of one token over all layers and KV heads (codec metadata included)."""
+        total = 0
+        for layer in range(model.n_layer):
+            a, b = self.layer_pair(layer)
+            total += (codec_info(a, model.head_dim).bytes_per_vector
+                      + codec_info(b, model.head_dim).bytes_per_vector) * model.n_head_kv
+        return total
+
+    def bits_per_element(self, model: Model) -> float:
+        """Stored bits per K/V element, averaged over layers, metadata included."""
+        return self.bytes_per_token(model) * 8.0 / (model.n_layer * model.n_head_kv * model.head_dim * 2)
+
+    def cache(self, model: Model, n_ctx: int) -> KVCache:
+        """A fresh ``KVCache`` with this configuration."""
+        return KVCache(model, k=self.k, v=str(self.v), n_ctx=n_ctx, fp16_window=self.fp16_window,
+                       seed=self.seed, center_keys=self.center_keys,
+                       layer_codecs={l: (a, b) for l, a, b in self.layer_codecs})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "k": self.k, "v": self.v, "center_keys": self.center_keys,
+                "fp16_window": self.fp16_window,
+                "layer_codecs": {str(l): [a, b] for l, a, b in self.layer_codecs},
+                "seed": self.seed}
+
+
+FP32 = CacheConfig("fp32", "fp32")
+
+
+def as_configs(items: Any) -> list[CacheConfig]:
+    """A list of CacheConfig from a spec string, a CacheConfig or a list of either."""
+    if items is None:
+        return []
+    if isinstance(items, (str, CacheConfig)):
+        items = [items]
+    return [CacheConfig.parse(i) for i in items]
