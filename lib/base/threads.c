@@ -5,9 +5,15 @@
  * sleeping threads through a condition variable every time (tens of us per wake)
  * would cost as much as the work.  Workers therefore spin on an atomic generation
  * counter for a while after each section, and only then sleep on the condition
- * variable; the caller runs part 0 itself and spins until every worker has
- * finished.  A run publishes its job under the mutex and broadcasts, so a worker
+ * variable.  A run publishes its job under the mutex and broadcasts, so a worker
  * that went to sleep is always woken.
+ *
+ * The n parts of a section are claimed, not assigned: every thread, the caller
+ * included, takes the next unclaimed part until none is left.  On a busy machine a
+ * worker that is not scheduled simply claims nothing and the caller does its part,
+ * instead of the caller waiting a whole time slice for it.  A claim is one atomic
+ * compare-and-swap on (generation << 32 | next part), so a late worker can never take
+ * a part of a newer section with an older job.
  */
 #include "base/threads.h"
 
@@ -19,9 +25,10 @@
 
 #include "base/status.h"
 
-/* Spin iterations before sleeping (~100-200 us): longer than the gaps between the
- * parallel sections of one forward pass, far shorter than a human-visible pause. */
-#define TKV_POOL_SPIN 200000
+/* Spin iterations before sleeping (some tens of us): longer than the gaps between
+ * the parallel sections of one forward pass, short enough not to steal much from
+ * other processes when the machine is busy. */
+#define TKV_POOL_SPIN 20000
 
 struct tkv_pool {
     int n;
@@ -29,15 +36,17 @@ struct tkv_pool {
     pthread_mutex_t mu;
     pthread_cond_t wake;
     _Atomic uint64_t generation;
-    _Atomic int pending;
+    _Atomic uint64_t claim;  /* (generation << 32) | next unclaimed part */
+    _Atomic int done;        /* parts finished in the current section */
     _Atomic int stop;
-    tkv_task_fn fn;
-    void *ctx;
+    /* atomic because a late worker may read them while the caller publishes the next
+     * section's job; the claim check then keeps it from running that job */
+    _Atomic(tkv_task_fn) fn;
+    void *_Atomic ctx;
 };
 
 typedef struct {
     tkv_pool *pool;
-    int ith;
 } tkv_worker_arg;
 
 static inline void tkv_cpu_relax(void) {
@@ -48,10 +57,25 @@ static inline void tkv_cpu_relax(void) {
 #endif
 }
 
+/* Run unclaimed parts of section `gen` until none is left. */
+static void tkv_pool_work(tkv_pool *pool, uint64_t gen, tkv_task_fn fn, void *ctx) {
+    uint64_t c = atomic_load_explicit(&pool->claim, memory_order_acquire);
+    for (;;) {
+        if ((c >> 32) != (gen & 0xffffffffu) || (int)(c & 0xffffffffu) >= pool->n) {
+            return;
+        }
+        if (atomic_compare_exchange_weak_explicit(&pool->claim, &c, c + 1, memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            fn(ctx, (int)(c & 0xffffffffu), pool->n);
+            atomic_fetch_add_explicit(&pool->done, 1, memory_order_acq_rel);
+            c = atomic_load_explicit(&pool->claim, memory_order_acquire);
+        }
+    }
+}
+
 static void *tkv_worker(void *p) {
     tkv_worker_arg *arg = p;
     tkv_pool *pool = arg->pool;
-    const int ith = arg->ith;
     free(arg);
     uint64_t seen = 0;
     for (;;) {
@@ -75,8 +99,7 @@ static void *tkv_worker(void *p) {
             gen = atomic_load_explicit(&pool->generation, memory_order_acquire);
         }
         seen = gen;
-        pool->fn(pool->ctx, ith, pool->n);
-        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_acq_rel);
+        tkv_pool_work(pool, gen, atomic_load(&pool->fn), atomic_load(&pool->ctx));
     }
 }
 
@@ -88,7 +111,8 @@ tkv_status tkv_pool_create(int n_threads, tkv_pool **out) {
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->wake, NULL);
     atomic_init(&pool->generation, 0);
-    atomic_init(&pool->pending, 0);
+    atomic_init(&pool->claim, 0);
+    atomic_init(&pool->done, 0);
     atomic_init(&pool->stop, 0);
     if (pool->n > 1) {
         pool->threads = calloc((size_t)pool->n - 1, sizeof *pool->threads);
@@ -102,7 +126,6 @@ tkv_status tkv_pool_create(int n_threads, tkv_pool **out) {
             int started = arg != NULL;
             if (arg) {
                 arg->pool = pool;
-                arg->ith = i;
                 started = pthread_create(&pool->threads[i - 1], NULL, tkv_worker, arg) == 0;
                 if (!started) {
                     free(arg);
@@ -146,16 +169,18 @@ void tkv_pool_run(tkv_pool *pool, tkv_task_fn fn, void *ctx) {
         return;
     }
     pthread_mutex_lock(&pool->mu);
-    pool->fn = fn;
-    pool->ctx = ctx;
-    atomic_store_explicit(&pool->pending, pool->n - 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+    atomic_store(&pool->fn, fn);
+    atomic_store(&pool->ctx, ctx);
+    const uint64_t gen = atomic_load_explicit(&pool->generation, memory_order_relaxed) + 1;
+    atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->claim, (gen & 0xffffffffu) << 32, memory_order_release);
+    atomic_store_explicit(&pool->generation, gen, memory_order_release);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mu);
-    fn(ctx, 0, pool->n);
-    /* spin: the other parts finish within microseconds of ours; yield if a worker was
+    tkv_pool_work(pool, gen, fn, ctx);
+    /* spin until parts other threads claimed are finished; yield if one of them was
      * descheduled, so an oversubscribed machine still makes progress */
-    for (long spin = 0; atomic_load_explicit(&pool->pending, memory_order_acquire) > 0; spin++) {
+    for (long spin = 0; atomic_load_explicit(&pool->done, memory_order_acquire) < pool->n; spin++) {
         if (spin < TKV_POOL_SPIN) {
             tkv_cpu_relax();
         } else {

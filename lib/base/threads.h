@@ -1,9 +1,12 @@
 /*
  * threads.h - the library's own thread pool (pthreads only, no OpenMP).
  *
- * tkv_pool_run(pool, fn, ctx) calls fn(ctx, i, n) once for every i in 0..n-1 where n
- * is the pool's thread count; the calling thread runs i = 0, and the call returns
- * when all have finished.  One run at a time per pool (a pool belongs to a session).
+ * tkv_pool_run(pool, fn, ctx) calls fn(ctx, i, n) once for every part i in 0..n-1 where
+ * n is the pool's thread count, and returns when all have finished.  Parts are claimed
+ * by whichever thread is free (the caller included), so a part index says which share
+ * of the work and which per-part scratch to use, not which thread runs it; no two
+ * calls with the same i overlap.  One run at a time per pool (a pool belongs to a
+ * session).
  */
 #ifndef TKV_BASE_THREADS_H
 #define TKV_BASE_THREADS_H
