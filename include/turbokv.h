@@ -360,7 +360,7 @@ typedef struct tkv_cache tkv_cache;
 
 /*
  * Subtract a fixed vector per (layer, KV head), the mean of the keys of the first
- * batch that layer sees, from every key before it is stored.  Every score of a query
+ * batch that layer sees, from every key before it is stored (on by default).  Every score of a query
  * moves by the same constant, which softmax cancels, so attention is unchanged in
  * exact arithmetic while the codec no longer spends bits on the keys' common offset.
  */
@@ -372,13 +372,15 @@ typedef struct tkv_cache_params {
     int32_t v_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
     uint32_t n_ctx;            /* capacity in tokens; 0 = the model's training context */
     uint32_t fp16_window;      /* most recent tokens kept in fp16 before compression; 0 = off */
-    uint32_t flags;            /* TKV_CACHE_FLAG_*; default 0 */
+    uint32_t flags;            /* TKV_CACHE_FLAG_*; default TKV_CACHE_FLAG_CENTER_KEYS */
     uint64_t seed;             /* rotation seeds derive from it per (layer, head); default 0 */
     float sparse_v_threshold;  /* skip values whose softmax weight is below; 0 = off */
     uint32_t reserved[9];      /* must be zero */
 } tkv_cache_params;
 
-/* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0.  Since 0.1. */
+/* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0, key centering on
+ * (measured on SmolLM2-135M: KL vs fp32 KV down by a quarter to a third at 3-5 bits).
+ * Since 0.1. */
 TKV_API tkv_cache_params tkv_cache_default_params(void);
 
 /* Create a cache for a model.  *out is NULL on failure.  Since 0.1. */

@@ -124,6 +124,7 @@ tkv_cache_params tkv_cache_default_params(void) {
     p.struct_size = sizeof p;
     p.k_codec = TKV_CODEC_TURBO_4B;
     p.v_codec = TKV_CODEC_TURBO_4B;
+    p.flags = TKV_CACHE_FLAG_CENTER_KEYS;
     return p;
 }
 

@@ -25,12 +25,13 @@ class KVCache:
         center_keys: subtract a fixed per-(layer, head) vector (the mean of the first
             batch's keys) from every key before coding; attention is unchanged in exact
             arithmetic, and the codec stops spending bits on the keys' shared offset.
+            On by default, as in tkv_cache_default_params().
         layer_codecs: {layer: (k_codec, v_codec)} overrides, e.g. {0: ("q8_0", "q8_0")}.
     """
 
     def __init__(self, model: Model, *, k: str = "turbo_kv_4b", v: str = "turbo_kv_4b",
                  n_ctx: int = 0, fp16_window: int = 0, seed: int = 0,
-                 sparse_v_threshold: float = 0.0, center_keys: bool = False,
+                 sparse_v_threshold: float = 0.0, center_keys: bool = True,
                  layer_codecs: Optional[dict[int, tuple[str, str]]] = None) -> None:
         self._handle: Optional[int] = None
         self.model = model

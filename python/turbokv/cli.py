@@ -49,7 +49,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                      sampling=Sampling(args.temp, args.top_k, args.top_p, args.min_p,
                                        args.repeat_penalty, args.repeat_last_n, args.seed),
                      chat=args.chat, system=args.system, n_ctx=args.ctx_size,
-                     n_threads=args.threads, fp16_window=args.fp16_window, seed=args.seed)
+                     n_threads=args.threads, fp16_window=args.fp16_window, seed=args.seed,
+                     center_keys=not args.no_center_keys)
     if not args.json:
         if not args.chat:
             sys.stdout.write(prompt)
@@ -259,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv", default="turbo_kv_4b", help="codec for K and V (default turbo_kv_4b)")
     p.add_argument("-ctk", "--cache-type-k", default=None, help="codec for keys")
     p.add_argument("-ctv", "--cache-type-v", default=None, help="codec for values")
+    p.add_argument("--no-center-keys", action="store_true",
+                   help="turn key centering off (on by default: a fixed per-layer/head vector "
+                        "is subtracted from keys before coding; attention is unchanged)")
     p.add_argument("--fp16-window", type=int, default=0,
                    help="recent tokens kept in fp16 before compression")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
