@@ -217,3 +217,12 @@ def reference_forward(W: dict[str, np.ndarray], hp: dict, tokens: np.ndarray,
     x = aq(_rms(x, W["output_norm.weight"], hp["rms_eps"]))
     out_w = W.get("output.weight", W["token_embd.weight"])
     return x @ out_w.T
+
+
+def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean over positions of KL(softmax(ref) || softmax(logits)), in float64."""
+    def logp(z: np.ndarray) -> np.ndarray:
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    lr, lg = logp(ref_logits.astype(np.float64)), logp(logits.astype(np.float64))
+    return float(np.mean(np.sum(np.exp(lr) * (lr - lg), axis=1)))
