@@ -56,23 +56,14 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
                                      TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
     s->kv_scratch = tkv_calloc_aligned(TKV_KV_SCRATCH_FLOATS(hp->head_dim), sizeof(float));
     s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
-    /* the largest quantized-activation scratch over every matmul shape of the model */
-    size_t mm = 0;
-    const int64_t cols[] = {(int64_t)E, (int64_t)QD, (int64_t)F};
-    const int32_t types[] = {m->layers[0].wq.type, m->layers[0].wk.type, m->layers[0].wv.type,
-                             m->layers[0].wo.type, m->layers[0].w_gate.type, m->layers[0].w_up.type,
-                             m->layers[0].w_down.type, m->output.type};
+    /* the largest quantized-activation scratch over every matmul of the model (the output
+     * layer included); each weight's own type and width decide its size */
+    size_t mm = tkv_matmul_scratch_bytes(m->output.type, m->output.cols, (int64_t)B);
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const tkv_layer_weights *L = &m->layers[l];
         const tkv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < 7; i++) {
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
             size_t b = tkv_matmul_scratch_bytes(ws[i]->type, ws[i]->cols, (int64_t)B);
-            mm = b > mm ? b : mm;
-        }
-    }
-    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
-        for (size_t c = 0; c < 3; c++) {
-            size_t b = tkv_matmul_scratch_bytes(types[t], cols[c], (int64_t)B);
             mm = b > mm ? b : mm;
         }
     }
