@@ -28,10 +28,10 @@ extern "C" {
  * ================================================================================== */
 
 #define TKV_VERSION_MAJOR 0
-#define TKV_VERSION_MINOR 1
+#define TKV_VERSION_MINOR 2
 #define TKV_VERSION_PATCH 0
 #define TKV_VERSION_NUMBER (TKV_VERSION_MAJOR * 10000 + TKV_VERSION_MINOR * 100 + TKV_VERSION_PATCH)
-#define TKV_VERSION_STRING "0.1.0"
+#define TKV_VERSION_STRING "0.2.0"
 
 /* ==================================================================================
  * Export and deprecation macros
@@ -366,6 +366,15 @@ typedef struct tkv_cache tkv_cache;
  */
 #define TKV_CACHE_FLAG_CENTER_KEYS (1u << 0)
 
+/*
+ * Divide every key by per-channel scales s and multiply every query by the same s:
+ * scores are unchanged in exact arithmetic, while channels where keys are large and
+ * queries small stop taking the codec's bits.  s_j = (rms k_j / rms q_j)^alpha per
+ * (layer, KV head) from the first batch (at least 8 tokens; fewer leave s = 1), with
+ * alpha = tkv_cache_params.key_smoothing.  Since 0.2.
+ */
+#define TKV_CACHE_FLAG_SMOOTH_KEYS (1u << 1)
+
 typedef struct tkv_cache_params {
     uint32_t struct_size;      /* sizeof(tkv_cache_params) */
     int32_t k_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
@@ -375,7 +384,9 @@ typedef struct tkv_cache_params {
     uint32_t flags;            /* TKV_CACHE_FLAG_*; default TKV_CACHE_FLAG_CENTER_KEYS */
     uint64_t seed;             /* rotation seeds derive from it per (layer, head); default 0 */
     float sparse_v_threshold;  /* skip values whose softmax weight is below; 0 = off */
-    uint32_t reserved[9];      /* must be zero */
+    float key_smoothing;       /* alpha of TKV_CACHE_FLAG_SMOOTH_KEYS, in (0, 1]; 0 = 0.5 */
+    uint32_t sink_tokens;      /* first positions kept exact (fp32 K and V), 0..64; see below */
+    uint32_t reserved[7];      /* must be zero */
 } tkv_cache_params;
 
 /* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0, key centering on

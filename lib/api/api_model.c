@@ -142,8 +142,13 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
     TKV_CHECK_PARAMS("tkv_cache_create", params);
     TKV_TRY(tkv_check_codec_id("tkv_cache_create", "K", params->k_codec));
     TKV_TRY(tkv_check_codec_id("tkv_cache_create", "V", params->v_codec));
-    TKV_REQUIRE((params->flags & ~TKV_CACHE_FLAG_CENTER_KEYS) == 0, TKV_ERR_INVALID_ARGUMENT,
-                "tkv_cache_create: unknown flags 0x%x", params->flags);
+    const uint32_t known_flags = TKV_CACHE_FLAG_CENTER_KEYS | TKV_CACHE_FLAG_SMOOTH_KEYS;
+    TKV_REQUIRE((params->flags & ~known_flags) == 0, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_cache_create: unknown flags 0x%x", params->flags & ~known_flags);
+    TKV_REQUIRE(isfinite(params->key_smoothing) && params->key_smoothing >= 0.0f &&
+                    params->key_smoothing <= 1.0f,
+                TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: key_smoothing %g outside [0, 1]",
+                (double)params->key_smoothing);
     TKV_REQUIRE(isfinite(params->sparse_v_threshold) && params->sparse_v_threshold >= 0.0f &&
                     params->sparse_v_threshold < 1.0f,
                 TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: sparse_v_threshold %g outside [0, 1)",
@@ -162,11 +167,17 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
                                 params->seed);
     if (st == TKV_OK && (params->flags & TKV_CACHE_FLAG_CENTER_KEYS)) {
         st = tkv_kv_enable_key_centering(&c->kv);
-        if (st != TKV_OK) {
-            tkv_kv_release(&c->kv);
-        }
+    }
+    if (st == TKV_OK && (params->flags & TKV_CACHE_FLAG_SMOOTH_KEYS)) {
+        st = tkv_kv_enable_key_smoothing(&c->kv, params->key_smoothing > 0.0f
+                                                     ? params->key_smoothing
+                                                     : TKV_DEFAULT_KEY_SMOOTHING);
+    }
+    if (st == TKV_OK) {
+        st = tkv_kv_set_sink_tokens(&c->kv, params->sink_tokens);
     }
     if (st != TKV_OK) {
+        tkv_kv_release(&c->kv);
         free(c);
         return st;
     }

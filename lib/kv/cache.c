@@ -7,10 +7,12 @@
  * cache seed per (layer, head, K/V) with SplitMix64, so a cache's bytes can be decoded
  * by any process that knows the seed.  With key centering on, stored keys are k - mu
  * (see cache.h); attention scores then differ from <q, k> by <q, mu>, the same for
- * every position, which the softmax cancels.
+ * every position, which the softmax cancels.  With key smoothing on, stored keys are
+ * (k - mu) / s and attention multiplies queries by s (tkv_kv_query_scales).
  */
 #include "kv/cache.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,6 +57,8 @@ void tkv_kv_release(tkv_kv_cache *c) {
             }
             free(h->k_codes);
             free(h->v_codes);
+            free(h->k_sink);
+            free(h->v_sink);
             free(h->k_window);
             free(h->v_window);
         }
@@ -62,36 +66,144 @@ void tkv_kv_release(tkv_kv_cache *c) {
     free(c->heads);
     free(c->layers);
     free(c->key_offsets);
-    free(c->offset_ready);
+    free(c->key_scales);
+    free(c->key_inv_scales);
+    free(c->calibrated);
     c->heads = NULL;
     c->layers = NULL;
     c->key_offsets = NULL;
-    c->offset_ready = NULL;
+    c->key_scales = NULL;
+    c->key_inv_scales = NULL;
+    c->calibrated = NULL;
+}
+
+tkv_status tkv_kv_set_sink_tokens(tkv_kv_cache *c, uint32_t n_sink) {
+    TKV_REQUIRE(!c->allocated, TKV_ERR_INVALID_ARGUMENT,
+                "cache: sink tokens can only be set before the first write");
+    TKV_REQUIRE(n_sink <= TKV_KV_MAX_SINK, TKV_ERR_INVALID_ARGUMENT,
+                "cache: %u sink tokens, at most %u", n_sink, TKV_KV_MAX_SINK);
+    c->n_sink = n_sink;
+    return TKV_OK;
+}
+
+static tkv_status tkv_kv_alloc_calibration(tkv_kv_cache *c) {
+    if (!c->calibrated) {
+        c->calibrated = calloc(c->n_layer, 1);
+        TKV_REQUIRE(c->calibrated, TKV_ERR_OUT_OF_MEMORY, "cache: out of memory");
+    }
+    return TKV_OK;
 }
 
 tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c) {
+    TKV_REQUIRE(!c->allocated, TKV_ERR_INVALID_ARGUMENT,
+                "cache: key centering can only be enabled before the first write");
+    TKV_TRY(tkv_kv_alloc_calibration(c));
     c->key_offsets = calloc((size_t)c->n_layer * c->n_head_kv * c->head_dim, sizeof(float));
-    c->offset_ready = calloc(c->n_layer, 1);
-    TKV_REQUIRE(c->key_offsets && c->offset_ready, TKV_ERR_OUT_OF_MEMORY,
-                "cache: out of memory for key offsets");
+    TKV_REQUIRE(c->key_offsets, TKV_ERR_OUT_OF_MEMORY, "cache: out of memory for key offsets");
     c->center_keys = 1;
     return TKV_OK;
 }
 
-void tkv_kv_observe_keys(tkv_kv_cache *c, uint32_t layer, const float *k, uint32_t n_tok) {
-    if (!c->center_keys || c->offset_ready[layer] || n_tok == 0) {
-        return;
+tkv_status tkv_kv_enable_key_smoothing(tkv_kv_cache *c, float alpha) {
+    TKV_REQUIRE(!c->allocated, TKV_ERR_INVALID_ARGUMENT,
+                "cache: key smoothing can only be enabled before the first write");
+    TKV_REQUIRE(isfinite(alpha) && alpha > 0.0f && alpha <= 1.0f, TKV_ERR_INVALID_ARGUMENT,
+                "cache: key smoothing exponent %g outside (0, 1]", (double)alpha);
+    TKV_TRY(tkv_kv_alloc_calibration(c));
+    const size_t n = (size_t)c->n_layer * c->n_head_kv * c->head_dim;
+    c->key_scales = malloc(n * sizeof(float));
+    c->key_inv_scales = malloc(n * sizeof(float));
+    TKV_REQUIRE(c->key_scales && c->key_inv_scales, TKV_ERR_OUT_OF_MEMORY,
+                "cache: out of memory for key scales");
+    for (size_t i = 0; i < n; i++) {
+        c->key_scales[i] = c->key_inv_scales[i] = 1.0f;
     }
-    const size_t width = (size_t)c->n_head_kv * c->head_dim;
-    float *mu = c->key_offsets + layer * width;
-    for (size_t j = 0; j < width; j++) {
+    c->smooth_keys = 1;
+    c->smooth_alpha = alpha;
+    return TKV_OK;
+}
+
+/* Root mean square per channel j of x[t * row + j], t < n_tok, j < d, into rms. */
+static void tkv_channel_rms(const float *x, size_t row, uint32_t n_tok, uint32_t d, const float *mu,
+                            double *rms) {
+    for (uint32_t j = 0; j < d; j++) {
         double sum = 0.0;
         for (uint32_t t = 0; t < n_tok; t++) {
-            sum += k[t * width + j];
+            const double v = x[t * row + j] - (mu ? mu[j] : 0.0f);
+            sum += v * v;
         }
-        mu[j] = (float)(sum / n_tok);
+        rms[j] += sum;
     }
-    c->offset_ready[layer] = 1;
+}
+
+/* Scales s_j = (rk_j / rq_j)^alpha with both rms floored at 1% of their channel mean (a
+ * dead channel must not blow s up), normalized to geometric mean 1. */
+static void tkv_smoothing_scales(const double *rk, const double *rq, uint32_t d, float alpha,
+                                 float *s, float *inv) {
+    double mk = 0.0, mq = 0.0;
+    for (uint32_t j = 0; j < d; j++) {
+        mk += rk[j] / d;
+        mq += rq[j] / d;
+    }
+    if (!(mk > 0.0) || !(mq > 0.0)) {
+        return; /* all-zero keys or queries: keep s = 1 */
+    }
+    double log_mean = 0.0;
+    for (uint32_t j = 0; j < d; j++) {
+        const double k = rk[j] > 0.01 * mk ? rk[j] : 0.01 * mk;
+        const double q = rq[j] > 0.01 * mq ? rq[j] : 0.01 * mq;
+        log_mean += alpha * log(k / q) / d;
+    }
+    for (uint32_t j = 0; j < d; j++) {
+        const double k = rk[j] > 0.01 * mk ? rk[j] : 0.01 * mk;
+        const double q = rq[j] > 0.01 * mq ? rq[j] : 0.01 * mq;
+        const double v = exp(alpha * log(k / q) - log_mean);
+        s[j] = (float)v;
+        inv[j] = (float)(1.0 / v);
+    }
+}
+
+void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, const float *q, uint32_t n_head,
+                      const float *k, uint32_t n_tok) {
+    if (!c->calibrated || c->calibrated[layer] || n_tok == 0) {
+        return;
+    }
+    const uint32_t d = c->head_dim, group = n_head / c->n_head_kv;
+    const size_t kw = (size_t)c->n_head_kv * d, qw = (size_t)n_head * d;
+    for (uint32_t h = 0; h < c->n_head_kv; h++) {
+        const size_t at = ((size_t)layer * c->n_head_kv + h) * d;
+        const float *mu = NULL;
+        if (c->center_keys) {
+            float *m = c->key_offsets + at;
+            for (uint32_t j = 0; j < d; j++) {
+                double sum = 0.0;
+                for (uint32_t t = 0; t < n_tok; t++) {
+                    sum += k[t * kw + h * d + j];
+                }
+                m[j] = (float)(sum / n_tok);
+            }
+            mu = m;
+        }
+        if (c->smooth_keys && n_tok >= TKV_KV_SMOOTH_MIN_TOKENS && d <= TKV_HEAD_DIM_MAX) {
+            double rk[TKV_HEAD_DIM_MAX] = {0}, rq[TKV_HEAD_DIM_MAX] = {0};
+            tkv_channel_rms(k + h * d, kw, n_tok, d, mu, rk);
+            for (uint32_t g = 0; g < group; g++) {
+                tkv_channel_rms(q + ((size_t)h * group + g) * d, qw, n_tok, d, NULL, rq);
+            }
+            for (uint32_t j = 0; j < d; j++) {
+                rk[j] = sqrt(rk[j] / n_tok);
+                rq[j] = sqrt(rq[j] / ((double)n_tok * group));
+            }
+            tkv_smoothing_scales(rk, rq, d, c->smooth_alpha, c->key_scales + at,
+                                 c->key_inv_scales + at);
+        }
+    }
+    c->calibrated[layer] = 1;
+}
+
+const float *tkv_kv_query_scales(const tkv_kv_cache *c, uint32_t layer, uint32_t head) {
+    return c->smooth_keys ? c->key_scales + ((size_t)layer * c->n_head_kv + head) * c->head_dim
+                          : NULL;
 }
 
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
@@ -115,6 +227,15 @@ static tkv_status tkv_kv_allocate(tkv_kv_cache *c) {
                                     tkv_kv_codec_seed(c->seed, l, h, 1));
                 if (st != TKV_OK) {
                     tkv_codec_release(&hd->k_codec);
+                }
+            }
+            if (st == TKV_OK && c->n_sink > 0) {
+                hd->k_sink = calloc((size_t)c->n_sink * c->head_dim, sizeof(float));
+                hd->v_sink = calloc((size_t)c->n_sink * c->head_dim, sizeof(float));
+                if (!hd->k_sink || !hd->v_sink) {
+                    tkv_codec_release(&hd->k_codec);
+                    tkv_codec_release(&hd->v_codec);
+                    st = tkv_fail(TKV_ERR_OUT_OF_MEMORY, "cache: out of memory for sink tokens");
                 }
             }
             if (st == TKV_OK && c->window > 0) {
@@ -189,24 +310,33 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
         TKV_TRY(tkv_kv_allocate(c));
     }
     const uint32_t d = c->head_dim;
+    const int sink = pos < c->n_sink;
     /* the oldest window entry is compressed when the window is full */
     const int evict = c->window > 0 && L->n - L->n_comp == c->window;
     const uint32_t target = c->window > 0 ? (evict ? L->n_comp + 1 : L->n_comp) : pos + 1;
     TKV_TRY(tkv_kv_grow(c, layer, target));
     float *row = scratch;                      /* d */
-    float *centered = scratch + d;             /* d */
+    float *prepared = scratch + d;             /* d: key centered and smoothed */
     float *codec_scratch = scratch + 2 * (size_t)d; /* codec scratch */
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const float *kh = k + (size_t)h * d;
-        if (c->center_keys) {
-            const float *mu = c->key_offsets + ((size_t)layer * c->n_head_kv + h) * d;
+        if (c->center_keys || c->smooth_keys) {
+            const size_t at = ((size_t)layer * c->n_head_kv + h) * d;
+            const float *mu = c->center_keys ? c->key_offsets + at : NULL;
+            const float *inv = c->smooth_keys ? c->key_inv_scales + at : NULL;
             for (uint32_t j = 0; j < d; j++) {
-                centered[j] = kh[j] - mu[j];
+                const float x = mu ? kh[j] - mu[j] : kh[j];
+                prepared[j] = inv ? x * inv[j] : x;
             }
-            kh = centered;
+            kh = prepared;
         }
         const float *vh = v + (size_t)h * d;
+        if (sink) {
+            memcpy(hd->k_sink + (size_t)pos * d, kh, d * sizeof(float));
+            memcpy(hd->v_sink + (size_t)pos * d, vh, d * sizeof(float));
+            continue;
+        }
         if (c->window == 0) {
             TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh,
                                          hd->k_codes + (size_t)pos * hd->k_codec.layout.stride,
@@ -232,7 +362,7 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
         tkv_f32_to_fp16_row(kh, d, hd->k_window + slot);
         tkv_f32_to_fp16_row(vh, d, hd->v_window + slot);
     }
-    if (c->window == 0) {
+    if (c->window == 0 || sink) {
         L->n_comp = pos + 1;
     } else if (evict) {
         L->n_comp++;
@@ -273,9 +403,13 @@ size_t tkv_kv_bytes_per_token(const tkv_kv_cache *c) {
 size_t tkv_kv_bytes_used(const tkv_kv_cache *c) {
     size_t total = 0;
     const size_t window_token = (size_t)c->n_head_kv * c->head_dim * 2 * sizeof(uint16_t);
+    const size_t sink_token = (size_t)c->n_head_kv * c->head_dim * 2 * sizeof(float);
     for (uint32_t l = 0; l < c->n_layer; l++) {
-        total += (size_t)c->layers[l].n_comp * tkv_layer_token_bytes(c, l);
-        total += (size_t)(c->layers[l].n - c->layers[l].n_comp) * window_token;
+        const tkv_kv_layer *L = &c->layers[l];
+        const uint32_t sinks = L->n_comp < c->n_sink ? L->n_comp : c->n_sink;
+        total += (size_t)sinks * sink_token;
+        total += (size_t)(L->n_comp - sinks) * tkv_layer_token_bytes(c, l);
+        total += (size_t)(L->n - L->n_comp) * window_token;
     }
     return total;
 }
@@ -283,9 +417,10 @@ size_t tkv_kv_bytes_used(const tkv_kv_cache *c) {
 size_t tkv_kv_bytes_allocated(const tkv_kv_cache *c) {
     size_t total = 0;
     const size_t window_bytes = (size_t)c->window * c->n_head_kv * c->head_dim * 2 * sizeof(uint16_t);
+    const size_t sink_bytes = (size_t)c->n_sink * c->n_head_kv * c->head_dim * 2 * sizeof(float);
     for (uint32_t l = 0; l < c->n_layer; l++) {
         total += (size_t)c->layers[l].n_alloc * tkv_layer_token_bytes(c, l);
-        total += c->allocated ? window_bytes : 0;
+        total += c->allocated ? window_bytes + sink_bytes : 0;
     }
     return total;
 }

@@ -20,6 +20,8 @@ typedef struct tkv_kv_head {
     struct tkv_codec v_codec;
     uint8_t *k_codes;         /* (n_alloc, k_codec.layout.stride) positions [0, n_comp) */
     uint8_t *v_codes;         /* (n_alloc, v_codec.layout.stride) */
+    float *k_sink;            /* (n_sink, d) fp32: the first positions, never compressed */
+    float *v_sink;            /* (n_sink, d) */
     uint16_t *k_window;       /* (window, d) fp16 ring: position p in slot p % window */
     uint16_t *v_window;       /* (window, d) fp16 ring */
 } tkv_kv_head;
@@ -28,7 +30,8 @@ typedef struct tkv_kv_layer {
     int32_t k_codec_id;
     int32_t v_codec_id;
     uint32_t n;          /* positions stored in this layer */
-    uint32_t n_comp;     /* positions [0, n_comp) are compressed, [n_comp, n) in the window */
+    uint32_t n_comp;     /* positions [0, n_comp) are sinks or compressed, [n_comp, n) in the
+                            window; codes are indexed by position (sink slots unused) */
     uint32_t n_alloc;    /* positions the code arrays can hold */
 } tkv_kv_layer;
 
@@ -38,11 +41,16 @@ typedef struct tkv_kv_cache {
     uint32_t head_dim;
     uint32_t capacity;   /* max positions */
     uint32_t window;     /* fp16 window length, 0 = off */
+    uint32_t n_sink;     /* first positions kept exact in fp32 (attention sinks), 0 = off */
     uint64_t seed;
     int allocated;       /* codecs built (happens at first write, after overrides) */
     int center_keys;     /* subtract a fixed per-(layer, head) vector from keys */
-    float *key_offsets;  /* (n_layer, n_head_kv, head_dim), valid where offset_ready */
-    uint8_t *offset_ready; /* (n_layer) */
+    int smooth_keys;     /* divide keys (and multiply queries) by per-channel scales */
+    float smooth_alpha;  /* exponent of the smoothing scales (see tkv_kv_enable_key_smoothing) */
+    float *key_offsets;  /* (n_layer, n_head_kv, head_dim) mu, valid where calibrated */
+    float *key_scales;   /* (n_layer, n_head_kv, head_dim) s, valid where calibrated */
+    float *key_inv_scales; /* 1 / key_scales */
+    uint8_t *calibrated; /* (n_layer) offsets and scales are set */
     tkv_kv_layer *layers; /* (n_layer) */
     tkv_kv_head *heads;   /* (n_layer, n_head_kv) */
 } tkv_kv_cache;
@@ -50,6 +58,15 @@ typedef struct tkv_kv_cache {
 tkv_status tkv_kv_init(tkv_kv_cache *c, uint32_t n_layer, uint32_t n_head_kv, uint32_t head_dim,
                        uint32_t capacity, int32_t k_codec, int32_t v_codec, uint32_t window,
                        uint64_t seed);
+/*
+ * Attention sinks: the first positions of a sequence draw a large share of the softmax
+ * weight in most heads of most models, so their coding error moves every query's
+ * output; keeping the first n_sink positions exact (fp32 K and V, after centering and
+ * smoothing) removes it for n_sink * 2 * head_dim * 4 bytes per head.  Before the first
+ * write only.
+ */
+#define TKV_KV_MAX_SINK 64
+tkv_status tkv_kv_set_sink_tokens(tkv_kv_cache *c, uint32_t n_sink);
 void tkv_kv_release(tkv_kv_cache *c);
 /*
  * Key centering: softmax ignores a constant added to every score of a query, and
@@ -60,9 +77,27 @@ void tkv_kv_release(tkv_kv_cache *c);
  * mu is the mean of the keys of the first batch a layer sees.
  */
 tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c);
-/* Set the layer's offsets from its first batch (no-op when centering is off or the
- * offsets are set): k is (n_tok, n_head_kv * head_dim). */
-void tkv_kv_observe_keys(tkv_kv_cache *c, uint32_t layer, const float *k, uint32_t n_tok);
+/*
+ * Key smoothing: <q, k> = <q * s, k / s> for any per-channel scales s > 0, so keys can
+ * be stored divided by s and queries multiplied by s without changing any score in
+ * exact arithmetic.  The codec's error is about isotropic in the space it codes, and
+ * the score error then grows with |q * s| |k / s|; channels where keys are large and
+ * queries small (common after RoPE) waste bits.  s_j = (rms k_j / rms q_j)^alpha over
+ * the first batch (keys centered first when centering is on, queries of the whole GQA
+ * group), normalized to geometric mean 1; alpha = 0.5 balances the two, which
+ * minimizes |q * s| |k / s| for channel-independent statistics.  A first batch shorter
+ * than TKV_KV_SMOOTH_MIN_TOKENS leaves s = 1 for that layer (too few samples).
+ */
+#define TKV_KV_SMOOTH_MIN_TOKENS 8
+#define TKV_DEFAULT_KEY_SMOOTHING 0.5f /* alpha when the caller leaves it 0 */
+tkv_status tkv_kv_enable_key_smoothing(tkv_kv_cache *c, float alpha);
+/* Set the layer's offsets and scales from its first batch (no-op when both levers are
+ * off or the layer is calibrated): q is (n_tok, n_head * head_dim), k is
+ * (n_tok, n_head_kv * head_dim), n_head a multiple of n_head_kv. */
+void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, const float *q, uint32_t n_head,
+                      const float *k, uint32_t n_tok);
+/* The per-channel query scales of (layer, head), NULL when smoothing is off. */
+const float *tkv_kv_query_scales(const tkv_kv_cache *c, uint32_t layer, uint32_t head);
 /* Change one layer's codecs; only before the first write. */
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
                                    int32_t v_codec);

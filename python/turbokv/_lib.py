@@ -165,7 +165,9 @@ class CacheParams(Structure):
         ("flags", c_uint32),
         ("seed", c_uint64),
         ("sparse_v_threshold", c_float),
-        ("reserved", c_uint32 * 9),
+        ("key_smoothing", c_float),
+        ("sink_tokens", c_uint32),
+        ("reserved", c_uint32 * 7),
     ]
 
 

@@ -2,13 +2,27 @@
 from __future__ import annotations
 
 import ctypes
-from typing import Optional
+from typing import Optional, Union
 
 from ._lib import check, lib
 from .codec import codec_id
 from .model import Model
 
 CACHE_FLAG_CENTER_KEYS = 1
+CACHE_FLAG_SMOOTH_KEYS = 2
+DEFAULT_KEY_SMOOTHING = 0.5
+
+
+def smoothing_alpha(smooth_keys: Union[bool, float]) -> float:
+    """The smoothing exponent a ``smooth_keys`` argument means (0.0 = off)."""
+    if smooth_keys is True:
+        return DEFAULT_KEY_SMOOTHING
+    if smooth_keys is False or smooth_keys is None:
+        return 0.0
+    alpha = float(smooth_keys)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"smooth_keys must be a bool or an exponent in (0, 1], got {smooth_keys!r}")
+    return alpha
 
 
 class KVCache:
@@ -26,31 +40,45 @@ class KVCache:
             batch's keys) from every key before coding; attention is unchanged in exact
             arithmetic, and the codec stops spending bits on the keys' shared offset.
             On by default, as in tkv_cache_default_params().
+        smooth_keys: divide keys and multiply queries by per-channel scales
+            s = (rms k / rms q)^alpha from the first batch (8 tokens or more), so that
+            channels with large keys and small queries stop taking the codec's bits;
+            scores are unchanged in exact arithmetic.  True = alpha 0.5, a float = alpha.
+        sink_tokens: the first positions of the sequence kept exact (fp32 K and V, never
+            compressed, at most 64).  They draw a large share of the softmax weight in
+            most heads (attention sinks), so their coding error moves every output.
         layer_codecs: {layer: (k_codec, v_codec)} overrides, e.g. {0: ("q8_0", "q8_0")}.
     """
 
     def __init__(self, model: Model, *, k: str = "turbo_kv_4b", v: str = "turbo_kv_4b",
                  n_ctx: int = 0, fp16_window: int = 0, seed: int = 0,
                  sparse_v_threshold: float = 0.0, center_keys: bool = True,
+                 smooth_keys: Union[bool, float] = False, sink_tokens: int = 0,
                  layer_codecs: Optional[dict[int, tuple[str, str]]] = None) -> None:
         self._handle: Optional[int] = None
         self.model = model
         params = lib.tkv_cache_default_params()
         params.k_codec = codec_id(k)
         params.v_codec = codec_id(v)
-        if n_ctx < 0 or fp16_window < 0 or seed < 0:
-            raise ValueError("n_ctx, fp16_window and seed must be >= 0")
+        if n_ctx < 0 or fp16_window < 0 or seed < 0 or sink_tokens < 0:
+            raise ValueError("n_ctx, fp16_window, sink_tokens and seed must be >= 0")
         params.n_ctx = int(n_ctx)
         params.fp16_window = int(fp16_window)
         params.seed = int(seed)
         params.sparse_v_threshold = float(sparse_v_threshold)
-        params.flags = CACHE_FLAG_CENTER_KEYS if center_keys else 0
+        alpha = smoothing_alpha(smooth_keys)
+        params.flags = ((CACHE_FLAG_CENTER_KEYS if center_keys else 0)
+                        | (CACHE_FLAG_SMOOTH_KEYS if alpha > 0 else 0))
+        params.key_smoothing = alpha
+        params.sink_tokens = int(sink_tokens)
         handle = ctypes.c_void_p()
         check(lib.tkv_cache_create(model.handle, ctypes.byref(params), ctypes.byref(handle)))
         self._handle = handle.value
         model._open_children += 1
         self.k_codec, self.v_codec = k, v
         self.center_keys = bool(center_keys)
+        self.key_smoothing = alpha
+        self.sink_tokens = int(sink_tokens)
         try:
             for layer, (lk, lv) in (layer_codecs or {}).items():
                 check(lib.tkv_cache_set_layer_codecs(self._handle, int(layer), codec_id(lk),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Optional, Sequence
@@ -134,8 +135,11 @@ def _eval_configs(args: argparse.Namespace) -> list:
     for spec in specs:
         c = CacheConfig.parse(spec)
         extra = tuple((l, a, b) for l, (a, b) in layers.items())
-        out.append(CacheConfig(c.k, c.v, c.center_keys or args.center_keys,
-                               c.fp16_window or args.fp16_window, c.layer_codecs + extra, args.seed))
+        out.append(dataclasses.replace(
+            c, center_keys=c.center_keys or args.center_keys,
+            smooth_keys=c.smooth_keys or args.smooth_keys,
+            fp16_window=c.fp16_window or args.fp16_window,
+            layer_codecs=c.layer_codecs + extra, seed=args.seed))
     return out
 
 
@@ -282,13 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["ppl", "attention", "niah", "sweep"])
     p.add_argument("-m", "--model", default=None, help="model name or GGUF path")
     p.add_argument("--kv", action="append", default=None, metavar="SPEC",
-                   help="cache spec K[/V][+center][+w=N][+L=LAYERS:K/V] (repeatable; "
+                   help="cache spec K[/V][+center][+smooth[=ALPHA]][+w=N][+L=LAYERS:K/V] (repeatable; "
                         "sweep: extra configurations)")
     p.add_argument("-ctk", "--cache-type-k", default=None, help="codec for keys")
     p.add_argument("-ctv", "--cache-type-v", default=None, help="codec for values")
     p.add_argument("--k", default=None, help="sweep: comma-separated K codecs")
     p.add_argument("--v", default=None, help="sweep: comma-separated V codecs (default: V = K)")
     p.add_argument("--center-keys", action="store_true", help="key centering on every config")
+    p.add_argument("--smooth-keys", nargs="?", type=float, const=0.5, default=0.0, metavar="ALPHA",
+                   help="key smoothing on every config (exponent ALPHA, default 0.5)")
     p.add_argument("--fp16-window", type=int, default=0, help="recent tokens kept in fp16")
     p.add_argument("--layer", action="append", default=None, metavar="L=K/V",
                    help="per-layer codec override, e.g. 0=q8_0/q8_0 (repeatable)")

@@ -36,13 +36,13 @@ static void test_real_model(const char *path) {
     if (!m) {
         return;
     }
-    const char *text = "The capital of France is";
+    const char *text = "The capital of France is Paris, and the capital of Italy is"; /* > 8 tokens */
     int32_t toks[64];
     size_t n = 0;
     CHECK_STATUS(tkv_model_tokenize(m, text, strlen(text), TKV_TOKENIZE_ADD_BOS, toks, 1, &n),
                  TKV_ERR_BUFFER_TOO_SMALL);
     CHECK_OK(tkv_model_tokenize(m, text, strlen(text), TKV_TOKENIZE_ADD_BOS, toks, 64, &n));
-    CHECK(n >= 4);
+    CHECK(n >= 10);
     char buf[256];
     size_t len = 0;
     CHECK_OK(tkv_model_detokenize(m, toks, n, 0, buf, sizeof buf, &len));
@@ -62,14 +62,29 @@ static void test_real_model(const char *path) {
         cp.v_codec = codecs[i][1];
         cp.n_ctx = 40;
         cp.fp16_window = i == 1 ? 3 : 0;
-        cp.flags = i == 2 ? TKV_CACHE_FLAG_CENTER_KEYS : 0;
+        cp.flags = i == 0 ? 0
+                 : i == 1 ? TKV_CACHE_FLAG_SMOOTH_KEYS
+                          : TKV_CACHE_FLAG_CENTER_KEYS | TKV_CACHE_FLAG_SMOOTH_KEYS;
+        cp.key_smoothing = i == 2 ? 0.35f : 0.0f;
+        cp.sink_tokens = (uint32_t)i; /* 0, 1 (with the window) and 2 */
         tkv_cache *c = NULL;
+        if (i == 1) {
+            cp.key_smoothing = 1.5f;
+            CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
+            cp.key_smoothing = 0.0f;
+            cp.sink_tokens = 65;
+            CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
+            cp.sink_tokens = 1;
+            cp.flags |= 1u << 7;
+            CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
+            cp.flags &= ~(1u << 7);
+        }
         CHECK_OK(tkv_cache_create(m, &cp, &c));
         CHECK_STATUS(tkv_cache_set_layer_codecs(c, 1000, 0, 0), TKV_ERR_INVALID_ARGUMENT);
         CHECK_OK(tkv_cache_set_layer_codecs(c, 0, TKV_CODEC_Q8_0, TKV_CODEC_FP16));
         tkv_session_params sp = tkv_session_default_params();
         sp.n_threads = 2;
-        sp.n_batch = 4; /* the prompt goes through in several chunks */
+        sp.n_batch = i == 2 ? 16 : 4; /* i < 2: the prompt goes through in several chunks */
         tkv_session *s = NULL;
         CHECK_OK(tkv_session_create(c, &sp, &s));
         if (!s) {
@@ -99,7 +114,10 @@ static void test_real_model(const char *path) {
         CHECK_STATUS(tkv_session_eval(s, &bad, 1, 0), TKV_ERR_INVALID_ARGUMENT);
         int32_t many[40] = {0};
         CHECK_STATUS(tkv_session_eval(s, many, 40, 0), TKV_ERR_CACHE_FULL);
-        CHECK_STATUS(tkv_session_eval(s, many, 5, TKV_EVAL_LOGITS_ALL), TKV_ERR_INVALID_ARGUMENT);
+        if (sp.n_batch < 5) {
+            CHECK_STATUS(tkv_session_eval(s, many, 5, TKV_EVAL_LOGITS_ALL),
+                         TKV_ERR_INVALID_ARGUMENT);
+        }
         const uint32_t before = tkv_cache_n_tokens(c);
         CHECK_OK(tkv_cache_truncate(c, 2));
         CHECK_EQ_INT(tkv_cache_n_tokens(c), 2);

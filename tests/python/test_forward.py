@@ -197,3 +197,87 @@ def test_key_centering_keeps_attention_exact(tmp_path):
     ref = reference_forward(weights, _hp(cfg), tokens)[7:]
     assert mean_kl(ref, logits("turbo_kv_3b", True)) < 1.5 * mean_kl(ref, logits("turbo_kv_3b", False))
     model.close()
+
+
+def _stream_logits(model, tokens, n_prefill=8, **cache_args) -> np.ndarray:
+    """Logits of a prefill of n_prefill tokens, then of each token decoded one by one."""
+    with turbokv.KVCache(model, n_ctx=64, **cache_args) as cache, turbokv.Session(cache) as s:
+        s.eval(tokens[:n_prefill])
+        rows = [s.logits()]
+        for t in tokens[n_prefill:]:
+            s.eval([t])
+            rows.append(s.logits())
+    return np.stack(rows)
+
+
+def test_key_smoothing_keeps_attention_exact(tmp_path):
+    """Keys divided and queries multiplied by the same per-channel scales leave every
+    score unchanged: with fp32 storage the logits must not move (prefill and decode,
+    with and without centering); with a codec the scales must change what is coded."""
+    cfg = TinyConfig(seed=11)
+    path = tmp_path / "tiny.gguf"
+    weights = write_tiny_model(path, cfg)
+    tokens = np.arange(5, 35, dtype=np.int32)
+    model = turbokv.Model(path)
+    plain = _stream_logits(model, tokens, k="fp32", v="fp32", center_keys=False)
+    for center in (False, True):
+        for alpha in (0.35, 1.0):
+            smoothed = _stream_logits(model, tokens, k="fp32", v="fp32", center_keys=center,
+                                      smooth_keys=alpha)
+            np.testing.assert_allclose(smoothed, plain, rtol=1e-4, atol=1e-4)
+    ref = reference_forward(weights, _hp(cfg), tokens)[7:]
+    coded = _stream_logits(model, tokens, k="turbo_kv_3b", v="fp32")
+    coded_smooth = _stream_logits(model, tokens, k="turbo_kv_3b", v="fp32", smooth_keys=True)
+    assert not np.array_equal(coded, coded_smooth)
+    assert mean_kl(ref, coded_smooth) < 1.5 * mean_kl(ref, coded)
+    # a first batch under 8 tokens leaves the scales at 1: identical to no smoothing
+    short = _stream_logits(model, tokens, n_prefill=4, k="turbo_kv_3b", v="fp32")
+    short_smooth = _stream_logits(model, tokens, n_prefill=4, k="turbo_kv_3b", v="fp32",
+                                  smooth_keys=True)
+    np.testing.assert_array_equal(short_smooth, short)
+    with pytest.raises(ValueError):
+        turbokv.KVCache(model, smooth_keys=1.5)
+    model.close()
+
+
+def test_sink_tokens_are_kept_exact(tmp_path):
+    """Sink positions bypass the codec: with every position a sink the compressed cache
+    gives the fp32 logits; sinks plus an fp16 window covering the rest give them to fp16
+    precision; truncating below the sinks and re-evaluating gives a fresh run's logits;
+    bytes count sinks at fp32."""
+    cfg = TinyConfig(seed=12)
+    path = tmp_path / "tiny.gguf"
+    write_tiny_model(path, cfg)
+    tokens = np.arange(3, 33, dtype=np.int32)
+    model = turbokv.Model(path)
+    exact = _stream_logits(model, tokens, k="fp32", v="fp32")
+    all_sinks = _stream_logits(model, tokens, k="turbo_kv_3b", v="turbo_kv_2b", sink_tokens=64)
+    np.testing.assert_allclose(all_sinks, exact, rtol=1e-4, atol=1e-4)
+    covered = _stream_logits(model, tokens, k="turbo_kv_3b", v="turbo_kv_3b", sink_tokens=6,
+                             fp16_window=24)
+    np.testing.assert_allclose(covered, exact, rtol=2e-2, atol=2e-2)
+    # some positions compressed: sinks help and the run differs from both extremes
+    part = _stream_logits(model, tokens, k="turbo_kv_2b", v="turbo_kv_2b", sink_tokens=4,
+                          fp16_window=3)
+    none = _stream_logits(model, tokens, k="turbo_kv_2b", v="turbo_kv_2b", fp16_window=3)
+    assert not np.allclose(part, exact, rtol=1e-3, atol=1e-3)
+    assert np.abs(part - exact).mean() < np.abs(none - exact).mean()
+
+    d, hk, nl = model.head_dim, model.n_head_kv, model.n_layer
+    # (centering off: its offsets come from the first batch, which differs between the runs)
+    with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=64, sink_tokens=4,
+                         center_keys=False) as cache, turbokv.Session(cache) as s:
+        s.eval(tokens[:10])
+        assert cache.bytes_used == 4 * nl * hk * d * 2 * 4 + 6 * cache.bytes_per_token
+        s.eval(tokens[10:20])
+        cache.truncate(2)  # below the sinks: positions 2.. are written again
+        s.eval(tokens[12:22])
+        again = s.logits()
+    # (centering off: its offsets come from the first batch, which differs between the runs)
+    with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=64, sink_tokens=4,
+                         center_keys=False) as cache, turbokv.Session(cache) as s:
+        s.eval(np.concatenate([tokens[:2], tokens[12:22]]))
+        np.testing.assert_allclose(again, s.logits(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError):
+        turbokv.KVCache(model, sink_tokens=65)
+    model.close()

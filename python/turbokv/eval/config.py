@@ -3,10 +3,13 @@
 A configuration can be written as a short spec string, used by the command line and
 the gate files::
 
-    K[/V][+center][+w=N][+L=LAYERS:K/V]...
+    K[/V][+center][+smooth[=ALPHA]][+sink=N][+w=N][+L=LAYERS:K/V]...
 
     "turbo_kv_4b"                     K and V turbo_kv_4b
     "turbo_kv_5b/turbo_kv_3b+center"  K at 5 bits, V at 3 bits, key centering on
+    "turbo_kv_3b+center+smooth"       key centering and key smoothing (alpha 0.5)
+    "turbo_kv_3b+smooth=0.35"         key smoothing with exponent 0.35
+    "turbo_kv_3b+sink=1"              the first position kept exact (attention sink)
     "turbo_kv_4b+L=0,29:q8_0/q8_0"   layers 0 and 29 in q8_0
     "turbo_kv_3b+w=64"                the 64 most recent tokens kept in fp16
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
-from ..cache import KVCache
+from ..cache import DEFAULT_KEY_SMOOTHING, KVCache, smoothing_alpha
 from ..codec import codec_info
 from ..model import Model
 
@@ -30,37 +33,50 @@ class CacheConfig:
     fp16_window: int = 0
     layer_codecs: tuple[tuple[int, str, str], ...] = field(default_factory=tuple)
     seed: int = 0
+    smooth_keys: float = 0.0           # key smoothing exponent alpha, 0 = off
+    sink_tokens: int = 0               # first positions kept exact
 
     def __post_init__(self) -> None:
         if self.v is None:
             object.__setattr__(self, "v", self.k)
+        object.__setattr__(self, "smooth_keys", smoothing_alpha(self.smooth_keys))
         object.__setattr__(self, "layer_codecs",
                            tuple(sorted((int(l), str(a), str(b)) for l, a, b in self.layer_codecs)))
-        if self.fp16_window < 0:
-            raise ValueError("fp16_window must be >= 0")
+        if self.fp16_window < 0 or self.sink_tokens < 0:
+            raise ValueError("fp16_window and sink_tokens must be >= 0")
 
     @classmethod
     def make(cls, k: str = "fp32", v: Optional[str] = None, *, center_keys: bool = False,
+             smooth_keys: Union[bool, float] = False, sink_tokens: int = 0,
              fp16_window: int = 0,
              layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None,
              seed: int = 0) -> "CacheConfig":
         """From ``KVCache``-style arguments (``layer_codecs`` as {layer: (k, v)})."""
         lc = tuple((int(l), kv[0], kv[1]) for l, kv in (layer_codecs or {}).items())
-        return cls(k, v, center_keys, int(fp16_window), lc, int(seed))
+        return cls(k, v, center_keys, int(fp16_window), lc, int(seed),
+                   smoothing_alpha(smooth_keys), int(sink_tokens))
 
     @classmethod
     def parse(cls, spec: Union[str, "CacheConfig"]) -> "CacheConfig":
-        """Parse ``K[/V][+center][+w=N][+L=LAYERS:K/V]...`` (see the module docstring)."""
+        """Parse ``K[/V][+center][+smooth[=A]][+sink=N][+w=N][+L=LAYERS:K/V]...``."""
         if isinstance(spec, CacheConfig):
             return spec
         parts = [p.strip() for p in str(spec).split("+")]
         if not parts[0]:
             raise ValueError(f"cache spec {spec!r}: missing codec name")
         k, _, v = parts[0].partition("/")
-        center, window, layers = False, 0, []
+        center, smooth, sink, window, layers = False, 0.0, 0, 0, []
         for p in parts[1:]:
             if p in ("center", "c"):
                 center = True
+            elif p == "smooth":
+                smooth = DEFAULT_KEY_SMOOTHING
+            elif p.startswith("smooth="):
+                smooth = float(p[7:])
+                if not 0.0 < smooth <= 1.0:
+                    raise ValueError(f"cache spec {spec!r}: smoothing exponent must be in (0, 1]")
+            elif p.startswith("sink="):
+                sink = int(p[5:])
             elif p.startswith("w="):
                 window = int(p[2:])
             elif p.startswith("L="):
@@ -73,8 +89,8 @@ class CacheConfig:
                     layers.append((int(layer), lk, lv or lk))
             else:
                 raise ValueError(f"cache spec {spec!r}: unknown option {p!r} "
-                                 "(known: center, w=N, L=LAYERS:K/V)")
-        return cls(k, v or None, center, window, tuple(layers))
+                                 "(known: center, smooth[=ALPHA], sink=N, w=N, L=LAYERS:K/V)")
+        return cls(k, v or None, center, window, tuple(layers), 0, smooth, sink)
 
     @property
     def name(self) -> str:
@@ -82,6 +98,11 @@ class CacheConfig:
         s = self.k if self.k == self.v else f"{self.k}/{self.v}"
         if self.center_keys:
             s += "+center"
+        if self.smooth_keys:
+            s += ("+smooth" if self.smooth_keys == DEFAULT_KEY_SMOOTHING
+                  else f"+smooth={self.smooth_keys:g}")
+        if self.sink_tokens:
+            s += f"+sink={self.sink_tokens}"
         if self.fp16_window:
             s += f"+w={self.fp16_window}"
         groups: dict[tuple[str, str], list[int]] = {}
@@ -120,10 +141,12 @@ class CacheConfig:
         """A fresh ``KVCache`` with this configuration."""
         return KVCache(model, k=self.k, v=str(self.v), n_ctx=n_ctx, fp16_window=self.fp16_window,
                        seed=self.seed, center_keys=self.center_keys,
+                       smooth_keys=self.smooth_keys, sink_tokens=self.sink_tokens,
                        layer_codecs={l: (a, b) for l, a, b in self.layer_codecs})
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "k": self.k, "v": self.v, "center_keys": self.center_keys,
+                "smooth_keys": self.smooth_keys, "sink_tokens": self.sink_tokens,
                 "fp16_window": self.fp16_window,
                 "layer_codecs": {str(l): [a, b] for l, a, b in self.layer_codecs},
                 "seed": self.seed}
