@@ -163,13 +163,18 @@ static void tkv_smoothing_scales(const double *rk, const double *rq, uint32_t d,
     }
 }
 
-void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, const float *q, uint32_t n_head,
-                      const float *k, uint32_t n_tok) {
-    if (!c->calibrated || c->calibrated[layer] || n_tok == 0) {
+void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, const float *q,
+                      uint32_t n_head, const float *k, uint32_t n_tok) {
+    if (!c->calibrated || c->calibrated[layer]) {
         return;
     }
     const uint32_t d = c->head_dim, group = n_head / c->n_head_kv;
     const size_t kw = (size_t)c->n_head_kv * d, qw = (size_t)n_head * d;
+    /* a batch of sink positions only is too few (often one) samples: wait for a batch
+     * that reaches past the sinks (its own sink positions count, measured to help a bit) */
+    if (pos0 + n_tok <= c->n_sink) {
+        return;
+    }
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         const size_t at = ((size_t)layer * c->n_head_kv + h) * d;
         const float *mu = NULL;
@@ -196,6 +201,17 @@ void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, const float *q, uint32_t 
             }
             tkv_smoothing_scales(rk, rq, d, c->smooth_alpha, c->key_scales + at,
                                  c->key_inv_scales + at);
+        }
+        /* sinks of earlier batches were stored as they came (mu = 0, s = 1 until now):
+         * bring them into the calibrated space, as every later key will be */
+        const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+        const uint32_t stored = c->layers[layer].n < c->n_sink ? c->layers[layer].n : c->n_sink;
+        for (uint32_t t = 0; hd->k_sink && t < stored; t++) {
+            float *row = hd->k_sink + (size_t)t * d;
+            for (uint32_t j = 0; j < d; j++) {
+                const float x = mu ? row[j] - mu[j] : row[j];
+                row[j] = c->smooth_keys ? x * c->key_inv_scales[at + j] : x;
+            }
         }
     }
     c->calibrated[layer] = 1;

@@ -66,6 +66,7 @@ tkv_status tkv_kv_init(tkv_kv_cache *c, uint32_t n_layer, uint32_t n_head_kv, ui
  * write only.
  */
 #define TKV_KV_MAX_SINK 64
+#define TKV_DEFAULT_SINK_TOKENS 1 /* tkv_cache_default_params() */
 tkv_status tkv_kv_set_sink_tokens(tkv_kv_cache *c, uint32_t n_sink);
 void tkv_kv_release(tkv_kv_cache *c);
 /*
@@ -91,11 +92,13 @@ tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c);
 #define TKV_KV_SMOOTH_MIN_TOKENS 8
 #define TKV_DEFAULT_KEY_SMOOTHING 0.5f /* alpha when the caller leaves it 0 */
 tkv_status tkv_kv_enable_key_smoothing(tkv_kv_cache *c, float alpha);
-/* Set the layer's offsets and scales from its first batch (no-op when both levers are
- * off or the layer is calibrated): q is (n_tok, n_head * head_dim), k is
- * (n_tok, n_head_kv * head_dim), n_head a multiple of n_head_kv. */
-void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, const float *q, uint32_t n_head,
-                      const float *k, uint32_t n_tok);
+/* Set the layer's offsets and scales from the first batch that holds a position past the
+ * sinks, before that batch is appended (no-op when both levers are off or the layer is
+ * calibrated).  The batch holds positions
+ * pos0.. ; q is (n_tok, n_head * head_dim), k is (n_tok, n_head_kv * head_dim), n_head a
+ * multiple of n_head_kv. */
+void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, const float *q,
+                      uint32_t n_head, const float *k, uint32_t n_tok);
 /* The per-channel query scales of (layer, head), NULL when smoothing is off. */
 const float *tkv_kv_query_scales(const tkv_kv_cache *c, uint32_t layer, uint32_t head);
 /* Change one layer's codecs; only before the first write. */

@@ -10,7 +10,13 @@ from .model import Model
 
 CACHE_FLAG_CENTER_KEYS = 1
 CACHE_FLAG_SMOOTH_KEYS = 2
-DEFAULT_KEY_SMOOTHING = 0.5
+
+# The library's defaults (tkv_cache_default_params) are the package's defaults.
+_C_DEFAULTS = lib.tkv_cache_default_params()
+DEFAULT_CENTER_KEYS = bool(_C_DEFAULTS.flags & CACHE_FLAG_CENTER_KEYS)
+DEFAULT_KEY_SMOOTHING = float(_C_DEFAULTS.key_smoothing) or 0.5   # the alpha of smooth_keys=True
+DEFAULT_SMOOTH_KEYS = bool(_C_DEFAULTS.flags & CACHE_FLAG_SMOOTH_KEYS)
+DEFAULT_SINK_TOKENS = int(_C_DEFAULTS.sink_tokens)
 
 
 def smoothing_alpha(smooth_keys: Union[bool, float]) -> float:
@@ -44,16 +50,19 @@ class KVCache:
             s = (rms k / rms q)^alpha from the first batch (8 tokens or more), so that
             channels with large keys and small queries stop taking the codec's bits;
             scores are unchanged in exact arithmetic.  True = alpha 0.5, a float = alpha.
+            On by default.
         sink_tokens: the first positions of the sequence kept exact (fp32 K and V, never
-            compressed, at most 64).  They draw a large share of the softmax weight in
-            most heads (attention sinks), so their coding error moves every output.
+            compressed, at most 64; default 1).  They draw a large share of the softmax
+            weight in most heads (attention sinks), so their coding error moves every
+            output.
         layer_codecs: {layer: (k_codec, v_codec)} overrides, e.g. {0: ("q8_0", "q8_0")}.
     """
 
     def __init__(self, model: Model, *, k: str = "turbo_kv_4b", v: str = "turbo_kv_4b",
                  n_ctx: int = 0, fp16_window: int = 0, seed: int = 0,
-                 sparse_v_threshold: float = 0.0, center_keys: bool = True,
-                 smooth_keys: Union[bool, float] = False, sink_tokens: int = 0,
+                 sparse_v_threshold: float = 0.0, center_keys: bool = DEFAULT_CENTER_KEYS,
+                 smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
+                 sink_tokens: int = DEFAULT_SINK_TOKENS,
                  layer_codecs: Optional[dict[int, tuple[str, str]]] = None) -> None:
         self._handle: Optional[int] = None
         self.model = model

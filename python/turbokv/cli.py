@@ -34,6 +34,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from . import models
+    from .cache import DEFAULT_SINK_TOKENS
     from .generate import Generation, load_model
     from .session import Sampling
 
@@ -51,7 +52,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                        args.repeat_penalty, args.repeat_last_n, args.seed),
                      chat=args.chat, system=args.system, n_ctx=args.ctx_size,
                      n_threads=args.threads, fp16_window=args.fp16_window, seed=args.seed,
-                     center_keys=not args.no_center_keys)
+                     center_keys=not args.no_center_keys,
+                     smooth_keys=not args.no_smooth_keys,
+                     sink_tokens=DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens)
     if not args.json:
         if not args.chat:
             sys.stdout.write(prompt)
@@ -135,10 +138,10 @@ def _eval_configs(args: argparse.Namespace) -> list:
     for spec in specs:
         c = CacheConfig.parse(spec)
         extra = tuple((l, a, b) for l, (a, b) in layers.items())
+        if args.plain:
+            c = dataclasses.replace(c, center_keys=False, smooth_keys=0.0, sink_tokens=0)
         out.append(dataclasses.replace(
-            c, center_keys=c.center_keys or args.center_keys,
-            smooth_keys=c.smooth_keys or args.smooth_keys,
-            fp16_window=c.fp16_window or args.fp16_window,
+            c, fp16_window=c.fp16_window or args.fp16_window,
             layer_codecs=c.layer_codecs + extra, seed=args.seed))
     return out
 
@@ -149,6 +152,7 @@ def _floats(text: str) -> list:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from . import eval as tkv_eval
+    from .cache import DEFAULT_SINK_TOKENS
     from .generate import load_model
 
     model = load_model(args.model)
@@ -203,7 +207,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     rows = tkv_eval.sweep(model, k_codecs=args.k.split(",") if args.k else [],
                           v_codecs=args.v.split(",") if args.v else None,
                           configs=args.kv or None, metrics=args.metrics.split(","),
-                          center_keys=args.center_keys, fp16_window=args.fp16_window,
+                          center_keys=not args.plain, smooth_keys=not args.plain,
+                          sink_tokens=0 if args.plain else DEFAULT_SINK_TOKENS,
+                          fp16_window=args.fp16_window,
                           layer_codecs=_layers(args), seed=args.seed, text=args.text, n_ctx=args.ctx_size,
                           chunks=args.chunks, top_k=args.top_k, baseline_file=args.baseline_file,
                           niah_lengths=[int(x) for x in (args.lengths or "512,1024").split(",")],
@@ -267,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-center-keys", action="store_true",
                    help="turn key centering off (on by default: a fixed per-layer/head vector "
                         "is subtracted from keys before coding; attention is unchanged)")
+    p.add_argument("--no-smooth-keys", action="store_true",
+                   help="turn key smoothing off (on by default: keys divided and queries "
+                        "multiplied by per-channel scales; attention is unchanged)")
+    p.add_argument("--sink-tokens", type=int, default=None,
+                   help="first positions kept exact in fp32 (default: the library's, 1)")
     p.add_argument("--fp16-window", type=int, default=0,
                    help="recent tokens kept in fp16 before compression")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
@@ -286,15 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["ppl", "attention", "niah", "sweep"])
     p.add_argument("-m", "--model", default=None, help="model name or GGUF path")
     p.add_argument("--kv", action="append", default=None, metavar="SPEC",
-                   help="cache spec K[/V][+center][+smooth[=ALPHA]][+w=N][+L=LAYERS:K/V] (repeatable; "
+                   help="cache spec K[/V][+plain][+nocenter][+smooth=ALPHA|+nosmooth][+sink=N]"
+                        "[+w=N][+L=LAYERS:K/V] (repeatable; "
                         "sweep: extra configurations)")
     p.add_argument("-ctk", "--cache-type-k", default=None, help="codec for keys")
     p.add_argument("-ctv", "--cache-type-v", default=None, help="codec for values")
     p.add_argument("--k", default=None, help="sweep: comma-separated K codecs")
     p.add_argument("--v", default=None, help="sweep: comma-separated V codecs (default: V = K)")
-    p.add_argument("--center-keys", action="store_true", help="key centering on every config")
-    p.add_argument("--smooth-keys", nargs="?", type=float, const=0.5, default=0.0, metavar="ALPHA",
-                   help="key smoothing on every config (exponent ALPHA, default 0.5)")
+    p.add_argument("--plain", action="store_true",
+                   help="key centering, key smoothing and sink tokens off on every config "
+                        "(the bare codecs; by default the cache's levers are on)")
     p.add_argument("--fp16-window", type=int, default=0, help="recent tokens kept in fp16")
     p.add_argument("--layer", action="append", default=None, metavar="L=K/V",
                    help="per-layer codec override, e.g. 0=q8_0/q8_0 (repeatable)")

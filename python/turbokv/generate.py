@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from .cache import KVCache
+from .cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS, KVCache
 from .model import Model
 from .session import Sampling, Session, SessionTimings
 
@@ -53,7 +53,10 @@ class Generation:
 
     def __init__(self, prompt: str, model: Model, *, k: str, v: str, max_tokens: int,
                  sampling: Sampling, chat: bool, system: Optional[str], n_ctx: int,
-                 n_threads: int, fp16_window: int, seed: int, center_keys: bool = True) -> None:
+                 n_threads: int, fp16_window: int, seed: int,
+                 center_keys: bool = DEFAULT_CENTER_KEYS,
+                 smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
+                 sink_tokens: int = DEFAULT_SINK_TOKENS) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if max_tokens < 0:
@@ -65,7 +68,8 @@ class Generation:
             raise ValueError("the prompt is empty: nothing to condition on")
         n_ctx = n_ctx or model.n_ctx_train
         self.cache = KVCache(model, k=k, v=v, n_ctx=n_ctx, fp16_window=fp16_window, seed=seed,
-                             center_keys=center_keys)
+                             center_keys=center_keys, smooth_keys=smooth_keys,
+                             sink_tokens=sink_tokens)
         self.session = Session(self.cache, n_threads=n_threads)
         self.max_tokens = max_tokens
         self.sampling = sampling
@@ -111,7 +115,9 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
              temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
              repeat_penalty: float = 1.0, seed: int = 0, stream: bool = False, chat: bool = False,
              system: Optional[str] = None, n_ctx: int = 0, n_threads: int = 0,
-             fp16_window: int = 0, center_keys: bool = True) -> Union[str, Generation]:
+             fp16_window: int = 0, center_keys: bool = DEFAULT_CENTER_KEYS,
+             smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
+             sink_tokens: int = DEFAULT_SINK_TOKENS) -> Union[str, Generation]:
     """Generate text after ``prompt`` with a compressed KV cache.
 
     Args:
@@ -125,7 +131,8 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
         stream: return a Generation that yields text pieces as they are produced
             (its ``stats`` hold tok/s and KV bytes once it is exhausted).
         chat: wrap the prompt in the model's chat template.
-        center_keys: key centering in the cache (see KVCache), on by default.
+        center_keys, smooth_keys, sink_tokens: the cache's levers (see KVCache): key
+            centering and key smoothing on, 1 sink token by default.
     Returns:
         the generated text (without the prompt), or a Generation when ``stream``.
     """
@@ -133,7 +140,8 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
     run = Generation(prompt, m, k=k or kv, v=v or kv, max_tokens=max_tokens,
                      sampling=Sampling(temperature, top_k, top_p, min_p, repeat_penalty, 64, seed),
                      chat=chat, system=system, n_ctx=n_ctx, n_threads=n_threads,
-                     fp16_window=fp16_window, seed=seed, center_keys=center_keys)
+                     fp16_window=fp16_window, seed=seed, center_keys=center_keys,
+                     smooth_keys=smooth_keys, sink_tokens=sink_tokens)
     if stream:
         return run
     return "".join(run)

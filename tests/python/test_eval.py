@@ -35,10 +35,20 @@ def test_shipped_texts_load():
 
 def test_cache_config_parse_roundtrip(tiny):
     model, _ = tiny
-    for spec in ["turbo_kv_4b", "turbo_kv_5b/turbo_kv_3b+center", "turbo_kv_3b+w=16",
-                 "turbo_kv_4b+center+L=0,1:q8_0"]:
+    for spec in ["turbo_kv_4b", "turbo_kv_5b/turbo_kv_3b+plain", "turbo_kv_3b+w=16",
+                 "turbo_kv_4b+nosmooth+L=0,1:q8_0", "turbo_kv_3b+plain+center+sink=2",
+                 "turbo_kv_3b+smooth=0.35+nocenter", "turbo_kv_2b+sink=0"]:
         c = E.CacheConfig.parse(spec)
         assert E.CacheConfig.parse(c.name) == c, spec
+    # specs start from the cache's defaults; +plain turns the levers off
+    d, p = E.CacheConfig.parse("turbo_kv_4b"), E.CacheConfig.parse("turbo_kv_4b+plain")
+    kv = turbokv.KVCache(model, n_ctx=8)
+    assert (d.center_keys, d.smooth_keys, d.sink_tokens) == (
+        kv.center_keys, kv.key_smoothing, kv.sink_tokens) == (True, 0.5, 1)
+    kv.close()
+    assert (p.center_keys, p.smooth_keys, p.sink_tokens) == (False, 0.0, 0)
+    assert E.CacheConfig.parse("turbo_kv_4b+smooth=0.35").smooth_keys == 0.35
+    assert E.CacheConfig.parse("fp32+center") == E.FP32  # levers are no-ops on exact storage
     c = E.CacheConfig.parse("turbo_kv_4b/turbo_kv_3b+L=1:q8_0/fp16")
     assert (c.k, c.v, c.layer_pair(0), c.layer_pair(1)) == (
         "turbo_kv_4b", "turbo_kv_3b", ("turbo_kv_4b", "turbo_kv_3b"), ("q8_0", "fp16"))
@@ -71,15 +81,17 @@ def test_ppl_equals_exp_mean_nll_from_session_logits(tiny):
     chunks = E.chunk_tokens(model, open(text).read(), n_ctx, n_chunks)
     nll = []
     for c in range(n_chunks):
-        with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=n_ctx,
-                             center_keys=False) as cache, \
+        # the spec's levers are the cache's defaults; they calibrate on the first batch,
+        # which is the chunk's first half (the unscored context) in the harness too
+        with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=n_ctx) as cache, \
                 turbokv.Session(cache, n_batch=n_ctx) as s:
-            s.eval(chunks[c], all_logits=True)
+            s.eval(chunks[c][: n_ctx // 2])
+            s.eval(chunks[c][n_ctx // 2:], all_logits=True)
             lg = s.all_logits().astype(np.float64)
         lp = lg - lg.max(axis=1, keepdims=True)
         lp -= np.log(np.exp(lp).sum(axis=1, keepdims=True))
-        for j in range(n_ctx // 2, n_ctx - 1):
-            nll.append(-lp[j, chunks[c, j + 1]])
+        for j in range(0, n_ctx // 2 - 1):
+            nll.append(-lp[j, chunks[c, n_ctx // 2 + j + 1]])
     assert res.n_tokens == len(nll)
     assert math.isclose(res.ppl, math.exp(np.mean(nll)), rel_tol=1e-4)
     se = math.exp(np.mean(nll)) * np.std(nll, ddof=1) / math.sqrt(len(nll))
@@ -201,11 +213,11 @@ def test_run_gates_and_cli_on_tiny_model(tiny, tmp_path, capsys):
 def test_sweep_rows_tables_and_files(tiny, tmp_path, capsys):
     model, text = tiny
     rows = E.sweep(model, k_codecs=["turbo_kv_4b", "turbo_kv_3b"], v_codecs=["turbo_kv_3b"],
-                   configs=["turbo_kv_4b+center"], metrics=["ppl", "kld", "cosine", "speed"],
+                   configs=["turbo_kv_4b+plain"], metrics=["ppl", "kld", "cosine", "speed"],
                    text=text, n_ctx=64, chunks=2, attention_tokens=64, speed_prompt_tokens=16,
                    speed_decode_tokens=4, progress=False)
     assert [r.config for r in rows] == ["fp32", "turbo_kv_4b/turbo_kv_3b", "turbo_kv_3b",
-                                        "turbo_kv_4b+center"]
+                                        "turbo_kv_4b+plain"]
     fp32, mixed = rows[0], rows[1]
     assert fp32.delta_ppl == 0 and fp32.compression_vs_fp32 == 1.0 and fp32.decode_vs_fp32 == 1.0
     d = model.head_dim
@@ -233,7 +245,7 @@ def test_sweep_rows_tables_and_files(tiny, tmp_path, capsys):
 def test_real_model_short_eval(real_model, tmp_path):
     m = real_model
     r = E.PerplexityRunner(m, n_ctx=128, chunks=2, progress=False)
-    base, q4 = r.run("fp32"), r.run("turbo_kv_4b+center")
+    base, q4 = r.run("fp32"), r.run("turbo_kv_4b")
     assert 5 < base.ppl < 60
     assert q4.kld_mean < 0.2 and q4.top1 > 0.75
     (res,) = E.niah(m, "fp32", lengths=[256], depths=[0.5], progress=False)

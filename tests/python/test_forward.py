@@ -183,7 +183,8 @@ def test_key_centering_keeps_attention_exact(tmp_path):
     model = turbokv.Model(path)
 
     def logits(kv: str, center: bool) -> np.ndarray:
-        with turbokv.KVCache(model, k=kv, v="fp32", n_ctx=64, center_keys=center) as cache, \
+        with turbokv.KVCache(model, k=kv, v="fp32", n_ctx=64, center_keys=center,
+                             smooth_keys=False, sink_tokens=0) as cache, \
                 turbokv.Session(cache) as s:
             s.eval(tokens[:8])
             rows = [s.logits()]
@@ -219,22 +220,34 @@ def test_key_smoothing_keeps_attention_exact(tmp_path):
     weights = write_tiny_model(path, cfg)
     tokens = np.arange(5, 35, dtype=np.int32)
     model = turbokv.Model(path)
-    plain = _stream_logits(model, tokens, k="fp32", v="fp32", center_keys=False)
+    plain = _stream_logits(model, tokens, k="fp32", v="fp32", center_keys=False,
+                           smooth_keys=False, sink_tokens=0)
     for center in (False, True):
         for alpha in (0.35, 1.0):
             smoothed = _stream_logits(model, tokens, k="fp32", v="fp32", center_keys=center,
                                       smooth_keys=alpha)
             np.testing.assert_allclose(smoothed, plain, rtol=1e-4, atol=1e-4)
     ref = reference_forward(weights, _hp(cfg), tokens)[7:]
-    coded = _stream_logits(model, tokens, k="turbo_kv_3b", v="fp32")
+    coded = _stream_logits(model, tokens, k="turbo_kv_3b", v="fp32", smooth_keys=False)
     coded_smooth = _stream_logits(model, tokens, k="turbo_kv_3b", v="fp32", smooth_keys=True)
     assert not np.array_equal(coded, coded_smooth)
     assert mean_kl(ref, coded_smooth) < 1.5 * mean_kl(ref, coded)
     # a first batch under 8 tokens leaves the scales at 1: identical to no smoothing
-    short = _stream_logits(model, tokens, n_prefill=4, k="turbo_kv_3b", v="fp32")
+    short = _stream_logits(model, tokens, n_prefill=4, k="turbo_kv_3b", v="fp32",
+                           smooth_keys=False)
     short_smooth = _stream_logits(model, tokens, n_prefill=4, k="turbo_kv_3b", v="fp32",
                                   smooth_keys=True)
     np.testing.assert_array_equal(short_smooth, short)
+    # calibration waits for positions past the sinks, then re-expresses the stored sinks
+    for n_prefill in (1, 2):
+        with turbokv.KVCache(model, k="fp32", v="fp32", n_ctx=64, sink_tokens=3,
+                             smooth_keys=0.5) as cache, turbokv.Session(cache) as s:
+            s.eval(tokens[:n_prefill])
+            s.eval(tokens[n_prefill:20], all_logits=True)
+            got = s.all_logits()
+        want = _stream_logits(model, tokens[:20], n_prefill=n_prefill, k="fp32", v="fp32",
+                              center_keys=False)[1:]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError):
         turbokv.KVCache(model, smooth_keys=1.5)
     model.close()
@@ -250,7 +263,8 @@ def test_sink_tokens_are_kept_exact(tmp_path):
     write_tiny_model(path, cfg)
     tokens = np.arange(3, 33, dtype=np.int32)
     model = turbokv.Model(path)
-    exact = _stream_logits(model, tokens, k="fp32", v="fp32")
+    exact = _stream_logits(model, tokens, k="fp32", v="fp32", center_keys=False,
+                           smooth_keys=False, sink_tokens=0)
     all_sinks = _stream_logits(model, tokens, k="turbo_kv_3b", v="turbo_kv_2b", sink_tokens=64)
     np.testing.assert_allclose(all_sinks, exact, rtol=1e-4, atol=1e-4)
     covered = _stream_logits(model, tokens, k="turbo_kv_3b", v="turbo_kv_3b", sink_tokens=6,
@@ -259,23 +273,26 @@ def test_sink_tokens_are_kept_exact(tmp_path):
     # some positions compressed: sinks help and the run differs from both extremes
     part = _stream_logits(model, tokens, k="turbo_kv_2b", v="turbo_kv_2b", sink_tokens=4,
                           fp16_window=3)
-    none = _stream_logits(model, tokens, k="turbo_kv_2b", v="turbo_kv_2b", fp16_window=3)
+    none = _stream_logits(model, tokens, k="turbo_kv_2b", v="turbo_kv_2b", fp16_window=3,
+                          sink_tokens=0)
     assert not np.allclose(part, exact, rtol=1e-3, atol=1e-3)
     assert np.abs(part - exact).mean() < np.abs(none - exact).mean()
 
     d, hk, nl = model.head_dim, model.n_head_kv, model.n_layer
-    # (centering off: its offsets come from the first batch, which differs between the runs)
+    # (centering and smoothing off: they calibrate on the first batch, which differs)
     with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=64, sink_tokens=4,
-                         center_keys=False) as cache, turbokv.Session(cache) as s:
+                         center_keys=False, smooth_keys=False) as cache, \
+            turbokv.Session(cache) as s:
         s.eval(tokens[:10])
         assert cache.bytes_used == 4 * nl * hk * d * 2 * 4 + 6 * cache.bytes_per_token
         s.eval(tokens[10:20])
         cache.truncate(2)  # below the sinks: positions 2.. are written again
         s.eval(tokens[12:22])
         again = s.logits()
-    # (centering off: its offsets come from the first batch, which differs between the runs)
+    # (centering and smoothing off: they calibrate on the first batch, which differs)
     with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=64, sink_tokens=4,
-                         center_keys=False) as cache, turbokv.Session(cache) as s:
+                         center_keys=False, smooth_keys=False) as cache, \
+            turbokv.Session(cache) as s:
         s.eval(np.concatenate([tokens[:2], tokens[12:22]]))
         np.testing.assert_allclose(again, s.logits(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError):

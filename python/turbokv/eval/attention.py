@@ -4,13 +4,16 @@ A forward pass with an fp32 cache over real text captures every layer's post-RoP
 queries, keys and values (``turbokv.experimental.eval_capture``).  Then, per layer and
 KV head, keys and values are encoded with each codec (seed per (layer, head)) and, for a
 subset of query positions (every ``stride``-th), the causal attention output of each
-query head of the group over the prefix is computed on the codes (``turbokv.attention``)
-and compared with exact float64 attention over the fp32 vectors.
+query head of the group over the prefix is computed from the codes (scores on the codes
+with ``Encoded.scores``, values decoded) and compared with exact float64 attention over
+the fp32 vectors.
 
-With ``center_keys`` the mean key of the (layer, head) is subtracted before encoding;
-scores then move by <q, mean> for every key of a query, which softmax cancels.  The
-score cosine is therefore taken between mean-removed score vectors (shift-invariant),
-the codec's scores coming from ``Encoded.scores`` on the codes.
+The cache's levers are applied as the cache applies them, with the whole capture as
+the calibration batch: ``center_keys`` subtracts the mean key of the (layer, head)
+before encoding (scores move by <q, mean> for every key of a query, which softmax
+cancels, so the score cosine is taken between mean-removed score vectors);
+``smooth_keys`` stores keys divided and scores queries multiplied by the per-channel
+scales (``smoothing_scales``); the first ``sink_tokens`` positions stay exact.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..cache import KVCache
-from ..codec import Codec, Encoded, attention
+from ..codec import Codec, Encoded
 from ..experimental import CapturedQKV, eval_capture
 from ..model import Model
 from ..session import Session
@@ -51,6 +54,22 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     num = np.sum(a * b, axis=-1)
     den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
     return num / np.maximum(den, 1e-300)
+
+
+def smoothing_scales(keys: np.ndarray, queries: np.ndarray, alpha: float) -> np.ndarray:
+    """Per-channel key smoothing scales as the cache computes them (lib/kv/cache.c):
+    s = (rms k / rms q)^alpha with both rms floored at 1% of their mean, normalized to
+    geometric mean 1.  keys: (n, d) (already centered when centering is on); queries:
+    (n, group, d) or (n, d)."""
+    d = keys.shape[-1]
+    rk = np.sqrt(np.mean(np.asarray(keys, np.float64) ** 2, axis=0))
+    rq = np.sqrt(np.mean(np.asarray(queries, np.float64).reshape(-1, d) ** 2, axis=0))
+    if not (rk.mean() > 0 and rq.mean() > 0):
+        return np.ones(d)
+    rk = np.maximum(rk, 0.01 * rk.mean())
+    rq = np.maximum(rq, 0.01 * rq.mean())
+    log_s = alpha * np.log(rk / rq)
+    return np.exp(log_s - log_s.mean())
 
 
 def _seed(base: int, layer: int, head: int) -> int:
@@ -111,17 +130,29 @@ def attention_cosine_eval(qkv: CapturedQKV, config: Union[str, CacheConfig], *, 
             keys = np.ascontiguousarray(qkv.k[:, layer, g], dtype=np.float32)
             vals = np.ascontiguousarray(qkv.v[:, layer, g], dtype=np.float32)
             mu = keys.mean(axis=0) if cfg.center_keys else np.zeros(d, np.float32)
-            stored = np.ascontiguousarray(keys - mu, dtype=np.float32)
+            q_group = qkv.q[:, layer, g * group:(g + 1) * group]
+            sc = (smoothing_scales(keys - mu, q_group, cfg.smooth_keys)
+                  if cfg.smooth_keys and n >= 8 else np.ones(d))
+            stored = np.ascontiguousarray((keys - mu) / sc, dtype=np.float32)
+            n_sink = min(cfg.sink_tokens, n)
             seed = _seed(cfg.seed, layer, g)
             with Codec(k_name, d, seed=seed) as ck, Codec(v_name, d, seed=seed + 1) as cv:
                 ek, ev = ck.encode(stored), cv.encode(vals)
                 k64, v64 = keys.astype(np.float64), vals.astype(np.float64)
+                v_got = ev.decode().astype(np.float64)
+                v_got[:n_sink] = v64[:n_sink]
                 for pi, t in enumerate(positions):
-                    qs = np.ascontiguousarray(qkv.q[t, layer, g * group:(g + 1) * group],
-                                              dtype=np.float32)
-                    pk, pv = Encoded(ck, ek.codes[: t + 1]), Encoded(cv, ev.codes[: t + 1])
-                    got = attention(qs, pk, pv).astype(np.float64)
-                    s_ref = qs.astype(np.float64) @ k64[: t + 1].T * scale
+                    qs = np.ascontiguousarray(q_group[t], dtype=np.float64)
+                    q_stored = np.ascontiguousarray(qs * sc, dtype=np.float32)
+                    pk = Encoded(ck, ek.codes[: t + 1])
+                    s_got = np.stack([pk.scores(q_stored[j]) for j in range(group)]
+                                     ).astype(np.float64)
+                    s_got[:, :n_sink] = q_stored.astype(np.float64) @ \
+                        stored[:n_sink].astype(np.float64).T
+                    w_got = np.exp(scale * (s_got - s_got.max(axis=1, keepdims=True)))
+                    w_got /= w_got.sum(axis=1, keepdims=True)
+                    got = w_got @ v_got[: t + 1]
+                    s_ref = qs @ k64[: t + 1].T * scale
                     w = np.exp(s_ref - s_ref.max(axis=1, keepdims=True))
                     w /= w.sum(axis=1, keepdims=True)
                     ref = w @ v64[: t + 1]
@@ -129,7 +160,6 @@ def attention_cosine_eval(qkv: CapturedQKV, config: Union[str, CacheConfig], *, 
                     if t == 0:
                         sc_cos[layer, g, pi] = 1.0
                         continue
-                    s_got = np.stack([pk.scores(qs[j]) for j in range(group)]).astype(np.float64)
                     a = s_got - s_got.mean(axis=1, keepdims=True)
                     b = s_ref - s_ref.mean(axis=1, keepdims=True)
                     sc_cos[layer, g, pi] = _cos(a, b)

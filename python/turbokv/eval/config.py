@@ -1,15 +1,17 @@
 """What one evaluated cache looks like: K/V codecs and the cache's levers.
 
 A configuration can be written as a short spec string, used by the command line and
-the gate files::
+the gate files.  The levers start at the cache's defaults (``KVCache``: key centering
+and key smoothing on, 1 sink token), so a spec measures what ``generate`` runs::
 
-    K[/V][+center][+smooth[=ALPHA]][+sink=N][+w=N][+L=LAYERS:K/V]...
+    K[/V][+plain][+center|+nocenter][+smooth[=ALPHA]|+nosmooth][+sink=N][+w=N][+L=LAYERS:K/V]...
 
-    "turbo_kv_4b"                     K and V turbo_kv_4b
-    "turbo_kv_5b/turbo_kv_3b+center"  K at 5 bits, V at 3 bits, key centering on
-    "turbo_kv_3b+center+smooth"       key centering and key smoothing (alpha 0.5)
+    "turbo_kv_4b"                     K and V turbo_kv_4b, default levers
+    "turbo_kv_4b+plain"               the bare codec: centering, smoothing and sinks off
+    "turbo_kv_5b/turbo_kv_3b"         K at 5 bits, V at 3 bits
+    "turbo_kv_3b+plain+center"        only key centering
     "turbo_kv_3b+smooth=0.35"         key smoothing with exponent 0.35
-    "turbo_kv_3b+sink=1"              the first position kept exact (attention sink)
+    "turbo_kv_3b+sink=0"              no sink token
     "turbo_kv_4b+L=0,29:q8_0/q8_0"   layers 0 and 29 in q8_0
     "turbo_kv_3b+w=64"                the 64 most recent tokens kept in fp16
 """
@@ -18,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
-from ..cache import DEFAULT_KEY_SMOOTHING, KVCache, smoothing_alpha
+from ..cache import (DEFAULT_CENTER_KEYS, DEFAULT_KEY_SMOOTHING, DEFAULT_SINK_TOKENS,
+                     DEFAULT_SMOOTH_KEYS, KVCache, smoothing_alpha)
 from ..codec import codec_info
 from ..model import Model
 
@@ -29,12 +32,12 @@ class CacheConfig:
 
     k: str = "fp32"
     v: Optional[str] = None            # None = same as k
-    center_keys: bool = False
+    center_keys: bool = DEFAULT_CENTER_KEYS
     fp16_window: int = 0
     layer_codecs: tuple[tuple[int, str, str], ...] = field(default_factory=tuple)
     seed: int = 0
-    smooth_keys: float = 0.0           # key smoothing exponent alpha, 0 = off
-    sink_tokens: int = 0               # first positions kept exact
+    smooth_keys: float = smoothing_alpha(DEFAULT_SMOOTH_KEYS)  # exponent alpha, 0 = off
+    sink_tokens: int = DEFAULT_SINK_TOKENS                     # first positions kept exact
 
     def __post_init__(self) -> None:
         if self.v is None:
@@ -44,10 +47,18 @@ class CacheConfig:
                            tuple(sorted((int(l), str(a), str(b)) for l, a, b in self.layer_codecs)))
         if self.fp16_window < 0 or self.sink_tokens < 0:
             raise ValueError("fp16_window and sink_tokens must be >= 0")
+        if self.is_fp32:
+            # exact storage: the levers change nothing in exact arithmetic, so the
+            # baseline is one configuration, the plain fp32 cache
+            object.__setattr__(self, "center_keys", False)
+            object.__setattr__(self, "smooth_keys", 0.0)
+            object.__setattr__(self, "sink_tokens", 0)
 
     @classmethod
-    def make(cls, k: str = "fp32", v: Optional[str] = None, *, center_keys: bool = False,
-             smooth_keys: Union[bool, float] = False, sink_tokens: int = 0,
+    def make(cls, k: str = "fp32", v: Optional[str] = None, *,
+             center_keys: bool = DEFAULT_CENTER_KEYS,
+             smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
+             sink_tokens: int = DEFAULT_SINK_TOKENS,
              fp16_window: int = 0,
              layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None,
              seed: int = 0) -> "CacheConfig":
@@ -58,17 +69,25 @@ class CacheConfig:
 
     @classmethod
     def parse(cls, spec: Union[str, "CacheConfig"]) -> "CacheConfig":
-        """Parse ``K[/V][+center][+smooth[=A]][+sink=N][+w=N][+L=LAYERS:K/V]...``."""
+        """Parse a spec string (see the module docstring)."""
         if isinstance(spec, CacheConfig):
             return spec
         parts = [p.strip() for p in str(spec).split("+")]
         if not parts[0]:
             raise ValueError(f"cache spec {spec!r}: missing codec name")
         k, _, v = parts[0].partition("/")
-        center, smooth, sink, window, layers = False, 0.0, 0, 0, []
+        center = DEFAULT_CENTER_KEYS
+        smooth = smoothing_alpha(DEFAULT_SMOOTH_KEYS)
+        sink, window, layers = DEFAULT_SINK_TOKENS, 0, []
         for p in parts[1:]:
-            if p in ("center", "c"):
+            if p == "plain":
+                center, smooth, sink = False, 0.0, 0
+            elif p in ("center", "c"):
                 center = True
+            elif p == "nocenter":
+                center = False
+            elif p == "nosmooth":
+                smooth = 0.0
             elif p == "smooth":
                 smooth = DEFAULT_KEY_SMOOTHING
             elif p.startswith("smooth="):
@@ -89,20 +108,28 @@ class CacheConfig:
                     layers.append((int(layer), lk, lv or lk))
             else:
                 raise ValueError(f"cache spec {spec!r}: unknown option {p!r} "
-                                 "(known: center, smooth[=ALPHA], sink=N, w=N, L=LAYERS:K/V)")
+                                 "(known: plain, center, nocenter, smooth[=ALPHA], nosmooth, "
+                                 "sink=N, w=N, L=LAYERS:K/V)")
         return cls(k, v or None, center, window, tuple(layers), 0, smooth, sink)
 
     @property
     def name(self) -> str:
         """The spec string of this configuration (``parse(c.name) == c``)."""
         s = self.k if self.k == self.v else f"{self.k}/{self.v}"
-        if self.center_keys:
-            s += "+center"
-        if self.smooth_keys:
-            s += ("+smooth" if self.smooth_keys == DEFAULT_KEY_SMOOTHING
-                  else f"+smooth={self.smooth_keys:g}")
-        if self.sink_tokens:
-            s += f"+sink={self.sink_tokens}"
+        default = CacheConfig(self.k, self.v)
+        if self.is_fp32:
+            pass
+        elif not (self.center_keys or self.smooth_keys or self.sink_tokens):
+            s += "+plain"
+        else:
+            if self.center_keys != default.center_keys:
+                s += "+center" if self.center_keys else "+nocenter"
+            if self.smooth_keys != default.smooth_keys:
+                s += ("+nosmooth" if not self.smooth_keys
+                      else "+smooth" if self.smooth_keys == DEFAULT_KEY_SMOOTHING
+                      else f"+smooth={self.smooth_keys:g}")
+            if self.sink_tokens != default.sink_tokens:
+                s += f"+sink={self.sink_tokens}"
         if self.fp16_window:
             s += f"+w={self.fp16_window}"
         groups: dict[tuple[str, str], list[int]] = {}

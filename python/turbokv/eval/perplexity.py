@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import numpy.typing as npt
 
+from ..cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
 from ..model import Model
 from ..session import Session
 from ._progress import bar
@@ -293,7 +294,9 @@ class PerplexityRunner:
 
 def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[str] = None, *,
                text: Optional[str] = None, n_ctx: int = 512, chunks: Optional[int] = None,
-               center_keys: bool = False, fp16_window: int = 0,
+               center_keys: bool = DEFAULT_CENTER_KEYS,
+               smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
+               sink_tokens: int = DEFAULT_SINK_TOKENS, fp16_window: int = 0,
                layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None, seed: int = 0,
                n_threads: int = 0, top_k: int = 4096, baseline: Optional[Baseline] = None,
                baseline_file: Union[str, Path, None] = None, progress: bool = True
@@ -305,7 +308,8 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
         text: a shipped text name (``"wikitext-2"``, the default) or a file path.
         n_ctx: chunk length in tokens; the second half of each chunk is scored.
         chunks: evaluate at most this many chunks (default: the whole text).
-        center_keys, fp16_window, layer_codecs, seed: the cache's levers (``KVCache``).
+        center_keys, smooth_keys, sink_tokens, fp16_window, layer_codecs, seed: the
+            cache's levers (``KVCache``, same defaults).
         top_k: log-probabilities of the baseline kept per token (0 = the whole vocabulary).
         baseline: a Baseline from an earlier run on the same chunks (skips the fp32 run).
         baseline_file: .npz file to load the baseline from / save it to.
@@ -314,7 +318,8 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
         mean / p99 KL divergence in nats, top-1 agreement).
     """
     cfg = k if isinstance(k, CacheConfig) else CacheConfig.make(
-        k, v, center_keys=center_keys, fp16_window=fp16_window, layer_codecs=layer_codecs,
+        k, v, center_keys=center_keys, smooth_keys=smooth_keys, sink_tokens=sink_tokens,
+        fp16_window=fp16_window, layer_codecs=layer_codecs,
         seed=seed)
     runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks, n_threads=n_threads,
                               top_k=top_k, baseline_file=baseline_file, progress=progress)

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from ..codec import codec_info
 from ..model import Model
 from .attention import attention_cosine_eval, capture
+from ..cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
 from .config import FP32, CacheConfig, as_configs
 from .niah import niah
 from .perplexity import PerplexityRunner
@@ -29,6 +30,8 @@ class SweepRow:
     k_codec: str
     v_codec: str
     center_keys: bool
+    smooth_keys: float               # key smoothing exponent, 0 = off
+    sink_tokens: int
     fp16_window: int
     layer_codecs: str
     k_bytes_per_vector: int          # per head vector (head_dim elements), metadata included
@@ -65,7 +68,7 @@ def _row(model: Model, cfg: CacheConfig) -> SweepRow:
     fp32 = model.kv_bytes_per_token_fp32()
     return SweepRow(
         config=cfg.name, k_codec=cfg.k, v_codec=str(cfg.v), center_keys=cfg.center_keys,
-        fp16_window=cfg.fp16_window,
+        smooth_keys=cfg.smooth_keys, sink_tokens=cfg.sink_tokens, fp16_window=cfg.fp16_window,
         layer_codecs=" ".join(f"{l}:{a}/{b}" for l, a, b in cfg.layer_codecs),
         k_bytes_per_vector=codec_info(cfg.k, d).bytes_per_vector,
         v_bytes_per_vector=codec_info(str(cfg.v), d).bytes_per_vector,
@@ -77,7 +80,9 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
           v_codecs: Optional[Sequence[str]] = None, *,
           metrics: Sequence[str] = ("ppl", "kld"),
           configs: Union[None, str, CacheConfig, Sequence[Union[str, CacheConfig]]] = None,
-          center_keys: bool = False, fp16_window: int = 0,
+          center_keys: bool = DEFAULT_CENTER_KEYS,
+          smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
+          sink_tokens: int = DEFAULT_SINK_TOKENS, fp16_window: int = 0,
           layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None, seed: int = 0,
           include_fp32: bool = True, text: Optional[str] = None, n_ctx: int = 512,
           chunks: Optional[int] = 10, top_k: int = 4096, baseline_file: Union[str, Path, None] = None,
@@ -86,7 +91,7 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
           niah_trials: int = 1, speed_prompt_tokens: int = 256, speed_decode_tokens: int = 64, speed_repeats: int = 1,
           n_threads: int = 0, progress: bool = True) -> list[SweepRow]:
     """Evaluate every (k, v) in ``k_codecs`` x ``v_codecs`` (``v_codecs`` None: v = k),
-    each with the given levers, plus ``configs`` (spec strings or CacheConfig), and fp32
+    each with the given levers (the cache's defaults unless set), plus ``configs`` (spec strings or CacheConfig), and fp32
     first when ``include_fp32``.
 
     metrics: any of "ppl" / "kld" (one perplexity run gives both, plus top-1), "cosine"
@@ -100,7 +105,8 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
         [(k, v) for k in k_codecs for v in v_codecs]
     cfgs: list[CacheConfig] = [FP32] if include_fp32 else []
     for k, v in pairs:
-        cfgs.append(CacheConfig.make(k, v, center_keys=center_keys, fp16_window=fp16_window,
+        cfgs.append(CacheConfig.make(k, v, center_keys=center_keys, smooth_keys=smooth_keys,
+                                     sink_tokens=sink_tokens, fp16_window=fp16_window,
                                      layer_codecs=layer_codecs, seed=seed))
     cfgs += as_configs(configs)
     unique: list[CacheConfig] = []
