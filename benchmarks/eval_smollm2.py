@@ -5,8 +5,9 @@
 
 Runs perplexity + KL divergence (WikiText-2 test, chunks of n_ctx, second half scored,
 fp32-KV baseline from the same run), attention cosine on captured activations, and
-prefill / decode speed for the codecs and the levers (key centering, K at more bits than
-V, first/last layer overrides, fp16 window); with --niah also the needle-in-a-haystack
+prefill / decode speed for the codecs and the levers (key centering, key smoothing and
+sink tokens, the cache's defaults; K at more bits than V, first/last layer overrides, fp16
+window); with --niah also the needle-in-a-haystack
 grid.  Writes sweep.json, sweep.csv, table.md, pareto.png (when matplotlib is present).
 """
 from __future__ import annotations
@@ -22,12 +23,17 @@ import turbokv
 from turbokv import eval as tkv_eval
 
 CONFIGS = [
-    "q8_0", "q4_0",
+    # llama.cpp-style block caches and the bare turbo codecs (+plain: no levers)
+    "q8_0+plain", "q4_0+plain",
+    "turbo_kv_5b+plain", "turbo_kv_4b+plain", "turbo_kv_3b+plain",
+    # one lever at a time on the bare codec
+    "turbo_kv_4b+plain+center", "turbo_kv_3b+plain+center",
+    # the cache's defaults: key centering + key smoothing (alpha 0.35) + 1 sink token
     "turbo_kv_5b", "turbo_kv_4b", "turbo_kv_3b",
-    "turbo_kv_5b+center", "turbo_kv_4b+center", "turbo_kv_3b+center",
-    "turbo_kv_5b/turbo_kv_3b+center", "turbo_kv_4b/turbo_kv_3b+center",
-    "turbo_kv_4b+center+L=0,29:q8_0", "turbo_kv_3b+center+L=0,29:q8_0",
-    "turbo_kv_4b+w=64",
+    # K at more bits than V, first/last layer overrides, fp16 window of recent tokens
+    "turbo_kv_5b/turbo_kv_3b", "turbo_kv_4b/turbo_kv_3b",
+    "turbo_kv_4b+L=0,29:q8_0", "turbo_kv_3b+L=0,29:q8_0",
+    "turbo_kv_4b+plain+w=64",
 ]
 
 
@@ -45,8 +51,8 @@ def main() -> int:
     ap.add_argument("--update", action="store_true",
                     help="merge the measured metrics into an existing sweep.json (by config)")
     ap.add_argument("--niah", action="store_true", help="run the NIAH grid instead")
-    ap.add_argument("--niah-configs", default="fp32,turbo_kv_4b,turbo_kv_3b,turbo_kv_4b+center,"
-                                               "turbo_kv_3b+center")
+    ap.add_argument("--niah-configs", default="fp32,turbo_kv_4b,turbo_kv_3b,turbo_kv_4b+plain,"
+                                               "turbo_kv_3b+plain")
     ap.add_argument("--lengths", default="512,1024,2048")
     ap.add_argument("--depths", default="0,0.5,1")
     args = ap.parse_args()

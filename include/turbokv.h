@@ -384,8 +384,8 @@ typedef struct tkv_cache_params {
     uint32_t flags;            /* TKV_CACHE_FLAG_*; default CENTER_KEYS | SMOOTH_KEYS */
     uint64_t seed;             /* rotation seeds derive from it per (layer, head); default 0 */
     float sparse_v_threshold;  /* skip values whose softmax weight is below; 0 = off */
-    float key_smoothing;       /* alpha of TKV_CACHE_FLAG_SMOOTH_KEYS, in (0, 1]; 0 = 0.5;
-                                  default 0.5.  Since 0.2. */
+    float key_smoothing;       /* alpha of TKV_CACHE_FLAG_SMOOTH_KEYS, in (0, 1]; 0 = 0.35;
+                                  default 0.35.  Since 0.2. */
     uint32_t sink_tokens;      /* first positions kept exact (fp32 K and V, never compressed),
                                   0..64; default 1.  They draw a large share of the softmax
                                   weight in most heads (attention sinks), so their coding error
@@ -394,7 +394,7 @@ typedef struct tkv_cache_params {
 } tkv_cache_params;
 
 /* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0, key centering and key
- * smoothing (alpha 0.5) on, 1 sink token.  Measured on SmolLM2-135M (WikiText-2, 32 x 512
+ * smoothing (alpha 0.35) on, 1 sink token.  Measured on SmolLM2-135M (WikiText-2, 32 x 512
  * tokens): the three levers cut the KL divergence to fp32 KV by about half at 3 and 4 bits
  * (README, "Quality").  Since 0.1; smoothing and sinks since 0.2. */
 TKV_API tkv_cache_params tkv_cache_default_params(void);
