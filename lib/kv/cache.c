@@ -245,22 +245,24 @@ static tkv_status tkv_kv_allocate(tkv_kv_cache *c) {
                     tkv_codec_release(&hd->k_codec);
                 }
             }
-            if (st == TKV_OK && c->n_sink > 0) {
-                hd->k_sink = calloc((size_t)c->n_sink * c->head_dim, sizeof(float));
-                hd->v_sink = calloc((size_t)c->n_sink * c->head_dim, sizeof(float));
-                if (!hd->k_sink || !hd->v_sink) {
-                    tkv_codec_release(&hd->k_codec);
-                    tkv_codec_release(&hd->v_codec);
-                    st = tkv_fail(TKV_ERR_OUT_OF_MEMORY, "cache: out of memory for sink tokens");
+            if (st == TKV_OK) {
+                /* exact sink rows and the fp16 window ring (freed by release() on failure) */
+                const size_t ns = (size_t)c->n_sink * c->head_dim;
+                const size_t nw = (size_t)c->window * c->head_dim;
+                if (ns) {
+                    hd->k_sink = calloc(ns, sizeof(float));
+                    hd->v_sink = calloc(ns, sizeof(float));
                 }
-            }
-            if (st == TKV_OK && c->window > 0) {
-                hd->k_window = calloc((size_t)c->window * c->head_dim, sizeof(uint16_t));
-                hd->v_window = calloc((size_t)c->window * c->head_dim, sizeof(uint16_t));
-                if (!hd->k_window || !hd->v_window) {
+                if (nw) {
+                    hd->k_window = calloc(nw, sizeof(uint16_t));
+                    hd->v_window = calloc(nw, sizeof(uint16_t));
+                }
+                if ((ns && (!hd->k_sink || !hd->v_sink)) ||
+                    (nw && (!hd->k_window || !hd->v_window))) {
                     tkv_codec_release(&hd->k_codec);
                     tkv_codec_release(&hd->v_codec);
-                    st = tkv_fail(TKV_ERR_OUT_OF_MEMORY, "cache: out of memory for the window");
+                    st = tkv_fail(TKV_ERR_OUT_OF_MEMORY,
+                                  "cache: out of memory for the sink tokens or the window");
                 }
             }
             if (st != TKV_OK) {
