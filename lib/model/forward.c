@@ -50,7 +50,8 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     s->att = tkv_calloc_aligned(B * QD, sizeof(float));
     s->gate = tkv_calloc_aligned(B * F, sizeof(float));
     s->up = tkv_calloc_aligned(B * F, sizeof(float));
-    s->logits = tkv_calloc_aligned(B * V, sizeof(float));
+    s->logits = tkv_calloc_aligned(V, sizeof(float));
+    s->logits_rows = 1;
     s->scores = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES * capacity, sizeof(float));
     s->work = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES *
                                      TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
@@ -80,6 +81,20 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
         s->rope_inv_freq[i] = hp->rope_freq_scale *
                               (float)pow((double)hp->rope_theta, -2.0 * i / (double)hp->head_dim);
     }
+    return TKV_OK;
+}
+
+tkv_status tkv_forward_reserve_logits(tkv_forward_state *s, const struct tkv_model *m,
+                                      uint32_t rows) {
+    if (rows <= s->logits_rows) {
+        return TKV_OK;
+    }
+    float *grown = tkv_calloc_aligned((size_t)rows * m->hp.n_vocab, sizeof(float));
+    TKV_REQUIRE(grown, TKV_ERR_OUT_OF_MEMORY, "session: out of memory for %u rows of logits",
+                rows);
+    tkv_free_aligned(s->logits);
+    s->logits = grown;
+    s->logits_rows = rows;
     return TKV_OK;
 }
 
@@ -231,6 +246,8 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
     const tkv_hparams *hp = &m->hp;
     const uint32_t E = hp->n_embd, d = hp->head_dim, H = hp->n_head, HK = hp->n_head_kv;
     const uint32_t QD = H * d, KD = HK * d, F = hp->n_ff;
+    TKV_REQUIRE(!all_logits || n <= s->logits_rows, TKV_ERR_INTERNAL,
+                "forward: %u rows of logits asked, %u reserved", n, s->logits_rows);
     uint64_t t_start = tkv_now_ns();
     tkv_phase_times before = s->times;
 

@@ -31,7 +31,8 @@ typedef struct tkv_forward_state {
     float *att;             /* (n_batch, n_head * head_dim) attention output */
     float *gate;            /* (n_batch, n_ff) */
     float *up;              /* (n_batch, n_ff) */
-    float *logits;          /* (n_batch, n_vocab) */
+    float *logits;          /* (logits_rows, n_vocab) */
+    uint32_t logits_rows;   /* 1 until a call keeps every token's logits, then n_batch */
     float *scores;          /* (n_threads, capacity) */
     float *work;            /* (n_threads, attention work) */
     float *kv_scratch;      /* codec scratch for cache appends */
@@ -53,6 +54,11 @@ void tkv_forward_state_release(tkv_forward_state *s);
  * cache (whose length must be pos0).  Logits of every token go to s->logits when
  * all_logits, else only the last token's, in row 0.
  */
+/* Make s->logits hold `rows` (<= n_batch) rows; the memory of every token's logits
+ * (n_batch x n_vocab, 50 MB for a 49K vocabulary at n_batch 256) is only taken by
+ * sessions that ask for it. */
+tkv_status tkv_forward_reserve_logits(tkv_forward_state *s, const struct tkv_model *m,
+                                      uint32_t rows);
 tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool *pool,
                        tkv_forward_state *s, const int32_t *tokens, uint32_t n, uint32_t pos0,
                        int all_logits, float sparse_threshold);

@@ -22,6 +22,12 @@ tkv_status tkv_session_eval_tokens(struct tkv_session *s, const int32_t *tokens,
     const uint32_t n_batch = s->fs.n_batch;
     uint32_t pos = tkv_kv_n_tokens(&s->cache->kv);
     s->n_logits = 0;
+    if (all_logits) {
+        tkv_status st = tkv_forward_reserve_logits(&s->fs, s->model, n_batch);
+        if (st != TKV_OK) {
+            return st;
+        }
+    }
     for (int64_t done = 0; done < n;) {
         uint32_t chunk = (uint32_t)(n - done < n_batch ? n - done : n_batch);
         tkv_status st = tkv_forward(s->model, &s->cache->kv, s->pool, &s->fs, tokens + done, chunk,
