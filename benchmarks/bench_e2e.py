@@ -36,9 +36,10 @@ def text_tokens(model: turbokv.Model, n: int) -> np.ndarray:
     return toks[:n]
 
 
-def run_turbokv(model, kv: str, ctx: int, n_decode: int, threads: int, center: bool) -> dict:
+def run_turbokv(model, kv: str, ctx: int, n_decode: int, threads: int, plain: bool) -> dict:
     toks = text_tokens(model, ctx + n_decode)
-    with turbokv.KVCache(model, k=kv, v=kv, n_ctx=ctx + n_decode + 1, center_keys=center) as cache, \
+    levers = dict(center_keys=False, smooth_keys=False, sink_tokens=0) if plain else {}
+    with turbokv.KVCache(model, k=kv, v=kv, n_ctx=ctx + n_decode + 1, **levers) as cache, \
             turbokv.Session(cache, n_threads=threads, n_batch=512) as s:
         s.eval(toks[:ctx])
         pre = s.timings()
@@ -81,7 +82,8 @@ def main() -> int:
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--center-keys", action="store_true")
+    ap.add_argument("--plain", action="store_true",
+                    help="turn the cache's default levers off (centering, smoothing, sinks)")
     ap.add_argument("--llama-cpp", action="store_true", help="also run llama.cpp's f16/q8_0/q4_0 caches")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -97,7 +99,7 @@ def main() -> int:
         for rep in range(args.reps):
             for engine, c in configs:
                 if engine == "turbokv":
-                    r = run_turbokv(model, c, ctx, args.decode, args.threads, args.center_keys)
+                    r = run_turbokv(model, c, ctx, args.decode, args.threads, args.plain)
                 else:
                     r = run_llama_cpp(str(model.path), c, ctx, args.decode, args.threads)
                 results.setdefault((ctx, engine, c), []).append(r)
