@@ -482,50 +482,17 @@ TKV_INLINE void tkv_turbo_accum_bits(const uint32_t bits, const tkv_code_layout 
 
 static void tkv_scores_turbo_avx512(const tkv_code_layout *L, const float *q, const uint8_t *codes,
                                     size_t n, float *out) {
-    switch (L->bits) {
-    case 2:
-        tkv_turbo_scores_bits(2, L, q, codes, n, out);
-        break;
-    case 3:
-        tkv_turbo_scores_bits(3, L, q, codes, n, out);
-        break;
-    case 4:
-        tkv_turbo_scores_bits(4, L, q, codes, n, out);
-        break;
-    case 5:
-        tkv_turbo_scores_bits(5, L, q, codes, n, out);
-        break;
-    case 8:
-        tkv_turbo_scores_bits(8, L, q, codes, n, out);
-        break;
-    default:
-        tkv_scores_scalar(L, q, codes, n, out);
-        break; /* 1-bit: no codec uses it */
-    }
+#define TKV_CALL(b) tkv_turbo_scores_bits(b, L, q, codes, n, out)
+    TKV_TURBO_BITS_DISPATCH(L->bits, TKV_CALL, tkv_scores_scalar(L, q, codes, n, out));
+#undef TKV_CALL
 }
 
 static void tkv_accum_turbo_avx512(const tkv_code_layout *L, const float *w, float threshold,
                                    const uint8_t *codes, size_t n, float *acc) {
-    switch (L->bits) {
-    case 2:
-        tkv_turbo_accum_bits(2, L, w, threshold, codes, n, acc);
-        break;
-    case 3:
-        tkv_turbo_accum_bits(3, L, w, threshold, codes, n, acc);
-        break;
-    case 4:
-        tkv_turbo_accum_bits(4, L, w, threshold, codes, n, acc);
-        break;
-    case 5:
-        tkv_turbo_accum_bits(5, L, w, threshold, codes, n, acc);
-        break;
-    case 8:
-        tkv_turbo_accum_bits(8, L, w, threshold, codes, n, acc);
-        break;
-    default:
-        tkv_accum_scalar(L, w, threshold, codes, n, acc);
-        break;
-    }
+#define TKV_CALL(b) tkv_turbo_accum_bits(b, L, w, threshold, codes, n, acc)
+    TKV_TURBO_BITS_DISPATCH(L->bits, TKV_CALL,
+                            tkv_accum_scalar(L, w, threshold, codes, n, acc));
+#undef TKV_CALL
 }
 
 /* ---------------------------------------------------------------------------------
@@ -782,27 +749,19 @@ TKV_INLINE void tkv_turbo_accum_multi_bits(const uint32_t bits, const tkv_code_l
 
 static void tkv_scores_turbo_multi_avx512(const tkv_code_layout *L, const float *const *qs, int nq,
                                           const uint8_t *codes, size_t n, float *const *outs) {
-    switch (L->bits) {
-    case 2: tkv_turbo_scores_multi_bits(2, L, qs, nq, codes, n, outs); break;
-    case 3: tkv_turbo_scores_multi_bits(3, L, qs, nq, codes, n, outs); break;
-    case 4: tkv_turbo_scores_multi_bits(4, L, qs, nq, codes, n, outs); break;
-    case 5: tkv_turbo_scores_multi_bits(5, L, qs, nq, codes, n, outs); break;
-    case 8: tkv_turbo_scores_multi_bits(8, L, qs, nq, codes, n, outs); break;
-    default: tkv_scores_multi_scalar(L, qs, nq, codes, n, outs); break;
-    }
+#define TKV_CALL(b) tkv_turbo_scores_multi_bits(b, L, qs, nq, codes, n, outs)
+    TKV_TURBO_BITS_DISPATCH(L->bits, TKV_CALL,
+                            tkv_scores_multi_scalar(L, qs, nq, codes, n, outs));
+#undef TKV_CALL
 }
 
 static void tkv_accum_turbo_multi_avx512(const tkv_code_layout *L, const float *const *ws, int nq,
                                          float threshold, const uint8_t *codes, size_t n,
                                          float *const *accs) {
-    switch (L->bits) {
-    case 2: tkv_turbo_accum_multi_bits(2, L, ws, nq, threshold, codes, n, accs); break;
-    case 3: tkv_turbo_accum_multi_bits(3, L, ws, nq, threshold, codes, n, accs); break;
-    case 4: tkv_turbo_accum_multi_bits(4, L, ws, nq, threshold, codes, n, accs); break;
-    case 5: tkv_turbo_accum_multi_bits(5, L, ws, nq, threshold, codes, n, accs); break;
-    case 8: tkv_turbo_accum_multi_bits(8, L, ws, nq, threshold, codes, n, accs); break;
-    default: tkv_accum_multi_scalar(L, ws, nq, threshold, codes, n, accs); break;
-    }
+#define TKV_CALL(b) tkv_turbo_accum_multi_bits(b, L, ws, nq, threshold, codes, n, accs)
+    TKV_TURBO_BITS_DISPATCH(L->bits, TKV_CALL,
+                            tkv_accum_multi_scalar(L, ws, nq, threshold, codes, n, accs));
+#undef TKV_CALL
 }
 
 /*

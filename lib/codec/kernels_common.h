@@ -66,4 +66,22 @@ static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl
     }
 }
 
+/*
+ * The turbo kernels are specialized per bit width (the unpacking is a compile-time
+ * constant); this maps a layout's width to CALL(b) for the widths with a specialization
+ * (2, 3, 4, 5 and 8 for the one-index-per-byte codec) and to FALLBACK otherwise (1 bit: no
+ * codec uses it).  CALL is the name of a function-like macro of one argument.
+ */
+#define TKV_TURBO_BITS_DISPATCH(bits, CALL, FALLBACK)                                        \
+    do {                                                                                     \
+        switch (bits) {                                                                      \
+        case 2: CALL(2); break;                                                              \
+        case 3: CALL(3); break;                                                              \
+        case 4: CALL(4); break;                                                              \
+        case 5: CALL(5); break;                                                              \
+        case 8: CALL(8); break;                                                              \
+        default: FALLBACK; break;                                                            \
+        }                                                                                    \
+    } while (0)
+
 #endif
