@@ -53,7 +53,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                      chat=args.chat, system=args.system, n_ctx=args.ctx_size,
                      n_threads=args.threads, fp16_window=args.fp16_window, seed=args.seed,
                      center_keys=not args.no_center_keys,
-                     smooth_keys=not args.no_smooth_keys,
+                     smooth_keys=args.smooth_keys,
                      sink_tokens=DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens)
     if not args.json:
         if not args.chat:
@@ -207,7 +207,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     rows = tkv_eval.sweep(model, k_codecs=args.k.split(",") if args.k else [],
                           v_codecs=args.v.split(",") if args.v else None,
                           configs=args.kv or None, metrics=args.metrics.split(","),
-                          center_keys=not args.plain, smooth_keys=not args.plain,
+                          center_keys=not args.plain, smooth_keys=False,
                           sink_tokens=0 if args.plain else DEFAULT_SINK_TOKENS,
                           fp16_window=args.fp16_window,
                           layer_codecs=_layers(args), seed=args.seed, text=args.text, n_ctx=args.ctx_size,
@@ -273,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-center-keys", action="store_true",
                    help="turn key centering off (on by default: a fixed per-layer/head vector "
                         "is subtracted from keys before coding; attention is unchanged)")
-    p.add_argument("--no-smooth-keys", action="store_true",
-                   help="turn key smoothing off (on by default: keys divided and queries "
-                        "multiplied by per-channel scales; attention is unchanged)")
+    p.add_argument("--smooth-keys", action="store_true",
+                   help="key smoothing on (keys divided and queries multiplied by per-channel "
+                        "scales; attention is unchanged; helps short contexts, hurts long ones)")
     p.add_argument("--sink-tokens", type=int, default=None,
                    help="first positions kept exact in fp32 (default: the library's, 1)")
     p.add_argument("--fp16-window", type=int, default=0,

@@ -132,7 +132,7 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
             (its ``stats`` hold tok/s and KV bytes once it is exhausted).
         chat: wrap the prompt in the model's chat template.
         center_keys, smooth_keys, sink_tokens: the cache's levers (see KVCache): key
-            centering and key smoothing on, 1 sink token by default.
+            centering on, 1 sink token, smoothing off by default.
     Returns:
         the generated text (without the prompt), or a Generation when ``stream``.
     """

@@ -2,7 +2,7 @@
 
 A configuration can be written as a short spec string, used by the command line and
 the gate files.  The levers start at the cache's defaults (``KVCache``: key centering
-and key smoothing on, 1 sink token), so a spec measures what ``generate`` runs::
+on, 1 sink token, key smoothing off), so a spec measures what ``generate`` runs::
 
     K[/V][+plain][+center|+nocenter][+smooth[=ALPHA]|+nosmooth][+sink=N][+w=N][+L=LAYERS:K/V]...
 
@@ -10,7 +10,7 @@ and key smoothing on, 1 sink token), so a spec measures what ``generate`` runs::
     "turbo_kv_4b+plain"               the bare codec: centering, smoothing and sinks off
     "turbo_kv_5b/turbo_kv_3b"         K at 5 bits, V at 3 bits
     "turbo_kv_3b+plain+center"        only key centering
-    "turbo_kv_3b+smooth=0.5"          key smoothing with exponent 0.5 (default 0.35)
+    "turbo_kv_3b+smooth"              key smoothing on (exponent 0.35; +smooth=0.5 sets it)
     "turbo_kv_3b+sink=0"              no sink token
     "turbo_kv_4b+L=0,29:q8_0/q8_0"   layers 0 and 29 in q8_0
     "turbo_kv_3b+w=64"                the 64 most recent tokens kept in fp16
