@@ -360,8 +360,8 @@ typedef struct tkv_cache tkv_cache;
 
 /*
  * Subtract a fixed vector per (layer, KV head), the mean of the keys of the first
- * batch that layer sees, from every key before it is stored (on by default).  Every score of a query
- * moves by the same constant, which softmax cancels, so attention is unchanged in
+ * batch that layer sees, from every key before it is stored (on by default).  Every
+ * score of a query moves by the same constant, which softmax cancels, so attention is unchanged in
  * exact arithmetic while the codec no longer spends bits on the keys' common offset.
  */
 #define TKV_CACHE_FLAG_CENTER_KEYS (1u << 0)

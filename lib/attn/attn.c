@@ -4,8 +4,9 @@
  *
  * Positions [0, s0) are attention sinks kept in fp32 (s0 = min(n_sink, n_comp)),
  * [s0, n_comp) are compressed, [n_comp, pos] sit in the fp16 window ring (slot
- * t % window); sinks and window are read unrotated with the fp32 / fp16 kernels.  Queries of one GQA group
- * go together so that turbo codes are unpacked once for all of them.
+ * t % window); sinks and window are read unrotated with the fp32 / fp16 kernels.
+ * Queries of one GQA group go together so that turbo codes are unpacked once for all
+ * of them.
  */
 #include "attn/attn.h"
 

@@ -67,13 +67,11 @@ void tkv_kv_release(tkv_kv_cache *c) {
     free(c->layers);
     free(c->key_offsets);
     free(c->key_scales);
-    free(c->key_inv_scales);
     free(c->calibrated);
     c->heads = NULL;
     c->layers = NULL;
     c->key_offsets = NULL;
     c->key_scales = NULL;
-    c->key_inv_scales = NULL;
     c->calibrated = NULL;
 }
 
@@ -112,11 +110,9 @@ tkv_status tkv_kv_enable_key_smoothing(tkv_kv_cache *c, float alpha) {
     TKV_TRY(tkv_kv_alloc_calibration(c));
     const size_t n = (size_t)c->n_layer * c->n_head_kv * c->head_dim;
     c->key_scales = malloc(n * sizeof(float));
-    c->key_inv_scales = malloc(n * sizeof(float));
-    TKV_REQUIRE(c->key_scales && c->key_inv_scales, TKV_ERR_OUT_OF_MEMORY,
-                "cache: out of memory for key scales");
+    TKV_REQUIRE(c->key_scales, TKV_ERR_OUT_OF_MEMORY, "cache: out of memory for key scales");
     for (size_t i = 0; i < n; i++) {
-        c->key_scales[i] = c->key_inv_scales[i] = 1.0f;
+        c->key_scales[i] = 1.0f;
     }
     c->smooth_keys = 1;
     c->smooth_alpha = alpha;
@@ -137,9 +133,9 @@ static void tkv_channel_rms(const float *x, size_t row, uint32_t n_tok, uint32_t
 }
 
 /* Scales s_j = (rk_j / rq_j)^alpha with both rms floored at 1% of their channel mean (a
- * dead channel must not blow s up), normalized to geometric mean 1. */
-static void tkv_smoothing_scales(const double *rk, const double *rq, uint32_t d, float alpha,
-                                 float *s, float *inv) {
+ * dead channel must not blow s up), normalized to geometric mean 1.  rk is overwritten. */
+static void tkv_smoothing_scales(double *rk, const double *rq, uint32_t d, float alpha,
+                                 float *s) {
     double mk = 0.0, mq = 0.0;
     for (uint32_t j = 0; j < d; j++) {
         mk += rk[j] / d;
@@ -152,14 +148,22 @@ static void tkv_smoothing_scales(const double *rk, const double *rq, uint32_t d,
     for (uint32_t j = 0; j < d; j++) {
         const double k = rk[j] > 0.01 * mk ? rk[j] : 0.01 * mk;
         const double q = rq[j] > 0.01 * mq ? rq[j] : 0.01 * mq;
-        log_mean += alpha * log(k / q) / d;
+        rk[j] = alpha * log(k / q); /* log s_j before normalization */
+        log_mean += rk[j] / d;
     }
     for (uint32_t j = 0; j < d; j++) {
-        const double k = rk[j] > 0.01 * mk ? rk[j] : 0.01 * mk;
-        const double q = rq[j] > 0.01 * mq ? rq[j] : 0.01 * mq;
-        const double v = exp(alpha * log(k / q) - log_mean);
-        s[j] = (float)v;
-        inv[j] = (float)(1.0 / v);
+        s[j] = (float)exp(rk[j] - log_mean);
+    }
+}
+
+/* out = (k - mu) / s for (layer, head) at offset `at`, with whichever levers are on (in
+ * and out may be the same row): the space every stored key of the cache lives in. */
+static void tkv_kv_prepare_key(const tkv_kv_cache *c, size_t at, const float *in, float *out) {
+    const float *mu = c->center_keys ? c->key_offsets + at : NULL;
+    const float *s = c->smooth_keys ? c->key_scales + at : NULL;
+    for (uint32_t j = 0; j < c->head_dim; j++) {
+        const float x = mu ? in[j] - mu[j] : in[j];
+        out[j] = s ? x / s[j] : x;
     }
 }
 
@@ -199,19 +203,14 @@ void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, const floa
                 rk[j] = sqrt(rk[j] / n_tok);
                 rq[j] = sqrt(rq[j] / ((double)n_tok * group));
             }
-            tkv_smoothing_scales(rk, rq, d, c->smooth_alpha, c->key_scales + at,
-                                 c->key_inv_scales + at);
+            tkv_smoothing_scales(rk, rq, d, c->smooth_alpha, c->key_scales + at);
         }
         /* sinks of earlier batches were stored as they came (mu = 0, s = 1 until now):
          * bring them into the calibrated space, as every later key will be */
         const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const uint32_t stored = c->layers[layer].n < c->n_sink ? c->layers[layer].n : c->n_sink;
         for (uint32_t t = 0; hd->k_sink && t < stored; t++) {
-            float *row = hd->k_sink + (size_t)t * d;
-            for (uint32_t j = 0; j < d; j++) {
-                const float x = mu ? row[j] - mu[j] : row[j];
-                row[j] = c->smooth_keys ? x * c->key_inv_scales[at + j] : x;
-            }
+            tkv_kv_prepare_key(c, at, hd->k_sink + (size_t)t * d, hd->k_sink + (size_t)t * d);
         }
     }
     c->calibrated[layer] = 1;
@@ -340,13 +339,7 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const float *kh = k + (size_t)h * d;
         if (c->center_keys || c->smooth_keys) {
-            const size_t at = ((size_t)layer * c->n_head_kv + h) * d;
-            const float *mu = c->center_keys ? c->key_offsets + at : NULL;
-            const float *inv = c->smooth_keys ? c->key_inv_scales + at : NULL;
-            for (uint32_t j = 0; j < d; j++) {
-                const float x = mu ? kh[j] - mu[j] : kh[j];
-                prepared[j] = inv ? x * inv[j] : x;
-            }
+            tkv_kv_prepare_key(c, ((size_t)layer * c->n_head_kv + h) * d, kh, prepared);
             kh = prepared;
         }
         const float *vh = v + (size_t)h * d;

@@ -49,7 +49,6 @@ typedef struct tkv_kv_cache {
     float smooth_alpha;  /* exponent of the smoothing scales (see tkv_kv_enable_key_smoothing) */
     float *key_offsets;  /* (n_layer, n_head_kv, head_dim) mu, valid where calibrated */
     float *key_scales;   /* (n_layer, n_head_kv, head_dim) s, valid where calibrated */
-    float *key_inv_scales; /* 1 / key_scales */
     uint8_t *calibrated; /* (n_layer) offsets and scales are set */
     tkv_kv_layer *layers; /* (n_layer) */
     tkv_kv_head *heads;   /* (n_layer, n_head_kv) */
@@ -88,17 +87,17 @@ tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c);
  * group), normalized to geometric mean 1; alpha = 0.5 balances the two, which
  * minimizes |q * s| |k / s| for channel-independent statistics of the first batch; a
  * smaller alpha (default 0.35) does better on later positions (measured: KL to fp32
- * KV 0.0212 vs 0.0216 at 4 bits, 0.0731 vs 0.0751 at 3 bits, SmolLM2-135M).  A first batch shorter
- * than TKV_KV_SMOOTH_MIN_TOKENS leaves s = 1 for that layer (too few samples).
+ * KV 0.0212 vs 0.0216 at 4 bits, 0.0731 vs 0.0751 at 3 bits, SmolLM2-135M).  A first
+ * batch shorter than TKV_KV_SMOOTH_MIN_TOKENS leaves s = 1 for that layer (too few
+ * samples).
  */
 #define TKV_KV_SMOOTH_MIN_TOKENS 8
 #define TKV_DEFAULT_KEY_SMOOTHING 0.35f /* alpha when the caller leaves it 0 (measured best) */
 tkv_status tkv_kv_enable_key_smoothing(tkv_kv_cache *c, float alpha);
 /* Set the layer's offsets and scales from the first batch that holds a position past the
  * sinks, before that batch is appended (no-op when both levers are off or the layer is
- * calibrated).  The batch holds positions
- * pos0.. ; q is (n_tok, n_head * head_dim), k is (n_tok, n_head_kv * head_dim), n_head a
- * multiple of n_head_kv. */
+ * calibrated).  The batch holds positions pos0..; q is (n_tok, n_head * head_dim), k is
+ * (n_tok, n_head_kv * head_dim), n_head a multiple of n_head_kv. */
 void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, const float *q,
                       uint32_t n_head, const float *k, uint32_t n_tok);
 /* The per-channel query scales of (layer, head), NULL when smoothing is off. */

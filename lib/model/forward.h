@@ -49,16 +49,16 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
                                   uint32_t n_batch, uint32_t n_threads, uint32_t capacity);
 void tkv_forward_state_release(tkv_forward_state *s);
 
-/*
- * Run tokens[0..n) at positions pos0.. (n <= n_batch), appending their K/V to the
- * cache (whose length must be pos0).  Logits of every token go to s->logits when
- * all_logits, else only the last token's, in row 0.
- */
 /* Make s->logits hold `rows` (<= n_batch) rows; the memory of every token's logits
  * (n_batch x n_vocab, 50 MB for a 49K vocabulary at n_batch 256) is only taken by
  * sessions that ask for it. */
 tkv_status tkv_forward_reserve_logits(tkv_forward_state *s, const struct tkv_model *m,
                                       uint32_t rows);
+/*
+ * Run tokens[0..n) at positions pos0.. (n <= n_batch), appending their K/V to the
+ * cache (whose length must be pos0).  Logits of every token go to s->logits when
+ * all_logits, else only the last token's, in row 0.
+ */
 tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool *pool,
                        tkv_forward_state *s, const int32_t *tokens, uint32_t n, uint32_t pos0,
                        int all_logits, float sparse_threshold);

@@ -23,10 +23,7 @@ tkv_status tkv_session_eval_tokens(struct tkv_session *s, const int32_t *tokens,
     uint32_t pos = tkv_kv_n_tokens(&s->cache->kv);
     s->n_logits = 0;
     if (all_logits) {
-        tkv_status st = tkv_forward_reserve_logits(&s->fs, s->model, n_batch);
-        if (st != TKV_OK) {
-            return st;
-        }
+        TKV_TRY(tkv_forward_reserve_logits(&s->fs, s->model, n_batch));
     }
     for (int64_t done = 0; done < n;) {
         uint32_t chunk = (uint32_t)(n - done < n_batch ? n - done : n_batch);
