@@ -152,7 +152,7 @@ def _floats(text: str) -> list:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from . import eval as tkv_eval
-    from .cache import DEFAULT_SINK_TOKENS
+    from .cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
     from .generate import load_model
 
     model = load_model(args.model)
@@ -207,7 +207,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     rows = tkv_eval.sweep(model, k_codecs=args.k.split(",") if args.k else [],
                           v_codecs=args.v.split(",") if args.v else None,
                           configs=args.kv or None, metrics=args.metrics.split(","),
-                          center_keys=not args.plain, smooth_keys=False,
+                          center_keys=False if args.plain else DEFAULT_CENTER_KEYS,
+                          smooth_keys=False if args.plain else DEFAULT_SMOOTH_KEYS,
                           sink_tokens=0 if args.plain else DEFAULT_SINK_TOKENS,
                           fp16_window=args.fp16_window,
                           layer_codecs=_layers(args), seed=args.seed, text=args.text, n_ctx=args.ctx_size,

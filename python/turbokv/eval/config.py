@@ -116,19 +116,18 @@ class CacheConfig:
     def name(self) -> str:
         """The spec string of this configuration (``parse(c.name) == c``)."""
         s = self.k if self.k == self.v else f"{self.k}/{self.v}"
-        default = CacheConfig(self.k, self.v)
         if self.is_fp32:
             pass
         elif not (self.center_keys or self.smooth_keys or self.sink_tokens):
             s += "+plain"
         else:
-            if self.center_keys != default.center_keys:
+            if self.center_keys != DEFAULT_CENTER_KEYS:
                 s += "+center" if self.center_keys else "+nocenter"
-            if self.smooth_keys != default.smooth_keys:
+            if self.smooth_keys != smoothing_alpha(DEFAULT_SMOOTH_KEYS):
                 s += ("+nosmooth" if not self.smooth_keys
                       else "+smooth" if self.smooth_keys == DEFAULT_KEY_SMOOTHING
                       else f"+smooth={self.smooth_keys:g}")
-            if self.sink_tokens != default.sink_tokens:
+            if self.sink_tokens != DEFAULT_SINK_TOKENS:
                 s += f"+sink={self.sink_tokens}"
         if self.fp16_window:
             s += f"+w={self.fp16_window}"
