@@ -5,8 +5,8 @@
  * Positions [0, s0) are attention sinks kept in fp32 (s0 = min(n_sink, n_comp)),
  * [s0, n_comp) are compressed, [n_comp, pos] sit in the fp16 window ring (slot
  * t % window); sinks and window are read unrotated with the fp32 / fp16 kernels.
- * Queries of one GQA group go together so that turbo codes are unpacked once for all
- * of them.
+ * Queries of one GQA group go together so that turbo and trellis codes are unpacked once
+ * for all of them.
  */
 #include "attn/attn.h"
 
@@ -62,8 +62,8 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
         for (int k = 0; k < nq; k++) {
             tkv_codec_prepare_query(&hd->k_codec, qk[k], qprep[k]);
         }
-        if (kl->format == TKV_FMT_TURBO && nq > 1) {
-            kern->scores_turbo_multi(kl, (const float *const *)qprep, nq, k_codes, n_comp - s0,
+        if (kern->scores_multi[kl->format] && nq > 1) {
+            kern->scores_multi[kl->format](kl, (const float *const *)qprep, nq, k_codes, n_comp - s0,
                                      crow);
         } else {
             for (int k = 0; k < nq; k++) {
@@ -91,8 +91,8 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
         for (int k = 0; k < nq; k++) {
             memset(acc[k], 0, width * sizeof(float));
         }
-        if (vl->format == TKV_FMT_TURBO && nq > 1) {
-            kern->accum_turbo_multi(vl, (const float *const *)crow, nq, sparse_threshold, v_codes,
+        if (kern->accum_multi[vl->format] && nq > 1) {
+            kern->accum_multi[vl->format](vl, (const float *const *)crow, nq, sparse_threshold, v_codes,
                                     n_comp - s0, acc);
         } else {
             for (int k = 0; k < nq; k++) {

@@ -15,6 +15,8 @@
  *   turbo_kv_5b_fast  fp16 scale, then d index bytes
  *   turbo_kv_Nb_qjl   fp16 scale, fp16 residual norm, (N-1)-bit index planes,
  *                 then ceil(d/8) bytes: bit j = 1 when (S r)_j >= 0
+ *   turbo_kv_Nb_tcq   fp16 scale, then d N / 8 bytes of trellis symbols (trellis.h);
+ *                 u as for turbo, coded by Viterbi search instead of per coordinate
  * The _rot, turbo and qjl codecs code y = R x (rotation.c).  Turbo codecs quantize
  * u = y * sqrt(d) / |y| with the Lloyd-Max codebook and store scale = |y| / |c|
  * where c is the vector of chosen centroids, so the decoded vector scale * c has
@@ -39,6 +41,7 @@
 #define F_QJL TKV_CODEC_FLAG_QJL
 #define F_BLK TKV_CODEC_FLAG_BLOCK
 #define F_FLT TKV_CODEC_FLAG_FLOAT
+#define F_TCQ TKV_CODEC_FLAG_TRELLIS
 
 static const tkv_codec_desc tkv_codec_table[TKV_CODEC_COUNT] = {
     {TKV_CODEC_FP32, "fp32", F_FLT, TKV_FMT_F32, 0, 0},
@@ -55,6 +58,9 @@ static const tkv_codec_desc tkv_codec_table[TKV_CODEC_COUNT] = {
     {TKV_CODEC_TURBO_5B_FAST, "turbo_kv_5b_fast", F_ROT | F_CB, TKV_FMT_TURBO, 8, 5},
     {TKV_CODEC_TURBO_3B_QJL, "turbo_kv_3b_qjl", F_ROT | F_CB | F_QJL, TKV_FMT_TURBO, 2, 2},
     {TKV_CODEC_TURBO_4B_QJL, "turbo_kv_4b_qjl", F_ROT | F_CB | F_QJL, TKV_FMT_TURBO, 3, 3},
+    {TKV_CODEC_TURBO_2B_TCQ, "turbo_kv_2b_tcq", F_ROT | F_TCQ, TKV_FMT_TRELLIS, 2, 0},
+    {TKV_CODEC_TURBO_3B_TCQ, "turbo_kv_3b_tcq", F_ROT | F_TCQ, TKV_FMT_TRELLIS, 3, 0},
+    {TKV_CODEC_TURBO_4B_TCQ, "turbo_kv_4b_tcq", F_ROT | F_TCQ, TKV_FMT_TRELLIS, 4, 0},
 };
 
 const tkv_codec_desc *tkv_codec_desc_get(int32_t id) {
@@ -75,6 +81,13 @@ const tkv_codec_desc *tkv_codec_desc_find(const char *name) {
 
 int tkv_head_dim_valid(uint32_t d) { return d >= 2 && d <= TKV_HEAD_DIM_MAX && d % 2 == 0; }
 
+int tkv_codec_desc_dim_valid(const tkv_codec_desc *desc, uint32_t d) {
+    if (!desc || !tkv_head_dim_valid(d)) {
+        return 0;
+    }
+    return desc->format != TKV_FMT_TRELLIS || tkv_trellis_dim_valid(d);
+}
+
 static size_t tkv_block_quant_bytes(uint32_t d, int four_bit) {
     size_t bytes = 0;
     for (uint32_t b0 = 0; b0 < d; b0 += 32) {
@@ -85,7 +98,7 @@ static size_t tkv_block_quant_bytes(uint32_t d, int four_bit) {
 }
 
 size_t tkv_codec_desc_vector_bytes(const tkv_codec_desc *desc, uint32_t d) {
-    if (!desc || !tkv_head_dim_valid(d)) {
+    if (!tkv_codec_desc_dim_valid(desc, d)) {
         return 0;
     }
     switch (desc->format) {
@@ -101,6 +114,7 @@ size_t tkv_codec_desc_vector_bytes(const tkv_codec_desc *desc, uint32_t d) {
         }
         return bytes;
     }
+    case TKV_FMT_TRELLIS: return 2 + (size_t)d * desc->index_bits / 8;
     default: return 0;
     }
 }
@@ -111,6 +125,8 @@ tkv_status tkv_codec_init(struct tkv_codec *c, int32_t id, uint32_t d, uint64_t 
     TKV_REQUIRE(desc, TKV_ERR_INVALID_ARGUMENT, "unknown codec id %d", (int)id);
     TKV_REQUIRE(tkv_head_dim_valid(d), TKV_ERR_INVALID_ARGUMENT,
                 "head_dim %u is invalid (must be even, 2..%d)", d, TKV_HEAD_DIM_MAX);
+    TKV_REQUIRE(tkv_codec_desc_dim_valid(desc, d), TKV_ERR_INVALID_ARGUMENT,
+                "%s needs head_dim to be a multiple of 8 and at least 16 (got %u)", desc->name, d);
     c->desc = desc;
     c->d = d;
     c->seed = seed;
@@ -122,6 +138,13 @@ tkv_status tkv_codec_init(struct tkv_codec *c, int32_t id, uint32_t d, uint64_t 
     if (desc->flags & F_ROT) {
         c->rotated = 1;
         TKV_TRY(tkv_rotation_init(&c->rot, d, seed));
+    }
+    if (desc->format == TKV_FMT_TRELLIS) {
+        c->trellis = tkv_trellis_get(desc->index_bits);
+        L->trellis = c->trellis;
+        L->bits = desc->index_bits;
+        L->scale_off = 0;
+        L->payload_off = 2;
     }
     if (desc->format == TKV_FMT_TURBO) {
         c->codebook = tkv_codebook_get(desc->codebook_bits);
@@ -254,6 +277,33 @@ static tkv_status tkv_encode_turbo(const struct tkv_codec *c, const float *y, ui
     return TKV_OK;
 }
 
+/* Trellis: u = y sqrt(d) / |y| coded by tkv_trellis_encode, scale as for turbo. */
+static tkv_status tkv_encode_trellis(const struct tkv_codec *c, const float *y, uint8_t *out,
+                                     float *scratch) {
+    const uint32_t d = c->d;
+    float *u = scratch, *uhat = scratch + d;
+    uint8_t *search = (uint8_t *)(scratch + 2 * (size_t)d);
+    double norm2 = 0.0;
+    for (uint32_t j = 0; j < d; j++) {
+        norm2 += (double)y[j] * y[j];
+    }
+    const double norm = sqrt(norm2);
+    const float u_scale = norm > 0.0 ? (float)(sqrt((double)d) / norm) : 0.0f;
+    for (uint32_t j = 0; j < d; j++) {
+        u[j] = y[j] * u_scale;
+    }
+    tkv_trellis_encode(c->trellis, u, d, out + c->layout.payload_off, uhat, search);
+    double cnorm2 = 0.0;
+    for (uint32_t j = 0; j < d; j++) {
+        cnorm2 += (double)uhat[j] * uhat[j];
+    }
+    const double scale = norm > 0.0 && cnorm2 > 0.0 ? norm / sqrt(cnorm2) : 0.0;
+    TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
+                "%s: vector norm %g too large for the fp16 scale", c->desc->name, norm);
+    tkv_store_u16(out + c->layout.scale_off, tkv_f32_to_fp16((float)scale));
+    return TKV_OK;
+}
+
 static tkv_status tkv_encode_qjl_residual(const struct tkv_codec *c, const float *y,
                                           const float *yhat, uint8_t *out, float *scratch) {
     const uint32_t d = c->d;
@@ -285,7 +335,7 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
     const uint32_t d = c->d;
     const float *y = x;
     float *rotated = scratch;              /* d */
-    float *rest = scratch + d;             /* 5d */
+    float *rest = scratch + d;             /* the remaining 21d + 16 */
     if (c->rotated) {
         tkv_rotation_apply(&c->rot, x, rotated);
         y = rotated;
@@ -318,6 +368,8 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
         }
         return TKV_OK;
     }
+    case TKV_FMT_TRELLIS:
+        return tkv_encode_trellis(c, y, out, rest);
     default:
         return tkv_fail(TKV_ERR_INTERNAL, "codec %s: no encoder", c->desc->name);
     }

@@ -30,8 +30,10 @@ const tkv_codec_desc *tkv_codec_desc_get(int32_t id);
 const tkv_codec_desc *tkv_codec_desc_find(const char *name);
 /* Bytes of one vector; 0 for an unknown id or invalid head_dim. */
 size_t tkv_codec_desc_vector_bytes(const tkv_codec_desc *desc, uint32_t d);
-/* 1 if head_dim is valid for every codec (even, 2..TKV_HEAD_DIM_MAX). */
+/* 1 if head_dim is valid for some codec (even, 2..TKV_HEAD_DIM_MAX). */
 int tkv_head_dim_valid(uint32_t d);
+/* 1 if this codec can code vectors of head_dim d (trellis codecs: a multiple of 8, >= 16). */
+int tkv_codec_desc_dim_valid(const tkv_codec_desc *desc, uint32_t d);
 
 struct tkv_codec {
     const tkv_codec_desc *desc;
@@ -41,12 +43,13 @@ struct tkv_codec {
     int rotated;
     tkv_rotation rot;
     const tkv_codebook *codebook; /* turbo only */
+    const tkv_trellis *trellis;   /* trellis only */
     float centroids[32];          /* layout.centroids points here */
     float *qjl_matrix;            /* (d, d) N(0,1) sketch matrix S, QJL only */
 };
 
 /* Floats of scratch the one-vector operations below need. */
-#define TKV_CODEC_SCRATCH_FLOATS(d) (6 * (size_t)(d))
+#define TKV_CODEC_SCRATCH_FLOATS(d) (22 * (size_t)(d) + 16)
 
 tkv_status tkv_codec_init(struct tkv_codec *c, int32_t id, uint32_t d, uint64_t seed);
 void tkv_codec_release(struct tkv_codec *c);

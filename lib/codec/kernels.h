@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "codec/trellis.h"
+
 /* Storage families the score / accumulate kernels understand. */
 typedef enum tkv_code_format {
     TKV_FMT_F32 = 0,
@@ -20,6 +22,7 @@ typedef enum tkv_code_format {
     TKV_FMT_Q8_0,
     TKV_FMT_Q4_0,
     TKV_FMT_TURBO, /* fp16 scale + packed codebook indices (+ QJL signs) */
+    TKV_FMT_TRELLIS, /* fp16 scale + tail-biting trellis symbols (trellis.h) */
     TKV_FMT_COUNT
 } tkv_code_format;
 
@@ -28,10 +31,12 @@ typedef struct tkv_code_layout {
     tkv_code_format format;
     uint32_t d;            /* elements per vector */
     uint32_t stride;       /* bytes per encoded vector */
-    /* turbo only */
-    uint32_t bits;         /* index bits: 1..5, or 8 (one index per byte) */
+    /* turbo and trellis */
+    uint32_t bits;         /* index bits: 1..5, or 8 (one index per byte); trellis: N */
     uint32_t scale_off;    /* fp16: norm / |centroid vector| */
-    uint32_t payload_off;  /* packed indices (pack.h) */
+    uint32_t payload_off;  /* packed indices (pack.h) or the trellis stream */
+    const tkv_trellis *trellis; /* trellis only */
+    /* turbo only */
     int has_qjl;
     uint32_t rnorm_off;    /* fp16: residual norm |r| (QJL) */
     uint32_t signs_off;    /* P1 plane of sign(S r) (QJL) */
@@ -55,8 +60,8 @@ typedef void (*tkv_accum_fn)(const tkv_code_layout *layout, const float *w, floa
 /*
  * The same for nq (1..TKV_MAX_QUERIES) queries over the same codes, for grouped-query
  * attention where several query heads share one KV head: outs[k][i] = scores of qs[k],
- * accs[k] += ws[k][i] * decode(code i).  Only the turbo format has them: decoding the
- * codebook indices once serves every query of the group.
+ * accs[k] += ws[k][i] * decode(code i).  Only the turbo and trellis formats have them
+ * (NULL elsewhere): decoding a vector once serves every query of the group.
  */
 #define TKV_MAX_QUERIES 4
 typedef void (*tkv_scores_multi_fn)(const tkv_code_layout *layout, const float *const *qs, int nq,
@@ -77,8 +82,14 @@ typedef struct tkv_codec_kernels {
     void (*matvec_t)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
     /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1 */
     void (*softmax)(float *x, size_t n, float scale);
-    tkv_scores_multi_fn scores_turbo_multi;
-    tkv_accum_multi_fn accum_turbo_multi;
+    /* One Viterbi step of the trellis encoder (trellis.c) over coordinate x: for every
+     * new state s < S = 2^P, next[s] = min over a < K = 2^N of
+     * cost[((s << N) | a) mod S] + (x - table[a S + s])^2 (computed as a product, then
+     * a sum: every ISA produces the same bits), back[s] = the smallest a reaching it. */
+    void (*trellis_step)(const tkv_trellis *t, float x, const float *cost, float *next,
+                         uint8_t *back);
+    tkv_scores_multi_fn scores_multi[TKV_FMT_COUNT];
+    tkv_accum_multi_fn accum_multi[TKV_FMT_COUNT];
 } tkv_codec_kernels;
 
 /* The table in use (chosen once, thread-safe). */
@@ -92,6 +103,18 @@ extern const tkv_codec_kernels tkv_codec_kernels_scalar;
 #if defined(TKV_HAVE_X86_KERNELS)
 extern const tkv_codec_kernels tkv_codec_kernels_avx2;
 extern const tkv_codec_kernels tkv_codec_kernels_avx512;
+/* kernels_trellis_avx2.c, shared by the AVX2 and AVX-512 tables */
+void tkv_scores_trellis_avx2(const tkv_code_layout *layout, const float *q, const uint8_t *codes,
+                             size_t n, float *out);
+void tkv_accum_trellis_avx2(const tkv_code_layout *layout, const float *w, float threshold,
+                            const uint8_t *codes, size_t n, float *acc);
+void tkv_scores_trellis_multi_avx2(const tkv_code_layout *layout, const float *const *qs, int nq,
+                                   const uint8_t *codes, size_t n, float *const *outs);
+void tkv_trellis_step_avx2(const tkv_trellis *t, float x, const float *cost, float *next,
+                           uint8_t *back);
+void tkv_accum_trellis_multi_avx2(const tkv_code_layout *layout, const float *const *ws, int nq,
+                                  float threshold, const uint8_t *codes, size_t n,
+                                  float *const *accs);
 #endif
 
 /* Scalar entries, reused by ISA tables for the formats they do not specialize. */
@@ -103,6 +126,8 @@ void tkv_fwht_scalar(float *x, uint32_t d, float scale);
 void tkv_matvec_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 void tkv_softmax_scalar(float *x, size_t n, float scale);
+void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, float *next,
+                             uint8_t *back);
 void tkv_scores_multi_scalar(const tkv_code_layout *layout, const float *const *qs, int nq,
                              const uint8_t *codes, size_t n, float *const *outs);
 void tkv_accum_multi_scalar(const tkv_code_layout *layout, const float *const *ws, int nq,

@@ -8,6 +8,9 @@
 #define TKV_CODEC_KERNELS_COMMON_H
 
 #include <stdint.h>
+#include <string.h>
+
+#include "codec/trellis.h"
 
 static inline uint16_t tkv_kc_u16(const uint8_t *p) {
     return (uint16_t)(p[0] | (p[1] << 8));
@@ -63,6 +66,50 @@ static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl
         return tkv_kc_p4(d, pl, j) | tkv_kc_p1(pl + d / 2, j) << 4;
     default:
         return pl[j];
+    }
+}
+
+/* Little-endian load of n (1..8) bytes (the library assumes a little-endian host). */
+static inline uint64_t tkv_kc_le_bytes(const uint8_t *p, uint32_t n) {
+    uint64_t v = 0;
+    memcpy(&v, p, n);
+    return v;
+}
+
+/*
+ * Unscaled decode of a trellis stream of d symbols of N bits (d a multiple of 8, >= 16),
+ * 8 windows per 64-bit load with constant shifts (gathers are slow on several x86 parts;
+ * this is faster there and portable).  Windows of group g >= 1 start at bit 8 g N - P,
+ * i.e. bit 8 - P of byte g N - 1; group 0 takes its older symbols from the end of the
+ * stream (tail-biting); the last group loads only the bytes that exist.  Called with
+ * literal N and P so that every shift is a constant.
+ */
+static inline __attribute__((always_inline)) void
+tkv_kc_trellis_decode_n(const float *tab, const uint8_t *s, uint32_t d, float *out, const uint32_t N,
+                        const uint32_t P) {
+    const uint32_t L = P + N, nb = d * N / 8, groups = d / 8;
+    const uint64_t wm = (1u << L) - 1u, am = (1u << N) - 1u;
+    uint64_t v = (tkv_kc_le_bytes(s, nb < 7 ? nb : 7) << P) | (uint64_t)(s[nb - 1] >> (8 - P));
+    for (uint32_t l = 0; l < 8; l++) {
+        const uint64_t w = (v >> (N * l)) & wm;
+        out[l] = tab[(w >> N) | ((w & am) << P)];
+    }
+    for (uint32_t g = 1; g < groups; g++) {
+        const uint8_t *p = s + g * N - 1;
+        v = g + 1 < groups ? tkv_kc_le_bytes(p, 8) : tkv_kc_le_bytes(p, N + 1);
+        for (uint32_t l = 0; l < 8; l++) {
+            const uint64_t w = (v >> (8 - P + N * l)) & wm;
+            out[8 * g + l] = tab[(w >> N) | ((w & am) << P)];
+        }
+    }
+}
+
+static inline void tkv_kc_trellis_decode(const tkv_trellis *t, const uint8_t *stream, uint32_t d,
+                                         float *out) {
+    switch (t->bits) {
+    case 2: tkv_kc_trellis_decode_n(t->table, stream, d, out, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1)); break;
+    case 3: tkv_kc_trellis_decode_n(t->table, stream, d, out, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1)); break;
+    default: tkv_kc_trellis_decode_n(t->table, stream, d, out, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1)); break;
     }
 }
 

@@ -69,6 +69,15 @@ void tkv_decode_rotated_scalar(const tkv_code_layout *L, const uint8_t *code, fl
         }
         break;
     }
+    case TKV_FMT_TRELLIS: {
+        const tkv_trellis *t = L->trellis;
+        const uint8_t *stream = code + L->payload_off;
+        float scale = tkv_fp16_to_f32(tkv_load_u16(code + L->scale_off));
+        for (uint32_t j = 0; j < d; j++) {
+            out[j] = scale * t->table[tkv_trellis_slot(t, tkv_trellis_window_at(t, stream, d, j))];
+        }
+        break;
+    }
     default:
         break;
     }
@@ -160,6 +169,26 @@ void tkv_softmax_scalar(float *x, size_t n, float scale) {
     }
 }
 
+void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, float *next,
+                             uint8_t *back) {
+    const uint32_t N = t->bits, S = 1u << t->state_bits, K = 1u << N;
+    for (uint32_t s = 0; s < S; s++) {
+        float best = 0.0f;
+        uint32_t arg = 0;
+        for (uint32_t a = 0; a < K; a++) {
+            const float e = x - t->table[(size_t)a * S + s];
+            const float e2 = e * e;
+            const float c = cost[((s << N) | a) & (S - 1)] + e2;
+            if (a == 0 || c < best) {
+                best = c;
+                arg = a;
+            }
+        }
+        next[s] = best;
+        back[s] = (uint8_t)arg;
+    }
+}
+
 void tkv_scores_multi_scalar(const tkv_code_layout *L, const float *const *qs, int nq,
                              const uint8_t *codes, size_t n, float *const *outs) {
     for (int k = 0; k < nq; k++) {
@@ -177,13 +206,16 @@ void tkv_accum_multi_scalar(const tkv_code_layout *L, const float *const *ws, in
 const tkv_codec_kernels tkv_codec_kernels_scalar = {
     .isa = "scalar",
     .scores = {tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar,
-               tkv_scores_scalar, tkv_scores_scalar},
+               tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar},
     .accum = {tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar,
-              tkv_accum_scalar, tkv_accum_scalar},
+              tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar},
     .fwht = tkv_fwht_scalar,
     .matvec = tkv_matvec_scalar,
     .matvec_t = tkv_matvec_t_scalar,
     .softmax = tkv_softmax_scalar,
-    .scores_turbo_multi = tkv_scores_multi_scalar,
-    .accum_turbo_multi = tkv_accum_multi_scalar,
+    .trellis_step = tkv_trellis_step_scalar,
+    .scores_multi = {[TKV_FMT_TURBO] = tkv_scores_multi_scalar,
+                     [TKV_FMT_TRELLIS] = tkv_scores_multi_scalar},
+    .accum_multi = {[TKV_FMT_TURBO] = tkv_accum_multi_scalar,
+                    [TKV_FMT_TRELLIS] = tkv_accum_multi_scalar},
 };

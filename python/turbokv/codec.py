@@ -22,6 +22,7 @@ FLAG_CODEBOOK = 1 << 1
 FLAG_QJL = 1 << 2
 FLAG_BLOCK = 1 << 3
 FLAG_FLOAT = 1 << 4
+FLAG_TRELLIS = 1 << 5
 
 
 def _require_array(a: object, name: str, ndim: int, last: Optional[int] = None) -> np.ndarray:
@@ -59,6 +60,7 @@ class CodecInfo:
     rotated: bool
     codebook: bool
     qjl: bool
+    trellis: bool = False
 
     @property
     def bits_per_element(self) -> float:
@@ -89,13 +91,18 @@ def codec_info(name: str, head_dim: int = 128) -> CodecInfo:
     flags = lib.tkv_codec_flags(cid)
     return CodecInfo(name=name, id=cid, head_dim=int(head_dim), bytes_per_vector=size.value,
                      rotated=bool(flags & FLAG_ROTATED), codebook=bool(flags & FLAG_CODEBOOK),
-                     qjl=bool(flags & FLAG_QJL))
+                     qjl=bool(flags & FLAG_QJL), trellis=bool(flags & FLAG_TRELLIS))
 
 
 def codecs(head_dim: int = 128) -> list[CodecInfo]:
-    """Every codec of the library with its bits and bytes per vector at ``head_dim``."""
-    names = [lib.tkv_codec_name(i).decode() for i in range(lib.tkv_codec_count())]
-    return [codec_info(n, head_dim) for n in names]
+    """Every codec of the library that can code ``head_dim`` (the trellis codecs need a
+    multiple of 8, at least 16), with its bits and bytes per vector."""
+    out = []
+    for i in range(lib.tkv_codec_count()):
+        size = ctypes.c_size_t()
+        if lib.tkv_codec_bytes_per_vector(i, int(head_dim), ctypes.byref(size)) == 0:
+            out.append(codec_info(lib.tkv_codec_name(i).decode(), head_dim))
+    return out
 
 
 def codebook(bits: int) -> npt.NDArray[np.float32]:

@@ -31,7 +31,7 @@
 #define N_VEC 41
 #define REL_TOL 1e-5
 
-static const uint32_t test_dims[] = {2, 6, 64, 80, 96, 128, 256};
+static const uint32_t test_dims[] = {2, 6, 16, 24, 64, 80, 96, 128, 256};
 
 static float frand(tkv_rng *rng) {
     return (float)(tkv_rng_uniform(rng) * 2.0 - 1.0);
@@ -179,7 +179,7 @@ static void test_fwht(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
 /* Grouped-query turbo kernels: each of nq queries must match the scalar single-query
  * kernels within the same 1e-5 * sum|terms| rule (checked loosely here against the sum of
  * absolute values of the scalar outputs over the codes, scaled by the vector size). */
-static void test_turbo_multi(const tkv_codec_kernels *K, int32_t id, uint32_t d) {
+static void test_multi_query(const tkv_codec_kernels *K, int32_t id, uint32_t d) {
     struct tkv_codec c;
     if (tkv_codec_init(&c, id, d, 5) != TKV_OK) {
         CHECK_MSG(0, "codec %d d=%u init failed", (int)id, d);
@@ -216,8 +216,8 @@ static void test_turbo_multi(const tkv_codec_kernels *K, int32_t id, uint32_t d)
             outs[k] = out_k[k];
             accs[k] = acc_k[k];
         }
-        K->scores_turbo_multi(L, qs, nq, codes, n, outs);
-        K->accum_turbo_multi(L, ws, nq, 0.3f, codes, n, accs);
+        K->scores_multi[L->format](L, qs, nq, codes, n, outs);
+        K->accum_multi[L->format](L, ws, nq, 0.3f, codes, n, accs);
         for (int k = 0; k < nq; k++) {
             tkv_scores_scalar(L, q[k], codes, n, out_s);
             double mag = 1e-6;
@@ -247,6 +247,32 @@ static void test_turbo_multi(const tkv_codec_kernels *K, int32_t id, uint32_t d)
     free(x);
     free(scratch);
     tkv_codec_release(&c);
+}
+
+/* The trellis encoder's Viterbi step: the same bits as scalar (codes must not depend on
+ * the CPU), on random costs including ties. */
+static void test_trellis_step(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
+    tkv_rng rng;
+    tkv_rng_init(&rng, 4242);
+    for (uint32_t bits = 2; bits <= 4; bits++) {
+        const tkv_trellis *t = tkv_trellis_get(bits);
+        const uint32_t states = 1u << t->state_bits;
+        float cost[64], next_s[64], next_k[64];
+        uint8_t back_s[64], back_k[64];
+        for (int trial = 0; trial < 200; trial++) {
+            for (uint32_t s = 0; s < states; s++) {
+                /* coarse values on some trials so that equal costs occur */
+                const float r = (float)tkv_rng_uniform(&rng) * 4.0f;
+                cost[s] = trial % 3 == 0 ? floorf(r) : r;
+            }
+            const float x = trial % 5 == 0 ? t->table[trial % 7] : (float)tkv_rng_gaussian(&rng);
+            S->trellis_step(t, x, cost, next_s, back_s);
+            K->trellis_step(t, x, cost, next_k, back_k);
+            CHECK_MSG(memcmp(next_s, next_k, states * sizeof(float)) == 0 &&
+                          memcmp(back_s, back_k, states) == 0,
+                      "%s trellis step N=%u trial %d differs from scalar", K->isa, bits, trial);
+        }
+    }
 }
 
 /* softmax: every probability within 2e-6 relative (+1e-12 absolute) of scalar expf's,
@@ -380,15 +406,20 @@ int main(int argc, char **argv) {
         printf("testing %s kernels\n", K->isa);
         for (int32_t id = TKV_CODEC_FP32; id < TKV_CODEC_COUNT; id++) {
             for (size_t t = 0; t < sizeof test_dims / sizeof test_dims[0]; t++) {
-                test_codec_dim(K, S, id, test_dims[t]);
+                if (tkv_codec_desc_dim_valid(tkv_codec_desc_get(id), test_dims[t])) {
+                    test_codec_dim(K, S, id, test_dims[t]);
+                }
             }
         }
         test_fwht(K, S);
+        test_trellis_step(K, S);
         test_softmax(K, S);
         for (int32_t id = TKV_CODEC_TURBO_2B; id < TKV_CODEC_COUNT; id++) {
-            const uint32_t dims[] = {6, 64, 80, 96, 128, 256};
+            const uint32_t dims[] = {6, 16, 24, 64, 80, 96, 128, 256};
             for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
-                test_turbo_multi(K, id, dims[t]);
+                if (tkv_codec_desc_dim_valid(tkv_codec_desc_get(id), dims[t])) {
+                    test_multi_query(K, id, dims[t]);
+                }
             }
         }
         test_matvec(K, S, 80, 80);

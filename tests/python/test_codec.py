@@ -9,7 +9,8 @@ import pytest
 import turbokv
 from turbokv import _lib
 
-TURBO_FLOORS = {"turbo_kv_5b": 0.998, "turbo_kv_4b": 0.994, "turbo_kv_3b": 0.98, "turbo_kv_2b": 0.93}
+TURBO_FLOORS = {"turbo_kv_5b": 0.998, "turbo_kv_4b": 0.994, "turbo_kv_3b": 0.98, "turbo_kv_2b": 0.93,
+                "turbo_kv_4b_tcq": 0.9965, "turbo_kv_3b_tcq": 0.988, "turbo_kv_2b_tcq": 0.955}
 
 
 def test_abi_and_version():
@@ -22,7 +23,7 @@ def test_abi_and_version():
 
 def test_codec_list():
     infos = {c.name: c for c in turbokv.codecs(128)}
-    assert len(infos) == 14
+    assert len(infos) == 17
     assert infos["fp32"].bytes_per_vector == 512
     assert infos["turbo_kv_4b"].bytes_per_vector == 66
     assert infos["turbo_kv_4b"].bits_per_element == pytest.approx(4.125)
@@ -30,6 +31,23 @@ def test_codec_list():
     assert infos["turbo_kv_4b_qjl"].qjl and infos["turbo_kv_4b_qjl"].rotated
     assert infos["turbo_kv_3b"].compression_vs_fp16 == pytest.approx(256 / 50)
     assert infos["fp16"].to_dict()["compression_vs_fp32"] == pytest.approx(2.0)
+    # trellis codecs: the bytes of turbo_kv_Nb; head_dims they cannot code are left out
+    assert infos["turbo_kv_3b_tcq"].trellis and infos["turbo_kv_3b_tcq"].rotated
+    assert infos["turbo_kv_3b_tcq"].bytes_per_vector == infos["turbo_kv_3b"].bytes_per_vector
+    assert {c.name for c in turbokv.codecs(6)} == set(infos) - {"turbo_kv_2b_tcq", "turbo_kv_3b_tcq",
+                                                                "turbo_kv_4b_tcq"}
+    with pytest.raises(turbokv.InvalidArgument, match="multiple of 8"):
+        turbokv.Codec("turbo_kv_3b_tcq", 20)
+
+
+def test_trellis_beats_lloyd_max_at_same_bytes(rng):
+    x = rng.standard_normal((400, 64)).astype(np.float32)
+    for bits in (2, 3, 4):
+        errs = {}
+        for name in (f"turbo_kv_{bits}b", f"turbo_kv_{bits}b_tcq"):
+            y = turbokv.encode(x, name, seed=1).decode()
+            errs[name] = float(np.sum((x - y) ** 2) / np.sum(x ** 2))
+        assert errs[f"turbo_kv_{bits}b_tcq"] < 0.75 * errs[f"turbo_kv_{bits}b"], errs
 
 
 def test_codebook_matches_published():
