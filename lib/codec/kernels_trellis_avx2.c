@@ -15,9 +15,66 @@
 #include "codec/kernels.h"
 #include "codec/kernels_common.h"
 
-/* Unscaled decode of one trellis vector (kernels_common.h: no gathers). */
+/*
+ * Unscaled decode of one trellis vector: the 8 table slots of a group from two 32-bit
+ * loads (4 windows each: at most 3N + L + 8 - P <= 32 bits), per-lane shifts and the slot
+ * permutation in AVX2, then 8 scalar table loads (cheaper than a gather here).  Group 0
+ * takes its older symbols from the end of the stream; the last group reads no byte past it.
+ */
+static inline __attribute__((always_inline)) void
+tkv_trellis_decode_n(const float *tab, const uint8_t *s, uint32_t d, float *out, const uint32_t N,
+                     const uint32_t P) {
+    const uint32_t L = P + N, nb = d * N / 8, groups = d / 8;
+    /* lanes 0-3 from the word at byte gN - 1 (bit 8 - P: window of coordinate 8g), lanes
+     * 4-7 from the word at byte gN - 1 + (8 - P + 4N) / 8 */
+    const uint32_t hi_byte = (8 - P + 4 * N) >> 3, hi_shift = (8 - P + 4 * N) & 7;
+    const __m256i shifts = _mm256_setr_epi32(
+        (int)(8 - P), (int)(8 - P + N), (int)(8 - P + 2 * N), (int)(8 - P + 3 * N), (int)hi_shift,
+        (int)(hi_shift + N), (int)(hi_shift + 2 * N), (int)(hi_shift + 3 * N));
+    const __m256i wmask = _mm256_set1_epi32((int)((1u << L) - 1u));
+    const __m256i amask = _mm256_set1_epi32((int)((1u << N) - 1u));
+    uint8_t edge[16]; /* group 0: the last byte, then the first bytes; last group: padded */
+    int32_t slot[8];
+    for (uint32_t g = 0; g < groups; g++) {
+        const uint8_t *p;
+        if (g == 0) { /* constant-size copies: no library calls in the inner loop */
+            edge[0] = s[nb - 1];
+            if (nb >= 8) {
+                memcpy(edge + 1, s, 8);
+            } else {
+                memset(edge + 1, 0, 8);
+                memcpy(edge + 1, s, nb);
+            }
+            p = edge;
+        } else if (g + 1 == groups) {
+            memset(edge, 0, sizeof edge);
+            memcpy(edge, s + g * N - 1, N + 1);
+            p = edge;
+        } else {
+            p = s + g * N - 1;
+        }
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + hi_byte, 4);
+        const __m256i v = _mm256_setr_m128i(_mm_set1_epi32((int)lo), _mm_set1_epi32((int)hi));
+        const __m256i w = _mm256_and_si256(_mm256_srlv_epi32(v, shifts), wmask);
+        const __m256i sl = _mm256_or_si256(_mm256_srli_epi32(w, (int)N),
+                                           _mm256_slli_epi32(_mm256_and_si256(w, amask), (int)P));
+        _mm256_storeu_si256((__m256i *)slot, sl);
+        const __m128 a = _mm_setr_ps(tab[slot[0]], tab[slot[1]], tab[slot[2]], tab[slot[3]]);
+        const __m128 b = _mm_setr_ps(tab[slot[4]], tab[slot[5]], tab[slot[6]], tab[slot[7]]);
+        _mm256_storeu_ps(out + 8 * g, _mm256_setr_m128(a, b));
+    }
+}
+
 static void tkv_trellis_decode_avx2(const tkv_code_layout *L, const uint8_t *code, float *out) {
-    tkv_kc_trellis_decode(L->trellis, code + L->payload_off, L->d, out);
+    const tkv_trellis *t = L->trellis;
+    const uint8_t *s = code + L->payload_off;
+    switch (t->bits) {
+    case 2: tkv_trellis_decode_n(t->table, s, L->d, out, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1)); break;
+    case 3: tkv_trellis_decode_n(t->table, s, L->d, out, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1)); break;
+    default: tkv_trellis_decode_n(t->table, s, L->d, out, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1)); break;
+    }
 }
 
 /* The step for literal N and P (S = 2^P states, a multiple of 8). */
