@@ -150,6 +150,13 @@ def _floats(text: str) -> list:
     return [float(x) for x in text.split(",") if x]
 
 
+def _write_json_file(args: argparse.Namespace, results: list) -> None:
+    """--json-file for ppl / attention / niah: the results' to_dict() as a JSON list."""
+    if args.json_file:
+        with open(args.json_file, "w", encoding="utf-8") as f:
+            json.dump([r.to_dict() for r in results], f, indent=2)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from . import eval as tkv_eval
     from .cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
@@ -163,6 +170,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                                            top_k=args.top_k, baseline_file=args.baseline_file,
                                            progress=progress)
         res = [runner.run(c) for c in _eval_configs(args)]
+        _write_json_file(args, res)
         if args.json:
             print(json.dumps([r.to_dict() for r in res], indent=2))
             return 0
@@ -179,6 +187,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         res = tkv_eval.attention_eval(model, _eval_configs(args), text=args.text,
                                       n_tokens=args.tokens, stride=args.stride,
                                       n_threads=args.threads, progress=progress)
+        _write_json_file(args, res)
         if args.json:
             print(json.dumps([r.to_dict() for r in res], indent=2))
             return 0
@@ -194,6 +203,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         res = tkv_eval.niah(model, _eval_configs(args), lengths=lengths, depths=depths,
                             trials=args.trials, seed=args.seed, filler=args.text,
                             n_threads=args.threads, progress=progress)
+        _write_json_file(args, res)
         if args.heatmap and tkv_eval.heatmap(res, args.heatmap) is None:
             print("turbokv: matplotlib is not installed (pip install 'turbokv[plot]'): "
                   "no heatmap", file=sys.stderr)
@@ -327,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap", default=None, help="niah: write a heatmap PNG")
     p.add_argument("--metrics", default="ppl,kld", help="sweep: ppl,kld,cosine,niah,speed")
     p.add_argument("--csv", default=None, help="sweep: write rows as CSV")
-    p.add_argument("--json-file", default=None, help="sweep: write rows as JSON")
+    p.add_argument("--json-file", default=None, help="write the results (sweep: rows) as JSON")
     p.add_argument("--plot", default=None, help="sweep: Pareto plot PNG (quality vs bits)")
     p.add_argument("-t", "--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -239,6 +239,12 @@ def test_sweep_rows_tables_and_files(tiny, tmp_path, capsys):
                      "-c", "64", "--chunks", "1", "--no-progress", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["config"] == "turbo_kv_3b" and out[0]["kld_mean"] > 0
+    # --json-file works for ppl too (a trellis codec: same levers, its own kernels)
+    jf = tmp_path / "ppl.json"
+    assert cli_main(["eval", "ppl", "-m", str(model.path), "--kv", "turbo_kv_3b_tcq", "--text", text,
+                     "-c", "64", "--chunks", "1", "--no-progress", "--json-file", str(jf)]) == 0
+    saved = json.loads(jf.read_text())
+    assert saved[0]["config"] == "turbo_kv_3b_tcq" and saved[0]["kld_mean"] > 0
 
 
 @pytest.mark.slow
