@@ -7,7 +7,7 @@ Runs perplexity + KL divergence (WikiText-2 test, chunks of n_ctx, second half s
 fp32-KV baseline from the same run), attention cosine on captured activations, and
 prefill / decode speed for the codecs and the levers (key centering and a sink token, the
 cache's defaults; key smoothing; K at more bits than V, first/last layer overrides, fp16
-window); with --niah also the needle-in-a-haystack
+window) and the trellis-coded codecs; with --niah also the needle-in-a-haystack
 grid.  Writes sweep.json, sweep.csv, table.md, pareto.png (when matplotlib is present).
 """
 from __future__ import annotations
@@ -35,6 +35,9 @@ CONFIGS = [
     "turbo_kv_5b/turbo_kv_3b+smooth", "turbo_kv_4b/turbo_kv_3b+smooth",
     "turbo_kv_4b+smooth+L=0,29:q8_0", "turbo_kv_3b+smooth+L=0,29:q8_0",
     "turbo_kv_4b+plain+w=64",
+    # trellis-coded codecs (same bytes as turbo_kv_Nb), defaults and with smoothing
+    "turbo_kv_4b_tcq", "turbo_kv_3b_tcq", "turbo_kv_4b_tcq+smooth", "turbo_kv_3b_tcq+smooth",
+    "turbo_kv_2b_tcq+smooth",
 ]
 
 

@@ -103,7 +103,7 @@ extern const tkv_codec_kernels tkv_codec_kernels_scalar;
 #if defined(TKV_HAVE_X86_KERNELS)
 extern const tkv_codec_kernels tkv_codec_kernels_avx2;
 extern const tkv_codec_kernels tkv_codec_kernels_avx512;
-/* kernels_trellis_avx2.c (the Viterbi step serves the AVX-512 table too) */
+/* kernels_trellis_avx2.c */
 void tkv_scores_trellis_avx2(const tkv_code_layout *layout, const float *q, const uint8_t *codes,
                              size_t n, float *out);
 void tkv_accum_trellis_avx2(const tkv_code_layout *layout, const float *w, float threshold,
@@ -113,6 +113,8 @@ void tkv_scores_trellis_multi_avx2(const tkv_code_layout *layout, const float *c
 void tkv_trellis_step_avx2(const tkv_trellis *t, float x, const float *cost, float *next,
                            uint8_t *back);
 /* kernels_trellis_avx512.c */
+void tkv_trellis_step_avx512(const tkv_trellis *t, float x, const float *cost, float *next,
+                             uint8_t *back);
 void tkv_scores_trellis_avx512(const tkv_code_layout *layout, const float *q, const uint8_t *codes,
                                size_t n, float *out);
 void tkv_accum_trellis_avx512(const tkv_code_layout *layout, const float *w, float threshold,

@@ -148,6 +148,63 @@ tkv_trellis_run_n(const tkv_code_layout *Lay, const uint8_t *codes, size_t n, in
     }
 }
 
+/* The Viterbi step (kernels.h) for literal N and P, 16 states at a time; the same
+ * operations as the scalar step (product, then sum; strict less-than keeps the smallest
+ * a), so the same bits. */
+static inline __attribute__((always_inline)) void
+tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, uint8_t *back,
+                   const uint32_t N, const uint32_t P) {
+    const uint32_t S = 1u << P, K = 1u << N;
+    const uint32_t R = S > K ? S / K : 1; /* the predecessor of s depends on s mod R */
+    float pred[64];
+    for (uint32_t a = 0; a < K; a++) {
+        for (uint32_t r = 0; r < R; r++) {
+            pred[a * R + r] = cost[((r << N) | a) & (S - 1)];
+        }
+    }
+    const __m512 xv = _mm512_set1_ps(x);
+    for (uint32_t s0 = 0; s0 < S; s0 += 16) {
+        __m512 best = _mm512_setzero_ps();
+        __m512i arg = _mm512_setzero_si512();
+        for (uint32_t a = 0; a < K; a++) {
+            __m512 pv;
+            if (R == 1) {
+                pv = _mm512_set1_ps(pred[a]);
+            } else if (R == 8) {
+                pv = _mm512_broadcast_f32x8(_mm256_loadu_ps(pred + a * R));
+            } else {
+                pv = _mm512_loadu_ps(pred + a * R + s0 % R);
+            }
+            const __m512 e = _mm512_sub_ps(xv, _mm512_loadu_ps(tab + (size_t)a * S + s0));
+            const __m512 c = _mm512_add_ps(pv, _mm512_mul_ps(e, e));
+            if (a == 0) {
+                best = c;
+            } else {
+                const __mmask16 lt = _mm512_cmp_ps_mask(c, best, _CMP_LT_OQ);
+                best = _mm512_mask_blend_ps(lt, best, c);
+                arg = _mm512_mask_blend_epi32(lt, arg, _mm512_set1_epi32((int)a));
+            }
+        }
+        _mm512_storeu_ps(next + s0, best);
+        _mm_storeu_si128((__m128i *)(back + s0), _mm512_cvtepi32_epi8(arg));
+    }
+}
+
+void tkv_trellis_step_avx512(const tkv_trellis *t, float x, const float *cost, float *next,
+                             uint8_t *back) {
+    const uint32_t states = 1u << t->state_bits;
+    if (states % 16 != 0) {
+        tkv_trellis_step_avx2(t, x, cost, next, back);
+        return;
+    }
+    switch (t->bits) {
+    case 2: tkv_trellis_step_n(t->table, x, cost, next, back, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1)); break;
+    case 3: tkv_trellis_step_n(t->table, x, cost, next, back, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1)); break;
+    case 4: tkv_trellis_step_n(t->table, x, cost, next, back, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1)); break;
+    default: tkv_trellis_step_scalar(t, x, cost, next, back); break;
+    }
+}
+
 #define TKV_TRELLIS_RUN(...)                                                                    \
     do {                                                                                        \
         switch (L->trellis->bits) {                                                             \
