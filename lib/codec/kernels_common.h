@@ -8,9 +8,6 @@
 #define TKV_CODEC_KERNELS_COMMON_H
 
 #include <stdint.h>
-#include <string.h>
-
-#include "codec/trellis.h"
 
 static inline uint16_t tkv_kc_u16(const uint8_t *p) {
     return (uint16_t)(p[0] | (p[1] << 8));
@@ -69,48 +66,21 @@ static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl
     }
 }
 
-/* Little-endian load of n (1..8) bytes (the library assumes a little-endian host). */
-static inline uint64_t tkv_kc_le_bytes(const uint8_t *p, uint32_t n) {
-    uint64_t v = 0;
-    memcpy(&v, p, n);
-    return v;
-}
-
 /*
- * Unscaled decode of a trellis stream of d symbols of N bits (d a multiple of 8, >= 16),
- * 8 windows per 64-bit load with constant shifts (gathers are slow on several x86 parts;
- * this is faster there and portable).  Windows of group g >= 1 start at bit 8 g N - P,
- * i.e. bit 8 - P of byte g N - 1; group 0 takes its older symbols from the end of the
- * stream (tail-biting); the last group loads only the bytes that exist.  Called with
- * literal N and P so that every shift is a constant.
+ * Trellis encoder step (kernels.h, trellis_step): the new states s = r (mod R) share their
+ * predecessor for each dropped symbol a; pred[a R + r] gets its cost.  R = 2^P / 2^N, or 1
+ * when the state is a single symbol.  Returns R.
  */
-static inline __attribute__((always_inline)) void
-tkv_kc_trellis_decode_n(const float *tab, const uint8_t *s, uint32_t d, float *out, const uint32_t N,
-                        const uint32_t P) {
-    const uint32_t L = P + N, nb = d * N / 8, groups = d / 8;
-    const uint64_t wm = (1u << L) - 1u, am = (1u << N) - 1u;
-    uint64_t v = (tkv_kc_le_bytes(s, nb < 7 ? nb : 7) << P) | (uint64_t)(s[nb - 1] >> (8 - P));
-    for (uint32_t l = 0; l < 8; l++) {
-        const uint64_t w = (v >> (N * l)) & wm;
-        out[l] = tab[(w >> N) | ((w & am) << P)];
-    }
-    for (uint32_t g = 1; g < groups; g++) {
-        const uint8_t *p = s + g * N - 1;
-        v = g + 1 < groups ? tkv_kc_le_bytes(p, 8) : tkv_kc_le_bytes(p, N + 1);
-        for (uint32_t l = 0; l < 8; l++) {
-            const uint64_t w = (v >> (8 - P + N * l)) & wm;
-            out[8 * g + l] = tab[(w >> N) | ((w & am) << P)];
+static inline uint32_t tkv_kc_trellis_preds(const float *cost, uint32_t N, uint32_t P,
+                                            float *pred) {
+    const uint32_t S = 1u << P, K = 1u << N;
+    const uint32_t R = S > K ? S / K : 1;
+    for (uint32_t a = 0; a < K; a++) {
+        for (uint32_t r = 0; r < R; r++) {
+            pred[a * R + r] = cost[((r << N) | a) & (S - 1)];
         }
     }
-}
-
-static inline void tkv_kc_trellis_decode(const tkv_trellis *t, const uint8_t *stream, uint32_t d,
-                                         float *out) {
-    switch (t->bits) {
-    case 2: tkv_kc_trellis_decode_n(t->table, stream, d, out, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1)); break;
-    case 3: tkv_kc_trellis_decode_n(t->table, stream, d, out, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1)); break;
-    default: tkv_kc_trellis_decode_n(t->table, stream, d, out, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1)); break;
-    }
+    return R;
 }
 
 /*

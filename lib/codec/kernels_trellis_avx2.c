@@ -1,10 +1,9 @@
 /*
  * kernels_trellis_avx2.c - AVX2 score / accumulate kernels of the trellis codecs.
  *
- * A vector is decoded with table loads (tkv_kc_trellis_decode: 8 windows per 64-bit
- * load, constant shifts), then dotted / accumulated 8 lanes at a time.  AVX2 gathers
- * were measured 3x slower for the decode on this project's x86 machines (~30 cycles
- * per 8-lane gather).  The AVX-512 table uses these kernels too.
+ * A vector is decoded 8 coordinates at a time: the table slots in AVX2 registers, then
+ * 8 scalar table loads (an 8-lane gather measured ~30 cycles on this project's x86
+ * machines, slower than the loads), then dotted / accumulated 8 lanes at a time.
  * Tested against kernels_scalar.c (tests/c/test_kernels_codec.c).
  */
 #include <immintrin.h>
@@ -82,14 +81,8 @@ static inline __attribute__((always_inline)) void
 tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, uint8_t *back,
                    const uint32_t N, const uint32_t P) {
     const uint32_t S = 1u << P, K = 1u << N;
-    const uint32_t R = S > K ? S / K : 1; /* the predecessor of s depends on s mod R */
-    /* pred[a R + r]: cost of the predecessor of the states s = r (mod R), dropped symbol a */
     float pred[64];
-    for (uint32_t a = 0; a < K; a++) {
-        for (uint32_t r = 0; r < R; r++) {
-            pred[a * R + r] = cost[((r << N) | a) & (S - 1)];
-        }
-    }
+    const uint32_t R = tkv_kc_trellis_preds(cost, N, P, pred);
     const __m256 xv = _mm256_set1_ps(x);
     for (uint32_t s0 = 0; s0 < S; s0 += 8) {
         __m256 best = _mm256_setzero_ps();

@@ -155,13 +155,8 @@ static inline __attribute__((always_inline)) void
 tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, uint8_t *back,
                    const uint32_t N, const uint32_t P) {
     const uint32_t S = 1u << P, K = 1u << N;
-    const uint32_t R = S > K ? S / K : 1; /* the predecessor of s depends on s mod R */
     float pred[64];
-    for (uint32_t a = 0; a < K; a++) {
-        for (uint32_t r = 0; r < R; r++) {
-            pred[a * R + r] = cost[((r << N) | a) & (S - 1)];
-        }
-    }
+    const uint32_t R = tkv_kc_trellis_preds(cost, N, P, pred);
     const __m512 xv = _mm512_set1_ps(x);
     for (uint32_t s0 = 0; s0 < S; s0 += 16) {
         __m512 best = _mm512_setzero_ps();
