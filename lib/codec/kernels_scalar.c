@@ -1,6 +1,8 @@
 /*
  * kernels_scalar.c - reference codec kernels: decode each vector, then a plain loop.
- * They define what every ISA variant must compute (within float rounding).
+ * They define what every ISA variant must compute (within float rounding).  The trellis
+ * format's reference is tkv_decode_rotated_scalar (window by window, bit by bit); its
+ * table entries use a faster word-wise decode, checked against it by the tests.
  */
 #include <math.h>
 #include <string.h>
@@ -189,6 +191,92 @@ void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, f
     }
 }
 
+/*
+ * Portable fast decode of a trellis vector (unscaled) for the scalar table's kernels:
+ * 8 windows per 64-bit little-endian word.  Windows of group g >= 1 start at bit
+ * 8 g N - P = bit 8 - P of byte g N - 1; group 0 takes its older symbols from the stream's
+ * last byte (tail-biting).  Tests hold it to the bit-by-bit reference above.
+ */
+static uint64_t tkv_le_bytes(const uint8_t *p, uint32_t n) {
+    uint64_t v = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        v |= (uint64_t)p[i] << (8 * i);
+    }
+    return v;
+}
+
+static void tkv_trellis_decode_fast(const tkv_trellis *t, const uint8_t *s, uint32_t d, float *out) {
+    const uint32_t N = t->bits, P = t->state_bits, nb = d * N / 8, groups = d / 8;
+    const uint64_t wm = (1u << t->window_bits) - 1u, am = (1u << N) - 1u;
+    uint64_t v = (tkv_le_bytes(s, nb < 7 ? nb : 7) << P) | (uint64_t)(s[nb - 1] >> (8 - P));
+    for (uint32_t l = 0; l < 8; l++) {
+        const uint64_t w = (v >> (N * l)) & wm;
+        out[l] = t->table[(w >> N) | ((w & am) << P)];
+    }
+    for (uint32_t g = 1; g < groups; g++) {
+        const uint32_t b0 = g * N - 1;
+        v = tkv_le_bytes(s + b0, nb - b0 < 8 ? nb - b0 : 8) >> (8 - P);
+        for (uint32_t l = 0; l < 8; l++) {
+            const uint64_t w = (v >> (N * l)) & wm;
+            out[8 * g + l] = t->table[(w >> N) | ((w & am) << P)];
+        }
+    }
+}
+
+static void tkv_scores_trellis_multi_scalar(const tkv_code_layout *L, const float *const *qs,
+                                            int nq, const uint8_t *codes, size_t n,
+                                            float *const *outs) {
+    float x[TKV_MAX_D];
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *code = codes + i * L->stride;
+        tkv_trellis_decode_fast(L->trellis, code + L->payload_off, L->d, x);
+        const float scale = tkv_fp16_to_f32(tkv_load_u16(code + L->scale_off));
+        for (int k = 0; k < nq; k++) {
+            float sum = 0.0f;
+            for (uint32_t j = 0; j < L->d; j++) {
+                sum += qs[k][j] * x[j];
+            }
+            outs[k][i] = scale * sum;
+        }
+    }
+}
+
+static void tkv_scores_trellis_scalar(const tkv_code_layout *L, const float *q,
+                                      const uint8_t *codes, size_t n, float *out) {
+    tkv_scores_trellis_multi_scalar(L, &q, 1, codes, n, &out);
+}
+
+static void tkv_accum_trellis_multi_scalar(const tkv_code_layout *L, const float *const *ws,
+                                           int nq, float threshold, const uint8_t *codes,
+                                           size_t n, float *const *accs) {
+    float x[TKV_MAX_D];
+    for (size_t i = 0; i < n; i++) {
+        int any = 0;
+        for (int k = 0; k < nq; k++) {
+            any |= fabsf(ws[k][i]) >= threshold;
+        }
+        if (!any) {
+            continue;
+        }
+        const uint8_t *code = codes + i * L->stride;
+        tkv_trellis_decode_fast(L->trellis, code + L->payload_off, L->d, x);
+        const float scale = tkv_fp16_to_f32(tkv_load_u16(code + L->scale_off));
+        for (int k = 0; k < nq; k++) {
+            if (fabsf(ws[k][i]) >= threshold) {
+                const float w = ws[k][i] * scale;
+                for (uint32_t j = 0; j < L->d; j++) {
+                    accs[k][j] += w * x[j];
+                }
+            }
+        }
+    }
+}
+
+static void tkv_accum_trellis_scalar(const tkv_code_layout *L, const float *w, float threshold,
+                                     const uint8_t *codes, size_t n, float *acc) {
+    tkv_accum_trellis_multi_scalar(L, &w, 1, threshold, codes, n, &acc);
+}
+
 void tkv_scores_multi_scalar(const tkv_code_layout *L, const float *const *qs, int nq,
                              const uint8_t *codes, size_t n, float *const *outs) {
     for (int k = 0; k < nq; k++) {
@@ -206,16 +294,16 @@ void tkv_accum_multi_scalar(const tkv_code_layout *L, const float *const *ws, in
 const tkv_codec_kernels tkv_codec_kernels_scalar = {
     .isa = "scalar",
     .scores = {tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar,
-               tkv_scores_scalar, tkv_scores_scalar, tkv_scores_scalar},
+               tkv_scores_scalar, tkv_scores_scalar, tkv_scores_trellis_scalar},
     .accum = {tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar,
-              tkv_accum_scalar, tkv_accum_scalar, tkv_accum_scalar},
+              tkv_accum_scalar, tkv_accum_scalar, tkv_accum_trellis_scalar},
     .fwht = tkv_fwht_scalar,
     .matvec = tkv_matvec_scalar,
     .matvec_t = tkv_matvec_t_scalar,
     .softmax = tkv_softmax_scalar,
     .trellis_step = tkv_trellis_step_scalar,
     .scores_multi = {[TKV_FMT_TURBO] = tkv_scores_multi_scalar,
-                     [TKV_FMT_TRELLIS] = tkv_scores_multi_scalar},
+                     [TKV_FMT_TRELLIS] = tkv_scores_trellis_multi_scalar},
     .accum_multi = {[TKV_FMT_TURBO] = tkv_accum_multi_scalar,
-                    [TKV_FMT_TRELLIS] = tkv_accum_multi_scalar},
+                    [TKV_FMT_TRELLIS] = tkv_accum_trellis_multi_scalar},
 };

@@ -118,6 +118,19 @@ static void test_codec_dim(const tkv_codec_kernels *K, const tkv_codec_kernels *
         }
     }
     CHECK_MSG(bad == 0, "%s %s d=%u: %d scores out of tolerance", K->isa, c.desc->name, d, bad);
+    /* the scalar table itself against the reference decode (the trellis entries decode
+     * word-wise, the reference bit by bit) */
+    bad = 0;
+    for (int i = 0; i < N_VEC; i++) {
+        double ref = 0.0, mag = 0.0;
+        for (uint32_t j = 0; j < width; j++) {
+            ref += (double)q[j] * dec[(size_t)i * width + j];
+            mag += fabs((double)q[j] * dec[(size_t)i * width + j]);
+        }
+        bad += !near_rel(out_s[i], ref, mag);
+    }
+    CHECK_MSG(bad == 0, "scalar %s d=%u: %d scores differ from the reference decode", c.desc->name,
+              d, bad);
 
     /* accum: threshold 0 keeps every row (w = 0 included), 0.5 skips about half */
     const float thresholds[2] = {0.0f, 0.5f};
