@@ -124,8 +124,9 @@ TKV_API const char *tkv_last_error(void);
 #define TKV_CODEC_TURBO_5B_FAST 11  /* "turbo_kv_5b_fast": 5-bit indices, one per byte */
 #define TKV_CODEC_TURBO_3B_QJL 12   /* "turbo_kv_3b_qjl": 2-bit codebook + 1-bit QJL sketch */
 #define TKV_CODEC_TURBO_4B_QJL 13   /* "turbo_kv_4b_qjl": 3-bit codebook + 1-bit QJL sketch */
-#define TKV_CODEC_TURBO_2B_TCQ 14   /* "turbo_kv_2b_tcq": norm + rotation + 2-bit trellis code; 0.3 */
-#define TKV_CODEC_TURBO_3B_TCQ 15   /* "turbo_kv_3b_tcq": same bytes as turbo_kv_3b, ~0.57x its MSE */
+/* Trellis-coded turbo codecs (since 0.3): the bytes of turbo_kv_Nb, ~0.64-0.70x its MSE */
+#define TKV_CODEC_TURBO_2B_TCQ 14   /* "turbo_kv_2b_tcq": norm + rotation + 2-bit trellis */
+#define TKV_CODEC_TURBO_3B_TCQ 15   /* "turbo_kv_3b_tcq" */
 #define TKV_CODEC_TURBO_4B_TCQ 16   /* "turbo_kv_4b_tcq" */
 #define TKV_CODEC_COUNT 17          /* number of codec ids in this version (grows) */
 
@@ -135,7 +136,7 @@ TKV_API const char *tkv_last_error(void);
 #define TKV_CODEC_FLAG_QJL (1u << 2)       /* carries a 1-bit QJL residual sketch */
 #define TKV_CODEC_FLAG_BLOCK (1u << 3)     /* 32-element block quantization (q8_0/q4_0) */
 #define TKV_CODEC_FLAG_FLOAT (1u << 4)     /* plain floating point (fp32/fp16/bf16) */
-#define TKV_CODEC_FLAG_TRELLIS (1u << 5)   /* trellis-coded symbols (head_dim % 8 == 0, >= 16); 0.3 */
+#define TKV_CODEC_FLAG_TRELLIS (1u << 5)   /* trellis symbols (head_dim % 8 == 0, >= 16); 0.3 */
 
 /* Number of codec ids known to this library (ids are 0..count-1).  Since 0.1. */
 TKV_API int32_t tkv_codec_count(void);

@@ -20,9 +20,10 @@
  * permutation in AVX2, then 8 scalar table loads (cheaper than a gather here).  Group 0
  * takes its older symbols from the end of the stream; the last group reads no byte past it.
  */
-static inline __attribute__((always_inline)) void
-tkv_trellis_decode_n(const float *tab, const uint8_t *s, uint32_t d, float *out, const uint32_t N,
-                     const uint32_t P) {
+static inline __attribute__((always_inline)) void tkv_trellis_decode_n(const float *tab,
+                                                                       const uint8_t *s, uint32_t d,
+                                                                       float *out, const uint32_t N,
+                                                                       const uint32_t P) {
     const uint32_t L = P + N, nb = d * N / 8, groups = d / 8;
     /* lanes 0-3 from the word at byte gN - 1 (bit 8 - P: window of coordinate 8g), lanes
      * 4-7 from the word at byte gN - 1 + (8 - P + 4N) / 8 */
@@ -70,9 +71,15 @@ static void tkv_trellis_decode_avx2(const tkv_code_layout *L, const uint8_t *cod
     const tkv_trellis *t = L->trellis;
     const uint8_t *s = code + L->payload_off;
     switch (t->bits) {
-    case 2: tkv_trellis_decode_n(t->table, s, L->d, out, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1)); break;
-    case 3: tkv_trellis_decode_n(t->table, s, L->d, out, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1)); break;
-    default: tkv_trellis_decode_n(t->table, s, L->d, out, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1)); break;
+    case 2:
+        tkv_trellis_decode_n(t->table, s, L->d, out, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1));
+        break;
+    case 3:
+        tkv_trellis_decode_n(t->table, s, L->d, out, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1));
+        break;
+    default:
+        tkv_trellis_decode_n(t->table, s, L->d, out, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1));
+        break;
     }
 }
 
@@ -88,7 +95,8 @@ tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, ui
         __m256 best = _mm256_setzero_ps();
         __m256i arg = _mm256_setzero_si256();
         for (uint32_t a = 0; a < K; a++) {
-            const __m256 pv = R == 1 ? _mm256_set1_ps(pred[a]) : _mm256_loadu_ps(pred + a * R + s0 % R);
+            const __m256 pv =
+                R == 1 ? _mm256_set1_ps(pred[a]) : _mm256_loadu_ps(pred + a * R + s0 % R);
             const __m256 e = _mm256_sub_ps(xv, _mm256_loadu_ps(tab + (size_t)a * S + s0));
             const __m256 c = _mm256_add_ps(pv, _mm256_mul_ps(e, e));
             if (a == 0) {
@@ -100,8 +108,8 @@ tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, ui
             }
         }
         _mm256_storeu_ps(next + s0, best);
-        const __m128i a16 = _mm_packus_epi32(_mm256_castsi256_si128(arg),
-                                             _mm256_extracti128_si256(arg, 1));
+        const __m128i a16 =
+            _mm_packus_epi32(_mm256_castsi256_si128(arg), _mm256_extracti128_si256(arg, 1));
         _mm_storel_epi64((__m128i *)(back + s0), _mm_packus_epi16(a16, a16));
     }
 }
@@ -109,10 +117,18 @@ tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, ui
 void tkv_trellis_step_avx2(const tkv_trellis *t, float x, const float *cost, float *next,
                            uint8_t *back) {
     switch (t->bits) {
-    case 2: tkv_trellis_step_n(t->table, x, cost, next, back, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1)); break;
-    case 3: tkv_trellis_step_n(t->table, x, cost, next, back, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1)); break;
-    case 4: tkv_trellis_step_n(t->table, x, cost, next, back, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1)); break;
-    default: tkv_trellis_step_scalar(t, x, cost, next, back); break;
+    case 2:
+        tkv_trellis_step_n(t->table, x, cost, next, back, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1));
+        break;
+    case 3:
+        tkv_trellis_step_n(t->table, x, cost, next, back, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1));
+        break;
+    case 4:
+        tkv_trellis_step_n(t->table, x, cost, next, back, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1));
+        break;
+    default:
+        tkv_trellis_step_scalar(t, x, cost, next, back);
+        break;
     }
 }
 

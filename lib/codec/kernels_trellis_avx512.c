@@ -46,8 +46,8 @@ static inline float tkv_dot512(const float *a, const float *b, uint32_t d) {
         acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), acc);
     }
     if (j < d) { /* d mod 16 == 8 */
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(0xff, a + j), _mm512_maskz_loadu_ps(0xff, b + j),
-                              acc);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(0xff, a + j),
+                              _mm512_maskz_loadu_ps(0xff, b + j), acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
@@ -193,20 +193,34 @@ void tkv_trellis_step_avx512(const tkv_trellis *t, float x, const float *cost, f
         return;
     }
     switch (t->bits) {
-    case 2: tkv_trellis_step_n(t->table, x, cost, next, back, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1)); break;
-    case 3: tkv_trellis_step_n(t->table, x, cost, next, back, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1)); break;
-    case 4: tkv_trellis_step_n(t->table, x, cost, next, back, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1)); break;
-    default: tkv_trellis_step_scalar(t, x, cost, next, back); break;
+    case 2:
+        tkv_trellis_step_n(t->table, x, cost, next, back, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1));
+        break;
+    case 3:
+        tkv_trellis_step_n(t->table, x, cost, next, back, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1));
+        break;
+    case 4:
+        tkv_trellis_step_n(t->table, x, cost, next, back, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1));
+        break;
+    default:
+        tkv_trellis_step_scalar(t, x, cost, next, back);
+        break;
     }
 }
 
-#define TKV_TRELLIS_RUN(...)                                                                    \
-    do {                                                                                        \
-        switch (L->trellis->bits) {                                                             \
-        case 2: tkv_trellis_run_n(__VA_ARGS__, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1)); break;        \
-        case 3: tkv_trellis_run_n(__VA_ARGS__, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1)); break;        \
-        default: tkv_trellis_run_n(__VA_ARGS__, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1)); break;       \
-        }                                                                                       \
+#define TKV_TRELLIS_RUN(...)                                                                       \
+    do {                                                                                           \
+        switch (L->trellis->bits) {                                                                \
+        case 2:                                                                                    \
+            tkv_trellis_run_n(__VA_ARGS__, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1));                     \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            tkv_trellis_run_n(__VA_ARGS__, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1));                     \
+            break;                                                                                 \
+        default:                                                                                   \
+            tkv_trellis_run_n(__VA_ARGS__, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1));                     \
+            break;                                                                                 \
+        }                                                                                          \
     } while (0)
 
 void tkv_scores_trellis_multi_avx512(const tkv_code_layout *L, const float *const *qs, int nq,

@@ -44,14 +44,20 @@ _Static_assert(sizeof tkv_trellis_table_2 / sizeof(float) == 1u << (2 * TKV_TREL
 
 const tkv_trellis *tkv_trellis_get(uint32_t bits) {
     switch (bits) {
-    case 2: return &tkv_trellis_2;
-    case 3: return &tkv_trellis_3;
-    case 4: return &tkv_trellis_4;
-    default: return NULL;
+    case 2:
+        return &tkv_trellis_2;
+    case 3:
+        return &tkv_trellis_3;
+    case 4:
+        return &tkv_trellis_4;
+    default:
+        return NULL;
     }
 }
 
-int tkv_trellis_dim_valid(uint32_t d) { return d >= 16 && d % 8 == 0; }
+int tkv_trellis_dim_valid(uint32_t d) {
+    return d >= 16 && d % 8 == 0;
+}
 
 uint32_t tkv_trellis_window_at(const tkv_trellis *t, const uint8_t *stream, uint32_t d,
                                uint32_t j) {
@@ -104,8 +110,8 @@ static void tkv_trellis_search(const tkv_trellis *t, const float *x, uint32_t n,
 void tkv_trellis_encode(const tkv_trellis *t, const float *u, uint32_t d, uint8_t *stream,
                         float *uhat, uint8_t *scratch) {
     const uint32_t N = t->bits, m = t->window;
-    uint8_t *back = scratch;                        /* d * 64 bytes */
-    uint8_t sym[1024];                              /* d <= TKV_HEAD_DIM_MAX */
+    uint8_t *back = scratch; /* d * 64 bytes */
+    uint8_t sym[1024];       /* d <= TKV_HEAD_DIM_MAX */
     float wrap_x[TKV_TRELLIS_WRAP_SPAN] = {0};
     uint8_t wrap_sym[TKV_TRELLIS_WRAP_SPAN] = {0};
 

@@ -46,8 +46,7 @@ static inline uint32_t tkv_trellis_slot(const tkv_trellis *t, uint32_t w) {
 }
 
 /* Window j of a coded stream of d symbols (reference form: bit by bit, circular). */
-uint32_t tkv_trellis_window_at(const tkv_trellis *t, const uint8_t *stream, uint32_t d,
-                               uint32_t j);
+uint32_t tkv_trellis_window_at(const tkv_trellis *t, const uint8_t *stream, uint32_t d, uint32_t j);
 
 /* Bytes of scratch tkv_trellis_encode needs for d coordinates. */
 #define TKV_TRELLIS_SCRATCH_BYTES(d) (64 * (size_t)(d) + 64)
