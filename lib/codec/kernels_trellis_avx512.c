@@ -66,13 +66,19 @@ static inline void tkv_axpy512(float w, const float *x, float *acc, uint32_t d) 
     }
 }
 
-/* 16 table values by slot; tb holds the table as 2^(L-4) registers (literal L: 8 or 9). */
-static inline __attribute__((always_inline)) __m512 tkv_lut(const __m512 *tb, __m512i slot,
-                                                            const uint32_t L) {
+/*
+ * 16 table values by slot (literal L: 8 or 9).  A 256-float table is passed in 16
+ * registers (tb); a 512-float one would take all 32 and spill (measured 4x slower at
+ * head_dim 128), so its blocks are read from memory (tab) as they are needed.
+ */
+static inline __attribute__((always_inline)) __m512 tkv_lut(const __m512 *tb, const float *tab,
+                                                            __m512i slot, const uint32_t L) {
     __m512 r[16];
     const uint32_t blocks = 1u << (L - 5);
     for (uint32_t b = 0; b < blocks; b++) {
-        r[b] = _mm512_permutex2var_ps(tb[2 * b], slot, tb[2 * b + 1]);
+        const __m512 lo = L <= 8 ? tb[2 * b] : _mm512_loadu_ps(tab + 32 * b);
+        const __m512 hi = L <= 8 ? tb[2 * b + 1] : _mm512_loadu_ps(tab + 32 * b + 16);
+        r[b] = _mm512_permutex2var_ps(lo, slot, hi);
     }
     for (uint32_t bit = 5, n = blocks; bit < L; bit++, n /= 2) {
         const __mmask16 m = _mm512_test_epi32_mask(slot, _mm512_set1_epi32(1 << bit));
@@ -86,7 +92,7 @@ static inline __attribute__((always_inline)) __m512 tkv_lut(const __m512 *tb, __
 /*
  * Every kernel for literal N and P: decode each code (unscaled) into x, then either dot
  * it with the nq queries (accumulate = 0) or add it, weighted, to the nq accumulators.
- * The table is loaded into registers once per call (the compiler keeps what fits).
+ * A 256-float table is loaded into registers once per call.
  */
 static inline __attribute__((always_inline)) void
 tkv_trellis_run_n(const tkv_code_layout *Lay, const uint8_t *codes, size_t n, int nq,
@@ -94,9 +100,10 @@ tkv_trellis_run_n(const tkv_code_layout *Lay, const uint8_t *codes, size_t n, in
                   float threshold, float *const *accs, const int accumulate, const uint32_t N,
                   const uint32_t P) {
     const uint32_t L = N + P, d = Lay->d;
-    __m512 tb[32];
-    for (uint32_t b = 0; b < (1u << (L - 4)); b++) {
-        tb[b] = _mm512_loadu_ps(Lay->trellis->table + 16 * b);
+    const float *tab = Lay->trellis->table;
+    __m512 tb[16];
+    for (uint32_t b = 0; L <= 8 && b < 16; b++) {
+        tb[b] = _mm512_loadu_ps(tab + 16 * b);
     }
     /* lanes 4k..4k+3 read the 32-bit word at byte (4 k N) / 8 of the group */
     const __m512i shifts = _mm512_setr_epi32(
@@ -135,7 +142,7 @@ tkv_trellis_run_n(const tkv_code_layout *Lay, const uint8_t *codes, size_t n, in
             const __m512i win = _mm512_and_si512(_mm512_srlv_epi32(v, shifts), wmask);
             const __m512i slot = _mm512_or_si512(
                 _mm512_srli_epi32(win, N), _mm512_slli_epi32(_mm512_and_si512(win, amask), P));
-            _mm512_storeu_ps(x + j0, tkv_lut(tb, slot, L)); /* x has room past d */
+            _mm512_storeu_ps(x + j0, tkv_lut(tb, tab, slot, L)); /* x has room past d */
         }
         const float scale = tkv_fp16_to_f32(tkv_kc_u16(code + Lay->scale_off));
         for (int k = 0; k < nq; k++) {
