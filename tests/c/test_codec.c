@@ -538,6 +538,18 @@ static void test_attention(void) {
                       tkv_codec_name(turbo[k]), cs, fl, sds[s]);
             prev = cs;
         }
+        /* trellis-coded, same bytes: above the Lloyd-Max codec of the same bits */
+        const int32_t tcq[][2] = {{TKV_CODEC_TURBO_2B_TCQ, TKV_CODEC_TURBO_2B},
+                                  {TKV_CODEC_TURBO_3B_TCQ, TKV_CODEC_TURBO_3B},
+                                  {TKV_CODEC_TURBO_4B_TCQ, TKV_CODEC_TURBO_4B}};
+        for (size_t k = 0; k < 3; k++) {
+            const double ct = attention_cosine(tcq[k][0], 128, 2048, sds[s], 77);
+            const double cl = attention_cosine(tcq[k][1], 128, 2048, sds[s], 77);
+            printf("attention cosine d=128 n=2048 logit sd %.0f: %-12s %.5f\n", sds[s],
+                   tkv_codec_name(tcq[k][0]), ct);
+            CHECK_MSG(ct > cl, "%s: attention cosine %.5f not above %s's %.5f (logit sd %.0f)",
+                      tkv_codec_name(tcq[k][0]), ct, tkv_codec_name(tcq[k][1]), cl, sds[s]);
+        }
         const int32_t others[] = {TKV_CODEC_Q8_0, TKV_CODEC_Q4_0, TKV_CODEC_Q4_0_ROT,
                                   TKV_CODEC_TURBO_3B_QJL, TKV_CODEC_TURBO_4B_QJL, TKV_CODEC_FP16};
         for (size_t k = 0; k < sizeof others / sizeof others[0]; k++) {
