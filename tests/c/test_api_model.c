@@ -55,8 +55,9 @@ static void test_real_model(const char *path) {
 
     const int32_t codecs[][2] = {{TKV_CODEC_FP32, TKV_CODEC_FP32},
                                  {TKV_CODEC_TURBO_4B, TKV_CODEC_TURBO_3B},
-                                 {TKV_CODEC_TURBO_4B_QJL, TKV_CODEC_Q4_0_ROT}};
-    for (int i = 0; i < 3; i++) {
+                                 {TKV_CODEC_TURBO_4B_QJL, TKV_CODEC_Q4_0_ROT},
+                                 {TKV_CODEC_TURBO_3B_TCQ, TKV_CODEC_TURBO_4B_TCQ}};
+    for (int i = 0; i < 4; i++) {
         tkv_cache_params cp = tkv_cache_default_params();
         cp.k_codec = codecs[i][0];
         cp.v_codec = codecs[i][1];
@@ -66,7 +67,7 @@ static void test_real_model(const char *path) {
                  : i == 1 ? TKV_CACHE_FLAG_SMOOTH_KEYS
                           : TKV_CACHE_FLAG_CENTER_KEYS | TKV_CACHE_FLAG_SMOOTH_KEYS;
         cp.key_smoothing = i == 2 ? 0.35f : 0.0f;
-        cp.sink_tokens = (uint32_t)i; /* 0, 1 (with the window) and 2 */
+        cp.sink_tokens = (uint32_t)i; /* 0, 1 (with the window), 2 and 3 */
         tkv_cache *c = NULL;
         if (i == 1) {
             cp.key_smoothing = 1.5f;
