@@ -65,7 +65,8 @@ tkv_status tkv_codec_bytes_per_vector(int32_t codec, uint32_t head_dim, size_t *
     TKV_TRY(tkv_check_head_dim("tkv_codec_bytes_per_vector", head_dim));
     TKV_REQUIRE(tkv_codec_desc_dim_valid(desc, head_dim), TKV_ERR_INVALID_ARGUMENT,
                 "tkv_codec_bytes_per_vector: %s needs head_dim to be a multiple of 8 and at "
-                "least 16 (got %u)", desc->name, head_dim);
+                "least 16 (got %u)",
+                desc->name, head_dim);
     *out_bytes = tkv_codec_desc_vector_bytes(desc, head_dim);
     return TKV_OK;
 }

@@ -63,8 +63,8 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
             tkv_codec_prepare_query(&hd->k_codec, qk[k], qprep[k]);
         }
         if (kern->scores_multi[kl->format] && nq > 1) {
-            kern->scores_multi[kl->format](kl, (const float *const *)qprep, nq, k_codes, n_comp - s0,
-                                     crow);
+            kern->scores_multi[kl->format](kl, (const float *const *)qprep, nq, k_codes,
+                                           n_comp - s0, crow);
         } else {
             for (int k = 0; k < nq; k++) {
                 kern->scores[kl->format](kl, qprep[k], k_codes, n_comp - s0, crow[k]);
@@ -92,8 +92,8 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
             memset(acc[k], 0, width * sizeof(float));
         }
         if (kern->accum_multi[vl->format] && nq > 1) {
-            kern->accum_multi[vl->format](vl, (const float *const *)crow, nq, sparse_threshold, v_codes,
-                                    n_comp - s0, acc);
+            kern->accum_multi[vl->format](vl, (const float *const *)crow, nq, sparse_threshold,
+                                          v_codes, n_comp - s0, acc);
         } else {
             for (int k = 0; k < nq; k++) {
                 kern->accum[vl->format](vl, crow[k], sparse_threshold, v_codes, n_comp - s0,

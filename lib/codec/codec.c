@@ -114,7 +114,8 @@ size_t tkv_codec_desc_vector_bytes(const tkv_codec_desc *desc, uint32_t d) {
         }
         return bytes;
     }
-    case TKV_FMT_TRELLIS: return 2 + (size_t)d * desc->index_bits / 8;
+    case TKV_FMT_TRELLIS:
+        return 2 + (size_t)d * desc->index_bits / 8;
     default: return 0;
     }
 }

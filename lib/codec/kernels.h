@@ -21,7 +21,7 @@ typedef enum tkv_code_format {
     TKV_FMT_BF16,
     TKV_FMT_Q8_0,
     TKV_FMT_Q4_0,
-    TKV_FMT_TURBO, /* fp16 scale + packed codebook indices (+ QJL signs) */
+    TKV_FMT_TURBO,   /* fp16 scale + packed codebook indices (+ QJL signs) */
     TKV_FMT_TRELLIS, /* fp16 scale + tail-biting trellis symbols (trellis.h) */
     TKV_FMT_COUNT
 } tkv_code_format;
@@ -119,8 +119,8 @@ void tkv_scores_trellis_avx512(const tkv_code_layout *layout, const float *q, co
                                size_t n, float *out);
 void tkv_accum_trellis_avx512(const tkv_code_layout *layout, const float *w, float threshold,
                               const uint8_t *codes, size_t n, float *acc);
-void tkv_scores_trellis_multi_avx512(const tkv_code_layout *layout, const float *const *qs,
-                                     int nq, const uint8_t *codes, size_t n, float *const *outs);
+void tkv_scores_trellis_multi_avx512(const tkv_code_layout *layout, const float *const *qs, int nq,
+                                     const uint8_t *codes, size_t n, float *const *outs);
 void tkv_accum_trellis_multi_avx512(const tkv_code_layout *layout, const float *const *ws, int nq,
                                     float threshold, const uint8_t *codes, size_t n,
                                     float *const *accs);

@@ -676,11 +676,9 @@ static void tkv_accum_turbo_multi_avx2(const tkv_code_layout *L, const float *co
 const tkv_codec_kernels tkv_codec_kernels_avx2 = {
     .isa = "avx2",
     .scores = {tkv_scores_f32_avx2, tkv_scores_f16_avx2, tkv_scores_bf16_avx2, tkv_scores_q8_0_avx2,
-               tkv_scores_q4_0_avx2, tkv_scores_turbo_avx2,
-               tkv_scores_trellis_avx2},
+               tkv_scores_q4_0_avx2, tkv_scores_turbo_avx2, tkv_scores_trellis_avx2},
     .accum = {tkv_accum_f32_avx2, tkv_accum_f16_avx2, tkv_accum_bf16_avx2, tkv_accum_q8_0_avx2,
-              tkv_accum_q4_0_avx2, tkv_accum_turbo_avx2,
-              tkv_accum_trellis_avx2},
+              tkv_accum_q4_0_avx2, tkv_accum_turbo_avx2, tkv_accum_trellis_avx2},
     .fwht = tkv_fwht_avx2,
     .matvec = tkv_matvec_avx2,
     .matvec_t = tkv_matvec_t_avx2,

@@ -205,7 +205,8 @@ static uint64_t tkv_le_bytes(const uint8_t *p, uint32_t n) {
     return v;
 }
 
-static void tkv_trellis_decode_fast(const tkv_trellis *t, const uint8_t *s, uint32_t d, float *out) {
+static void tkv_trellis_decode_fast(const tkv_trellis *t, const uint8_t *s, uint32_t d,
+                                    float *out) {
     const uint32_t N = t->bits, P = t->state_bits, nb = d * N / 8, groups = d / 8;
     const uint64_t wm = (1u << t->window_bits) - 1u, am = (1u << N) - 1u;
     uint64_t v = (tkv_le_bytes(s, nb < 7 ? nb : 7) << P) | (uint64_t)(s[nb - 1] >> (8 - P));
@@ -246,9 +247,9 @@ static void tkv_scores_trellis_scalar(const tkv_code_layout *L, const float *q,
     tkv_scores_trellis_multi_scalar(L, &q, 1, codes, n, &out);
 }
 
-static void tkv_accum_trellis_multi_scalar(const tkv_code_layout *L, const float *const *ws,
-                                           int nq, float threshold, const uint8_t *codes,
-                                           size_t n, float *const *accs) {
+static void tkv_accum_trellis_multi_scalar(const tkv_code_layout *L, const float *const *ws, int nq,
+                                           float threshold, const uint8_t *codes, size_t n,
+                                           float *const *accs) {
     float x[TKV_MAX_D];
     for (size_t i = 0; i < n; i++) {
         int any = 0;

@@ -11,11 +11,11 @@
 
 #include "base/half.h"
 #include "base/rng.h"
+#include "check.h"
 #include "codec/codebook.h"
 #include "codec/codec.h"
-#include "codec/trellis.h"
 #include "codec/pack.h"
-#include "check.h"
+#include "codec/trellis.h"
 
 static const uint32_t kDims[] = {64, 80, 96, 128, 256};
 #define N_DIMS (sizeof kDims / sizeof kDims[0])
@@ -209,17 +209,24 @@ static void test_quality(void) {
         int32_t id;
         double gauss, structured;
     } bars[] = {
-        {TKV_CODEC_TURBO_5B, 0.998, 0.998},      {TKV_CODEC_TURBO_5B_FAST, 0.998, 0.998},
-        {TKV_CODEC_TURBO_4B, 0.994, 0.99},       {TKV_CODEC_TURBO_3B, 0.98, 0.96},
+        {TKV_CODEC_TURBO_5B, 0.998, 0.998},
+        {TKV_CODEC_TURBO_5B_FAST, 0.998, 0.998},
+        {TKV_CODEC_TURBO_4B, 0.994, 0.99},
+        {TKV_CODEC_TURBO_3B, 0.98, 0.96},
         {TKV_CODEC_TURBO_2B, 0.93, 0.90},
         /* trellis-coded: ~0.6-0.7x the MSE of the same bits per coordinate */
-        {TKV_CODEC_TURBO_4B_TCQ, 0.9965, 0.99},  {TKV_CODEC_TURBO_3B_TCQ, 0.988, 0.97},
+        {TKV_CODEC_TURBO_4B_TCQ, 0.9965, 0.99},
+        {TKV_CODEC_TURBO_3B_TCQ, 0.988, 0.97},
         {TKV_CODEC_TURBO_2B_TCQ, 0.955, 0.92},
         /* QJL trades MSE for unbiased dot products: reconstruction error is pi/2 times
          * that of its (b-1)-bit stage, so it measures below turbo_kv_(b-1)b here */
-        {TKV_CODEC_TURBO_4B_QJL, 0.97, 0.96},    {TKV_CODEC_TURBO_3B_QJL, 0.91, 0.87},    {TKV_CODEC_Q8_0, 0.9999, 0.999},
-        {TKV_CODEC_Q8_0_ROT, 0.9999, 0.9999},    {TKV_CODEC_Q4_0_ROT, 0.99, 0.99},
-        {TKV_CODEC_FP16, 0.999999, 0.999999},    {TKV_CODEC_BF16, 0.99998, 0.99998},
+        {TKV_CODEC_TURBO_4B_QJL, 0.97, 0.96},
+        {TKV_CODEC_TURBO_3B_QJL, 0.91, 0.87},
+        {TKV_CODEC_Q8_0, 0.9999, 0.999},
+        {TKV_CODEC_Q8_0_ROT, 0.9999, 0.9999},
+        {TKV_CODEC_Q4_0_ROT, 0.99, 0.99},
+        {TKV_CODEC_FP16, 0.999999, 0.999999},
+        {TKV_CODEC_BF16, 0.99998, 0.99998},
         {TKV_CODEC_FP32, 0.9999999, 0.9999999},
     };
     printf("%-18s %5s  %-9s %-9s %-9s (mean cosine, worst of 4 seeds for structured)\n",
@@ -367,14 +374,14 @@ static void test_trellis(void) {
                 }
             }
             free(scratch);
-            CHECK_MSG(worse == 0, "N=%u d=%u: %d single-symbol changes beat the search", t->bits,
-                      d, worse);
+            CHECK_MSG(worse == 0, "N=%u d=%u: %d single-symbol changes beat the search", t->bits, d,
+                      worse);
             /* against Lloyd-Max on the same (unit-variance) input; short vectors gain less
              * (the wrap state costs relatively more: 2 bits, d = 16 measures 0.81x) */
             const double rel = err / norm;
             const double lm = tkv_codebook_get(t->bits)->distortion;
-            CHECK_MSG(rel < (d >= 64 ? 0.75 : 0.85) * lm, "N=%u d=%u: trellis mse %.5f vs Lloyd-Max %.5f", t->bits,
-                      d, rel, lm);
+            CHECK_MSG(rel < (d >= 64 ? 0.75 : 0.85) * lm,
+                      "N=%u d=%u: trellis mse %.5f vs Lloyd-Max %.5f", t->bits, d, rel, lm);
         }
     }
     const uint32_t bad_dims[] = {2, 8, 10, 18, 1030};
@@ -383,9 +390,11 @@ static void test_trellis(void) {
         struct tkv_codec c;
         CHECK(tkv_codec_bytes_per_vector(TKV_CODEC_TURBO_3B_TCQ, bad_dims[i], &bytes) ==
               TKV_ERR_INVALID_ARGUMENT);
-        CHECK(tkv_codec_init(&c, TKV_CODEC_TURBO_3B_TCQ, bad_dims[i], 1) == TKV_ERR_INVALID_ARGUMENT);
+        CHECK(tkv_codec_init(&c, TKV_CODEC_TURBO_3B_TCQ, bad_dims[i], 1) ==
+              TKV_ERR_INVALID_ARGUMENT);
     }
-    CHECK(strstr(tkv_last_error(), "multiple of 8") != NULL || strstr(tkv_last_error(), "head_dim"));
+    CHECK(strstr(tkv_last_error(), "multiple of 8") != NULL ||
+          strstr(tkv_last_error(), "head_dim"));
 }
 
 /* Scores on codes = dot with decoded keys; error vs exact ~ distortion; QJL unbiased. */
