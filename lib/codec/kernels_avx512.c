@@ -720,11 +720,7 @@ TKV_INLINE void tkv_turbo_accum_multi_bits(const uint32_t bits, const tkv_code_l
     float ws[TKV_MAX_QUERIES][4];
     int nk = 0;
     for (size_t i = 0; i < n; i++) {
-        int any = 0;
-        for (int qi = 0; qi < nq; qi++) {
-            any |= fabsf(w[qi][i]) >= threshold;
-        }
-        if (!any) {
+        if (!tkv_kc_row_needed(w, nq, i, threshold)) {
             continue;
         }
         code[nk] = codes + i * L->stride;

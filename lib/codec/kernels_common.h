@@ -7,6 +7,7 @@
 #ifndef TKV_CODEC_KERNELS_COMMON_H
 #define TKV_CODEC_KERNELS_COMMON_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 static inline uint16_t tkv_kc_u16(const uint8_t *p) {
@@ -64,6 +65,17 @@ static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl
     default:
         return pl[j];
     }
+}
+
+/* 1 if any of the nq queries weights row i at least threshold (sparse V: rows below it
+ * for every query are skipped). */
+static inline int tkv_kc_row_needed(const float *const *ws, int nq, size_t i, float threshold) {
+    for (int k = 0; k < nq; k++) {
+        if (ws[k][i] >= threshold || -ws[k][i] >= threshold) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /*

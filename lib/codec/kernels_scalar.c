@@ -9,6 +9,7 @@
 
 #include "base/half.h"
 #include "codec/kernels.h"
+#include "codec/kernels_common.h"
 #include "codec/pack.h"
 
 #define TKV_MAX_D 1024
@@ -252,11 +253,7 @@ static void tkv_accum_trellis_multi_scalar(const tkv_code_layout *L, const float
                                            float *const *accs) {
     float x[TKV_MAX_D];
     for (size_t i = 0; i < n; i++) {
-        int any = 0;
-        for (int k = 0; k < nq; k++) {
-            any |= fabsf(ws[k][i]) >= threshold;
-        }
-        if (!any) {
+        if (!tkv_kc_row_needed(ws, nq, i, threshold)) {
             continue;
         }
         const uint8_t *code = codes + i * L->stride;

@@ -178,11 +178,7 @@ void tkv_accum_trellis_multi_avx2(const tkv_code_layout *L, const float *const *
                                   float *const *accs) {
     float x[1024];
     for (size_t i = 0; i < n; i++) {
-        int any = 0;
-        for (int k = 0; k < nq; k++) {
-            any |= fabsf(ws[k][i]) >= threshold;
-        }
-        if (!any) {
+        if (!tkv_kc_row_needed(ws, nq, i, threshold)) {
             continue;
         }
         const uint8_t *code = codes + i * L->stride;

@@ -119,11 +119,7 @@ tkv_trellis_run_n(const tkv_code_layout *Lay, const uint8_t *codes, size_t n, in
     uint64_t ext[TKV_EXT_WORDS];
     for (size_t i = 0; i < n; i++) {
         if (accumulate) {
-            int any = 0;
-            for (int k = 0; k < nq; k++) {
-                any |= fabsf(ws[k][i]) >= threshold;
-            }
-            if (!any) {
+            if (!tkv_kc_row_needed(ws, nq, i, threshold)) {
                 continue;
             }
         }
