@@ -138,7 +138,13 @@ void tkv_trellis_encode(const tkv_trellis *t, const float *u, uint32_t d, uint8_
             stream[(p >> 3) + 1] |= (uint8_t)(sym[j] >> (8 - (p & 7)));
         }
     }
+    /* the reconstruction from the symbols in hand (the bit-wise stream reader is the
+     * tests' reference; its per-bit modulo cost more than the rest of this loop) */
     for (uint32_t j = 0; j < d; j++) {
-        uhat[j] = t->table[tkv_trellis_slot(t, tkv_trellis_window_at(t, stream, d, j))];
+        uint32_t w = 0;
+        for (uint32_t k = 0; k < m; k++) { /* oldest symbol in the low bits */
+            w |= (uint32_t)sym[(j + d - (m - 1) + k) % d] << (N * k);
+        }
+        uhat[j] = t->table[tkv_trellis_slot(t, w)];
     }
 }
