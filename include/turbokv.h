@@ -28,10 +28,10 @@ extern "C" {
  * ================================================================================== */
 
 #define TKV_VERSION_MAJOR 0
-#define TKV_VERSION_MINOR 3
+#define TKV_VERSION_MINOR 4
 #define TKV_VERSION_PATCH 0
 #define TKV_VERSION_NUMBER (TKV_VERSION_MAJOR * 10000 + TKV_VERSION_MINOR * 100 + TKV_VERSION_PATCH)
-#define TKV_VERSION_STRING "0.3.0"
+#define TKV_VERSION_STRING "0.4.0"
 
 /* ==================================================================================
  * Export and deprecation macros
@@ -396,8 +396,19 @@ typedef struct tkv_cache_params {
                                   0..64; default 1.  They draw a large share of the softmax
                                   weight in most heads (attention sinks), so their coding error
                                   moves every output.  Since 0.2. */
-    uint32_t reserved[7];      /* must be zero */
+    uint32_t calibration_block; /* positions per calibration block of key centering and key
+                                  smoothing: block 0 is calibrated on the first batch, every
+                                  later block on the keys and queries of the block before it,
+                                  because RoPE makes the keys' statistics drift along the
+                                  sequence; 64..16777216, TKV_CALIBRATION_ONCE = calibrate
+                                  once on the first batch (0.3 behaviour); 0 = 256; default
+                                  256.  Costs 2 * head_dim bytes per block, head and lever.
+                                  Since 0.4. */
+    uint32_t reserved[6];      /* must be zero */
 } tkv_cache_params;
+
+/* tkv_cache_params.calibration_block: one calibration for the whole sequence.  Since 0.4. */
+#define TKV_CALIBRATION_ONCE 0xFFFFFFFFu
 
 /* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0, key centering on, 1 sink
  * token, key smoothing off (key_smoothing 0.35 when the flag is set).  Measured on

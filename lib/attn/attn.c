@@ -29,58 +29,92 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
     const tkv_code_layout f16 = {.format = TKV_FMT_F16, .d = d, .stride = 2 * d};
     const tkv_code_layout f32 = {.format = TKV_FMT_F32, .d = d, .stride = 4 * d};
     const tkv_code_layout *kl = &hd->k_codec.layout, *vl = &hd->v_codec.layout;
-    /* per query: qprep (2d) | acc (2d) | window acc (d) | smoothed query (d) */
+    /* per query: qprep (2d) | acc (2d) | window acc (d) | scaled query (d); the first
+     * query's area also holds the calibration block's mu (d) and s (d) */
     float *qprep[TKV_MAX_QUERIES], *acc[TKV_MAX_QUERIES], *row[TKV_MAX_QUERIES];
-    float *crow[TKV_MAX_QUERIES]; /* row[k] + s0: the compressed positions' scores */
+    const float *qk[TKV_MAX_QUERIES]; /* the query each stored key is scored with */
     for (int k = 0; k < nq; k++) {
         float *w = work + (size_t)k * TKV_ATTN_WORK_FLOATS(d);
         qprep[k] = w;
         acc[k] = w + 2 * (size_t)d;
         row[k] = scores + (size_t)k * stride;
-        crow[k] = row[k] + s0;
-    }
-    /* with key smoothing, keys are stored as k / s: score with q * s */
-    const float *qs = tkv_kv_query_scales(cache, layer, head);
-    const float *qk[TKV_MAX_QUERIES];
-    for (int k = 0; k < nq; k++) {
         qk[k] = q + (size_t)k * d;
-        if (qs) {
-            float *smoothed = work + (size_t)k * TKV_ATTN_WORK_FLOATS(d) + 5 * (size_t)d;
-            for (uint32_t j = 0; j < d; j++) {
-                smoothed[j] = qk[k][j] * qs[j];
-            }
-            qk[k] = smoothed;
-        }
     }
-
-    const uint8_t *k_codes = hd->k_codes + (size_t)s0 * kl->stride;
+    float *mu = work + 6 * (size_t)d, *s = work + 7 * (size_t)d;
     const uint8_t *v_codes = hd->v_codes + (size_t)s0 * vl->stride;
-    for (int k = 0; s0 > 0 && k < nq; k++) {
-        kern->scores[TKV_FMT_F32](&f32, qk[k], (const uint8_t *)hd->k_sink, s0, row[k]);
-    }
-    if (n_comp > s0) {
-        for (int k = 0; k < nq; k++) {
-            tkv_codec_prepare_query(&hd->k_codec, qk[k], qprep[k]);
-        }
-        if (kern->scores_multi[kl->format] && nq > 1) {
-            kern->scores_multi[kl->format](kl, (const float *const *)qprep, nq, k_codes,
-                                           n_comp - s0, crow);
-        } else {
+
+    /* Scores, one calibration block at a time: its keys are stored as (k - mu_b) / s_b
+     * (cache.h), so they are scored with q * s_b, and <q, mu_b - mu_0> puts them on the
+     * scale of block 0 (every score then differs from <q, k> by the same <q, mu_0>). */
+    const int calibrated = tkv_kv_has_calibration(cache);
+    const uint32_t B = cache->calib_block == TKV_CALIBRATION_ONCE || !calibrated
+                           ? n : cache->calib_block;
+    float q_mu0[TKV_MAX_QUERIES] = {0};
+    for (uint32_t lo = 0; lo < n; lo += B) {
+        const uint32_t hi = n - lo > B ? lo + B : n;
+        const uint32_t b = lo / B;
+        float shift[TKV_MAX_QUERIES] = {0};
+        if (calibrated) {
+            tkv_kv_block_calibration(cache, layer, head, b, mu, s);
             for (int k = 0; k < nq; k++) {
-                kern->scores[kl->format](kl, qprep[k], k_codes, n_comp - s0, crow[k]);
+                const float *qq = q + (size_t)k * d;
+                float *scaled = work + (size_t)k * TKV_ATTN_WORK_FLOATS(d) + 5 * (size_t)d;
+                float dot = 0.0f;
+                for (uint32_t j = 0; j < d; j++) {
+                    scaled[j] = qq[j] * s[j];
+                    dot += qq[j] * mu[j];
+                }
+                qk[k] = scaled;
+                if (b == 0) {
+                    q_mu0[k] = dot;
+                }
+                shift[k] = dot - q_mu0[k];
+            }
+        }
+        /* sinks [lo, min(hi, s0)): fp32 rows */
+        for (int k = 0; lo < s0 && k < nq; k++) {
+            const uint32_t e = hi < s0 ? hi : s0;
+            kern->scores[TKV_FMT_F32](&f32, qk[k], (const uint8_t *)(hd->k_sink + (size_t)lo * d),
+                                      e - lo, row[k] + lo);
+        }
+        /* compressed [max(lo, s0), min(hi, n_comp)): codes, with the rotated query */
+        const uint32_t c0 = lo > s0 ? lo : s0, c1 = hi < n_comp ? hi : n_comp;
+        if (c1 > c0) {
+            const uint8_t *k_codes = hd->k_codes + (size_t)c0 * kl->stride;
+            float *crow[TKV_MAX_QUERIES];
+            for (int k = 0; k < nq; k++) {
+                tkv_codec_prepare_query(&hd->k_codec, qk[k], qprep[k]);
+                crow[k] = row[k] + c0;
+            }
+            if (kern->scores_multi[kl->format] && nq > 1) {
+                kern->scores_multi[kl->format](kl, (const float *const *)qprep, nq, k_codes,
+                                               c1 - c0, crow);
+            } else {
+                for (int k = 0; k < nq; k++) {
+                    kern->scores[kl->format](kl, qprep[k], k_codes, c1 - c0, crow[k]);
+                }
+            }
+        }
+        /* window [max(lo, n_comp), hi): unrotated fp16, as (up to) two runs of ring slots */
+        for (uint32_t t = lo > n_comp ? lo : n_comp; t < hi;) {
+            const uint32_t slot = t % W;
+            const uint32_t run = W - slot < hi - t ? W - slot : hi - t;
+            for (int k = 0; k < nq; k++) {
+                kern->scores[TKV_FMT_F16](&f16, qk[k],
+                                          (const uint8_t *)(hd->k_window + (size_t)slot * d), run,
+                                          row[k] + t);
+            }
+            t += run;
+        }
+        for (int k = 0; b > 0 && k < nq; k++) {
+            for (uint32_t t = lo; t < hi; t++) {
+                row[k][t] += shift[k];
             }
         }
     }
-    /* window positions, as (up to) two contiguous runs of ring slots, unrotated fp16 */
-    for (uint32_t t = n_comp; t < n;) {
-        const uint32_t slot = t % W;
-        const uint32_t run = W - slot < n - t ? W - slot : n - t;
-        for (int k = 0; k < nq; k++) {
-            kern->scores[TKV_FMT_F16](&f16, qk[k],
-                                      (const uint8_t *)(hd->k_window + (size_t)slot * d), run,
-                                      row[k] + t);
-        }
-        t += run;
+    float *crow[TKV_MAX_QUERIES]; /* row[k] + s0: the compressed positions' weights */
+    for (int k = 0; k < nq; k++) {
+        crow[k] = row[k] + s0;
     }
     for (int k = 0; k < nq; k++) {
         kern->softmax(row[k], n, scale);

@@ -12,7 +12,7 @@
 #include "kv/cache.h"
 
 /* Floats of `work` one query needs besides its row of scores. */
-#define TKV_ATTN_WORK_FLOATS(d) (6 * (size_t)(d))
+#define TKV_ATTN_WORK_FLOATS(d) (8 * (size_t)(d))
 
 /*
  * out = softmax(scale * <q_k, k_t>) . v_t over positions t = 0..pos of (layer, head),

@@ -5,10 +5,11 @@
  * window is 0).  Code arrays grow by TKV_KV_GROW_TOKENS positions with realloc, so a
  * 32K-token capacity reserves nothing up front.  Codec seeds are derived from the
  * cache seed per (layer, head, K/V) with SplitMix64, so a cache's bytes can be decoded
- * by any process that knows the seed.  With key centering on, stored keys are k - mu
- * (see cache.h); attention scores then differ from <q, k> by <q, mu>, the same for
- * every position, which the softmax cancels.  With key smoothing on, stored keys are
- * (k - mu) / s and attention multiplies queries by s (tkv_kv_query_scales).
+ * by any process that knows the seed.  With key centering and/or smoothing on, a stored
+ * key of calibration block b is (k - mu_b) / s_b (see cache.h); attention scores block b
+ * with q * s_b and adds <q, mu_b - mu_0>, so every score of a query differs from <q, k>
+ * by the same <q, mu_0>, which the softmax cancels.  mu_b and s_b are kept in fp16 and
+ * used as rounded, both to store keys and to score them.
  */
 #include "kv/cache.h"
 
@@ -34,6 +35,7 @@ tkv_status tkv_kv_init(tkv_kv_cache *c, uint32_t n_layer, uint32_t n_head_kv, ui
     c->capacity = capacity;
     c->window = window;
     c->seed = seed;
+    c->calib_block = TKV_DEFAULT_CALIB_BLOCK;
     c->layers = calloc(n_layer, sizeof *c->layers);
     c->heads = calloc((size_t)n_layer * n_head_kv, sizeof *c->heads);
     if (!c->layers || !c->heads) {
@@ -61,18 +63,15 @@ void tkv_kv_release(tkv_kv_cache *c) {
             free(h->v_sink);
             free(h->k_window);
             free(h->v_window);
+            free(h->k_mu);
+            free(h->k_scale);
+            free(h->stats);
         }
     }
     free(c->heads);
     free(c->layers);
-    free(c->key_offsets);
-    free(c->key_scales);
-    free(c->calibrated);
     c->heads = NULL;
     c->layers = NULL;
-    c->key_offsets = NULL;
-    c->key_scales = NULL;
-    c->calibrated = NULL;
 }
 
 tkv_status tkv_kv_set_sink_tokens(tkv_kv_cache *c, uint32_t n_sink) {
@@ -84,20 +83,9 @@ tkv_status tkv_kv_set_sink_tokens(tkv_kv_cache *c, uint32_t n_sink) {
     return TKV_OK;
 }
 
-static tkv_status tkv_kv_alloc_calibration(tkv_kv_cache *c) {
-    if (!c->calibrated) {
-        c->calibrated = calloc(c->n_layer, 1);
-        TKV_REQUIRE(c->calibrated, TKV_ERR_OUT_OF_MEMORY, "cache: out of memory");
-    }
-    return TKV_OK;
-}
-
 tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c) {
     TKV_REQUIRE(!c->allocated, TKV_ERR_INVALID_ARGUMENT,
                 "cache: key centering can only be enabled before the first write");
-    TKV_TRY(tkv_kv_alloc_calibration(c));
-    c->key_offsets = calloc((size_t)c->n_layer * c->n_head_kv * c->head_dim, sizeof(float));
-    TKV_REQUIRE(c->key_offsets, TKV_ERR_OUT_OF_MEMORY, "cache: out of memory for key offsets");
     c->center_keys = 1;
     return TKV_OK;
 }
@@ -107,35 +95,68 @@ tkv_status tkv_kv_enable_key_smoothing(tkv_kv_cache *c, float alpha) {
                 "cache: key smoothing can only be enabled before the first write");
     TKV_REQUIRE(isfinite(alpha) && alpha > 0.0f && alpha <= 1.0f, TKV_ERR_INVALID_ARGUMENT,
                 "cache: key smoothing exponent %g outside (0, 1]", (double)alpha);
-    TKV_TRY(tkv_kv_alloc_calibration(c));
-    const size_t n = (size_t)c->n_layer * c->n_head_kv * c->head_dim;
-    c->key_scales = malloc(n * sizeof(float));
-    TKV_REQUIRE(c->key_scales, TKV_ERR_OUT_OF_MEMORY, "cache: out of memory for key scales");
-    for (size_t i = 0; i < n; i++) {
-        c->key_scales[i] = 1.0f;
-    }
     c->smooth_keys = 1;
     c->smooth_alpha = alpha;
     return TKV_OK;
 }
 
-/* Root mean square per channel j of x[t * row + j], t < n_tok, j < d, into rms. */
-static void tkv_channel_rms(const float *x, size_t row, uint32_t n_tok, uint32_t d, const float *mu,
-                            double *rms) {
-    for (uint32_t j = 0; j < d; j++) {
-        double sum = 0.0;
-        for (uint32_t t = 0; t < n_tok; t++) {
-            const double v = x[t * row + j] - (mu ? mu[j] : 0.0f);
-            sum += v * v;
-        }
-        rms[j] += sum;
-    }
+tkv_status tkv_kv_set_calibration_block(tkv_kv_cache *c, uint32_t calib_block) {
+    TKV_REQUIRE(!c->allocated, TKV_ERR_INVALID_ARGUMENT,
+                "cache: the calibration block can only be set before the first write");
+    TKV_REQUIRE(calib_block == TKV_CALIBRATION_ONCE ||
+                    (calib_block >= TKV_KV_MIN_CALIB_BLOCK && calib_block <= (1u << 24)),
+                TKV_ERR_INVALID_ARGUMENT,
+                "cache: calibration block of %u positions outside %u..16777216 (or "
+                "TKV_CALIBRATION_ONCE)", calib_block, TKV_KV_MIN_CALIB_BLOCK);
+    c->calib_block = calib_block;
+    return TKV_OK;
 }
 
-/* Scales s_j = (rk_j / rq_j)^alpha with both rms floored at 1% of their channel mean (a
- * dead channel must not blow s up), normalized to geometric mean 1.  rk is overwritten. */
+/* Room for `blocks` calibration blocks in every head of a layer (new blocks: mu = 0, s = 1
+ * until set), and the heads' statistics. */
+static tkv_status tkv_kv_grow_calibration(tkv_kv_cache *c, uint32_t layer, uint32_t blocks) {
+    tkv_kv_layer *L = &c->layers[layer];
+    if (blocks <= L->n_calib_alloc) {
+        return TKV_OK;
+    }
+    const uint32_t d = c->head_dim;
+    const uint16_t one = tkv_f32_to_fp16(1.0f);
+    for (uint32_t h = 0; h < c->n_head_kv; h++) {
+        tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+        /* only the arrays of the levers that are on */
+        uint16_t *mu = c->center_keys ? realloc(hd->k_mu, (size_t)blocks * d * sizeof *mu) : NULL;
+        if (mu) {
+            hd->k_mu = mu;
+        }
+        uint16_t *sc = c->smooth_keys ? realloc(hd->k_scale, (size_t)blocks * d * sizeof *sc)
+                                      : NULL;
+        if (sc) {
+            hd->k_scale = sc;
+        }
+        if (!hd->stats) {
+            hd->stats = calloc(3 * (size_t)d, sizeof *hd->stats);
+        }
+        TKV_REQUIRE((mu || !c->center_keys) && (sc || !c->smooth_keys) && hd->stats,
+                    TKV_ERR_OUT_OF_MEMORY,
+                    "cache: out of memory for %u calibration blocks of layer %u", blocks, layer);
+        for (size_t i = (size_t)L->n_calib_alloc * d; i < (size_t)blocks * d; i++) {
+            if (mu) {
+                mu[i] = 0;
+            }
+            if (sc) {
+                sc[i] = one;
+            }
+        }
+    }
+    L->n_calib_alloc = blocks;
+    return TKV_OK;
+}
+
+/* Scales s_j = (rk_j / rq_j)^alpha from per-channel rms values, both floored at 1% of
+ * their channel mean (a dead channel must not blow s up), normalized to geometric mean
+ * 1, rounded to fp16 into s.  rk is overwritten. */
 static void tkv_smoothing_scales(double *rk, const double *rq, uint32_t d, float alpha,
-                                 float *s) {
+                                 uint16_t *s) {
     double mk = 0.0, mq = 0.0;
     for (uint32_t j = 0; j < d; j++) {
         mk += rk[j] / d;
@@ -152,73 +173,167 @@ static void tkv_smoothing_scales(double *rk, const double *rq, uint32_t d, float
         log_mean += rk[j] / d;
     }
     for (uint32_t j = 0; j < d; j++) {
-        s[j] = (float)exp(rk[j] - log_mean);
+        s[j] = tkv_f32_to_fp16((float)exp(rk[j] - log_mean));
     }
 }
 
-/* out = (k - mu) / s for (layer, head) at offset `at`, with whichever levers are on (in
- * and out may be the same row): the space every stored key of the cache lives in. */
-static void tkv_kv_prepare_key(const tkv_kv_cache *c, size_t at, const float *in, float *out) {
-    const float *mu = c->center_keys ? c->key_offsets + at : NULL;
-    const float *s = c->smooth_keys ? c->key_scales + at : NULL;
+/* Set block `block` of (layer, head) from per-channel sums over n_k keys (sum_k, sum_kk)
+ * and n_q queries (sum_qq): mu = mean key, s from the rms of the centered keys and of the
+ * queries. */
+static void tkv_kv_set_block(tkv_kv_cache *c, uint32_t layer, uint32_t head, uint32_t block,
+                             const double *sum_k, const double *sum_kk, const double *sum_qq,
+                             double n_k, double n_q) {
+    const uint32_t d = c->head_dim;
+    tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + head];
+    uint16_t *mu = c->center_keys ? hd->k_mu + (size_t)block * d : NULL;
+    double rk[TKV_HEAD_DIM_MAX], rq[TKV_HEAD_DIM_MAX];
+    for (uint32_t j = 0; j < d; j++) {
+        const double mean = sum_k[j] / n_k;
+        if (mu) {
+            mu[j] = tkv_f32_to_fp16((float)mean);
+        }
+        /* spread around the offset actually subtracted (the fp16 one, or 0) */
+        const double m = mu ? tkv_fp16_to_f32(mu[j]) : 0.0;
+        const double var = sum_kk[j] / n_k - 2.0 * m * mean + m * m;
+        rk[j] = sqrt(var > 0.0 ? var : 0.0);
+        rq[j] = sqrt(sum_qq[j] / n_q);
+    }
+    if (c->smooth_keys && n_k >= TKV_KV_SMOOTH_MIN_TOKENS) {
+        tkv_smoothing_scales(rk, rq, d, c->smooth_alpha, hd->k_scale + (size_t)block * d);
+    }
+}
+
+/* out = (k - mu) / s for (layer, head) in calibration block `block` (in and out may be
+ * the same row): the space every stored key of that block lives in. */
+static void tkv_kv_prepare_key(const tkv_kv_cache *c, uint32_t layer, uint32_t head,
+                               uint32_t block, const float *in, float *out) {
+    const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + head];
+    const uint16_t *mu = c->center_keys ? hd->k_mu + (size_t)block * c->head_dim : NULL;
+    const uint16_t *s = c->smooth_keys ? hd->k_scale + (size_t)block * c->head_dim : NULL;
     for (uint32_t j = 0; j < c->head_dim; j++) {
-        const float x = mu ? in[j] - mu[j] : in[j];
-        out[j] = s ? x / s[j] : x;
+        const float x = mu ? in[j] - tkv_fp16_to_f32(mu[j]) : in[j];
+        out[j] = s ? x / tkv_fp16_to_f32(s[j]) : x;
     }
 }
 
-void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, const float *q,
-                      uint32_t n_head, const float *k, uint32_t n_tok) {
-    if (!c->calibrated || c->calibrated[layer]) {
-        return;
+void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t head,
+                              uint32_t block, float *mu, float *s) {
+    const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + head];
+    const uint16_t *m = c->center_keys ? hd->k_mu + (size_t)block * c->head_dim : NULL;
+    const uint16_t *sc = c->smooth_keys ? hd->k_scale + (size_t)block * c->head_dim : NULL;
+    for (uint32_t j = 0; j < c->head_dim; j++) {
+        mu[j] = m ? tkv_fp16_to_f32(m[j]) : 0.0f;
+        s[j] = sc ? tkv_fp16_to_f32(sc[j]) : 1.0f;
     }
+}
+
+/* Block 0 from the whole first batch reaching past the sinks; sinks stored by earlier
+ * batches (as they came: mu = 0, s = 1) are brought into the calibrated space. */
+static void tkv_kv_calibrate_first(tkv_kv_cache *c, uint32_t layer, const float *q,
+                                   uint32_t n_head, const float *k, uint32_t n_tok) {
     const uint32_t d = c->head_dim, group = n_head / c->n_head_kv;
     const size_t kw = (size_t)c->n_head_kv * d, qw = (size_t)n_head * d;
-    /* a batch of sink positions only is too few (often one) samples: wait for a batch
-     * that reaches past the sinks (its own sink positions count, measured to help a bit) */
-    if (pos0 + n_tok <= c->n_sink) {
-        return;
-    }
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
-        const size_t at = ((size_t)layer * c->n_head_kv + h) * d;
-        const float *mu = NULL;
-        if (c->center_keys) {
-            float *m = c->key_offsets + at;
+        double sk[TKV_HEAD_DIM_MAX] = {0}, skk[TKV_HEAD_DIM_MAX] = {0}, sqq[TKV_HEAD_DIM_MAX] = {0};
+        for (uint32_t t = 0; t < n_tok; t++) {
+            const float *kt = k + t * kw + (size_t)h * d;
             for (uint32_t j = 0; j < d; j++) {
-                double sum = 0.0;
-                for (uint32_t t = 0; t < n_tok; t++) {
-                    sum += k[t * kw + h * d + j];
-                }
-                m[j] = (float)(sum / n_tok);
+                sk[j] += kt[j];
+                skk[j] += (double)kt[j] * kt[j];
             }
-            mu = m;
-        }
-        if (c->smooth_keys && n_tok >= TKV_KV_SMOOTH_MIN_TOKENS && d <= TKV_HEAD_DIM_MAX) {
-            double rk[TKV_HEAD_DIM_MAX] = {0}, rq[TKV_HEAD_DIM_MAX] = {0};
-            tkv_channel_rms(k + h * d, kw, n_tok, d, mu, rk);
             for (uint32_t g = 0; g < group; g++) {
-                tkv_channel_rms(q + ((size_t)h * group + g) * d, qw, n_tok, d, NULL, rq);
+                const float *qt = q + t * qw + ((size_t)h * group + g) * d;
+                for (uint32_t j = 0; j < d; j++) {
+                    sqq[j] += (double)qt[j] * qt[j];
+                }
             }
-            for (uint32_t j = 0; j < d; j++) {
-                rk[j] = sqrt(rk[j] / n_tok);
-                rq[j] = sqrt(rq[j] / ((double)n_tok * group));
-            }
-            tkv_smoothing_scales(rk, rq, d, c->smooth_alpha, c->key_scales + at);
         }
-        /* sinks of earlier batches were stored as they came (mu = 0, s = 1 until now):
-         * bring them into the calibrated space, as every later key will be */
+        tkv_kv_set_block(c, layer, h, 0, sk, skk, sqq, n_tok, (double)n_tok * group);
         const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const uint32_t stored = c->layers[layer].n < c->n_sink ? c->layers[layer].n : c->n_sink;
         for (uint32_t t = 0; hd->k_sink && t < stored; t++) {
-            tkv_kv_prepare_key(c, at, hd->k_sink + (size_t)t * d, hd->k_sink + (size_t)t * d);
+            tkv_kv_prepare_key(c, layer, h, 0, hd->k_sink + (size_t)t * d,
+                               hd->k_sink + (size_t)t * d);
         }
     }
-    c->calibrated[layer] = 1;
+    c->layers[layer].n_calib = 1;
 }
 
-const float *tkv_kv_query_scales(const tkv_kv_cache *c, uint32_t layer, uint32_t head) {
-    return c->smooth_keys ? c->key_scales + ((size_t)layer * c->n_head_kv + head) * c->head_dim
-                          : NULL;
+/* Block b > 0 as it starts: from the statistics of block b - 1 when they cover a good
+ * part of it (after a truncation they may not), else (and when group is 0) block b - 1's
+ * calibration again. */
+static void tkv_kv_calibrate_next(tkv_kv_cache *c, uint32_t layer, uint32_t b,
+                                  uint32_t group) {
+    tkv_kv_layer *L = &c->layers[layer];
+    const uint32_t d = c->head_dim;
+    const int fresh = group > 0 && L->stat_block == b - 1 && L->stat_n >= c->calib_block / 4;
+    for (uint32_t h = 0; h < c->n_head_kv; h++) {
+        tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+        if (fresh) {
+            tkv_kv_set_block(c, layer, h, b, hd->stats, hd->stats + d, hd->stats + 2 * (size_t)d,
+                             L->stat_n, (double)L->stat_n * group);
+            continue;
+        }
+        if (hd->k_mu) {
+            memcpy(hd->k_mu + (size_t)b * d, hd->k_mu + (size_t)(b - 1) * d, d * sizeof *hd->k_mu);
+        }
+        if (hd->k_scale) {
+            memcpy(hd->k_scale + (size_t)b * d, hd->k_scale + (size_t)(b - 1) * d,
+                   d * sizeof *hd->k_scale);
+        }
+    }
+    L->n_calib = b + 1;
+}
+
+tkv_status tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, const float *q,
+                            uint32_t n_head, const float *k, uint32_t n_tok) {
+    if (!tkv_kv_has_calibration(c) || n_tok == 0) {
+        return TKV_OK;
+    }
+    TKV_REQUIRE(c->head_dim <= TKV_HEAD_DIM_MAX, TKV_ERR_INTERNAL, "cache: head_dim %u",
+                c->head_dim);
+    tkv_kv_layer *L = &c->layers[layer];
+    const uint32_t d = c->head_dim, group = n_head / c->n_head_kv;
+    const size_t kw = (size_t)c->n_head_kv * d, qw = (size_t)n_head * d;
+    TKV_TRY(tkv_kv_grow_calibration(c, layer, tkv_kv_calib_block_of(c, pos0 + n_tok - 1) + 1));
+    /* a batch of sink positions only is too few (often one) samples: block 0 waits for a
+     * batch that reaches past the sinks (its own sink positions count, measured to help) */
+    if (L->n_calib == 0 && pos0 + n_tok > c->n_sink) {
+        tkv_kv_calibrate_first(c, layer, q, n_head, k, n_tok);
+    }
+    if (c->calib_block == TKV_CALIBRATION_ONCE) {
+        return TKV_OK;
+    }
+    for (uint32_t t = 0; t < n_tok; t++) {
+        const uint32_t p = pos0 + t, b = p / c->calib_block;
+        if (b != L->stat_block) {
+            if (b > 0 && b >= L->n_calib) {
+                tkv_kv_calibrate_next(c, layer, b, group); /* block 0 is set: p >= 64 > sinks */
+            }
+            L->stat_block = b;
+            L->stat_n = 0;
+            for (uint32_t h = 0; h < c->n_head_kv; h++) {
+                memset(c->heads[(size_t)layer * c->n_head_kv + h].stats, 0,
+                       3 * (size_t)d * sizeof(double));
+            }
+        }
+        for (uint32_t h = 0; h < c->n_head_kv; h++) {
+            double *st = c->heads[(size_t)layer * c->n_head_kv + h].stats;
+            const float *kt = k + t * kw + (size_t)h * d;
+            for (uint32_t j = 0; j < d; j++) {
+                st[j] += kt[j];
+                st[d + j] += (double)kt[j] * kt[j];
+            }
+            for (uint32_t g = 0; g < group; g++) {
+                const float *qt = q + t * qw + ((size_t)h * group + g) * d;
+                for (uint32_t j = 0; j < d; j++) {
+                    st[2 * d + j] += (double)qt[j] * qt[j];
+                }
+            }
+        }
+        L->stat_n++;
+    }
+    return TKV_OK;
 }
 
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
@@ -332,14 +447,23 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     const int evict = c->window > 0 && L->n - L->n_comp == c->window;
     const uint32_t target = c->window > 0 ? (evict ? L->n_comp + 1 : L->n_comp) : pos + 1;
     TKV_TRY(tkv_kv_grow(c, layer, target));
+    const uint32_t block = tkv_kv_calib_block_of(c, pos);
+    if (tkv_kv_has_calibration(c)) {
+        /* normally done by tkv_kv_calibrate; a position of a block not yet calibrated is
+         * stored with block b - 1's calibration carried over (or mu = 0, s = 1) */
+        TKV_TRY(tkv_kv_grow_calibration(c, layer, block + 1));
+        while (block > 0 && block >= L->n_calib && L->n_calib > 0) {
+            tkv_kv_calibrate_next(c, layer, L->n_calib, 0);
+        }
+    }
     float *row = scratch;                      /* d */
     float *prepared = scratch + d;             /* d: key centered and smoothed */
     float *codec_scratch = scratch + 2 * (size_t)d; /* codec scratch */
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const float *kh = k + (size_t)h * d;
-        if (c->center_keys || c->smooth_keys) {
-            tkv_kv_prepare_key(c, ((size_t)layer * c->n_head_kv + h) * d, kh, prepared);
+        if (tkv_kv_has_calibration(c)) {
+            tkv_kv_prepare_key(c, layer, h, block, kh, prepared);
             kh = prepared;
         }
         const float *vh = v + (size_t)h * d;
@@ -392,6 +516,25 @@ void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
             L->n_comp = n; /* window entries after n are dropped with the rest */
         }
         L->n = n;
+        if (tkv_kv_has_calibration(c) && c->calib_block != TKV_CALIBRATION_ONCE) {
+            /* blocks with no position left recalibrate when reached again; block 0 and the
+             * block holding position n - 1 keep theirs (stored keys use them).  The stats
+             * summed the dropped positions too: start them afresh, so the next block
+             * calibrates from what is written again (or reuses this block's calibration,
+             * see tkv_kv_calibrate_next) */
+            const uint32_t keep = n ? tkv_kv_calib_block_of(c, n - 1) + 1 : 1;
+            if (L->n_calib > keep) {
+                L->n_calib = keep;
+            }
+            L->stat_block = tkv_kv_calib_block_of(c, n);
+            L->stat_n = 0;
+            for (uint32_t h = 0; h < c->n_head_kv; h++) {
+                double *st = c->heads[(size_t)l * c->n_head_kv + h].stats;
+                if (st) {
+                    memset(st, 0, 3 * (size_t)c->head_dim * sizeof *st);
+                }
+            }
+        }
     }
 }
 
@@ -411,6 +554,12 @@ size_t tkv_kv_bytes_per_token(const tkv_kv_cache *c) {
     return total;
 }
 
+/* Bytes one calibration block of a layer takes: fp16 mu and/or s per head. */
+static size_t tkv_calib_block_bytes(const tkv_kv_cache *c) {
+    return (size_t)(c->center_keys + c->smooth_keys) * c->n_head_kv * c->head_dim *
+           sizeof(uint16_t);
+}
+
 size_t tkv_kv_bytes_used(const tkv_kv_cache *c) {
     size_t total = 0;
     const size_t window_token = (size_t)c->n_head_kv * c->head_dim * 2 * sizeof(uint16_t);
@@ -421,6 +570,10 @@ size_t tkv_kv_bytes_used(const tkv_kv_cache *c) {
         total += (size_t)sinks * sink_token;
         total += (size_t)(L->n_comp - sinks) * tkv_layer_token_bytes(c, l);
         total += (size_t)(L->n - L->n_comp) * window_token;
+        if (L->n > 0 && L->n_calib > 0) {
+            const uint32_t blocks = tkv_kv_calib_block_of(c, L->n - 1) + 1;
+            total += (size_t)(blocks < L->n_calib ? blocks : L->n_calib) * tkv_calib_block_bytes(c);
+        }
     }
     return total;
 }
@@ -431,6 +584,7 @@ size_t tkv_kv_bytes_allocated(const tkv_kv_cache *c) {
     const size_t sink_bytes = (size_t)c->n_sink * c->n_head_kv * c->head_dim * 2 * sizeof(float);
     for (uint32_t l = 0; l < c->n_layer; l++) {
         total += (size_t)c->layers[l].n_alloc * tkv_layer_token_bytes(c, l);
+        total += (size_t)c->layers[l].n_calib_alloc * tkv_calib_block_bytes(c);
         total += c->allocated ? window_bytes + sink_bytes : 0;
     }
     return total;

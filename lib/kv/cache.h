@@ -24,6 +24,10 @@ typedef struct tkv_kv_head {
     float *v_sink;            /* (n_sink, d) */
     uint16_t *k_window;       /* (window, d) fp16 ring: position p in slot p % window */
     uint16_t *v_window;       /* (window, d) fp16 ring */
+    uint16_t *k_mu;           /* (n_calib_alloc, d) fp16 key offset of each calibration block */
+    uint16_t *k_scale;        /* (n_calib_alloc, d) fp16 key scales of each calibration block */
+    double *stats;            /* (3, d) sums of k, k^2 and the group's q^2 over the positions of
+                                 the block being filled (the next block calibrates from them) */
 } tkv_kv_head;
 
 typedef struct tkv_kv_layer {
@@ -33,6 +37,10 @@ typedef struct tkv_kv_layer {
     uint32_t n_comp;     /* positions [0, n_comp) are sinks or compressed, [n_comp, n) in the
                             window; codes are indexed by position (sink slots unused) */
     uint32_t n_alloc;    /* positions the code arrays can hold */
+    uint32_t n_calib;    /* calibration blocks [0, n_calib) are set */
+    uint32_t n_calib_alloc; /* blocks k_mu / k_scale can hold */
+    uint32_t stat_block; /* the block whose positions the heads' stats sum */
+    uint32_t stat_n;     /* positions summed into the stats */
 } tkv_kv_layer;
 
 typedef struct tkv_kv_cache {
@@ -47,9 +55,7 @@ typedef struct tkv_kv_cache {
     int center_keys;     /* subtract a fixed per-(layer, head) vector from keys */
     int smooth_keys;     /* divide keys (and multiply queries) by per-channel scales */
     float smooth_alpha;  /* exponent of the smoothing scales (see tkv_kv_enable_key_smoothing) */
-    float *key_offsets;  /* (n_layer, n_head_kv, head_dim) mu, valid where calibrated */
-    float *key_scales;   /* (n_layer, n_head_kv, head_dim) s, valid where calibrated */
-    uint8_t *calibrated; /* (n_layer) offsets and scales are set */
+    uint32_t calib_block; /* positions per calibration block; TKV_CALIBRATION_ONCE = one block */
     tkv_kv_layer *layers; /* (n_layer) */
     tkv_kv_head *heads;   /* (n_layer, n_head_kv) */
 } tkv_kv_cache;
@@ -71,10 +77,9 @@ void tkv_kv_release(tkv_kv_cache *c);
 /*
  * Key centering: softmax ignores a constant added to every score of a query, and
  * <q, k - mu> = <q, k> - <q, mu> shifts every score of q by the same amount.  So a
- * fixed vector mu per (layer, head) can be subtracted from every key before it is
- * stored (codes and fp16 window alike) without changing attention in exact
- * arithmetic, while the codec no longer spends its bits on the keys' shared offset.
- * mu is the mean of the keys of the first batch a layer sees.
+ * vector mu per (layer, head) can be subtracted from every key before it is stored
+ * (codes, sinks and fp16 window alike) without changing attention in exact arithmetic,
+ * while the codec no longer spends its bits on the keys' shared offset.
  */
 tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c);
 /*
@@ -82,26 +87,53 @@ tkv_status tkv_kv_enable_key_centering(tkv_kv_cache *c);
  * be stored divided by s and queries multiplied by s without changing any score in
  * exact arithmetic.  The codec's error is about isotropic in the space it codes, and
  * the score error then grows with |q * s| |k / s|; channels where keys are large and
- * queries small (common after RoPE) waste bits.  s_j = (rms k_j / rms q_j)^alpha over
- * the first batch (keys centered first when centering is on, queries of the whole GQA
- * group), normalized to geometric mean 1; alpha = 0.5 balances the two, which
- * minimizes |q * s| |k / s| for channel-independent statistics of the first batch; a
- * smaller alpha (default 0.35) does better on later positions (measured: KL to fp32
- * KV 0.0212 vs 0.0216 at 4 bits, 0.0731 vs 0.0751 at 3 bits, SmolLM2-135M).  A first
- * batch shorter than TKV_KV_SMOOTH_MIN_TOKENS leaves s = 1 for that layer (too few
- * samples).
+ * queries small (common after RoPE) waste bits.  s_j = (rms k_j / rms q_j)^alpha (keys
+ * centered first when centering is on, queries of the whole GQA group), normalized to
+ * geometric mean 1; alpha = 0.5 balances the two, which minimizes |q * s| |k / s| for
+ * channel-independent statistics; a smaller alpha (default 0.35) does better on later
+ * positions (measured: KL to fp32 KV 0.0212 vs 0.0216 at 4 bits, 0.0731 vs 0.0751 at 3
+ * bits, SmolLM2-135M).  Fewer than TKV_KV_SMOOTH_MIN_TOKENS samples leave s = 1.
  */
 #define TKV_KV_SMOOTH_MIN_TOKENS 8
 #define TKV_DEFAULT_KEY_SMOOTHING 0.35f /* alpha when the caller leaves it 0 (measured best) */
 tkv_status tkv_kv_enable_key_smoothing(tkv_kv_cache *c, float alpha);
-/* Set the layer's offsets and scales from the first batch that holds a position past the
- * sinks, before that batch is appended (no-op when both levers are off or the layer is
- * calibrated).  The batch holds positions pos0..; q is (n_tok, n_head * head_dim), k is
- * (n_tok, n_head_kv * head_dim), n_head a multiple of n_head_kv. */
-void tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, const float *q,
-                      uint32_t n_head, const float *k, uint32_t n_tok);
-/* The per-channel query scales of (layer, head), NULL when smoothing is off. */
-const float *tkv_kv_query_scales(const tkv_kv_cache *c, uint32_t layer, uint32_t head);
+/*
+ * Calibration blocks.  RoPE turns every channel pair of a key by an angle that grows
+ * with the position, so the keys' offset and per-channel spread drift along the
+ * sequence: statistics of the first batch stop fitting a few hundred positions later
+ * (measured on SmolLM2-135M at 4096 tokens: smoothing from the first 512 keys raised
+ * the late attention error above no smoothing at all).  So mu and s are set per block
+ * of `calib_block` positions: block 0 from the first batch that reaches past the sinks,
+ * block b > 0 from the keys and queries of block b - 1 (it is complete when block b
+ * starts, in prefill and decode alike).  Each block's mu and s are stored (fp16, 4 *
+ * head_dim bytes per block and head with both levers on) and attention scores block b
+ * with q * s_b plus the constant <q, mu_b - mu_0>, so the scores stay exact across
+ * blocks.  TKV_CALIBRATION_ONCE keeps one block for the whole sequence.  Before the
+ * first write only; calib_block >= TKV_KV_MIN_CALIB_BLOCK so the sinks sit in block 0.
+ */
+#define TKV_DEFAULT_CALIB_BLOCK 256
+#define TKV_KV_MIN_CALIB_BLOCK 64
+tkv_status tkv_kv_set_calibration_block(tkv_kv_cache *c, uint32_t calib_block);
+/* The calibration block of position pos. */
+static inline uint32_t tkv_kv_calib_block_of(const tkv_kv_cache *c, uint32_t pos) {
+    return c->calib_block == TKV_CALIBRATION_ONCE ? 0 : pos / c->calib_block;
+}
+/* Set the calibration of every block the batch (positions pos0.., n_tok of them) starts
+ * and sum its keys and queries into the statistics the next block calibrates from;
+ * before the batch is appended.  q is (n_tok, n_head * head_dim), k is (n_tok,
+ * n_head_kv * head_dim), n_head a multiple of n_head_kv.  No-op when centering and
+ * smoothing are off. */
+tkv_status tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, const float *q,
+                            uint32_t n_head, const float *k, uint32_t n_tok);
+/* 1 when keys are stored centered or smoothed (attention needs tkv_kv_block_calibration). */
+static inline int tkv_kv_has_calibration(const tkv_kv_cache *c) {
+    return c->center_keys || c->smooth_keys;
+}
+/* mu (zeros when centering is off) and s (ones when smoothing is off) of calibration
+ * block `block` of (layer, head), which must be set (block < the layer's n_calib or
+ * block 0), as floats: stored keys of the block are (k - mu) / s. */
+void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t head,
+                              uint32_t block, float *mu, float *s);
 /* Change one layer's codecs; only before the first write. */
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
                                    int32_t v_codec);
@@ -112,7 +144,8 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
 /* Drop every position >= n (all layers). */
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n);
 uint32_t tkv_kv_n_tokens(const tkv_kv_cache *c);
-/* Bytes the stored positions take (codes + window entries in use). */
+/* Bytes the stored positions take (codes, sinks, window entries in use and the
+ * calibration blocks set). */
 size_t tkv_kv_bytes_used(const tkv_kv_cache *c);
 /* Bytes one more compressed position costs over all layers and heads. */
 size_t tkv_kv_bytes_per_token(const tkv_kv_cache *c);

@@ -283,7 +283,7 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
                 memcpy(s->capture_v + row * KD, v, KD * sizeof *v);
             }
         }
-        tkv_kv_calibrate(cache, l, pos0, s->q, H, s->k, n);
+        TKV_TRY(tkv_kv_calibrate(cache, l, pos0, s->q, H, s->k, n));
         for (uint32_t t = 0; t < n; t++) {
             TKV_TRY(tkv_kv_append(cache, l, pos0 + t, s->k + (size_t)t * KD, s->v + (size_t)t * KD,
                                   s->kv_scratch));

@@ -27,7 +27,7 @@ from .codec import (AttentionCosine, Codec, CodecInfo, Encoded, attention, atten
                     codebook, codec_info, codecs, cpu_features, encode, kernel_isa)
 from . import eval  # the evaluation harnesses: turbokv.eval.perplexity, .sweep, ...
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def library_version() -> str:

@@ -167,7 +167,8 @@ class CacheParams(Structure):
         ("sparse_v_threshold", c_float),
         ("key_smoothing", c_float),
         ("sink_tokens", c_uint32),
-        ("reserved", c_uint32 * 7),
+        ("calibration_block", c_uint32),
+        ("reserved", c_uint32 * 6),
     ]
 
 

@@ -17,6 +17,22 @@ DEFAULT_CENTER_KEYS = bool(_C_DEFAULTS.flags & CACHE_FLAG_CENTER_KEYS)
 DEFAULT_KEY_SMOOTHING = round(float(_C_DEFAULTS.key_smoothing), 6)  # alpha of smooth_keys=True
 DEFAULT_SMOOTH_KEYS = bool(_C_DEFAULTS.flags & CACHE_FLAG_SMOOTH_KEYS)
 DEFAULT_SINK_TOKENS = int(_C_DEFAULTS.sink_tokens)
+CALIBRATION_ONCE = 0xFFFFFFFF  # TKV_CALIBRATION_ONCE: calibrate once, on the first batch
+DEFAULT_CALIBRATION_BLOCK = int(_C_DEFAULTS.calibration_block)
+
+
+def calibration_block_value(calibration_block: Optional[int]) -> int:
+    """The C value of a ``calibration_block`` argument (None = once; 0 = the default)."""
+    if calibration_block is None:
+        return CALIBRATION_ONCE
+    b = int(calibration_block)
+    if b == 0:
+        return DEFAULT_CALIBRATION_BLOCK
+    if b == CALIBRATION_ONCE:
+        return b
+    if not 64 <= b <= 1 << 24:
+        raise ValueError(f"calibration_block must be None (once) or 64..16777216, got {b}")
+    return b
 
 
 def smoothing_alpha(smooth_keys: Union[bool, float]) -> float:
@@ -57,6 +73,12 @@ class KVCache:
             compressed, at most 64; default 1).  They draw a large share of the softmax
             weight in most heads (attention sinks), so their coding error moves every
             output.
+        calibration_block: positions per calibration block of centering and smoothing
+            (default 256): block 0 is calibrated on the first batch, every later block on
+            the keys and queries of the block before it, because RoPE makes the keys'
+            statistics drift along the sequence; each block's offsets and scales cost
+            2 * head_dim bytes per KV head and lever (fp16).  None = calibrate once on the
+            first batch for the whole sequence (the 0.3 behaviour).
         layer_codecs: {layer: (k_codec, v_codec)} overrides, e.g. {0: ("q8_0", "q8_0")}.
     """
 
@@ -65,6 +87,7 @@ class KVCache:
                  sparse_v_threshold: float = 0.0, center_keys: bool = DEFAULT_CENTER_KEYS,
                  smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
                  sink_tokens: int = DEFAULT_SINK_TOKENS,
+                 calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK,
                  layer_codecs: Optional[dict[int, tuple[str, str]]] = None) -> None:
         self._handle: Optional[int] = None
         self.model = model
@@ -82,6 +105,7 @@ class KVCache:
                         | (CACHE_FLAG_SMOOTH_KEYS if alpha > 0 else 0))
         params.key_smoothing = alpha
         params.sink_tokens = int(sink_tokens)
+        params.calibration_block = calibration_block_value(calibration_block)
         handle = ctypes.c_void_p()
         check(lib.tkv_cache_create(model.handle, ctypes.byref(params), ctypes.byref(handle)))
         self._handle = handle.value
@@ -90,6 +114,8 @@ class KVCache:
         self.center_keys = bool(center_keys)
         self.key_smoothing = alpha
         self.sink_tokens = int(sink_tokens)
+        self.calibration_block = (None if params.calibration_block == CALIBRATION_ONCE
+                                  else int(params.calibration_block))
         try:
             for layer, (lk, lv) in (layer_codecs or {}).items():
                 check(lib.tkv_cache_set_layer_codecs(self._handle, int(layer), codec_id(lk),

@@ -32,6 +32,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_block_arg(value: Optional[str]) -> Optional[int]:
+    from .cache import DEFAULT_CALIBRATION_BLOCK
+
+    if value is None:
+        return DEFAULT_CALIBRATION_BLOCK
+    if value == "once":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"turbokv: --calibration-block takes a number or 'once', got {value!r}")
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from . import models
     from .cache import DEFAULT_SINK_TOKENS
@@ -54,7 +67,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                      n_threads=args.threads, fp16_window=args.fp16_window, seed=args.seed,
                      center_keys=not args.no_center_keys,
                      smooth_keys=args.smooth_keys,
-                     sink_tokens=DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens)
+                     sink_tokens=DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens,
+                     calibration_block=_calibration_block_arg(args.calibration_block))
     if not args.json:
         if not args.chat:
             sys.stdout.write(prompt)
@@ -289,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "scales; attention is unchanged; helps short contexts, hurts long ones)")
     p.add_argument("--sink-tokens", type=int, default=None,
                    help="first positions kept exact in fp32 (default: the library's, 1)")
+    p.add_argument("--calibration-block", default=None, metavar="N|once",
+                   help="positions per calibration block of centering/smoothing (default: the "
+                        "library's, 256; 'once' calibrates on the first batch only)")
     p.add_argument("--fp16-window", type=int, default=0,
                    help="recent tokens kept in fp16 before compression")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")

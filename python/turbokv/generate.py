@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from .cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS, KVCache
+from .cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS,
+                    DEFAULT_SMOOTH_KEYS, KVCache)
 from .model import Model
 from .session import Sampling, Session, SessionTimings
 
@@ -56,7 +57,8 @@ class Generation:
                  n_threads: int, fp16_window: int, seed: int,
                  center_keys: bool = DEFAULT_CENTER_KEYS,
                  smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
-                 sink_tokens: int = DEFAULT_SINK_TOKENS) -> None:
+                 sink_tokens: int = DEFAULT_SINK_TOKENS,
+                 calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if max_tokens < 0:
@@ -69,7 +71,7 @@ class Generation:
         n_ctx = n_ctx or model.n_ctx_train
         self.cache = KVCache(model, k=k, v=v, n_ctx=n_ctx, fp16_window=fp16_window, seed=seed,
                              center_keys=center_keys, smooth_keys=smooth_keys,
-                             sink_tokens=sink_tokens)
+                             sink_tokens=sink_tokens, calibration_block=calibration_block)
         self.session = Session(self.cache, n_threads=n_threads)
         self.max_tokens = max_tokens
         self.sampling = sampling
@@ -117,7 +119,9 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
              system: Optional[str] = None, n_ctx: int = 0, n_threads: int = 0,
              fp16_window: int = 0, center_keys: bool = DEFAULT_CENTER_KEYS,
              smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
-             sink_tokens: int = DEFAULT_SINK_TOKENS) -> Union[str, Generation]:
+             sink_tokens: int = DEFAULT_SINK_TOKENS,
+             calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK
+             ) -> Union[str, Generation]:
     """Generate text after ``prompt`` with a compressed KV cache.
 
     Args:
@@ -131,8 +135,8 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
         stream: return a Generation that yields text pieces as they are produced
             (its ``stats`` hold tok/s and KV bytes once it is exhausted).
         chat: wrap the prompt in the model's chat template.
-        center_keys, smooth_keys, sink_tokens: the cache's levers (see KVCache): key
-            centering on, 1 sink token, smoothing off by default.
+        center_keys, smooth_keys, sink_tokens, calibration_block: the cache's levers
+            (see KVCache); the defaults are the library's.
     Returns:
         the generated text (without the prompt), or a Generation when ``stream``.
     """
@@ -141,7 +145,8 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
                      sampling=Sampling(temperature, top_k, top_p, min_p, repeat_penalty, 64, seed),
                      chat=chat, system=system, n_ctx=n_ctx, n_threads=n_threads,
                      fp16_window=fp16_window, seed=seed, center_keys=center_keys,
-                     smooth_keys=smooth_keys, sink_tokens=sink_tokens)
+                     smooth_keys=smooth_keys, sink_tokens=sink_tokens,
+                     calibration_block=calibration_block)
     if stream:
         return run
     return "".join(run)

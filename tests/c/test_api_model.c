@@ -4,6 +4,7 @@
  * (Real models are exercised from Python, tests/python/test_forward.py and
  * test_real_model.py.)
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,10 @@ static void test_real_model(const char *path) {
             cp.flags |= 1u << 7;
             CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
             cp.flags &= ~(1u << 7);
+            cp.calibration_block = 63; /* blocks hold the sinks: at least 64 positions */
+            CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
+            CHECK(strstr(tkv_last_error(), "calibration_block") != NULL);
+            cp.calibration_block = TKV_CALIBRATION_ONCE;
         }
         CHECK_OK(tkv_cache_create(m, &cp, &c));
         CHECK_STATUS(tkv_cache_set_layer_codecs(c, 1000, 0, 0), TKV_ERR_INVALID_ARGUMENT);
@@ -132,6 +137,54 @@ static void test_real_model(const char *path) {
         tkv_session_free(s);
         tkv_cache_free(c);
     }
+    tkv_model_free(m);
+}
+
+/* Calibration blocks of 64 positions on the real model: batches that cross block
+ * boundaries, decode, a truncation into a block and its rewrite (the ASan run checks the
+ * growth of the per-block arrays); bytes_used counts the blocks in use. */
+static void test_calibration_blocks(const char *path) {
+    tkv_model_params mp = tkv_model_default_params();
+    tkv_model *m = NULL;
+    CHECK_OK(tkv_model_load(path, &mp, &m));
+    if (!m) {
+        return;
+    }
+    int32_t toks[200];
+    for (int i = 0; i < 200; i++) {
+        toks[i] = 100 + (i * 7919) % 20000;
+    }
+    tkv_cache_params cp = tkv_cache_default_params();
+    cp.k_codec = TKV_CODEC_TURBO_3B;
+    cp.v_codec = TKV_CODEC_TURBO_3B;
+    cp.n_ctx = 256;
+    cp.flags = TKV_CACHE_FLAG_CENTER_KEYS | TKV_CACHE_FLAG_SMOOTH_KEYS;
+    cp.calibration_block = 64;
+    tkv_cache *c = NULL;
+    CHECK_OK(tkv_cache_create(m, &cp, &c));
+    tkv_session_params sp = tkv_session_default_params();
+    sp.n_threads = 2;
+    sp.n_batch = 48;
+    tkv_session *s = NULL;
+    CHECK_OK(tkv_session_create(c, &sp, &s));
+    if (s) {
+        CHECK_OK(tkv_session_eval(s, toks, 150, 0));
+        for (int i = 150; i < 160; i++) {
+            CHECK_OK(tkv_session_eval(s, toks + i, 1, 0));
+        }
+        const size_t blocks = 3 * tkv_model_n_layer(m) * tkv_model_n_head_kv(m) *
+                              tkv_model_head_dim(m) * 2 * 2;
+        const size_t sinks = tkv_model_n_layer(m) * tkv_model_n_head_kv(m) *
+                             (tkv_model_head_dim(m) * 2 * 4) - tkv_cache_bytes_per_token(c);
+        CHECK(tkv_cache_bytes_used(c) == 160 * tkv_cache_bytes_per_token(c) + sinks + blocks);
+        CHECK_OK(tkv_cache_truncate(c, 100));
+        CHECK_OK(tkv_session_eval(s, toks + 100, 100, 0));
+        const float *lg = tkv_session_logits(s, -1);
+        CHECK(lg != NULL && isfinite(lg[0]));
+        CHECK(tkv_cache_bytes_allocated(c) >= tkv_cache_bytes_used(c));
+    }
+    tkv_session_free(s);
+    tkv_cache_free(c);
     tkv_model_free(m);
 }
 
@@ -205,6 +258,7 @@ int main(void) {
     const char *model_path = getenv("TKV_TEST_MODEL");
     if (model_path && *model_path) {
         test_real_model(model_path);
+        test_calibration_blocks(model_path);
     } else {
         printf("TKV_TEST_MODEL not set: real-model API checks skipped\n");
     }

@@ -140,6 +140,15 @@ def test_attention_cosine_on_captured_activations(tiny):
     assert set(c4.worst_layers(2)) <= set(range(model.n_layer))
     assert 0.5 < c2c.mean <= 1.0
     json.dumps(c2c.to_dict())
+    # per-block calibration (blocks of 64 over 200 positions) mirrored exactly: fp32 keys
+    # scored in the calibrated space of each block give the exact scores
+    long = E.capture(model, text=text, n_tokens=200)
+    blocks, once, coded = E.attention_eval(
+        model, ["fp32/fp16+smooth+cb=64", "fp32/fp16+smooth+once", "turbo_kv_3b+smooth+cb=64"],
+        qkv=long, stride=8, progress=False)
+    assert blocks.score_worst > 0.99999 and blocks.worst > 0.9999
+    assert once.score_worst > 0.99999
+    assert 0.8 < coded.mean < blocks.mean
 
 
 def test_niah_scoring_and_passkeys():
@@ -224,7 +233,10 @@ def test_sweep_rows_tables_and_files(tiny, tmp_path, capsys):
     k_b = turbokv.codec_info("turbo_kv_4b", d).bytes_per_vector
     v_b = turbokv.codec_info("turbo_kv_3b", d).bytes_per_vector
     assert (mixed.k_bytes_per_vector, mixed.v_bytes_per_vector) == (k_b, v_b)
-    assert math.isclose(mixed.bits_per_element, (k_b + v_b) * 8 / (2 * d))
+    # metadata counted: codec bytes plus the centering offsets (fp16, one vector per 256
+    # positions, layer and KV head), and exactly the codec bytes without levers
+    assert math.isclose(mixed.bits_per_element, (k_b + v_b + 2 * d / 256) * 8 / (2 * d))
+    assert math.isclose(rows[3].bits_per_element, (k_b + k_b) * 8 / (2 * d))
     assert all(r.prefill_tok_s > 0 and r.decode_tok_s > 0 and 0 < r.attn_cosine <= 1 for r in rows)
     assert math.isnan(rows[1].niah) and rows[1].to_dict()["niah"] is None
     E.write_csv(rows, tmp_path / "s.csv")

@@ -304,3 +304,52 @@ def test_sink_tokens_are_kept_exact(tmp_path):
     with pytest.raises(ValueError):
         turbokv.KVCache(model, sink_tokens=65)
     model.close()
+
+
+def test_calibration_blocks_keep_attention_exact(tmp_path):
+    """Centering and smoothing recalibrated every 64 positions (offsets and scales per
+    block, block b from the keys and queries of block b - 1): with fp32 storage the
+    logits must not move across block boundaries, in prefill and decode, after a
+    truncation into the middle of a block too; the calibration blocks are counted in
+    bytes_used; a bad block size is refused."""
+    cfg = TinyConfig(seed=13, n_ctx=256)
+    path = tmp_path / "tiny.gguf"
+    write_tiny_model(path, cfg)
+    model = turbokv.Model(path)
+    tokens = (np.arange(220, dtype=np.int32) * 37 + 11) % 250 + 3
+
+    def run(n_prefill: int, **levers) -> np.ndarray:
+        with turbokv.KVCache(model, k="fp32", v="fp32", n_ctx=256, **levers) as cache, \
+                turbokv.Session(cache, n_batch=50) as s:
+            s.eval(tokens[:n_prefill])
+            rows = [s.logits()]
+            for t in tokens[n_prefill:]:
+                s.eval([t])
+                rows.append(s.logits())
+        return np.stack(rows)
+
+    plain = run(150, center_keys=False, smooth_keys=False, sink_tokens=0)
+    for smooth in (False, 0.35):
+        got = run(150, center_keys=True, smooth_keys=smooth, calibration_block=64)
+        np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-4)
+    # truncate into the middle of block 2 and write it again
+    with turbokv.KVCache(model, k="fp32", v="fp32", n_ctx=256, smooth_keys=True,
+                         calibration_block=64) as cache, turbokv.Session(cache, n_batch=64) as s:
+        s.eval(tokens[:200])
+        cache.truncate(150)
+        s.eval(tokens[150:220])
+        np.testing.assert_allclose(s.logits(), plain[-1], rtol=1e-4, atol=1e-4)
+    d, hk, nl = model.head_dim, model.n_head_kv, model.n_layer
+    for smooth, levers in ((False, 1), (True, 2)):
+        with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=256,
+                             smooth_keys=smooth, sink_tokens=0, calibration_block=64) as cache, \
+                turbokv.Session(cache) as s:
+            s.eval(tokens[:130])  # blocks 0, 1 and 2 in use
+            assert cache.calibration_block == 64
+            assert cache.bytes_used == 130 * cache.bytes_per_token + 3 * nl * hk * d * 2 * levers
+    with turbokv.KVCache(model, k="turbo_kv_4b", calibration_block=None) as cache:
+        assert cache.calibration_block is None
+    for bad in (1, 63, 1 << 25):
+        with pytest.raises((ValueError, turbokv.InvalidArgument)):
+            turbokv.KVCache(model, calibration_block=bad)
+    model.close()

@@ -9,11 +9,14 @@ with ``Encoded.scores``, values decoded) and compared with exact float64 attenti
 the fp32 vectors.
 
 The cache's levers are applied as the cache applies them, with the whole capture as
-the calibration batch: ``center_keys`` subtracts the mean key of the (layer, head)
-before encoding (scores move by <q, mean> for every key of a query, which softmax
-cancels, so the score cosine is taken between mean-removed score vectors);
-``smooth_keys`` stores keys divided and scores queries multiplied by the per-channel
-scales (``smoothing_scales``); the first ``sink_tokens`` positions stay exact.
+the first batch: ``center_keys`` subtracts a mean key of the (layer, head) before
+encoding and ``smooth_keys`` divides keys (and multiplies queries) by per-channel scales
+(``smoothing_scales``), both per calibration block (``calibration_block`` positions;
+block 0 from the whole capture, block b from the fp32 keys and queries of block b - 1,
+offsets and scales rounded to fp16 as the cache stores them); block b's scores get
+<q, mu_b - mu_0> added, so every score of a query differs from the exact one by the
+same <q, mu_0>, which softmax cancels (the score cosine is taken between mean-removed
+score vectors).  The first ``sink_tokens`` positions stay exact.
 """
 from __future__ import annotations
 
@@ -70,6 +73,29 @@ def smoothing_scales(keys: np.ndarray, queries: np.ndarray, alpha: float) -> np.
     rq = np.maximum(rq, 0.01 * rq.mean())
     log_s = alpha * np.log(rk / rq)
     return np.exp(log_s - log_s.mean())
+
+
+def block_calibration(keys: np.ndarray, queries: np.ndarray, *, center: bool, alpha: float,
+                      block: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position key offsets and scales (n, d) as the cache sets them (lib/kv/cache.c):
+    block 0 from every position given (the first batch), block b > 0 from the keys and
+    queries of block b - 1; fp16-rounded.  keys: (n, d); queries: (n, group, d)."""
+    n, d = keys.shape
+    k64 = np.asarray(keys, np.float64)
+    B = n if block is None else int(block)
+    mu = np.zeros((n, d))
+    sc = np.ones((n, d))
+    for b, lo in enumerate(range(0, n, B)):
+        hi = min(n, lo + B)
+        src = slice(0, n) if b == 0 else slice(lo - B, lo)
+        m = k64[src].mean(axis=0) if center else np.zeros(d)
+        m = m.astype(np.float16).astype(np.float64)
+        s_b = np.ones(d)
+        if alpha and (src.stop - src.start) >= 8:
+            s_b = smoothing_scales(k64[src] - m, queries[src], alpha)
+            s_b = s_b.astype(np.float16).astype(np.float64)
+        mu[lo:hi], sc[lo:hi] = m, s_b
+    return mu, sc
 
 
 def _seed(base: int, layer: int, head: int) -> int:
@@ -129,10 +155,10 @@ def attention_cosine_eval(qkv: CapturedQKV, config: Union[str, CacheConfig], *, 
         for g in range(n_kv):
             keys = np.ascontiguousarray(qkv.k[:, layer, g], dtype=np.float32)
             vals = np.ascontiguousarray(qkv.v[:, layer, g], dtype=np.float32)
-            mu = keys.mean(axis=0) if cfg.center_keys else np.zeros(d, np.float32)
             q_group = qkv.q[:, layer, g * group:(g + 1) * group]
-            sc = (smoothing_scales(keys - mu, q_group, cfg.smooth_keys)
-                  if cfg.smooth_keys and n >= 8 else np.ones(d))
+            mu, sc = block_calibration(keys, q_group, center=cfg.center_keys,
+                                       alpha=cfg.smooth_keys, block=cfg.calibration_block)
+            B = n if cfg.calibration_block is None else cfg.calibration_block
             stored = np.ascontiguousarray((keys - mu) / sc, dtype=np.float32)
             n_sink = min(cfg.sink_tokens, n)
             seed = _seed(cfg.seed, layer, g)
@@ -143,12 +169,17 @@ def attention_cosine_eval(qkv: CapturedQKV, config: Union[str, CacheConfig], *, 
                 v_got[:n_sink] = v64[:n_sink]
                 for pi, t in enumerate(positions):
                     qs = np.ascontiguousarray(q_group[t], dtype=np.float64)
-                    q_stored = np.ascontiguousarray(qs * sc, dtype=np.float32)
-                    pk = Encoded(ck, ek.codes[: t + 1])
-                    s_got = np.stack([pk.scores(q_stored[j]) for j in range(group)]
-                                     ).astype(np.float64)
-                    s_got[:, :n_sink] = q_stored.astype(np.float64) @ \
-                        stored[:n_sink].astype(np.float64).T
+                    s_got = np.empty((group, t + 1))
+                    for lo in range(0, t + 1, B):
+                        hi = min(t + 1, lo + B)
+                        q_stored = np.ascontiguousarray(qs * sc[lo], dtype=np.float32)
+                        pk = Encoded(ck, ek.codes[lo:hi])
+                        s_got[:, lo:hi] = np.stack([pk.scores(q_stored[j]) for j in range(group)])
+                        s_got[:, lo:hi] += (qs @ (mu[lo] - mu[0]))[:, None]
+                        if lo < n_sink:
+                            e = min(hi, n_sink)
+                            s_got[:, lo:e] = q_stored.astype(np.float64) @ \
+                                stored[lo:e].astype(np.float64).T
                     w_got = np.exp(scale * (s_got - s_got.max(axis=1, keepdims=True)))
                     w_got /= w_got.sum(axis=1, keepdims=True)
                     got = w_got @ v_got[: t + 1]

@@ -4,7 +4,8 @@ A configuration can be written as a short spec string, used by the command line 
 the gate files.  The levers start at the cache's defaults (``KVCache``: key centering
 on, 1 sink token, key smoothing off), so a spec measures what ``generate`` runs::
 
-    K[/V][+plain][+center|+nocenter][+smooth[=ALPHA]|+nosmooth][+sink=N][+w=N][+L=LAYERS:K/V]...
+    K[/V][+plain][+center|+nocenter][+smooth[=ALPHA]|+nosmooth][+sink=N][+cb=N|+once][+w=N]
+        [+L=LAYERS:K/V]...
 
     "turbo_kv_4b"                     K and V turbo_kv_4b, default levers
     "turbo_kv_4b+plain"               the bare codec: centering, smoothing and sinks off
@@ -12,6 +13,8 @@ on, 1 sink token, key smoothing off), so a spec measures what ``generate`` runs:
     "turbo_kv_3b+plain+center"        only key centering
     "turbo_kv_3b+smooth"              key smoothing on (exponent 0.35; +smooth=0.5 sets it)
     "turbo_kv_3b+sink=0"              no sink token
+    "turbo_kv_3b+once"                centering/smoothing calibrated once, on the first batch
+    "turbo_kv_3b+cb=128"              ... recalibrated every 128 positions (default 256)
     "turbo_kv_4b+L=0,29:q8_0/q8_0"   layers 0 and 29 in q8_0
     "turbo_kv_3b+w=64"                the 64 most recent tokens kept in fp16
 """
@@ -20,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
-from ..cache import (DEFAULT_CENTER_KEYS, DEFAULT_KEY_SMOOTHING, DEFAULT_SINK_TOKENS,
-                     DEFAULT_SMOOTH_KEYS, KVCache, smoothing_alpha)
+from ..cache import (CALIBRATION_ONCE, DEFAULT_CALIBRATION_BLOCK, DEFAULT_CENTER_KEYS,
+                     DEFAULT_KEY_SMOOTHING, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS, KVCache,
+                     calibration_block_value, smoothing_alpha)
 from ..codec import codec_info
 from ..model import Model
 
@@ -38,6 +42,7 @@ class CacheConfig:
     seed: int = 0
     smooth_keys: float = smoothing_alpha(DEFAULT_SMOOTH_KEYS)  # exponent alpha, 0 = off
     sink_tokens: int = DEFAULT_SINK_TOKENS                     # first positions kept exact
+    calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK  # None = calibrate once
 
     def __post_init__(self) -> None:
         if self.v is None:
@@ -47,25 +52,32 @@ class CacheConfig:
                            tuple(sorted((int(l), str(a), str(b)) for l, a, b in self.layer_codecs)))
         if self.fp16_window < 0 or self.sink_tokens < 0:
             raise ValueError("fp16_window and sink_tokens must be >= 0")
+        cb = calibration_block_value(self.calibration_block)
+        object.__setattr__(self, "calibration_block", None if cb == CALIBRATION_ONCE else cb)
+        if not (self.center_keys or self.smooth_keys):
+            # nothing is calibrated: one configuration whatever the block
+            object.__setattr__(self, "calibration_block", DEFAULT_CALIBRATION_BLOCK)
         if self.is_fp32:
             # exact storage: the levers change nothing in exact arithmetic, so the
             # baseline is one configuration, the plain fp32 cache
             object.__setattr__(self, "center_keys", False)
             object.__setattr__(self, "smooth_keys", 0.0)
             object.__setattr__(self, "sink_tokens", 0)
+            object.__setattr__(self, "calibration_block", DEFAULT_CALIBRATION_BLOCK)
 
     @classmethod
     def make(cls, k: str = "fp32", v: Optional[str] = None, *,
              center_keys: bool = DEFAULT_CENTER_KEYS,
              smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
              sink_tokens: int = DEFAULT_SINK_TOKENS,
+             calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK,
              fp16_window: int = 0,
              layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None,
              seed: int = 0) -> "CacheConfig":
         """From ``KVCache``-style arguments (``layer_codecs`` as {layer: (k, v)})."""
         lc = tuple((int(l), kv[0], kv[1]) for l, kv in (layer_codecs or {}).items())
         return cls(k, v, center_keys, int(fp16_window), lc, int(seed),
-                   smoothing_alpha(smooth_keys), int(sink_tokens))
+                   smoothing_alpha(smooth_keys), int(sink_tokens), calibration_block)
 
     @classmethod
     def parse(cls, spec: Union[str, "CacheConfig"]) -> "CacheConfig":
@@ -79,6 +91,7 @@ class CacheConfig:
         center = DEFAULT_CENTER_KEYS
         smooth = smoothing_alpha(DEFAULT_SMOOTH_KEYS)
         sink, window, layers = DEFAULT_SINK_TOKENS, 0, []
+        calib: Optional[int] = DEFAULT_CALIBRATION_BLOCK
         for p in parts[1:]:
             if p == "plain":
                 center, smooth, sink = False, 0.0, 0
@@ -96,6 +109,12 @@ class CacheConfig:
                     raise ValueError(f"cache spec {spec!r}: smoothing exponent must be in (0, 1]")
             elif p.startswith("sink="):
                 sink = int(p[5:])
+            elif p == "once":
+                calib = None
+            elif p.startswith("cb="):
+                calib = int(p[3:])
+                if not 64 <= calib <= 1 << 24:
+                    raise ValueError(f"cache spec {spec!r}: calibration block must be 64..16777216")
             elif p.startswith("w="):
                 window = int(p[2:])
             elif p.startswith("L="):
@@ -109,8 +128,8 @@ class CacheConfig:
             else:
                 raise ValueError(f"cache spec {spec!r}: unknown option {p!r} "
                                  "(known: plain, center, nocenter, smooth[=ALPHA], nosmooth, "
-                                 "sink=N, w=N, L=LAYERS:K/V)")
-        return cls(k, v or None, center, window, tuple(layers), 0, smooth, sink)
+                                 "sink=N, cb=N, once, w=N, L=LAYERS:K/V)")
+        return cls(k, v or None, center, window, tuple(layers), 0, smooth, sink, calib)
 
     @property
     def name(self) -> str:
@@ -129,6 +148,9 @@ class CacheConfig:
                       else f"+smooth={self.smooth_keys:g}")
             if self.sink_tokens != DEFAULT_SINK_TOKENS:
                 s += f"+sink={self.sink_tokens}"
+            if (self.center_keys or self.smooth_keys) and \
+                    self.calibration_block != DEFAULT_CALIBRATION_BLOCK:
+                s += "+once" if self.calibration_block is None else f"+cb={self.calibration_block}"
         if self.fp16_window:
             s += f"+w={self.fp16_window}"
         groups: dict[tuple[str, str], list[int]] = {}
@@ -159,20 +181,33 @@ class CacheConfig:
                       + codec_info(b, model.head_dim).bytes_per_vector) * model.n_head_kv
         return total
 
+    def calibration_bytes_per_token(self, model: Model) -> float:
+        """Bytes of the per-block calibration (fp16 key offsets and/or scales of every
+        layer and KV head) per position, amortized over a block; 0 when calibrated once
+        (one block for the whole sequence)."""
+        levers = int(self.center_keys) + int(self.smooth_keys > 0)
+        if not levers or self.calibration_block is None:
+            return 0.0
+        return levers * 2.0 * model.head_dim * model.n_layer * model.n_head_kv / self.calibration_block
+
     def bits_per_element(self, model: Model) -> float:
-        """Stored bits per K/V element, averaged over layers, metadata included."""
-        return self.bytes_per_token(model) * 8.0 / (model.n_layer * model.n_head_kv * model.head_dim * 2)
+        """Stored bits per K/V element, averaged over layers, metadata included (codec
+        metadata and the amortized calibration blocks)."""
+        total = self.bytes_per_token(model) + self.calibration_bytes_per_token(model)
+        return total * 8.0 / (model.n_layer * model.n_head_kv * model.head_dim * 2)
 
     def cache(self, model: Model, n_ctx: int) -> KVCache:
         """A fresh ``KVCache`` with this configuration."""
         return KVCache(model, k=self.k, v=str(self.v), n_ctx=n_ctx, fp16_window=self.fp16_window,
                        seed=self.seed, center_keys=self.center_keys,
                        smooth_keys=self.smooth_keys, sink_tokens=self.sink_tokens,
+                       calibration_block=self.calibration_block,
                        layer_codecs={l: (a, b) for l, a, b in self.layer_codecs})
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "k": self.k, "v": self.v, "center_keys": self.center_keys,
                 "smooth_keys": self.smooth_keys, "sink_tokens": self.sink_tokens,
+                "calibration_block": self.calibration_block,
                 "fp16_window": self.fp16_window,
                 "layer_codecs": {str(l): [a, b] for l, a, b in self.layer_codecs},
                 "seed": self.seed}

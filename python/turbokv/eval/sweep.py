@@ -32,6 +32,7 @@ class SweepRow:
     center_keys: bool
     smooth_keys: float               # key smoothing exponent, 0 = off
     sink_tokens: int
+    calibration_block: Optional[int]  # positions per calibration block, None = once
     fp16_window: int
     layer_codecs: str
     k_bytes_per_vector: int          # per head vector (head_dim elements), metadata included
@@ -68,7 +69,8 @@ def _row(model: Model, cfg: CacheConfig) -> SweepRow:
     fp32 = model.kv_bytes_per_token_fp32()
     return SweepRow(
         config=cfg.name, k_codec=cfg.k, v_codec=str(cfg.v), center_keys=cfg.center_keys,
-        smooth_keys=cfg.smooth_keys, sink_tokens=cfg.sink_tokens, fp16_window=cfg.fp16_window,
+        smooth_keys=cfg.smooth_keys, sink_tokens=cfg.sink_tokens,
+        calibration_block=cfg.calibration_block, fp16_window=cfg.fp16_window,
         layer_codecs=" ".join(f"{l}:{a}/{b}" for l, a, b in cfg.layer_codecs),
         k_bytes_per_vector=codec_info(cfg.k, d).bytes_per_vector,
         v_bytes_per_vector=codec_info(str(cfg.v), d).bytes_per_vector,
