@@ -5,8 +5,8 @@
 
 Runs perplexity + KL divergence (WikiText-2 test, chunks of n_ctx, second half scored,
 fp32-KV baseline from the same run), attention cosine on captured activations, and
-prefill / decode speed for the codecs and the levers (key centering and a sink token, the
-cache's defaults; key smoothing; K at more bits than V, first/last layer overrides, fp16
+prefill / decode speed for the codecs and the levers (key centering, key smoothing and a
+sink token, the cache's defaults; K at more bits than V, first/last layer overrides, fp16
 window) and the trellis-coded codecs; with --niah also the needle-in-a-haystack
 grid.  Writes sweep.json, sweep.csv, table.md, pareto.png (when matplotlib is present).
 """
@@ -26,18 +26,18 @@ CONFIGS = [
     # llama.cpp-style block caches and the bare turbo codecs (+plain: no levers)
     "q8_0+plain", "q4_0+plain",
     "turbo_kv_5b+plain", "turbo_kv_4b+plain", "turbo_kv_3b+plain",
-    # one lever at a time on the bare codec
+    # one lever at a time on the bare codec, and the defaults without smoothing
     "turbo_kv_4b+plain+center", "turbo_kv_3b+plain+center",
-    # key centering + 1 sink token + key smoothing (alpha 0.35; the cache's defaults minus
-    # smoothing, which is opt-in because it hurts long contexts)
-    "turbo_kv_5b+smooth", "turbo_kv_4b+smooth", "turbo_kv_3b+smooth",
+    "turbo_kv_4b+nosmooth", "turbo_kv_3b+nosmooth",
+    # the cache's defaults: key centering + key smoothing (alpha 0.35), calibrated per block
+    # of 256 positions, + 1 sink token
+    "turbo_kv_5b", "turbo_kv_4b", "turbo_kv_3b",
     # K at more bits than V, first/last layer overrides, fp16 window of recent tokens
-    "turbo_kv_5b/turbo_kv_3b+smooth", "turbo_kv_4b/turbo_kv_3b+smooth",
-    "turbo_kv_4b+smooth+L=0,29:q8_0", "turbo_kv_3b+smooth+L=0,29:q8_0",
+    "turbo_kv_5b/turbo_kv_3b", "turbo_kv_4b/turbo_kv_3b",
+    "turbo_kv_4b+L=0,29:q8_0", "turbo_kv_3b+L=0,29:q8_0",
     "turbo_kv_4b+plain+w=64",
-    # trellis-coded codecs (same bytes as turbo_kv_Nb), defaults and with smoothing
-    "turbo_kv_4b_tcq", "turbo_kv_3b_tcq", "turbo_kv_4b_tcq+smooth", "turbo_kv_3b_tcq+smooth",
-    "turbo_kv_2b_tcq+smooth",
+    # trellis-coded codecs (same bytes as turbo_kv_Nb) with the default levers
+    "turbo_kv_4b_tcq", "turbo_kv_3b_tcq", "turbo_kv_2b_tcq",
 ]
 
 
@@ -88,7 +88,8 @@ def main() -> int:
                         and v is not None:
                     setattr(row, k, v)
         seen = {r.config for r in rows}
-        rows += [tkv_eval.SweepRow(**r) for c, r in old.items() if c not in seen]
+        rows += [tkv_eval.SweepRow(**{"calibration_block": None, **r})  # rows from 0.3: once
+                 for c, r in old.items() if c not in seen]
     tkv_eval.write_json(rows, out / "sweep.json")
     tkv_eval.write_csv(rows, out / "sweep.csv")
     table = tkv_eval.markdown_table(rows)

@@ -365,10 +365,12 @@ TKV_API tkv_status tkv_model_detokenize(const tkv_model *model, const int32_t *t
 typedef struct tkv_cache tkv_cache;
 
 /*
- * Subtract a fixed vector per (layer, KV head), the mean of the keys of the first
- * batch that layer sees, from every key before it is stored (on by default).  Every
- * score of a query moves by the same constant, which softmax cancels, so attention is unchanged in
- * exact arithmetic while the codec no longer spends bits on the keys' common offset.
+ * Subtract a vector per (layer, KV head) and calibration block (the mean key of the
+ * first batch for block 0, of the previous block for the others) from every key before
+ * it is stored (on by default).  Within a block every score of a query moves by the same
+ * constant, and attention adds back the difference between blocks, so attention is
+ * unchanged in exact arithmetic while the codec no longer spends bits on the keys'
+ * common offset.
  */
 #define TKV_CACHE_FLAG_CENTER_KEYS (1u << 0)
 
@@ -376,8 +378,9 @@ typedef struct tkv_cache tkv_cache;
  * Divide every key by per-channel scales s and multiply every query by the same s:
  * scores are unchanged in exact arithmetic, while channels where keys are large and
  * queries small stop taking the codec's bits.  s_j = (rms k_j / rms q_j)^alpha per
- * (layer, KV head) from the first batch (at least 8 tokens; fewer leave s = 1), with
- * alpha = tkv_cache_params.key_smoothing.  Since 0.2.
+ * (layer, KV head) and calibration block (block 0 from the first batch, at least 8
+ * tokens, fewer leave s = 1; later blocks from the block before), with alpha =
+ * tkv_cache_params.key_smoothing.  Since 0.2; on by default since 0.4.
  */
 #define TKV_CACHE_FLAG_SMOOTH_KEYS (1u << 1)
 
@@ -387,7 +390,8 @@ typedef struct tkv_cache_params {
     int32_t v_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
     uint32_t n_ctx;            /* capacity in tokens; 0 = the model's training context */
     uint32_t fp16_window;      /* most recent tokens kept in fp16 before compression; 0 = off */
-    uint32_t flags;            /* TKV_CACHE_FLAG_*; default TKV_CACHE_FLAG_CENTER_KEYS */
+    uint32_t flags;            /* TKV_CACHE_FLAG_*; default TKV_CACHE_FLAG_CENTER_KEYS |
+                                  TKV_CACHE_FLAG_SMOOTH_KEYS (smoothing since 0.4) */
     uint64_t seed;             /* rotation seeds derive from it per (layer, head); default 0 */
     float sparse_v_threshold;  /* skip values whose softmax weight is below; 0 = off */
     float key_smoothing;       /* alpha of TKV_CACHE_FLAG_SMOOTH_KEYS, in (0, 1]; 0 = 0.35;
@@ -410,12 +414,13 @@ typedef struct tkv_cache_params {
 /* tkv_cache_params.calibration_block: one calibration for the whole sequence.  Since 0.4. */
 #define TKV_CALIBRATION_ONCE 0xFFFFFFFFu
 
-/* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0, key centering on, 1 sink
- * token, key smoothing off (key_smoothing 0.35 when the flag is set).  Measured on
- * SmolLM2-135M (WikiText-2): centering + sink cut the KL divergence to fp32 KV by ~35% at
- * 512 and 4096 tokens; smoothing cuts it by another 25% at 512 tokens but raises it by ~50%
- * at 4096 (its per-channel statistics do not hold far from the calibration batch), so it is
- * opt-in.  Since 0.1; sinks and smoothing since 0.2. */
+/* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0, key centering and key
+ * smoothing on (alpha 0.35), both recalibrated every 256 positions, 1 sink token.
+ * Measured on SmolLM2-135M (WikiText-2, KL divergence to fp32 KV at 4 bits): centering +
+ * sink cut it by ~35-45% at 512 and 4096 tokens, smoothing by another ~25-35%; calibrated
+ * once on the first batch, smoothing raised it at 4096 tokens (0.033 -> 0.048), per block
+ * it lowers it (0.027 -> 0.021).  Since 0.1; sinks and smoothing since 0.2; smoothing and
+ * calibration blocks on by default since 0.4. */
 TKV_API tkv_cache_params tkv_cache_default_params(void);
 
 /* Create a cache for a model.  *out is NULL on failure.  Since 0.1. */

@@ -124,7 +124,7 @@ tkv_cache_params tkv_cache_default_params(void) {
     p.struct_size = sizeof p;
     p.k_codec = TKV_CODEC_TURBO_4B;
     p.v_codec = TKV_CODEC_TURBO_4B;
-    p.flags = TKV_CACHE_FLAG_CENTER_KEYS; /* smoothing: opt-in, it hurts far from calibration */
+    p.flags = TKV_CACHE_FLAG_CENTER_KEYS | TKV_CACHE_FLAG_SMOOTH_KEYS;
     p.key_smoothing = TKV_DEFAULT_KEY_SMOOTHING;
     p.sink_tokens = TKV_DEFAULT_SINK_TOKENS;
     p.calibration_block = TKV_DEFAULT_CALIB_BLOCK;

@@ -47,7 +47,7 @@ def _calibration_block_arg(value: Optional[str]) -> Optional[int]:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from . import models
-    from .cache import DEFAULT_SINK_TOKENS
+    from .cache import DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
     from .generate import Generation, load_model
     from .session import Sampling
 
@@ -66,7 +66,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                      chat=args.chat, system=args.system, n_ctx=args.ctx_size,
                      n_threads=args.threads, fp16_window=args.fp16_window, seed=args.seed,
                      center_keys=not args.no_center_keys,
-                     smooth_keys=args.smooth_keys,
+                     smooth_keys=(DEFAULT_SMOOTH_KEYS if args.smooth_keys is None
+                                  else args.smooth_keys),
                      sink_tokens=DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens,
                      calibration_block=_calibration_block_arg(args.calibration_block))
     if not args.json:
@@ -298,9 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-center-keys", action="store_true",
                    help="turn key centering off (on by default: a fixed per-layer/head vector "
                         "is subtracted from keys before coding; attention is unchanged)")
-    p.add_argument("--smooth-keys", action="store_true",
-                   help="key smoothing on (keys divided and queries multiplied by per-channel "
-                        "scales; attention is unchanged; helps short contexts, hurts long ones)")
+    p.add_argument("--no-smooth-keys", dest="smooth_keys", action="store_false", default=None,
+                   help="turn key smoothing off (on by default: keys divided and queries "
+                        "multiplied by per-channel scales; attention is unchanged)")
+    p.add_argument("--smooth-keys", dest="smooth_keys", type=float, default=None,
+                   metavar="ALPHA", help="key smoothing exponent (default: the library's, 0.35)")
     p.add_argument("--sink-tokens", type=int, default=None,
                    help="first positions kept exact in fp32 (default: the library's, 1)")
     p.add_argument("--calibration-block", default=None, metavar="N|once",
@@ -326,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", default=None, help="model name or GGUF path")
     p.add_argument("--kv", action="append", default=None, metavar="SPEC",
                    help="cache spec K[/V][+plain][+nocenter][+smooth=ALPHA|+nosmooth][+sink=N]"
-                        "[+w=N][+L=LAYERS:K/V] (repeatable; "
+                        "[+cb=N|+once][+w=N][+L=LAYERS:K/V] (repeatable; "
                         "sweep: extra configurations)")
     p.add_argument("-ctk", "--cache-type-k", default=None, help="codec for keys")
     p.add_argument("-ctv", "--cache-type-v", default=None, help="codec for values")

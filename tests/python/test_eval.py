@@ -43,9 +43,17 @@ def test_cache_config_parse_roundtrip(tiny):
     # specs start from the cache's defaults; +plain turns the levers off
     d, p = E.CacheConfig.parse("turbo_kv_4b"), E.CacheConfig.parse("turbo_kv_4b+plain")
     kv = turbokv.KVCache(model, n_ctx=8)
-    assert (d.center_keys, d.smooth_keys, d.sink_tokens) == (
-        kv.center_keys, kv.key_smoothing, kv.sink_tokens) == (True, 0.0, 1)
+    assert (d.center_keys, d.smooth_keys, d.sink_tokens, d.calibration_block) == (
+        kv.center_keys, kv.key_smoothing, kv.sink_tokens, kv.calibration_block) == (
+        True, 0.35, 1, 256)
     kv.close()
+    for spec in ["turbo_kv_4b+once", "turbo_kv_4b+cb=128+nosmooth", "turbo_kv_4b+plain+center+once"]:
+        c = E.CacheConfig.parse(spec)
+        assert E.CacheConfig.parse(c.name) == c, spec
+    assert E.CacheConfig.parse("turbo_kv_4b+once").calibration_block is None
+    assert E.CacheConfig.parse("turbo_kv_4b+plain+once") == p  # nothing to calibrate
+    with pytest.raises(ValueError, match="calibration block"):
+        E.CacheConfig.parse("turbo_kv_4b+cb=8")
     assert (p.center_keys, p.smooth_keys, p.sink_tokens) == (False, 0.0, 0)
     assert E.CacheConfig.parse("turbo_kv_4b+smooth=0.5").smooth_keys == 0.5
     assert E.CacheConfig.parse("fp32+center") == E.FP32  # levers are no-ops on exact storage
@@ -233,9 +241,10 @@ def test_sweep_rows_tables_and_files(tiny, tmp_path, capsys):
     k_b = turbokv.codec_info("turbo_kv_4b", d).bytes_per_vector
     v_b = turbokv.codec_info("turbo_kv_3b", d).bytes_per_vector
     assert (mixed.k_bytes_per_vector, mixed.v_bytes_per_vector) == (k_b, v_b)
-    # metadata counted: codec bytes plus the centering offsets (fp16, one vector per 256
-    # positions, layer and KV head), and exactly the codec bytes without levers
-    assert math.isclose(mixed.bits_per_element, (k_b + v_b + 2 * d / 256) * 8 / (2 * d))
+    # metadata counted: codec bytes plus the centering offsets and smoothing scales (fp16,
+    # one vector each per 256 positions, layer and KV head), exactly the codec bytes
+    # without levers
+    assert math.isclose(mixed.bits_per_element, (k_b + v_b + 2 * 2 * d / 256) * 8 / (2 * d))
     assert math.isclose(rows[3].bits_per_element, (k_b + k_b) * 8 / (2 * d))
     assert all(r.prefill_tok_s > 0 and r.decode_tok_s > 0 and 0 < r.attn_cosine <= 1 for r in rows)
     assert math.isnan(rows[1].niah) and rows[1].to_dict()["niah"] is None

@@ -27,7 +27,8 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import numpy.typing as npt
 
-from ..cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
+from ..cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS,
+                     DEFAULT_SMOOTH_KEYS)
 from ..model import Model
 from ..session import Session
 from ._progress import bar
@@ -296,7 +297,8 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
                text: Optional[str] = None, n_ctx: int = 512, chunks: Optional[int] = None,
                center_keys: bool = DEFAULT_CENTER_KEYS,
                smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
-               sink_tokens: int = DEFAULT_SINK_TOKENS, fp16_window: int = 0,
+               sink_tokens: int = DEFAULT_SINK_TOKENS,
+               calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK, fp16_window: int = 0,
                layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None, seed: int = 0,
                n_threads: int = 0, top_k: int = 4096, baseline: Optional[Baseline] = None,
                baseline_file: Union[str, Path, None] = None, progress: bool = True
@@ -308,8 +310,8 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
         text: a shipped text name (``"wikitext-2"``, the default) or a file path.
         n_ctx: chunk length in tokens; the second half of each chunk is scored.
         chunks: evaluate at most this many chunks (default: the whole text).
-        center_keys, smooth_keys, sink_tokens, fp16_window, layer_codecs, seed: the
-            cache's levers (``KVCache``, same defaults).
+        center_keys, smooth_keys, sink_tokens, calibration_block, fp16_window,
+            layer_codecs, seed: the cache's levers (``KVCache``, same defaults).
         top_k: log-probabilities of the baseline kept per token (0 = the whole vocabulary).
         baseline: a Baseline from an earlier run on the same chunks (skips the fp32 run).
         baseline_file: .npz file to load the baseline from / save it to.
@@ -319,7 +321,7 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
     """
     cfg = k if isinstance(k, CacheConfig) else CacheConfig.make(
         k, v, center_keys=center_keys, smooth_keys=smooth_keys, sink_tokens=sink_tokens,
-        fp16_window=fp16_window, layer_codecs=layer_codecs,
+        calibration_block=calibration_block, fp16_window=fp16_window, layer_codecs=layer_codecs,
         seed=seed)
     runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks, n_threads=n_threads,
                               top_k=top_k, baseline_file=baseline_file, progress=progress)

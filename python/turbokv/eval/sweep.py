@@ -12,7 +12,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from ..codec import codec_info
 from ..model import Model
 from .attention import attention_cosine_eval, capture
-from ..cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
+from ..cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS,
+                     DEFAULT_SMOOTH_KEYS)
 from .config import FP32, CacheConfig, as_configs
 from .niah import niah
 from .perplexity import PerplexityRunner
@@ -84,7 +85,8 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
           configs: Union[None, str, CacheConfig, Sequence[Union[str, CacheConfig]]] = None,
           center_keys: bool = DEFAULT_CENTER_KEYS,
           smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
-          sink_tokens: int = DEFAULT_SINK_TOKENS, fp16_window: int = 0,
+          sink_tokens: int = DEFAULT_SINK_TOKENS,
+          calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK, fp16_window: int = 0,
           layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None, seed: int = 0,
           include_fp32: bool = True, text: Optional[str] = None, n_ctx: int = 512,
           chunks: Optional[int] = 10, top_k: int = 4096, baseline_file: Union[str, Path, None] = None,
@@ -108,7 +110,8 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
     cfgs: list[CacheConfig] = [FP32] if include_fp32 else []
     for k, v in pairs:
         cfgs.append(CacheConfig.make(k, v, center_keys=center_keys, smooth_keys=smooth_keys,
-                                     sink_tokens=sink_tokens, fp16_window=fp16_window,
+                                     sink_tokens=sink_tokens,
+                                     calibration_block=calibration_block, fp16_window=fp16_window,
                                      layer_codecs=layer_codecs, seed=seed))
     cfgs += as_configs(configs)
     unique: list[CacheConfig] = []
