@@ -408,7 +408,7 @@ typedef struct tkv_cache_params {
                                   once on the first batch (0.3 behaviour); 0 = 256; default
                                   256.  Costs 2 * head_dim bytes per block, head and lever.
                                   Since 0.4. */
-    uint32_t reserved[6];      /* must be zero */
+    uint32_t reserved[6];       /* must be zero */
 } tkv_cache_params;
 
 /* tkv_cache_params.calibration_block: one calibration for the whole sequence.  Since 0.4. */

@@ -47,8 +47,8 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
      * (cache.h), so they are scored with q * s_b, and <q, mu_b - mu_0> puts them on the
      * scale of block 0 (every score then differs from <q, k> by the same <q, mu_0>). */
     const int calibrated = tkv_kv_has_calibration(cache);
-    const uint32_t B = cache->calib_block == TKV_CALIBRATION_ONCE || !calibrated
-                           ? n : cache->calib_block;
+    const uint32_t B =
+        cache->calib_block == TKV_CALIBRATION_ONCE || !calibrated ? n : cache->calib_block;
     float q_mu0[TKV_MAX_QUERIES] = {0};
     for (uint32_t lo = 0; lo < n; lo += B) {
         const uint32_t hi = n - lo > B ? lo + B : n;

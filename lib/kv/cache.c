@@ -107,7 +107,8 @@ tkv_status tkv_kv_set_calibration_block(tkv_kv_cache *c, uint32_t calib_block) {
                     (calib_block >= TKV_KV_MIN_CALIB_BLOCK && calib_block <= (1u << 24)),
                 TKV_ERR_INVALID_ARGUMENT,
                 "cache: calibration block of %u positions outside %u..16777216 (or "
-                "TKV_CALIBRATION_ONCE)", calib_block, TKV_KV_MIN_CALIB_BLOCK);
+                "TKV_CALIBRATION_ONCE)",
+                calib_block, TKV_KV_MIN_CALIB_BLOCK);
     c->calib_block = calib_block;
     return TKV_OK;
 }
@@ -128,8 +129,8 @@ static tkv_status tkv_kv_grow_calibration(tkv_kv_cache *c, uint32_t layer, uint3
         if (mu) {
             hd->k_mu = mu;
         }
-        uint16_t *sc = c->smooth_keys ? realloc(hd->k_scale, (size_t)blocks * d * sizeof *sc)
-                                      : NULL;
+        uint16_t *sc =
+            c->smooth_keys ? realloc(hd->k_scale, (size_t)blocks * d * sizeof *sc) : NULL;
         if (sc) {
             hd->k_scale = sc;
         }
@@ -205,8 +206,8 @@ static void tkv_kv_set_block(tkv_kv_cache *c, uint32_t layer, uint32_t head, uin
 
 /* out = (k - mu) / s for (layer, head) in calibration block `block` (in and out may be
  * the same row): the space every stored key of that block lives in. */
-static void tkv_kv_prepare_key(const tkv_kv_cache *c, uint32_t layer, uint32_t head,
-                               uint32_t block, const float *in, float *out) {
+static void tkv_kv_prepare_key(const tkv_kv_cache *c, uint32_t layer, uint32_t head, uint32_t block,
+                               const float *in, float *out) {
     const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + head];
     const uint16_t *mu = c->center_keys ? hd->k_mu + (size_t)block * c->head_dim : NULL;
     const uint16_t *s = c->smooth_keys ? hd->k_scale + (size_t)block * c->head_dim : NULL;
@@ -216,8 +217,8 @@ static void tkv_kv_prepare_key(const tkv_kv_cache *c, uint32_t layer, uint32_t h
     }
 }
 
-void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t head,
-                              uint32_t block, float *mu, float *s) {
+void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t head, uint32_t block,
+                              float *mu, float *s) {
     const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + head];
     const uint16_t *m = c->center_keys ? hd->k_mu + (size_t)block * c->head_dim : NULL;
     const uint16_t *sc = c->smooth_keys ? hd->k_scale + (size_t)block * c->head_dim : NULL;
@@ -227,26 +228,45 @@ void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t he
     }
 }
 
+/* Sum one position's key (head h of k_row) and the queries of its GQA group (q_row) into
+ * per-channel sums of k, k^2 and q^2. */
+static void tkv_kv_accumulate(const float *k_row, const float *q_row, uint32_t h, uint32_t group,
+                              uint32_t d, double *sum_k, double *sum_kk, double *sum_qq) {
+    const float *kt = k_row + (size_t)h * d;
+    for (uint32_t j = 0; j < d; j++) {
+        sum_k[j] += kt[j];
+        sum_kk[j] += (double)kt[j] * kt[j];
+    }
+    for (uint32_t g = 0; g < group; g++) {
+        const float *qt = q_row + ((size_t)h * group + g) * d;
+        for (uint32_t j = 0; j < d; j++) {
+            sum_qq[j] += (double)qt[j] * qt[j];
+        }
+    }
+}
+
+/* The layer's statistics start summing block b afresh. */
+static void tkv_kv_restart_stats(tkv_kv_cache *c, uint32_t layer, uint32_t b) {
+    c->layers[layer].stat_block = b;
+    c->layers[layer].stat_n = 0;
+    for (uint32_t h = 0; h < c->n_head_kv; h++) {
+        double *st = c->heads[(size_t)layer * c->n_head_kv + h].stats;
+        if (st) {
+            memset(st, 0, 3 * (size_t)c->head_dim * sizeof *st);
+        }
+    }
+}
+
 /* Block 0 from the whole first batch reaching past the sinks; sinks stored by earlier
  * batches (as they came: mu = 0, s = 1) are brought into the calibrated space. */
-static void tkv_kv_calibrate_first(tkv_kv_cache *c, uint32_t layer, const float *q,
-                                   uint32_t n_head, const float *k, uint32_t n_tok) {
+static void tkv_kv_calibrate_first(tkv_kv_cache *c, uint32_t layer, const float *q, uint32_t n_head,
+                                   const float *k, uint32_t n_tok) {
     const uint32_t d = c->head_dim, group = n_head / c->n_head_kv;
     const size_t kw = (size_t)c->n_head_kv * d, qw = (size_t)n_head * d;
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         double sk[TKV_HEAD_DIM_MAX] = {0}, skk[TKV_HEAD_DIM_MAX] = {0}, sqq[TKV_HEAD_DIM_MAX] = {0};
         for (uint32_t t = 0; t < n_tok; t++) {
-            const float *kt = k + t * kw + (size_t)h * d;
-            for (uint32_t j = 0; j < d; j++) {
-                sk[j] += kt[j];
-                skk[j] += (double)kt[j] * kt[j];
-            }
-            for (uint32_t g = 0; g < group; g++) {
-                const float *qt = q + t * qw + ((size_t)h * group + g) * d;
-                for (uint32_t j = 0; j < d; j++) {
-                    sqq[j] += (double)qt[j] * qt[j];
-                }
-            }
+            tkv_kv_accumulate(k + t * kw, q + t * qw, h, group, d, sk, skk, sqq);
         }
         tkv_kv_set_block(c, layer, h, 0, sk, skk, sqq, n_tok, (double)n_tok * group);
         const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
@@ -262,8 +282,7 @@ static void tkv_kv_calibrate_first(tkv_kv_cache *c, uint32_t layer, const float 
 /* Block b > 0 as it starts: from the statistics of block b - 1 when they cover a good
  * part of it (after a truncation they may not), else (and when group is 0) block b - 1's
  * calibration again. */
-static void tkv_kv_calibrate_next(tkv_kv_cache *c, uint32_t layer, uint32_t b,
-                                  uint32_t group) {
+static void tkv_kv_calibrate_next(tkv_kv_cache *c, uint32_t layer, uint32_t b, uint32_t group) {
     tkv_kv_layer *L = &c->layers[layer];
     const uint32_t d = c->head_dim;
     const int fresh = group > 0 && L->stat_block == b - 1 && L->stat_n >= c->calib_block / 4;
@@ -310,26 +329,11 @@ tkv_status tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, cons
             if (b > 0 && b >= L->n_calib) {
                 tkv_kv_calibrate_next(c, layer, b, group); /* block 0 is set: p >= 64 > sinks */
             }
-            L->stat_block = b;
-            L->stat_n = 0;
-            for (uint32_t h = 0; h < c->n_head_kv; h++) {
-                memset(c->heads[(size_t)layer * c->n_head_kv + h].stats, 0,
-                       3 * (size_t)d * sizeof(double));
-            }
+            tkv_kv_restart_stats(c, layer, b);
         }
         for (uint32_t h = 0; h < c->n_head_kv; h++) {
             double *st = c->heads[(size_t)layer * c->n_head_kv + h].stats;
-            const float *kt = k + t * kw + (size_t)h * d;
-            for (uint32_t j = 0; j < d; j++) {
-                st[j] += kt[j];
-                st[d + j] += (double)kt[j] * kt[j];
-            }
-            for (uint32_t g = 0; g < group; g++) {
-                const float *qt = q + t * qw + ((size_t)h * group + g) * d;
-                for (uint32_t j = 0; j < d; j++) {
-                    st[2 * d + j] += (double)qt[j] * qt[j];
-                }
-            }
+            tkv_kv_accumulate(k + t * kw, q + t * qw, h, group, d, st, st + d, st + 2 * (size_t)d);
         }
         L->stat_n++;
     }
@@ -526,14 +530,7 @@ void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
             if (L->n_calib > keep) {
                 L->n_calib = keep;
             }
-            L->stat_block = tkv_kv_calib_block_of(c, n);
-            L->stat_n = 0;
-            for (uint32_t h = 0; h < c->n_head_kv; h++) {
-                double *st = c->heads[(size_t)l * c->n_head_kv + h].stats;
-                if (st) {
-                    memset(st, 0, 3 * (size_t)c->head_dim * sizeof *st);
-                }
-            }
+            tkv_kv_restart_stats(c, l, tkv_kv_calib_block_of(c, n));
         }
     }
 }

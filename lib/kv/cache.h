@@ -39,8 +39,8 @@ typedef struct tkv_kv_layer {
     uint32_t n_alloc;    /* positions the code arrays can hold */
     uint32_t n_calib;    /* calibration blocks [0, n_calib) are set */
     uint32_t n_calib_alloc; /* blocks k_mu / k_scale can hold */
-    uint32_t stat_block; /* the block whose positions the heads' stats sum */
-    uint32_t stat_n;     /* positions summed into the stats */
+    uint32_t stat_block;    /* the block whose positions the heads' stats sum */
+    uint32_t stat_n;        /* positions summed into the stats */
 } tkv_kv_layer;
 
 typedef struct tkv_kv_cache {
@@ -132,8 +132,8 @@ static inline int tkv_kv_has_calibration(const tkv_kv_cache *c) {
 /* mu (zeros when centering is off) and s (ones when smoothing is off) of calibration
  * block `block` of (layer, head), which must be set (block < the layer's n_calib or
  * block 0), as floats: stored keys of the block are (k - mu) / s. */
-void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t head,
-                              uint32_t block, float *mu, float *s);
+void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t head, uint32_t block,
+                              float *mu, float *s);
 /* Change one layer's codecs; only before the first write. */
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
                                    int32_t v_codec);

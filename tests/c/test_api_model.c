@@ -172,10 +172,11 @@ static void test_calibration_blocks(const char *path) {
         for (int i = 150; i < 160; i++) {
             CHECK_OK(tkv_session_eval(s, toks + i, 1, 0));
         }
-        const size_t blocks = 3 * tkv_model_n_layer(m) * tkv_model_n_head_kv(m) *
-                              tkv_model_head_dim(m) * 2 * 2;
-        const size_t sinks = tkv_model_n_layer(m) * tkv_model_n_head_kv(m) *
-                             (tkv_model_head_dim(m) * 2 * 4) - tkv_cache_bytes_per_token(c);
+        const size_t blocks =
+            3 * tkv_model_n_layer(m) * tkv_model_n_head_kv(m) * tkv_model_head_dim(m) * 2 * 2;
+        const size_t sinks =
+            tkv_model_n_layer(m) * tkv_model_n_head_kv(m) * (tkv_model_head_dim(m) * 2 * 4) -
+            tkv_cache_bytes_per_token(c);
         CHECK(tkv_cache_bytes_used(c) == 160 * tkv_cache_bytes_per_token(c) + sinks + blocks);
         CHECK_OK(tkv_cache_truncate(c, 100));
         CHECK_OK(tkv_session_eval(s, toks + 100, 100, 0));
