@@ -58,17 +58,16 @@ class KVCache:
         fp16_window: most recent tokens kept in fp16 before compression (0 = off).
         seed: rotation seeds derive from it per (layer, head).
         sparse_v_threshold: skip values whose softmax weight is below it (0 = off).
-        center_keys: subtract a fixed per-(layer, head) vector (the mean of the first
-            batch's keys) from every key before coding; attention is unchanged in exact
-            arithmetic, and the codec stops spending bits on the keys' shared offset.
-            On by default, as in tkv_cache_default_params().
+        center_keys: subtract a per-(layer, head) vector (the mean key of the calibration
+            data, see calibration_block) from every key before coding; attention is
+            unchanged in exact arithmetic, and the codec stops spending bits on the keys'
+            shared offset.  On by default, as in tkv_cache_default_params().
         smooth_keys: divide keys and multiply queries by per-channel scales
-            s = (rms k / rms q)^alpha from the first batch (8 tokens or more), so that
+            s = (rms k / rms q)^alpha (8 tokens or more of calibration data), so that
             channels with large keys and small queries stop taking the codec's bits;
             scores are unchanged in exact arithmetic.  True = alpha 0.35 (measured best on
-            SmolLM2-135M; 0.5 balances keys and queries exactly), a float = alpha.
-            Off by default: it helps within ~1K tokens of the calibration batch and hurts
-            beyond (measured: KL to fp32 KV -25% at 512 tokens, +48% at 4096).
+            SmolLM2-135M; 0.5 balances keys and queries exactly), a float = alpha.  On by
+            default (measured: KL to fp32 KV -25% at 512 tokens, -23% at 4096).
         sink_tokens: the first positions of the sequence kept exact (fp32 K and V, never
             compressed, at most 64; default 1).  They draw a large share of the softmax
             weight in most heads (attention sinks), so their coding error moves every

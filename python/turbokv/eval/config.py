@@ -2,16 +2,18 @@
 
 A configuration can be written as a short spec string, used by the command line and
 the gate files.  The levers start at the cache's defaults (``KVCache``: key centering
-on, 1 sink token, key smoothing off), so a spec measures what ``generate`` runs::
+and key smoothing on, calibrated every 256 positions, 1 sink token), so a spec measures
+what ``generate`` runs::
 
     K[/V][+plain][+center|+nocenter][+smooth[=ALPHA]|+nosmooth][+sink=N][+cb=N|+once][+w=N]
         [+L=LAYERS:K/V]...
 
     "turbo_kv_4b"                     K and V turbo_kv_4b, default levers
     "turbo_kv_4b+plain"               the bare codec: centering, smoothing and sinks off
+    "turbo_kv_4b+nosmooth"            no key smoothing
     "turbo_kv_5b/turbo_kv_3b"         K at 5 bits, V at 3 bits
     "turbo_kv_3b+plain+center"        only key centering
-    "turbo_kv_3b+smooth"              key smoothing on (exponent 0.35; +smooth=0.5 sets it)
+    "turbo_kv_3b+smooth=0.5"          key smoothing exponent 0.5 (default 0.35)
     "turbo_kv_3b+sink=0"              no sink token
     "turbo_kv_3b+once"                centering/smoothing calibrated once, on the first batch
     "turbo_kv_3b+cb=128"              ... recalibrated every 128 positions (default 256)
