@@ -327,7 +327,9 @@ tkv_status tkv_kv_calibrate(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, cons
         const uint32_t p = pos0 + t, b = p / c->calib_block;
         if (b != L->stat_block) {
             if (b > 0 && b >= L->n_calib) {
-                tkv_kv_calibrate_next(c, layer, b, group); /* block 0 is set: p >= 64 > sinks */
+                /* block 0 is set: p >= calib_block >= n_sink, so this batch reached past
+                 * the sinks */
+                tkv_kv_calibrate_next(c, layer, b, group);
             }
             tkv_kv_restart_stats(c, layer, b);
         }
@@ -530,7 +532,10 @@ void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
             if (L->n_calib > keep) {
                 L->n_calib = keep;
             }
-            tkv_kv_restart_stats(c, l, tkv_kv_calib_block_of(c, n));
+            /* the stats belong to the block of the last kept position: when n starts a
+             * block, entering it then calibrates it (from its predecessor, the stats are
+             * empty) */
+            tkv_kv_restart_stats(c, l, n ? tkv_kv_calib_block_of(c, n - 1) : 0);
         }
     }
 }

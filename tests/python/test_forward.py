@@ -340,6 +340,13 @@ def test_calibration_blocks_keep_attention_exact(tmp_path):
         s.eval(tokens[150:220])
         np.testing.assert_allclose(s.logits(), plain[-1], rtol=1e-4, atol=1e-4)
     d, hk, nl = model.head_dim, model.n_head_kv, model.n_layer
+    # truncate to a block boundary: the block is calibrated again when it is re-entered
+    with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=256, sink_tokens=0,
+                         calibration_block=64) as cache, turbokv.Session(cache, n_batch=64) as s:
+        s.eval(tokens[:200])
+        cache.truncate(128)
+        s.eval(tokens[128:150])
+        assert cache.bytes_used == 150 * cache.bytes_per_token + 3 * nl * hk * d * 2 * 2
     for smooth, levers in ((False, 1), (True, 2)):
         with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=256,
                              smooth_keys=smooth, sink_tokens=0, calibration_block=64) as cache, \
