@@ -38,9 +38,10 @@ class SweepRow:
     layer_codecs: str
     k_bytes_per_vector: int          # per head vector (head_dim elements), metadata included
     v_bytes_per_vector: int
-    bits_per_element: float          # over all layers, K and V, metadata included
-    bytes_per_token: int             # all layers and KV heads, K + V
-    compression_vs_fp16: float
+    bits_per_element: float          # over all layers, K and V, metadata included (codec
+                                     # scales, calibration blocks)
+    bytes_per_token: int             # codes of all layers and KV heads, K + V
+    compression_vs_fp16: float       # 16 / bits_per_element
     compression_vs_fp32: float
     ppl: float = _NAN
     ppl_se: float = _NAN
@@ -67,7 +68,7 @@ class SweepRow:
 def _row(model: Model, cfg: CacheConfig) -> SweepRow:
     d = model.head_dim
     bpt = cfg.bytes_per_token(model)
-    fp32 = model.kv_bytes_per_token_fp32()
+    bits = cfg.bits_per_element(model)  # codec metadata and calibration blocks included
     return SweepRow(
         config=cfg.name, k_codec=cfg.k, v_codec=str(cfg.v), center_keys=cfg.center_keys,
         smooth_keys=cfg.smooth_keys, sink_tokens=cfg.sink_tokens,
@@ -75,8 +76,8 @@ def _row(model: Model, cfg: CacheConfig) -> SweepRow:
         layer_codecs=" ".join(f"{l}:{a}/{b}" for l, a, b in cfg.layer_codecs),
         k_bytes_per_vector=codec_info(cfg.k, d).bytes_per_vector,
         v_bytes_per_vector=codec_info(str(cfg.v), d).bytes_per_vector,
-        bits_per_element=cfg.bits_per_element(model), bytes_per_token=bpt,
-        compression_vs_fp16=fp32 / 2 / bpt, compression_vs_fp32=fp32 / bpt)
+        bits_per_element=bits, bytes_per_token=bpt,
+        compression_vs_fp16=16.0 / bits, compression_vs_fp32=32.0 / bits)
 
 
 def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
