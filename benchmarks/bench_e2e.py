@@ -5,6 +5,8 @@ same model, threads and context with its f16 / q8_0 / q4_0 caches.
 
     python benchmarks/bench_e2e.py                  # turbokv only
     python benchmarks/bench_e2e.py --llama-cpp      # also llama.cpp (pip install llama-cpp-python)
+    python benchmarks/bench_e2e.py --codecs fp32,turbo_kv_4b,turbo_kv_4b+once --ctx 4096
+                                                    # cache specs as in `turbokv eval`
 
 Each configuration is measured --reps times, interleaved, and the median is reported, since
 the machine is shared and noisy.  Decode is measured at the given context: the context is
@@ -24,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 import turbokv  # noqa: E402
+from turbokv.eval.config import CacheConfig  # noqa: E402
 
 WIKI = Path(__file__).resolve().parents[1] / "python" / "turbokv" / "data" / "wiki.test.raw"
 
@@ -38,8 +41,8 @@ def text_tokens(model: turbokv.Model, n: int) -> np.ndarray:
 
 def run_turbokv(model, kv: str, ctx: int, n_decode: int, threads: int, plain: bool) -> dict:
     toks = text_tokens(model, ctx + n_decode)
-    levers = dict(center_keys=False, smooth_keys=False, sink_tokens=0) if plain else {}
-    with turbokv.KVCache(model, k=kv, v=kv, n_ctx=ctx + n_decode + 1, **levers) as cache, \
+    cfg = CacheConfig.parse(kv + ("+plain" if plain else ""))  # a codec name or a cache spec
+    with cfg.cache(model, ctx + n_decode + 1) as cache, \
             turbokv.Session(cache, n_threads=threads, n_batch=512) as s:
         s.eval(toks[:ctx])
         pre = s.timings()
