@@ -156,14 +156,9 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
                     params->sparse_v_threshold < 1.0f,
                 TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: sparse_v_threshold %g outside [0, 1)",
                 (double)params->sparse_v_threshold);
+    /* 0 = the default; the range is checked where it is set (tkv_kv_set_calibration_block) */
     const uint32_t calib_block =
         params->calibration_block ? params->calibration_block : TKV_DEFAULT_CALIB_BLOCK;
-    TKV_REQUIRE(calib_block == TKV_CALIBRATION_ONCE ||
-                    (calib_block >= TKV_KV_MIN_CALIB_BLOCK && calib_block <= (1u << 24)),
-                TKV_ERR_INVALID_ARGUMENT,
-                "tkv_cache_create: calibration_block %u outside %u..16777216 (or "
-                "TKV_CALIBRATION_ONCE)",
-                calib_block, TKV_KV_MIN_CALIB_BLOCK);
     const uint32_t n_ctx = params->n_ctx ? params->n_ctx : model->hp.n_ctx_train;
     TKV_REQUIRE(n_ctx >= 1 && n_ctx <= (1u << 24), TKV_ERR_INVALID_ARGUMENT,
                 "tkv_cache_create: n_ctx %u outside 1..16777216", n_ctx);

@@ -106,7 +106,7 @@ tkv_status tkv_kv_set_calibration_block(tkv_kv_cache *c, uint32_t calib_block) {
     TKV_REQUIRE(calib_block == TKV_CALIBRATION_ONCE ||
                     (calib_block >= TKV_KV_MIN_CALIB_BLOCK && calib_block <= (1u << 24)),
                 TKV_ERR_INVALID_ARGUMENT,
-                "cache: calibration block of %u positions outside %u..16777216 (or "
+                "cache: calibration_block of %u positions outside %u..16777216 (or "
                 "TKV_CALIBRATION_ONCE)",
                 calib_block, TKV_KV_MIN_CALIB_BLOCK);
     c->calib_block = calib_block;

@@ -82,7 +82,7 @@ static void test_real_model(const char *path) {
             cp.flags &= ~(1u << 7);
             cp.calibration_block = 63; /* blocks hold the sinks: at least 64 positions */
             CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
-            CHECK(strstr(tkv_last_error(), "calibration_block") != NULL);
+            CHECK(strstr(tkv_last_error(), "calibration_block of 63") != NULL);
             cp.calibration_block = TKV_CALIBRATION_ONCE;
         }
         CHECK_OK(tkv_cache_create(m, &cp, &c));

@@ -206,9 +206,11 @@ def test_key_centering_keeps_attention_exact(tmp_path):
     model.close()
 
 
-def _stream_logits(model, tokens, n_prefill=8, **cache_args) -> np.ndarray:
-    """Logits of a prefill of n_prefill tokens, then of each token decoded one by one."""
-    with turbokv.KVCache(model, n_ctx=64, **cache_args) as cache, turbokv.Session(cache) as s:
+def _stream_logits(model, tokens, n_prefill=8, n_ctx=64, n_batch=0, **cache_args) -> np.ndarray:
+    """Logits of a prefill of n_prefill tokens (in pieces of n_batch, 0 = the session's
+    default), then of each token decoded one by one."""
+    with turbokv.KVCache(model, n_ctx=n_ctx, **cache_args) as cache, \
+            turbokv.Session(cache, n_batch=n_batch) as s:
         s.eval(tokens[:n_prefill])
         rows = [s.logits()]
         for t in tokens[n_prefill:]:
@@ -318,19 +320,13 @@ def test_calibration_blocks_keep_attention_exact(tmp_path):
     model = turbokv.Model(path)
     tokens = (np.arange(220, dtype=np.int32) * 37 + 11) % 250 + 3
 
-    def run(n_prefill: int, **levers) -> np.ndarray:
-        with turbokv.KVCache(model, k="fp32", v="fp32", n_ctx=256, **levers) as cache, \
-                turbokv.Session(cache, n_batch=50) as s:
-            s.eval(tokens[:n_prefill])
-            rows = [s.logits()]
-            for t in tokens[n_prefill:]:
-                s.eval([t])
-                rows.append(s.logits())
-        return np.stack(rows)
+    def run(**levers) -> np.ndarray:  # prefill 150 in pieces of 50 (crossing blocks), decode
+        return _stream_logits(model, tokens, n_prefill=150, n_ctx=256, n_batch=50, k="fp32",
+                              v="fp32", **levers)
 
-    plain = run(150, center_keys=False, smooth_keys=False, sink_tokens=0)
+    plain = run(center_keys=False, smooth_keys=False, sink_tokens=0)
     for smooth in (False, 0.35):
-        got = run(150, center_keys=True, smooth_keys=smooth, calibration_block=64)
+        got = run(center_keys=True, smooth_keys=smooth, calibration_block=64)
         np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-4)
     # truncate into the middle of block 2 and write it again
     with turbokv.KVCache(model, k="fp32", v="fp32", n_ctx=256, smooth_keys=True,
