@@ -106,7 +106,7 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
             }
             t += run;
         }
-        for (int k = 0; b > 0 && k < nq; k++) {
+        for (int k = 0; b > 0 && cache->center_keys && k < nq; k++) { /* shift 0 otherwise */
             for (uint32_t t = lo; t < hi; t++) {
                 row[k][t] += shift[k];
             }

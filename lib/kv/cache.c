@@ -114,7 +114,7 @@ tkv_status tkv_kv_set_calibration_block(tkv_kv_cache *c, uint32_t calib_block) {
 }
 
 /* Room for `blocks` calibration blocks in every head of a layer (new blocks: mu = 0, s = 1
- * until set), and the heads' statistics. */
+ * until set), and the heads' statistics when there is more than one block. */
 static tkv_status tkv_kv_grow_calibration(tkv_kv_cache *c, uint32_t layer, uint32_t blocks) {
     tkv_kv_layer *L = &c->layers[layer];
     if (blocks <= L->n_calib_alloc) {
@@ -134,10 +134,11 @@ static tkv_status tkv_kv_grow_calibration(tkv_kv_cache *c, uint32_t layer, uint3
         if (sc) {
             hd->k_scale = sc;
         }
-        if (!hd->stats) {
+        const int blocks_on = c->calib_block != TKV_CALIBRATION_ONCE;
+        if (blocks_on && !hd->stats) {
             hd->stats = calloc(3 * (size_t)d, sizeof *hd->stats);
         }
-        TKV_REQUIRE((mu || !c->center_keys) && (sc || !c->smooth_keys) && hd->stats,
+        TKV_REQUIRE((mu || !c->center_keys) && (sc || !c->smooth_keys) && (hd->stats || !blocks_on),
                     TKV_ERR_OUT_OF_MEMORY,
                     "cache: out of memory for %u calibration blocks of layer %u", blocks, layer);
         for (size_t i = (size_t)L->n_calib_alloc * d; i < (size_t)blocks * d; i++) {
@@ -280,12 +281,11 @@ static void tkv_kv_calibrate_first(tkv_kv_cache *c, uint32_t layer, const float 
 }
 
 /* Block b > 0 as it starts: from the statistics of block b - 1 when they cover a good
- * part of it (after a truncation they may not), else (and when group is 0) block b - 1's
- * calibration again. */
+ * part of it (after a truncation they may not), else block b - 1's calibration again. */
 static void tkv_kv_calibrate_next(tkv_kv_cache *c, uint32_t layer, uint32_t b, uint32_t group) {
     tkv_kv_layer *L = &c->layers[layer];
     const uint32_t d = c->head_dim;
-    const int fresh = group > 0 && L->stat_block == b - 1 && L->stat_n >= c->calib_block / 4;
+    const int fresh = L->stat_block == b - 1 && L->stat_n >= c->calib_block / 4;
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         if (fresh) {
@@ -455,12 +455,9 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     TKV_TRY(tkv_kv_grow(c, layer, target));
     const uint32_t block = tkv_kv_calib_block_of(c, pos);
     if (tkv_kv_has_calibration(c)) {
-        /* normally done by tkv_kv_calibrate; a position of a block not yet calibrated is
-         * stored with block b - 1's calibration carried over (or mu = 0, s = 1) */
+        /* tkv_kv_calibrate has set this block; the grow only keeps a caller that skipped it
+         * memory-safe (its keys are then stored and scored with mu = 0, s = 1, still exact) */
         TKV_TRY(tkv_kv_grow_calibration(c, layer, block + 1));
-        while (block > 0 && block >= L->n_calib && L->n_calib > 0) {
-            tkv_kv_calibrate_next(c, layer, L->n_calib, 0);
-        }
     }
     float *row = scratch;                      /* d */
     float *prepared = scratch + d;             /* d: key centered and smoothed */
@@ -528,14 +525,14 @@ void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
              * summed the dropped positions too: start them afresh, so the next block
              * calibrates from what is written again (or reuses this block's calibration,
              * see tkv_kv_calibrate_next) */
-            const uint32_t keep = n ? tkv_kv_calib_block_of(c, n - 1) + 1 : 1;
-            if (L->n_calib > keep) {
-                L->n_calib = keep;
+            const uint32_t last = n ? tkv_kv_calib_block_of(c, n - 1) : 0;
+            if (L->n_calib > last + 1) {
+                L->n_calib = last + 1;
             }
             /* the stats belong to the block of the last kept position: when n starts a
              * block, entering it then calibrates it (from its predecessor, the stats are
              * empty) */
-            tkv_kv_restart_stats(c, l, n ? tkv_kv_calib_block_of(c, n - 1) : 0);
+            tkv_kv_restart_stats(c, l, last);
         }
     }
 }
