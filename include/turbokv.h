@@ -297,14 +297,21 @@ TKV_API tkv_model_params tkv_model_default_params(void);
 
 /*
  * Load a GGUF model file.  Returns TKV_OK, TKV_ERR_IO (cannot open/map),
- * TKV_ERR_BAD_FORMAT (malformed file, with the offending key/tensor in the message),
- * TKV_ERR_UNSUPPORTED (architecture or tensor type).  *out is NULL on failure.
+ * TKV_ERR_BAD_FORMAT (malformed file, with the offending key/tensor in the message;
+ * also metadata out of range: a non-finite or non-positive RMS epsilon, RoPE base or
+ * scaling factor, non-finite norm weights, a vocab_size that disagrees with the
+ * tokenizer), TKV_ERR_UNSUPPORTED (architecture, tensor type, or a feature the forward
+ * pass does not implement, e.g. partial RoPE or rope_freqs).  A path that is not a
+ * regular file (directory, pipe, device) is TKV_ERR_IO without blocking.
+ * *out is NULL on failure.
  * Since 0.1.
  */
 TKV_API tkv_status tkv_model_load(const char *path, const tkv_model_params *params,
                                   tkv_model **out);
 
-/* Free a model (NULL is a no-op).  Every cache made from it must be freed first.  Since 0.1. */
+/* Free a model (NULL is a no-op).  Free its caches first; a model freed while caches made
+ * from it live is released when the last of them is freed (since 0.4; the handle must
+ * not be used after this call either way).  Since 0.1. */
 TKV_API void tkv_model_free(tkv_model *model);
 
 /* Hyperparameters (0 for NULL).  Since 0.1. */
@@ -323,8 +330,9 @@ TKV_API const char *tkv_model_name(const tkv_model *model);
 /*
  * A string metadata value of the GGUF file (e.g. "tokenizer.chat_template"), copied
  * with a terminating NUL into buf.  Two-call protocol: *n_out gets the byte length
- * without the NUL; TKV_ERR_BUFFER_TOO_SMALL when cap <= that length;
- * TKV_ERR_INVALID_ARGUMENT when the key is absent or not a string.  Since 0.1.
+ * without the NUL; TKV_ERR_BUFFER_TOO_SMALL when cap <= that length (buf may be NULL
+ * only with cap 0); TKV_ERR_INVALID_ARGUMENT when the key is absent or not a string, or
+ * buf is NULL with cap > 0.  Since 0.1.
  */
 TKV_API tkv_status tkv_model_meta_string(const tkv_model *model, const char *key, char *buf,
                                          size_t cap, size_t *n_out);
@@ -340,7 +348,12 @@ TKV_API int32_t tkv_model_token_find(const tkv_model *model, const char *text);
 
 /*
  * Tokenize len bytes of UTF-8 text.  Two-call protocol: *n_out gets the number of
- * tokens; TKV_ERR_BUFFER_TOO_SMALL when cap is smaller.  Since 0.1.
+ * tokens; TKV_ERR_BUFFER_TOO_SMALL when cap is smaller.  Text with PARSE_SPECIAL may
+ * contain control tokens; pass user-supplied text without it.  Bytes that are not valid
+ * UTF-8 are encoded byte by byte when the vocabulary has a token for the byte (all
+ * SentencePiece byte-fallback vocabularies, most byte-level BPE ones); a byte it lacks is
+ * TKV_ERR_INVALID_ARGUMENT naming the byte and its offset (since 0.4; before, it was
+ * dropped silently).  Since 0.1.
  */
 TKV_API tkv_status tkv_model_tokenize(const tkv_model *model, const char *text, size_t len,
                                       uint32_t flags, int32_t *tokens, size_t cap, size_t *n_out);
@@ -427,7 +440,9 @@ TKV_API tkv_cache_params tkv_cache_default_params(void);
 TKV_API tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *params,
                                     tkv_cache **out);
 
-/* Free a cache (NULL is a no-op).  Sessions on it must be freed first.  Since 0.1. */
+/* Free a cache (NULL is a no-op).  Free its sessions first; a cache freed while sessions
+ * on it live is released when the last of them is freed (since 0.4; the handle must not
+ * be used after this call either way).  Since 0.1. */
 TKV_API void tkv_cache_free(tkv_cache *cache);
 
 /*
@@ -515,14 +530,17 @@ TKV_API void tkv_session_free(tkv_session *session);
  * Evaluate n tokens at the end of the cache.  Logits of the last token (or of every
  * token with TKV_EVAL_LOGITS_ALL) are kept until the next eval.  Returns
  * TKV_ERR_CACHE_FULL when the tokens do not fit (nothing is appended then),
- * TKV_ERR_INVALID_ARGUMENT for token ids outside the vocabulary.  Since 0.1.
+ * TKV_ERR_INVALID_ARGUMENT for token ids outside the vocabulary, TKV_ERR_BAD_FORMAT when
+ * the model produces a non-finite logit (weights out of range; since 0.4): the cache is
+ * left as it was before the call on every error.  Since 0.1.
  */
 TKV_API tkv_status tkv_session_eval(tkv_session *session, const int32_t *tokens, int64_t n,
                                     uint32_t flags);
 
 /*
  * Logits (n_vocab floats) of token i of the last eval (i = -1: its last token).
- * NULL when i is out of range or logits were not kept for it.
+ * NULL when i is out of range (any other negative i included) or logits were not kept
+ * for it.
  * Valid until the next eval on this session.  Since 0.1.
  */
 TKV_API const float *tkv_session_logits(const tkv_session *session, int64_t i);

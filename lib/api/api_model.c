@@ -3,6 +3,7 @@
  * then the model / kv / session layers.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,10 +40,22 @@ tkv_status tkv_model_load(const char *path, const tkv_model_params *params, tkv_
     TKV_REQUIRE(path, TKV_ERR_INVALID_ARGUMENT, "tkv_model_load: path is NULL");
     TKV_CHECK_PARAMS("tkv_model_load", params);
     TKV_REQUIRE(params->flags == 0, TKV_ERR_INVALID_ARGUMENT, "tkv_model_load: flags must be 0");
-    return tkv_model_open(path, out);
+    TKV_TRY(tkv_model_open(path, out));
+    atomic_init(&(*out)->refs, 1u);
+    return TKV_OK;
 }
 
-void tkv_model_free(tkv_model *model) { tkv_model_close(model); }
+static void tkv_model_unref(tkv_model *m) {
+    if (atomic_fetch_sub(&m->refs, 1u) == 1u) {
+        tkv_model_close(m);
+    }
+}
+
+void tkv_model_free(tkv_model *model) {
+    if (model) {
+        tkv_model_unref(model);
+    }
+}
 
 uint32_t tkv_model_n_layer(const tkv_model *m) { return m ? m->hp.n_layer : 0; }
 uint32_t tkv_model_n_head(const tkv_model *m) { return m ? m->hp.n_head : 0; }
@@ -67,11 +80,18 @@ tkv_status tkv_model_meta_string(const tkv_model *m, const char *key, char *buf,
                                  size_t *n_out) {
     TKV_REQUIRE(m && key && n_out, TKV_ERR_INVALID_ARGUMENT,
                 "tkv_model_meta_string: model, key and n_out must not be NULL");
-    TKV_REQUIRE(tkv_gguf_find_key(m->gguf, key) >= 0, TKV_ERR_INVALID_ARGUMENT,
+    TKV_REQUIRE(buf || cap == 0, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_model_meta_string: buf is NULL with cap %zu (pass cap 0 to query the length)",
+                cap);
+    const int64_t index = tkv_gguf_find_key(m->gguf, key);
+    TKV_REQUIRE(index >= 0, TKV_ERR_INVALID_ARGUMENT,
                 "tkv_model_meta_string: the model has no metadata key '%.128s'", key);
+    const int32_t type = tkv_gguf_kv_type(m->gguf, index);
+    TKV_REQUIRE(type == TKV_GGUF_STRING, TKV_ERR_INVALID_ARGUMENT,
+                "tkv_model_meta_string: metadata key '%.128s' holds %s, not a string", key,
+                tkv_gguf_type_name(type));
     tkv_gguf_str str;
-    tkv_status st = tkv_gguf_get_string(m->gguf, key, &str);
-    TKV_REQUIRE(st == TKV_OK, TKV_ERR_INVALID_ARGUMENT, "tkv_model_meta_string: %s", tkv_last_error());
+    TKV_TRY(tkv_gguf_get_string(m->gguf, key, &str));
     *n_out = str.len;
     TKV_REQUIRE(buf && cap > str.len, TKV_ERR_BUFFER_TOO_SMALL,
                 "tkv_model_meta_string: '%.128s' needs %zu bytes with its NUL, got %zu", key,
@@ -166,7 +186,7 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
                 "tkv_cache_create: fp16_window %u exceeds n_ctx %u", params->fp16_window, n_ctx);
     tkv_cache *c = calloc(1, sizeof *c);
     TKV_REQUIRE(c, TKV_ERR_OUT_OF_MEMORY, "tkv_cache_create: out of memory");
-    c->model = model;
+    c->model = (tkv_model *)model; /* the reference count is the one mutable field */
     c->sparse_v_threshold = params->sparse_v_threshold;
     tkv_status st = tkv_kv_init(&c->kv, model->hp.n_layer, model->hp.n_head_kv, model->hp.head_dim,
                                 n_ctx, params->k_codec, params->v_codec, params->fp16_window,
@@ -190,16 +210,25 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
         free(c);
         return st;
     }
+    atomic_init(&c->refs, 1u);
+    atomic_fetch_add(&c->model->refs, 1u);
     *out = c;
     return TKV_OK;
 }
 
-void tkv_cache_free(tkv_cache *cache) {
-    if (!cache) {
-        return;
+static void tkv_cache_unref(tkv_cache *c) {
+    if (atomic_fetch_sub(&c->refs, 1u) == 1u) {
+        tkv_model *model = c->model;
+        tkv_kv_release(&c->kv);
+        free(c);
+        tkv_model_unref(model);
     }
-    tkv_kv_release(&cache->kv);
-    free(cache);
+}
+
+void tkv_cache_free(tkv_cache *cache) {
+    if (cache) {
+        tkv_cache_unref(cache);
+    }
 }
 
 tkv_status tkv_cache_set_layer_codecs(tkv_cache *cache, uint32_t layer, int32_t k_codec,
@@ -279,9 +308,11 @@ tkv_status tkv_session_create(tkv_cache *cache, const tkv_session_params *params
         }
     }
     if (st != TKV_OK) {
+        s->cache = NULL; /* holds no reference yet */
         tkv_session_free(s);
         return st;
     }
+    atomic_fetch_add(&cache->refs, 1u);
     *out = s;
     return TKV_OK;
 }
@@ -290,6 +321,7 @@ void tkv_session_free(tkv_session *s) {
     if (!s) {
         return;
     }
+    tkv_cache *cache = s->cache;
     if (s->fs.x) {
         tkv_forward_state_release(&s->fs);
     }
@@ -298,6 +330,9 @@ void tkv_session_free(tkv_session *s) {
     free(s->sample_probs);
     free(s->sample_ids);
     free(s);
+    if (cache) {
+        tkv_cache_unref(cache); /* last: it may release the cache and then the model */
+    }
 }
 
 tkv_status tkv_session_eval(tkv_session *s, const int32_t *tokens, int64_t n, uint32_t flags) {
@@ -333,10 +368,10 @@ const float *tkv_session_logits(const tkv_session *s, int64_t i) {
     if (!s || s->n_logits == 0) {
         return NULL;
     }
-    if (i < 0) {
+    if (i == -1) {
         i = s->n_logits - 1;
     }
-    if (i >= s->n_logits) {
+    if (i < 0 || i >= s->n_logits) {
         return NULL;
     }
     return s->fs.logits + (size_t)i * s->model->hp.n_vocab;

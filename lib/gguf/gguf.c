@@ -653,9 +653,11 @@ static tkv_status io_error(const char *path, const char *what, int err) {
     return tkv_fail(TKV_ERR_IO, "%s: %s: %s", path, what, text);
 }
 
-/* Map the whole file read-only; the descriptor is closed as the mapping keeps the file. */
+/* Map the whole file read-only; the descriptor is closed as the mapping keeps the file.
+ * O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever, before
+ * fstat could tell that it is no regular file (it changes nothing for regular files). */
 static tkv_status map_file(const char *path, void **map, size_t *size) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         return io_error(path, "cannot open", errno);
     }
@@ -665,7 +667,13 @@ static tkv_status map_file(const char *path, void **map, size_t *size) {
     if (fstat(fd, &st) != 0) {
         status = io_error(path, "cannot stat", errno);
     } else if (!S_ISREG(st.st_mode)) {
-        status = tkv_fail(TKV_ERR_IO, "%s: not a regular file", path);
+        const char *kind = S_ISDIR(st.st_mode)    ? "a directory"
+                           : S_ISFIFO(st.st_mode) ? "a pipe"
+                           : S_ISCHR(st.st_mode)  ? "a character device"
+                           : S_ISBLK(st.st_mode)  ? "a block device"
+                           : S_ISSOCK(st.st_mode) ? "a socket"
+                                                  : "something else";
+        status = tkv_fail(TKV_ERR_IO, "%s: is %s, not a regular file", path, kind);
     } else if (u64_to_size((uint64_t)st.st_size, size) != 0) {
         status = tkv_fail(TKV_ERR_UNSUPPORTED, "%s: too large to map", path);
     } else if (*size > 0) {

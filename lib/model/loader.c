@@ -8,6 +8,7 @@
  */
 #include "model/model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,11 @@ static tkv_status tkv_load_vector(const struct tkv_model *m, const char *name, i
     *out = malloc((size_t)n * sizeof(float));
     TKV_REQUIRE(*out, TKV_ERR_OUT_OF_MEMORY, "model: out of memory");
     tkv_dequantize_row(w.type, w.data, *out, n);
+    for (int64_t j = 0; j < n; j++) {
+        TKV_REQUIRE(isfinite((*out)[j]), TKV_ERR_BAD_FORMAT,
+                    "model: tensor %s: element %lld is not finite (%g)", name, (long long)j,
+                    (double)(*out)[j]);
+    }
     return TKV_OK;
 }
 
@@ -116,8 +122,26 @@ static tkv_status tkv_load_hparams(struct tkv_model *m) {
     TKV_TRY(tkv_meta_u32(g, a, "attention.key_length", &hp->head_dim, 0, head_dim));
     TKV_REQUIRE(hp->head_dim >= 2 && hp->head_dim <= 1024 && hp->head_dim % 2 == 0,
                 TKV_ERR_UNSUPPORTED, "model: head_dim %u unsupported (even, 2..1024)", hp->head_dim);
+    uint32_t value_dim;
+    TKV_TRY(tkv_meta_u32(g, a, "attention.value_length", &value_dim, 0, hp->head_dim));
+    TKV_REQUIRE(value_dim == hp->head_dim, TKV_ERR_UNSUPPORTED,
+                "model: %s.attention.value_length %u differs from the key length %u", a,
+                value_dim, hp->head_dim);
+    uint32_t rope_dims;
+    TKV_TRY(tkv_meta_u32(g, a, "rope.dimension_count", &rope_dims, 0, hp->head_dim));
+    TKV_REQUIRE(rope_dims == hp->head_dim, TKV_ERR_UNSUPPORTED,
+                "model: %s.rope.dimension_count %u: RoPE on part of the head (head_dim %u) is "
+                "not supported", a, rope_dims, hp->head_dim);
+    TKV_REQUIRE(hp->n_ctx_train >= 1, TKV_ERR_BAD_FORMAT, "model: %s.context_length is 0", a);
     TKV_TRY(tkv_meta_f32(g, a, "rope.freq_base", &hp->rope_theta, 10000.0f));
+    TKV_REQUIRE(isfinite(hp->rope_theta) && hp->rope_theta > 0.0f, TKV_ERR_BAD_FORMAT,
+                "model: %s.rope.freq_base %g must be finite and > 0", a, (double)hp->rope_theta);
     TKV_TRY(tkv_meta_f32(g, a, "attention.layer_norm_rms_epsilon", &hp->rms_eps, 1e-5f));
+    /* RMSNorm divides by sqrt(mean(x^2) + eps): eps must be a small positive number */
+    TKV_REQUIRE(isfinite(hp->rms_eps) && hp->rms_eps > 0.0f && hp->rms_eps <= 0.1f,
+                TKV_ERR_BAD_FORMAT,
+                "model: %s.attention.layer_norm_rms_epsilon %g must be finite, in (0, 0.1]", a,
+                (double)hp->rms_eps);
     float factor = 1.0f;
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
@@ -130,7 +154,8 @@ static tkv_status tkv_load_hparams(struct tkv_model *m) {
             return tkv_fail(TKV_ERR_UNSUPPORTED, "model: rope scaling '%s' is not supported", kind);
         }
     }
-    TKV_REQUIRE(factor > 0.0f, TKV_ERR_BAD_FORMAT, "model: rope scaling factor %g", (double)factor);
+    TKV_REQUIRE(isfinite(factor) && factor > 0.0f, TKV_ERR_BAD_FORMAT,
+                "model: %s.rope.scaling.factor %g must be finite and > 0", a, (double)factor);
     hp->rope_freq_scale = 1.0f / factor;
     return TKV_OK;
 }
@@ -270,6 +295,31 @@ static tkv_status tkv_load_weights(struct tkv_model *m) {
     return TKV_OK;
 }
 
+/* <arch>.vocab_size, when present, must agree with the tokenizer (whose size the
+ * embedding and output shapes are checked against). */
+static tkv_status tkv_check_vocab_size(const struct tkv_model *m) {
+    uint32_t n;
+    TKV_TRY(tkv_meta_u32(m->gguf, m->arch_name, "vocab_size", &n, 0, m->hp.n_vocab));
+    TKV_REQUIRE(n == m->hp.n_vocab, TKV_ERR_BAD_FORMAT,
+                "model: %s.vocab_size %u disagrees with the %u tokens of the tokenizer",
+                m->arch_name, n, m->hp.n_vocab);
+    return TKV_OK;
+}
+
+/* Tensors that change the math of these architectures and that the forward pass does not
+ * implement: loading would silently compute something else. */
+static tkv_status tkv_check_unsupported_tensors(const struct tkv_model *m) {
+    static const char *const unsupported[] = {
+        "rope_freqs.weight", /* Llama 3.1+ RoPE frequency scaling */
+    };
+    for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++) {
+        TKV_REQUIRE(tkv_gguf_find_tensor(m->gguf, unsupported[i]) < 0, TKV_ERR_UNSUPPORTED,
+                    "model: tensor %s is not supported by this version (the model would "
+                    "run with the wrong math)", unsupported[i]);
+    }
+    return TKV_OK;
+}
+
 tkv_status tkv_model_open(const char *path, struct tkv_model **out) {
     *out = NULL;
     struct tkv_model *m = calloc(1, sizeof *m);
@@ -283,6 +333,12 @@ tkv_status tkv_model_open(const char *path, struct tkv_model **out) {
     }
     if (st == TKV_OK) {
         m->hp.n_vocab = (uint32_t)tkv_tokenizer_n_vocab(m->tokenizer);
+        st = tkv_check_vocab_size(m);
+    }
+    if (st == TKV_OK) {
+        st = tkv_check_unsupported_tensors(m);
+    }
+    if (st == TKV_OK) {
         st = tkv_load_weights(m);
     }
     if (st != TKV_OK) {

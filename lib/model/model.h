@@ -6,6 +6,7 @@
 #define TKV_MODEL_MODEL_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "gguf/gguf.h"
@@ -53,6 +54,11 @@ typedef struct tkv_layer_weights {
 } tkv_layer_weights;
 
 struct tkv_model {
+    /* References to this handle: the caller's (dropped by tkv_model_free) plus one per
+     * cache made from it, so freeing a model with live caches defers the release to the
+     * last cache instead of leaving them reading freed weights (lib/api owns the count;
+     * the one field of a loaded model that changes). */
+    atomic_uint refs;
     tkv_gguf *gguf;
     tkv_hparams hp;
     tkv_weight tok_embd;     /* (n_vocab, n_embd) */

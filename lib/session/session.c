@@ -5,6 +5,7 @@
  */
 #include "session/session.h"
 
+#include <math.h>
 #include <string.h>
 #include <time.h>
 
@@ -14,6 +15,25 @@ uint64_t tkv_session_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Non-finite logits come from weights or metadata out of range (a NaN scale, an
+ * overflowing norm): sampling from them would silently pick token 0 (often end of
+ * text), so they are an error.  A scan of n_vocab floats, far below one forward pass. */
+static tkv_status tkv_check_logits(const struct tkv_session *s, uint32_t pos0) {
+    const size_t n_vocab = s->model->hp.n_vocab;
+    for (int64_t r = 0; r < s->n_logits; r++) {
+        const float *row = s->fs.logits + (size_t)r * n_vocab;
+        for (size_t i = 0; i < n_vocab; i++) {
+            if (!isfinite(row[i])) {
+                return tkv_fail(TKV_ERR_BAD_FORMAT,
+                                "non-finite logit %g (token %zu) at position %u: the model's "
+                                "weights or metadata produce NaN or Inf",
+                                (double)row[i], i, pos0 + (uint32_t)r);
+            }
+        }
+    }
+    return TKV_OK;
 }
 
 tkv_status tkv_session_eval_tokens(struct tkv_session *s, const int32_t *tokens, int64_t n,
@@ -37,6 +57,7 @@ tkv_status tkv_session_eval_tokens(struct tkv_session *s, const int32_t *tokens,
         done += chunk;
         s->n_logits = all_logits ? chunk : 1;
     }
+    TKV_TRY(tkv_check_logits(s, pos - (uint32_t)s->n_logits));
     s->last_eval_n = n;
     const uint64_t dt = tkv_session_now_ns() - t0;
     if (n > 1) {

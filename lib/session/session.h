@@ -2,6 +2,7 @@
 #ifndef TKV_SESSION_SESSION_H
 #define TKV_SESSION_SESSION_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "base/rng.h"
@@ -12,7 +13,9 @@
 #include "session/sampler.h"
 
 struct tkv_cache {
-    const struct tkv_model *model;
+    /* References to this handle: the caller's plus one per session on it (see tkv_model) */
+    atomic_uint refs;
+    struct tkv_model *model; /* holds one of the model's refs */
     tkv_kv_cache kv;
     float sparse_v_threshold;
 };

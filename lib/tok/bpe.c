@@ -432,10 +432,8 @@ static tkv_status encode_piece(const tkv_tokenizer *tok, const unsigned char *b,
             return TKV_OK;
         }
     }
-    /* A byte whose symbol is missing from the vocabulary is dropped, and its neighbours
-     * become adjacent, as the Hugging Face BPE model does without an unk token (GGUF does
-     * not say whether the model had one; byte-level vocabularies often lack bytes such as
-     * 0xF5..0xFF that never occur in UTF-8 text). */
+    /* Bytes without a symbol in the vocabulary were rejected by the caller (tokenizer.c);
+     * skipping them here keeps the merge loop from ever seeing id -1. */
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         if (tok->byte_token[b[i]] >= 0) {

@@ -253,9 +253,25 @@ static int32_t match_special(const tkv_tokenizer *tok, const char *s, size_t len
     return -1;
 }
 
+/* Byte-level BPE represents text through one symbol per byte; a byte the vocabulary has
+ * no symbol for (byte-level vocabularies often lack 0xC0, 0xC1 and 0xF5..0xFF, which
+ * never occur in valid UTF-8) cannot be encoded.  Hugging Face's BPE drops it silently;
+ * here it is an error naming the byte, so no input is lost without notice. */
+static tkv_status check_bytes(const tkv_tokenizer *tok, const char *text, size_t len,
+                              size_t offset) {
+    for (size_t i = 0; i < len; i++) {
+        const unsigned char b = (unsigned char)text[i];
+        TKV_REQUIRE(tok->byte_token[b] >= 0, TKV_ERR_INVALID_ARGUMENT,
+                    "tokenizer: byte 0x%02X at offset %zu has no token in this vocabulary "
+                    "(the text is not valid UTF-8?)", b, offset + i);
+    }
+    return TKV_OK;
+}
+
 static tkv_status encode_fragment(const tkv_tokenizer *tok, const char *text, size_t len,
-                                  int after_special, tkv_tok_out *out) {
+                                  size_t offset, int after_special, tkv_tok_out *out) {
     if (tok->kind == TKV_TOK_BPE) {
+        TKV_TRY(check_bytes(tok, text, len, offset));
         return len ? tkv_bpe_encode(tok, text, len, out) : TKV_OK;
     }
     if (len == 0) {
@@ -278,14 +294,14 @@ tkv_status tkv_tokenizer_encode(const tkv_tokenizer *tok, const char *text, size
             pos++;
             continue;
         }
-        TKV_TRY(encode_fragment(tok, text + start, pos - start, after_special, &o));
+        TKV_TRY(encode_fragment(tok, text + start, pos - start, start, after_special, &o));
         tkv_tok_emit(&o, id);
         after_special = 1;
         pos += mlen;
         start = pos;
     }
     if (pos > start) {
-        TKV_TRY(encode_fragment(tok, text + start, pos - start, after_special, &o));
+        TKV_TRY(encode_fragment(tok, text + start, pos - start, start, after_special, &o));
     }
     if (n_out) {
         *n_out = o.n;

@@ -75,8 +75,9 @@ void tkv_tokenizer_free(tkv_tokenizer *tok);
  * Special tokens are cut out of the text first, leftmost then longest match: user-defined
  * tokens always, control and unknown tokens only when parse_special is non-zero.  No BOS
  * is added: callers prepend tkv_tokenizer_bos() when tkv_tokenizer_add_bos() says so.
- * Byte-level BPE drops a byte whose symbol the vocabulary lacks (as Hugging Face's BPE does
- * without an unk token); SPM falls back to <0xXX> tokens, then to unk.
+ * Byte-level BPE rejects a byte whose symbol the vocabulary lacks (TKV_ERR_INVALID_ARGUMENT
+ * naming its offset; Hugging Face's BPE drops it silently); SPM falls back to <0xXX>
+ * tokens, then to unk.
  * Two-call protocol: *n_out is always the number of ids the text needs; when it exceeds
  * cap, the first cap ids are written and TKV_ERR_BUFFER_TOO_SMALL is returned (out may be
  * NULL when cap is 0).  Returns TKV_OK, TKV_ERR_BUFFER_TOO_SMALL or TKV_ERR_OUT_OF_MEMORY.

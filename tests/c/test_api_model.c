@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -143,6 +144,63 @@ static void test_real_model(const char *path) {
 /* Calibration blocks of 64 positions on the real model: batches that cross block
  * boundaries, decode, a truncation into a block and its rewrite (the ASan run checks the
  * growth of the per-block arrays); bytes_used counts the blocks in use. */
+/* Contracts a new user tripped over (issue 10): a model or cache freed while dependants
+ * live stays alive for them (ASan would see the use after free); logits(-2) is NULL;
+ * meta_string's NULL buffer and wrong-type key; invalid UTF-8 the vocabulary cannot hold. */
+static void test_contracts(const char *path) {
+    tkv_model_params mp = tkv_model_default_params();
+    tkv_model *m = NULL;
+    CHECK_OK(tkv_model_load(path, &mp, &m));
+    if (!m) {
+        return;
+    }
+    size_t n = 0;
+    char buf[64];
+    CHECK_STATUS(tkv_model_meta_string(m, "general.architecture", NULL, 64, &n),
+                 TKV_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(tkv_model_meta_string(m, "general.architecture", NULL, 0, &n),
+                 TKV_ERR_BUFFER_TOO_SMALL);
+    CHECK_EQ_INT(n, 5);
+    CHECK_STATUS(tkv_model_meta_string(m, "llama.block_count", buf, sizeof buf, &n),
+                 TKV_ERR_INVALID_ARGUMENT);
+    CHECK(strcmp(tkv_last_error(),
+                 "tkv_model_meta_string: metadata key 'llama.block_count' holds u32, not a "
+                 "string") == 0);
+
+    int32_t toks[16];
+    CHECK_STATUS(tkv_model_tokenize(m, "ab\xff\xfe\xc0\x80", 6, 0, toks, 16, &n),
+                 TKV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(tkv_last_error(), "byte 0xFF at offset 2") != NULL);
+    CHECK_OK(tkv_model_tokenize(m, "caf\xc3\xa9", 5, 0, toks, 16, &n)); /* valid UTF-8 */
+
+    tkv_cache_params cp = tkv_cache_default_params();
+    cp.n_ctx = 64;
+    tkv_cache *c = NULL;
+    CHECK_OK(tkv_cache_create(m, &cp, &c));
+    tkv_session_params sp = tkv_session_default_params();
+    sp.n_threads = 1;
+    tkv_session *s = NULL;
+    CHECK_OK(tkv_session_create(c, &sp, &s));
+    if (!c || !s) {
+        tkv_session_free(s);
+        tkv_cache_free(c);
+        tkv_model_free(m);
+        return;
+    }
+    /* the owner lets go of both parents: the session keeps them alive */
+    tkv_model_free(m);
+    tkv_cache_free(c);
+    const int32_t prompt[3] = {1, 2, 3};
+    CHECK_OK(tkv_session_eval(s, prompt, 3, TKV_EVAL_LOGITS_ALL));
+    CHECK(tkv_session_logits(s, -1) == tkv_session_logits(s, 2));
+    CHECK(tkv_session_logits(s, 0) != NULL);
+    CHECK(tkv_session_logits(s, -2) == NULL);
+    CHECK(tkv_session_logits(s, INT64_MIN) == NULL);
+    CHECK(tkv_session_logits(s, 3) == NULL);
+    CHECK_EQ_INT(tkv_session_n_tokens(s), 3);
+    tkv_session_free(s); /* releases the cache, then the model */
+}
+
 static void test_calibration_blocks(const char *path) {
     tkv_model_params mp = tkv_model_default_params();
     tkv_model *m = NULL;
@@ -215,6 +273,16 @@ int main(void) {
     write_file(path, "not a gguf file at all, just text", 33);
     CHECK_STATUS(tkv_model_load(path, &mp, &m), TKV_ERR_BAD_FORMAT);
     remove(path);
+    /* a FIFO used to block in open() for a writer that never comes: alarm() turns a
+     * regression into a failure instead of a hang */
+    CHECK(mkfifo(path, 0600) == 0);
+    alarm(30);
+    CHECK_STATUS(tkv_model_load(path, &mp, &m), TKV_ERR_IO);
+    alarm(0);
+    CHECK(strstr(tkv_last_error(), "is a pipe, not a regular file") != NULL);
+    remove(path);
+    CHECK_STATUS(tkv_model_load("/tmp", &mp, &m), TKV_ERR_IO);
+    CHECK(strstr(tkv_last_error(), "is a directory") != NULL);
     CHECK(m == NULL);
 
     /* getters and frees on NULL */
@@ -259,6 +327,7 @@ int main(void) {
     const char *model_path = getenv("TKV_TEST_MODEL");
     if (model_path && *model_path) {
         test_real_model(model_path);
+        test_contracts(model_path);
         test_calibration_blocks(model_path);
     } else {
         printf("TKV_TEST_MODEL not set: real-model API checks skipped\n");

@@ -41,6 +41,11 @@ class TinyConfig:
     weight_type: T = T.F32       # type of the linear weights
     tied: bool = True
     seed: int = 0
+    # for tests of malformed files: more metadata as (key, value, gguf.GGUFValueType),
+    # more tensors as (name, float32 array), and a tensor whose first element is NaN
+    extra_kv: tuple = ()
+    extra_tensors: tuple = ()
+    nan_tensor: str = ""
 
     @property
     def head_dim(self) -> int:
@@ -101,12 +106,17 @@ def write_tiny_model(path: Path, cfg: TinyConfig) -> dict[str, np.ndarray]:
     w.add_bos_token_id(n_vocab - 2)
     w.add_eos_token_id(n_vocab - 1)
     w.add_add_bos_token(True)
+    for key, value, vtype in cfg.extra_kv:
+        w.add_key_value(key, value, vtype)
 
     E, F, D = cfg.n_embd, cfg.n_ff, cfg.head_dim
     QD, KD = cfg.n_head * D, cfg.n_head_kv * D
     ref: dict[str, np.ndarray] = {}
 
     def add(name: str, arr: np.ndarray, t: T) -> None:
+        if name == cfg.nan_tensor:
+            arr = arr.copy()
+            arr.flat[0] = np.nan
         if t in (T.F32, T.F16):
             data = arr.astype(np.float32 if t == T.F32 else np.float16)
             w.add_tensor(name, data)
@@ -139,6 +149,8 @@ def write_tiny_model(path: Path, cfg: TinyConfig) -> dict[str, np.ndarray]:
         add(p + "ffn_gate.weight", linear(F, E), cfg.weight_type)
         add(p + "ffn_up.weight", linear(F, E), cfg.weight_type)
         add(p + "ffn_down.weight", linear(E, F), cfg.weight_type)
+    for name, arr in cfg.extra_tensors:
+        add(name, np.asarray(arr, np.float32), T.F32)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

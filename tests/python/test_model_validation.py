@@ -1,0 +1,138 @@
+"""Models whose metadata or weights make no sense load with a typed error naming the
+problem, never generate garbage; files that are not regular files fail without blocking."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import gguf
+import numpy as np
+import pytest
+
+import turbokv
+from tiny_models import TinyConfig, write_tiny_model
+
+U32 = gguf.GGUFValueType.UINT32
+
+
+def _load(tmp_path, **cfg):
+    path = tmp_path / "m.gguf"
+    write_tiny_model(path, TinyConfig(**cfg))
+    return turbokv.Model(str(path))
+
+
+def test_tiny_model_still_loads(tmp_path):
+    with _load(tmp_path) as m:
+        assert m.n_layer == 2
+
+
+@pytest.mark.parametrize("eps", [float("nan"), -1e-5, 0.0, float("inf"), 0.5])
+def test_rms_eps_out_of_range(tmp_path, eps):
+    with pytest.raises(turbokv.FormatError, match="layer_norm_rms_epsilon"):
+        _load(tmp_path, rms_eps=eps)
+
+
+@pytest.mark.parametrize("theta", [float("nan"), -10000.0, 0.0, float("inf")])
+def test_rope_base_out_of_range(tmp_path, theta):
+    with pytest.raises(turbokv.FormatError, match="rope.freq_base"):
+        _load(tmp_path, rope_theta=theta)
+
+
+@pytest.mark.parametrize("dims", [0, 1, 8, 1000])
+def test_rope_dimension_count_not_head_dim(tmp_path, dims):
+    with pytest.raises(turbokv.UnsupportedError, match="rope.dimension_count"):
+        _load(tmp_path, extra_kv=(("llama.rope.dimension_count", dims, U32),))
+
+
+def test_rope_dimension_count_equal_head_dim_is_fine(tmp_path):
+    with _load(tmp_path, extra_kv=(("llama.rope.dimension_count", 16, U32),)) as m:
+        assert m.head_dim == 16
+
+
+def test_vocab_size_disagrees(tmp_path):
+    with pytest.raises(turbokv.FormatError, match="vocab_size"):
+        _load(tmp_path, extra_kv=(("llama.vocab_size", 1000, U32),))
+
+
+@pytest.mark.parametrize("name", ["output_norm.weight", "blk.1.attn_norm.weight",
+                                  "blk.0.ffn_norm.weight"])
+def test_nan_norm_weights(tmp_path, name):
+    with pytest.raises(turbokv.FormatError, match=name.replace(".", r"\.")):
+        _load(tmp_path, nan_tensor=name)
+
+
+def test_rope_freqs_is_not_silently_ignored(tmp_path):
+    with pytest.raises(turbokv.UnsupportedError, match="rope_freqs"):
+        _load(tmp_path, extra_tensors=(("rope_freqs.weight", np.ones(8)),))
+
+
+def test_nan_weights_give_an_error_not_end_of_text(tmp_path):
+    """NaN in a linear weight cannot be found at load without reading every block, so the
+    first eval that produces a non-finite logit fails, and the cache is left as it was."""
+    with _load(tmp_path, nan_tensor="blk.0.attn_v.weight") as m, \
+            turbokv.KVCache(m, k="fp32", v="fp32", n_ctx=32) as c, turbokv.Session(c) as s:
+        with pytest.raises(turbokv.FormatError, match="non-finite logit"):
+            s.eval(m.tokenize("the cat"))
+        assert len(c) == 0
+
+
+def _raw_load(path) -> tuple[int, str]:
+    """tkv_model_load itself (turbokv.Model checks the path in Python first)."""
+    import ctypes
+    from turbokv._lib import lib
+    mp = lib.tkv_model_default_params()
+    h = ctypes.c_void_p()
+    st = lib.tkv_model_load(str(path).encode(), ctypes.byref(mp), ctypes.byref(h))
+    assert not h.value
+    return st, lib.tkv_last_error().decode()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo")
+def test_named_pipe_does_not_block(tmp_path):
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)
+    # in a subprocess with a timeout: a regression fails the test instead of hanging it
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_model_validation import _raw_load
+        print(*_raw_load({str(fifo)!r}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=os.environ.copy())
+    assert out.stdout.startswith("-3 ") and "is a pipe" in out.stdout, out.stdout + out.stderr
+
+
+def test_directory_is_named(tmp_path):
+    st, msg = _raw_load(tmp_path)
+    assert st == -3 and "is a directory" in msg
+
+
+def _raw_tokenize(model, data: bytes):
+    """tkv_model_tokenize on raw bytes (Model.tokenize takes str, always valid UTF-8)."""
+    import ctypes
+    from turbokv._lib import lib
+    out = (ctypes.c_int32 * 64)()
+    n = ctypes.c_size_t()
+    st = lib.tkv_model_tokenize(model.handle, data, len(data), 0,
+                                ctypes.cast(out, ctypes.POINTER(ctypes.c_int32)), 64,
+                                ctypes.byref(n))
+    return st, list(out[: n.value]), lib.tkv_last_error().decode()
+
+
+def test_invalid_utf8_kept_byte_by_byte_when_the_vocabulary_has_the_bytes(tmp_path):
+    data = b"ab\xff\xfe\xc0\x80"
+    with _load(tmp_path) as m:  # the tiny vocabulary has a token for every byte
+        st, ids, _ = _raw_tokenize(m, data)
+        assert st == 0
+        assert m.detokenize(ids) == data
+
+
+@pytest.mark.slow
+def test_invalid_utf8_rejected_when_the_vocabulary_lacks_a_byte(real_model):
+    st, _, msg = _raw_tokenize(real_model, b"ab\xff\xfe\xc0\x80")
+    assert st == -1  # TKV_ERR_INVALID_ARGUMENT, before: OK with 0xFF, 0xFE, 0xC0 dropped
+    assert "0xFF at offset 2" in msg
