@@ -125,13 +125,14 @@ static tkv_status tkv_load_hparams(struct tkv_model *m) {
     uint32_t value_dim;
     TKV_TRY(tkv_meta_u32(g, a, "attention.value_length", &value_dim, 0, hp->head_dim));
     TKV_REQUIRE(value_dim == hp->head_dim, TKV_ERR_UNSUPPORTED,
-                "model: %s.attention.value_length %u differs from the key length %u", a,
-                value_dim, hp->head_dim);
+                "model: %s.attention.value_length %u differs from the key length %u", a, value_dim,
+                hp->head_dim);
     uint32_t rope_dims;
     TKV_TRY(tkv_meta_u32(g, a, "rope.dimension_count", &rope_dims, 0, hp->head_dim));
     TKV_REQUIRE(rope_dims == hp->head_dim, TKV_ERR_UNSUPPORTED,
                 "model: %s.rope.dimension_count %u: RoPE on part of the head (head_dim %u) is "
-                "not supported", a, rope_dims, hp->head_dim);
+                "not supported",
+                a, rope_dims, hp->head_dim);
     TKV_REQUIRE(hp->n_ctx_train >= 1, TKV_ERR_BAD_FORMAT, "model: %s.context_length is 0", a);
     TKV_TRY(tkv_meta_f32(g, a, "rope.freq_base", &hp->rope_theta, 10000.0f));
     TKV_REQUIRE(isfinite(hp->rope_theta) && hp->rope_theta > 0.0f, TKV_ERR_BAD_FORMAT,
@@ -315,7 +316,8 @@ static tkv_status tkv_check_unsupported_tensors(const struct tkv_model *m) {
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++) {
         TKV_REQUIRE(tkv_gguf_find_tensor(m->gguf, unsupported[i]) < 0, TKV_ERR_UNSUPPORTED,
                     "model: tensor %s is not supported by this version (the model would "
-                    "run with the wrong math)", unsupported[i]);
+                    "run with the wrong math)",
+                    unsupported[i]);
     }
     return TKV_OK;
 }

@@ -5,8 +5,8 @@
 #ifndef TKV_MODEL_MODEL_H
 #define TKV_MODEL_MODEL_H
 
-#include <stddef.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "gguf/gguf.h"

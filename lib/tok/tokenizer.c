@@ -263,7 +263,8 @@ static tkv_status check_bytes(const tkv_tokenizer *tok, const char *text, size_t
         const unsigned char b = (unsigned char)text[i];
         TKV_REQUIRE(tok->byte_token[b] >= 0, TKV_ERR_INVALID_ARGUMENT,
                     "tokenizer: byte 0x%02X at offset %zu has no token in this vocabulary "
-                    "(the text is not valid UTF-8?)", b, offset + i);
+                    "(the text is not valid UTF-8?)",
+                    b, offset + i);
     }
     return TKV_OK;
 }
