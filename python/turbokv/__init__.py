@@ -25,7 +25,6 @@ from .model import Model
 from .session import Sampling, Session, SessionTimings
 from .codec import (AttentionCosine, Codec, CodecInfo, Encoded, attention, attention_cosine,
                     codebook, codec_info, codecs, cpu_features, encode, kernel_isa)
-from . import eval  # the evaluation harnesses: turbokv.eval.perplexity, .sweep, ...
 
 __version__ = "0.4.0"
 
@@ -35,9 +34,24 @@ def library_version() -> str:
     return _clib.tkv_version_string().decode()
 
 
+def __getattr__(name: str):
+    """PEP 562: ``turbokv.eval`` (the evaluation harnesses) is imported on first use, so
+    ``import turbokv`` stays light.  It is deliberately not in ``__all__``: ``from turbokv
+    import *`` must not replace the builtin ``eval``."""
+    if name == "eval":
+        import importlib
+
+        return importlib.import_module(".eval", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"eval"})
+
+
 __all__ = [
     "Generation", "GenerationStats", "KVCache", "Model", "Sampling", "Session", "SessionTimings",
-    "eval", "generate", "load_model", "models",
+    "generate", "load_model", "models",
     "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "Codec", "CodecInfo",
     "Encoded", "FormatError", "InternalError", "InvalidArgument", "OutOfMemory", "TurboKVError",
     "UnsupportedError", "attention", "attention_cosine", "codebook", "codec_info", "codecs",
