@@ -15,14 +15,15 @@ Generation on a real model with a compressed cache::
 """
 from __future__ import annotations
 
-from ._errors import (ABIError, BufferTooSmall, CacheFullError, FormatError, InternalError,
-                      InvalidArgument, OutOfMemory, TurboKVError, UnsupportedError)
+from ._errors import (ABIError, BufferTooSmall, CacheFullError, ClosedError, FormatError,
+                      InternalError, InUseError, InvalidArgument, OutOfMemory, TurboKVError,
+                      UnsupportedError)
 from . import models
 from ._lib import lib as _clib
 from .cache import KVCache
 from .generate import Generation, GenerationStats, generate, load_model
 from .model import Model
-from .session import Sampling, Session, SessionTimings
+from .session import STOP_REASONS, GeneratedTokens, Sampling, Session, SessionTimings
 from .codec import (AttentionCosine, Codec, CodecInfo, Encoded, attention, attention_cosine,
                     codebook, codec_info, codecs, cpu_features, encode, kernel_isa)
 
@@ -50,9 +51,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Generation", "GenerationStats", "KVCache", "Model", "Sampling", "Session", "SessionTimings",
+    "GeneratedTokens", "Generation", "GenerationStats", "KVCache", "STOP_REASONS", "Model", "Sampling", "Session", "SessionTimings",
     "generate", "load_model", "models",
-    "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "Codec", "CodecInfo",
+    "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "ClosedError", "Codec",
+    "CodecInfo", "InUseError",
     "Encoded", "FormatError", "InternalError", "InvalidArgument", "OutOfMemory", "TurboKVError",
     "UnsupportedError", "attention", "attention_cosine", "codebook", "codec_info", "codecs",
     "cpu_features", "encode", "kernel_isa", "library_version",
