@@ -223,3 +223,70 @@ def test_cache_full_stops_generation_the_same_way_everywhere(tiny_path):
     pieces.close()  # the caller stops iterating early
     assert run.stop_reason == "stop" and run.cache.closed
     m.close()
+
+
+def _cli(argv, capsys, stdin=None, monkeypatch=None):
+    from turbokv.cli import main
+
+    if stdin is not None:
+        import io
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_generate_hardening(tiny_path, tmp_path, capsys, monkeypatch):
+    tiny = str(tiny_path)
+    base = ["-m", tiny, "--temp", "0"]
+    # the cache filling up is reported (before: 5 tokens printed silently, rc 0)
+    rc, out, err = _cli(["generate", "hello world", "-c", "16", "-n", "100"] + base, capsys)
+    assert rc == 0
+    assert "turbokv: stopped after 5 tokens: the cache is full (n_ctx 16); raise -c" in err
+    rc, out, err = _cli(["generate", "hello world", "-c", "16", "-n", "100", "--json"] + base,
+                        capsys)
+    import json
+    assert rc == 0 and json.loads(out)["stop_reason"] == "cache_full"
+    rc, out, err = _cli(["generate", "hello world", "-n", "2", "--json"] + base, capsys)
+    assert json.loads(out)["stop_reason"] == "max_tokens" and "stopped" not in err
+    # sampler settings are checked before the model is loaded; the error names the flag only
+    for flag, value in [("--top-p", "1.5"), ("--temp", "-1"), ("--min-p", "1"),
+                        ("--repeat-penalty", "0"), ("--top-k", "-3"), ("--seed", "-1")]:
+        rc, out, err = _cli(["generate", "x", "-m", str(tmp_path / "missing.gguf"), flag, value],
+                            capsys)
+        assert rc == 2, flag
+        msg = err.strip().splitlines()[-1]
+        assert msg.startswith(f"turbokv generate: error: {flag} must be"), msg
+        assert "does not exist" not in err
+    # the prompt from stdin ('-') or a file (-f), one trailing newline dropped
+    rc, out, err = _cli(["generate", "-", "-n", "1"] + base, capsys, "hello world\n", monkeypatch)
+    assert rc == 0 and out.startswith("hello world") and not out.startswith("hello world\n")
+    f = tmp_path / "prompt.txt"
+    f.write_text("hello world\n", encoding="utf-8")
+    rc, out2, err = _cli(["generate", "-f", str(f), "-n", "1"] + base, capsys)
+    assert rc == 0 and out2 == out
+    rc, out, err = _cli(["generate", "x", "-f", str(f)] + base, capsys)
+    assert rc == 2 and "exactly one prompt" in err
+    rc, out, err = _cli(["generate", "-f", str(tmp_path)] + base, capsys)
+    assert rc == 2 and "is a directory" in err
+    # -m DIR says it is a directory
+    rc, out, err = _cli(["generate", "x", "-m", str(tmp_path)], capsys)
+    assert rc == 1 and "is a directory, not a GGUF file" in err
+    # -t: absurd values are argument errors, more than the cores a warning
+    rc, out, err = _cli(["generate", "x", "-t", "5000"] + base, capsys)
+    assert rc == 2 and "-t/--threads must be in [0, 1024], got 5000" in err
+    many = (os.cpu_count() or 1) + 1
+    rc, out, err = _cli(["generate", "hello", "-n", "1", "-t", str(many)] + base, capsys)
+    assert rc == 0 and f"warning: -t {many} is more threads than the" in err
+    # a 1-token prompt has no prefill rate to show; fp32 has no compression to show
+    rc, out, err = _cli(["generate", "", "-n", "1", "--kv", "fp32"] + base, capsys)
+    assert rc == 0 and "1 prompt tokens at n/a tok/s" in err and " 0.0 tok/s" not in err
+    assert "smaller than fp32" not in err
+    rc, out, err = _cli(["generate", "hello", "-n", "1"] + base, capsys)
+    assert "x smaller than fp32" in err
+    # library errors: status 1 with the message
+    rc, out, err = _cli(["generate", "hello world", "-c", "4"] + base, capsys)
+    assert rc == 1 and err.startswith("turbokv: error: the prompt has")
