@@ -18,11 +18,12 @@ _loaded: dict[str, Model] = {}
 
 def load_model(model: Union[Model, str, Path, None] = None, *, install: bool = True) -> Model:
     """A Model from an instance, a manifest name or a GGUF path (None = the default real
-    model, installed on first use when ``install``).  Loaded models are reused."""
+    model, installed on first use when ``install``).  Loaded models are reused (a closed
+    one is loaded again)."""
     if isinstance(model, Model):
         return model
     key = str(model) if model is not None else ""
-    if key not in _loaded:
+    if key not in _loaded or _loaded[key].closed:  # (reload one its user closed)
         _loaded[key] = Model(model, install=install)
     return _loaded[key]
 

@@ -290,3 +290,11 @@ def test_cli_generate_hardening(tiny_path, tmp_path, capsys, monkeypatch):
     # library errors: status 1 with the message
     rc, out, err = _cli(["generate", "hello world", "-c", "4"] + base, capsys)
     assert rc == 1 and err.startswith("turbokv: error: the prompt has")
+
+
+def test_load_model_reloads_a_model_its_user_closed(tiny_path):
+    m = turbokv.load_model(str(tiny_path))
+    assert turbokv.load_model(str(tiny_path)) is m
+    m.close()
+    m2 = turbokv.load_model(str(tiny_path))
+    assert m2 is not m and not m2.closed and m2.n_vocab == m.n_vocab
