@@ -48,13 +48,14 @@ class Handle:
 
     @property
     def closed(self) -> bool:
-        """True once the handle is freed (or its parent's with block closed it)."""
-        return self._handle is None
+        """True once the handle is freed or its free is pending (a with block ended while a
+        child was being finalized)."""
+        return self._handle is None or self._free_pending
 
     @property
     def handle(self) -> int:
         """The C handle; ClosedError when closed."""
-        if self._handle is None:
+        if self._handle is None or self._free_pending:
             raise ClosedError(f"{self._kind} is closed{self._closed_note}")
         return self._handle
 
@@ -64,7 +65,7 @@ class Handle:
     def close(self) -> None:
         """Free the handle (idempotent).  Raises InUseError, freeing nothing, while
         objects made from this one are open (close them first)."""
-        if self._handle is None:
+        if self._handle is None or self._free_pending:
             return
         if self._n_open > 0:
             kids = self._open_children()

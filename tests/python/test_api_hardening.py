@@ -298,3 +298,18 @@ def test_load_model_reloads_a_model_its_user_closed(tiny_path):
     m.close()
     m2 = turbokv.load_model(str(tiny_path))
     assert m2 is not m and not m2.closed and m2.n_vocab == m.n_vocab
+
+
+def test_finalizer_never_frees_a_cache_under_a_live_session(tiny_path):
+    """The garbage collector may finalize a cache before its session (a reference cycle):
+    the cache's free then waits for the session's."""
+    with turbokv.Model(tiny_path) as m:
+        c = turbokv.KVCache(m, n_ctx=16)
+        s = turbokv.Session(c)
+        c.__del__()  # what the collector would do first
+        assert c.closed and not s.closed and c._handle is not None
+        s.eval([1, 2])  # the C cache is still alive
+        with pytest.raises(turbokv.ClosedError):
+            len(c)
+        s.close()
+        assert c._handle is None  # freed with its last session
