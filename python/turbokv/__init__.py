@@ -15,17 +15,17 @@ Generation on a real model with a compressed cache::
 """
 from __future__ import annotations
 
-from ._errors import (ABIError, BufferTooSmall, CacheFullError, FormatError, InternalError,
-                      InvalidArgument, OutOfMemory, TurboKVError, UnsupportedError)
+from ._errors import (ABIError, BufferTooSmall, CacheFullError, ClosedError, FormatError,
+                      InternalError, InUseError, InvalidArgument, OutOfMemory, TurboKVError,
+                      UnsupportedError)
 from . import models
 from ._lib import lib as _clib
 from .cache import KVCache
 from .generate import Generation, GenerationStats, generate, load_model
 from .model import Model
-from .session import Sampling, Session, SessionTimings
+from .session import STOP_REASONS, GeneratedTokens, Sampling, Session, SessionTimings
 from .codec import (AttentionCosine, Codec, CodecInfo, Encoded, attention, attention_cosine,
                     codebook, codec_info, codecs, cpu_features, encode, kernel_isa)
-from . import eval  # the evaluation harnesses: turbokv.eval.perplexity, .sweep, ...
 
 __version__ = "0.4.0"
 
@@ -35,10 +35,26 @@ def library_version() -> str:
     return _clib.tkv_version_string().decode()
 
 
+def __getattr__(name: str):
+    """PEP 562: ``turbokv.eval`` (the evaluation harnesses) is imported on first use, so
+    ``import turbokv`` stays light.  It is deliberately not in ``__all__``: ``from turbokv
+    import *`` must not replace the builtin ``eval``."""
+    if name == "eval":
+        import importlib
+
+        return importlib.import_module(".eval", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"eval"})
+
+
 __all__ = [
-    "Generation", "GenerationStats", "KVCache", "Model", "Sampling", "Session", "SessionTimings",
-    "eval", "generate", "load_model", "models",
-    "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "Codec", "CodecInfo",
+    "GeneratedTokens", "Generation", "GenerationStats", "KVCache", "STOP_REASONS", "Model", "Sampling", "Session", "SessionTimings",
+    "generate", "load_model", "models",
+    "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "ClosedError", "Codec",
+    "CodecInfo", "InUseError",
     "Encoded", "FormatError", "InternalError", "InvalidArgument", "OutOfMemory", "TurboKVError",
     "UnsupportedError", "attention", "attention_cosine", "codebook", "codec_info", "codecs",
     "cpu_features", "encode", "kernel_isa", "library_version",

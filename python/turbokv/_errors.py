@@ -63,3 +63,19 @@ STATUS_ERRORS: dict[int, type[TurboKVError]] = {
     -8: ABIError,
     -9: InternalError,
 }
+
+
+class ClosedError(InvalidArgument):
+    """A method was called on a closed Model, KVCache, Session or Codec (or on a Session
+    whose KVCache was closed at the end of the cache's ``with`` block).  No C call is made."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(-1, message)
+
+
+class InUseError(InvalidArgument):
+    """``close()`` was called on a Model or KVCache that objects made from it (caches,
+    sessions) still use; close those first.  Nothing is freed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(-1, message)

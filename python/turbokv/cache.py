@@ -4,6 +4,9 @@ from __future__ import annotations
 import ctypes
 from typing import Optional, Union
 
+from . import _args
+from ._errors import InvalidArgument
+from ._handle import Handle
 from ._lib import check, lib
 from .codec import codec_id
 from .model import Model
@@ -25,13 +28,14 @@ def calibration_block_value(calibration_block: Optional[int]) -> int:
     """The C value of a ``calibration_block`` argument (None = once; 0 = the default)."""
     if calibration_block is None:
         return CALIBRATION_ONCE
-    b = int(calibration_block)
+    b = _args.u32(calibration_block, "calibration_block")
     if b == 0:
         return DEFAULT_CALIBRATION_BLOCK
     if b == CALIBRATION_ONCE:
         return b
     if not 64 <= b <= 1 << 24:
-        raise ValueError(f"calibration_block must be None (once) or 64..16777216, got {b}")
+        raise InvalidArgument(-1, "calibration_block must be None (once), 0 (the default) or "
+                                  f"in [64, 16777216], got {b}")
     return b
 
 
@@ -41,14 +45,16 @@ def smoothing_alpha(smooth_keys: Union[bool, float]) -> float:
         return DEFAULT_KEY_SMOOTHING
     if smooth_keys is False or smooth_keys is None:
         return 0.0
-    alpha = float(smooth_keys)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smooth_keys must be a bool or an exponent in (0, 1], got {smooth_keys!r}")
-    return alpha
+    return _args.real(smooth_keys, "smooth_keys", 0.0, 1.0)
 
 
-class KVCache:
+class KVCache(Handle):
     """Keys and values of one sequence, compressed with a K codec and a V codec.
+
+    Lifetime (the same rule as Model): ``close()`` refuses (InUseError, naming them)
+    while a Session on the cache is open; leaving the cache's ``with`` block closes its
+    sessions first, and a Session used after that raises ClosedError.  Every method of
+    a closed cache raises ClosedError.
 
     Args:
         model: the model (kept alive by the cache).
@@ -79,6 +85,10 @@ class KVCache:
             2 * head_dim bytes per KV head and lever (fp16).  None = calibrate once on the
             first batch for the whole sequence (the 0.3 behaviour).
         layer_codecs: {layer: (k_codec, v_codec)} overrides, e.g. {0: ("q8_0", "q8_0")}.
+
+    Integer arguments are checked against their C types before any C call (n_ctx,
+    fp16_window, sink_tokens: uint32; seed: uint64): TypeError for a non-integer (bool,
+    float), InvalidArgument (a ValueError) naming the argument when out of range.
     """
 
     def __init__(self, model: Model, *, k: str = "turbo_kv_4b", v: str = "turbo_kv_4b",
@@ -88,61 +98,44 @@ class KVCache:
                  sink_tokens: int = DEFAULT_SINK_TOKENS,
                  calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK,
                  layer_codecs: Optional[dict[int, tuple[str, str]]] = None) -> None:
-        self._handle: Optional[int] = None
         self.model = model
         params = lib.tkv_cache_default_params()
         params.k_codec = codec_id(k)
         params.v_codec = codec_id(v)
-        if n_ctx < 0 or fp16_window < 0 or seed < 0 or sink_tokens < 0:
-            raise ValueError("n_ctx, fp16_window, sink_tokens and seed must be >= 0")
-        params.n_ctx = int(n_ctx)
-        params.fp16_window = int(fp16_window)
-        params.seed = int(seed)
-        params.sparse_v_threshold = float(sparse_v_threshold)
+        params.n_ctx = _args.u32(n_ctx, "n_ctx")
+        params.fp16_window = _args.u32(fp16_window, "fp16_window")
+        params.seed = _args.u64(seed, "seed")
+        params.sparse_v_threshold = _args.real(sparse_v_threshold, "sparse_v_threshold", 0.0)
         alpha = smoothing_alpha(smooth_keys)
         params.flags = ((CACHE_FLAG_CENTER_KEYS if center_keys else 0)
                         | (CACHE_FLAG_SMOOTH_KEYS if alpha > 0 else 0))
         params.key_smoothing = alpha
-        params.sink_tokens = int(sink_tokens)
+        params.sink_tokens = _args.u32(sink_tokens, "sink_tokens")
         params.calibration_block = calibration_block_value(calibration_block)
         handle = ctypes.c_void_p()
         check(lib.tkv_cache_create(model.handle, ctypes.byref(params), ctypes.byref(handle)))
-        self._handle = handle.value
-        model._open_children += 1
+        self._adopt(handle.value, model)
         self.k_codec, self.v_codec = k, v
         self.center_keys = bool(center_keys)
         self.key_smoothing = alpha
-        self.sink_tokens = int(sink_tokens)
+        self.sink_tokens = int(params.sink_tokens)
         self.calibration_block = (None if params.calibration_block == CALIBRATION_ONCE
                                   else int(params.calibration_block))
         try:
             for layer, (lk, lv) in (layer_codecs or {}).items():
-                check(lib.tkv_cache_set_layer_codecs(self._handle, int(layer), codec_id(lk),
-                                                     codec_id(lv)))
+                check(lib.tkv_cache_set_layer_codecs(self._handle, _args.u32(layer, "layer"),
+                                                     codec_id(lk), codec_id(lv)))
         except Exception:
             self.close()
             raise
 
-    @property
-    def handle(self) -> int:
-        if self._handle is None:
-            raise ValueError("cache is closed")
-        return self._handle
+    _kind = "KVCache"
 
-    def close(self) -> None:
-        if self._handle is not None:
-            lib.tkv_cache_free(self._handle)
-            self._handle = None
-            self.model._open_children -= 1
+    def _free(self, handle: int) -> None:
+        lib.tkv_cache_free(handle)
 
     def __enter__(self) -> "KVCache":
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
 
     def __len__(self) -> int:
         return int(lib.tkv_cache_n_tokens(self.handle))
@@ -166,9 +159,12 @@ class KVCache:
         return int(lib.tkv_cache_bytes_allocated(self.handle))
 
     def truncate(self, n_tokens: int) -> None:
-        """Drop every token at position >= n_tokens."""
-        check(lib.tkv_cache_truncate(self.handle, int(n_tokens)))
+        """Drop every token at position >= n_tokens (0 <= n_tokens < 2**32; a count at or
+        above the length is a no-op).  Sessions on the cache continue at the new length."""
+        check(lib.tkv_cache_truncate(self.handle, _args.u32(n_tokens, "n_tokens")))
 
     def __repr__(self) -> str:
+        if self._handle is None:
+            return f"KVCache(k={self.k_codec}, v={self.v_codec}, closed)"
         return (f"KVCache(k={self.k_codec}, v={self.v_codec}, tokens={len(self)}, "
                 f"{self.bytes_per_token} B/token)")

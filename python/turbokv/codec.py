@@ -14,7 +14,8 @@ from typing import Optional
 import numpy as np
 import numpy.typing as npt
 
-from . import _lib
+from . import _args, _lib
+from ._errors import ClosedError
 from ._lib import check, float_p, lib
 
 FLAG_ROTATED = 1 << 0
@@ -86,8 +87,9 @@ class CodecInfo:
 def codec_info(name: str, head_dim: int = 128) -> CodecInfo:
     """Properties of one codec at ``head_dim``."""
     cid = codec_id(name)
+    head_dim = _args.u32(head_dim, "head_dim", lo=1)
     size = ctypes.c_size_t()
-    check(lib.tkv_codec_bytes_per_vector(cid, int(head_dim), ctypes.byref(size)))
+    check(lib.tkv_codec_bytes_per_vector(cid, head_dim, ctypes.byref(size)))
     flags = lib.tkv_codec_flags(cid)
     return CodecInfo(name=name, id=cid, head_dim=int(head_dim), bytes_per_vector=size.value,
                      rotated=bool(flags & FLAG_ROTATED), codebook=bool(flags & FLAG_CODEBOOK),
@@ -98,9 +100,10 @@ def codecs(head_dim: int = 128) -> list[CodecInfo]:
     """Every codec of the library that can code ``head_dim`` (the trellis codecs need a
     multiple of 8, at least 16), with its bits and bytes per vector."""
     out = []
+    head_dim = _args.u32(head_dim, "head_dim", lo=1)
     for i in range(lib.tkv_codec_count()):
         size = ctypes.c_size_t()
-        if lib.tkv_codec_bytes_per_vector(i, int(head_dim), ctypes.byref(size)) == 0:
+        if lib.tkv_codec_bytes_per_vector(i, head_dim, ctypes.byref(size)) == 0:
             out.append(codec_info(lib.tkv_codec_name(i).decode(), head_dim))
     return out
 
@@ -109,7 +112,7 @@ def codebook(bits: int) -> npt.NDArray[np.float32]:
     """The Lloyd-Max centroids of N(0, 1) at ``bits`` (1..5), increasing."""
     out = np.empty(32, dtype=np.float32)
     need = ctypes.c_size_t()
-    check(lib.tkv_codebook_centroids(int(bits), out.ctypes.data_as(float_p), out.size,
+    check(lib.tkv_codebook_centroids(_args.u32(bits, "bits"), out.ctypes.data_as(float_p), out.size,
                                      ctypes.byref(need)))
     return out[: need.value].copy()
 
@@ -122,16 +125,12 @@ class Codec:
 
     def __init__(self, name: str = "turbo_kv_4b", head_dim: int = 128, *, seed: int = 0) -> None:
         self._handle: Optional[int] = None
-        if not isinstance(head_dim, (int, np.integer)) or isinstance(head_dim, bool):
-            raise TypeError(f"head_dim must be an int, got {type(head_dim).__name__}")
-        if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
-            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        head_dim = _args.u32(head_dim, "head_dim", lo=1)
+        seed = _args.u64(seed, "seed")
         params = lib.tkv_codec_default_params()
         params.codec = codec_id(name)
-        if not 0 < int(head_dim) < 2**32:
-            raise ValueError(f"head_dim must be a positive int, got {head_dim}")
-        params.head_dim = int(head_dim)
-        params.seed = int(seed)
+        params.head_dim = head_dim
+        params.seed = seed
         handle = ctypes.c_void_p()
         check(lib.tkv_codec_create(ctypes.byref(params), ctypes.byref(handle)))
         self._handle = handle.value
@@ -143,7 +142,7 @@ class Codec:
     @property
     def handle(self) -> int:
         if self._handle is None:
-            raise ValueError(f"codec {self.name} is closed")
+            raise ClosedError(f"codec {self.name} is closed")
         return self._handle
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from . import _args
 from ._lib import check, float_p, int32_p, lib
 from .session import Session
 
@@ -27,7 +28,7 @@ def eval_capture(session: Session, tokens: Sequence[int]) -> CapturedQKV:
     """``session.eval(tokens)`` that also returns every token's Q, K and V per layer
     (at most the session's n_batch tokens per call)."""
     m = session.model
-    arr = np.ascontiguousarray(np.asarray(tokens, dtype=np.int32)).reshape(-1)
+    arr = _args.tokens(tokens)
     n = arr.size
     q = np.empty((n, m.n_layer, m.n_head, m.head_dim), dtype=np.float32)
     k = np.empty((n, m.n_layer, m.n_head_kv, m.head_dim), dtype=np.float32)

