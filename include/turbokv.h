@@ -504,8 +504,9 @@ typedef struct tkv_sampler_params {
 typedef struct tkv_timings {
     uint32_t struct_size;
     uint32_t reserved0;
-    int64_t prefill_tokens;   /* tokens evaluated in calls with more than one token */
-    int64_t decode_tokens;    /* tokens evaluated one at a time */
+    int64_t prefill_tokens;   /* tokens of prompts: every eval but the decode steps */
+    int64_t decode_tokens;    /* decode steps: 1-token evals right after a sample (since
+                                 0.4; before, every 1-token eval, a 1-token prompt too) */
     double prefill_seconds;
     double decode_seconds;
     double matmul_seconds;    /* of both phases */

@@ -404,6 +404,7 @@ static int32_t tkv_sample_now(tkv_session *s, const tkv_sampler_params *p) {
                              s->history, tkv_kv_n_tokens(&s->cache->kv), &s->rng, s->sample_probs,
                              s->sample_ids);
     s->sample_ns += tkv_session_now_ns() - t0;
+    s->sampled_since_eval = 1;
     return tok;
 }
 

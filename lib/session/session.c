@@ -60,12 +60,15 @@ tkv_status tkv_session_eval_tokens(struct tkv_session *s, const int32_t *tokens,
     TKV_TRY(tkv_check_logits(s, pos - (uint32_t)s->n_logits));
     s->last_eval_n = n;
     const uint64_t dt = tkv_session_now_ns() - t0;
-    if (n > 1) {
+    /* decode = one token fed back after sampling; any other eval is (part of) a prompt,
+     * a 1-token prompt included */
+    if (n > 1 || !s->sampled_since_eval) {
         s->prefill_tokens += n;
         s->prefill_ns += dt;
     } else {
         s->decode_tokens += n;
         s->decode_ns += dt;
     }
+    s->sampled_since_eval = 0;
     return TKV_OK;
 }

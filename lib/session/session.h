@@ -33,6 +33,8 @@ struct tkv_session {
     tkv_rng rng;
     uint64_t rng_seed;
     int rng_seeded;
+    int sampled_since_eval;  /* a token was sampled after the last eval (the next 1-token
+                                eval is a decode step in the timings) */
     /* timings */
     int64_t prefill_tokens, decode_tokens;
     uint64_t prefill_ns, decode_ns, sample_ns;

@@ -135,7 +135,7 @@ def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
 
 def _rate(tokens: int, seconds: float) -> str:
     """'123.4 tok/s', or 'n/a tok/s' when there is nothing to measure (no tokens in the
-    phase, e.g. a 1-token prompt is evaluated as a decode step) or the time is below the
+    phase, e.g. no decode step when one token is generated) or the time is below the
     clock's useful resolution."""
     if tokens <= 0 or seconds < 1e-6:
         return "n/a tok/s"
