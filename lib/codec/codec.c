@@ -28,6 +28,7 @@
 #include "codec/codec.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base/alloc.h"
@@ -373,6 +374,134 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
         return tkv_encode_trellis(c, y, out, rest);
     default:
         return tkv_fail(TKV_ERR_INTERNAL, "codec %s: no encoder", c->desc->name);
+    }
+}
+
+/*
+ * Validation of one encoded vector against what the encoder writes, for bytes from
+ * outside (the public decode/scores/weighted_sum/attention).  The kernels are memory-safe
+ * on any bytes; this turns the values no encoder produces into TKV_ERR_BAD_FORMAT:
+ *   - fp16 scale / residual-norm fields that are inf or NaN, or negative where the encoder
+ *     writes a norm (turbo, qjl, tcq, q8_0; q4_0 scales carry a sign);
+ *   - fp32 / fp16 / bf16 elements that are inf or NaN;
+ *   - q8_0 values of -128 (the encoder writes -127..127);
+ *   - turbo_kv_5b_fast index bytes >= 32;
+ *   - set padding bits in the index planes and the QJL sign plane (the encoder writes 0);
+ * The message names the field and its byte offset in the vector.
+ */
+static uint16_t tkv_load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+static tkv_status tkv_check_f16_field(const struct tkv_codec *c, const uint8_t *code,
+                                      uint32_t off, const char *field, int nonneg) {
+    const uint16_t h = tkv_load_u16(code + off);
+    TKV_REQUIRE((h & 0x7c00) != 0x7c00, TKV_ERR_BAD_FORMAT,
+                "%s: %s at byte %u is %s (fp16 0x%04x)", c->desc->name, field, off,
+                h & 0x3ff ? "NaN" : "infinite", h);
+    TKV_REQUIRE(!nonneg || !(h & 0x8000), TKV_ERR_BAD_FORMAT,
+                "%s: %s at byte %u is negative (fp16 0x%04x); the encoder writes a norm >= 0",
+                c->desc->name, field, off, h);
+    return TKV_OK;
+}
+
+/* got (at byte `base` of the vector) must equal want, the same bytes with every bit that
+ * holds no element cleared. */
+static tkv_status tkv_check_padding(const struct tkv_codec *c, const uint8_t *got,
+                                    const uint8_t *want, size_t n, uint32_t base,
+                                    const char *plane) {
+    for (size_t k = 0; k < n; k++) {
+        TKV_REQUIRE(got[k] == want[k], TKV_ERR_BAD_FORMAT,
+                    "%s: %s padding bits at byte %u are set (0x%02x; the encoder writes 0x%02x)",
+                    c->desc->name, plane, base + (uint32_t)k, got[k], want[k]);
+    }
+    return TKV_OK;
+}
+
+static tkv_status tkv_validate_turbo(const struct tkv_codec *c, const uint8_t *code) {
+    const tkv_code_layout *L = &c->layout;
+    const uint32_t d = c->d;
+    TKV_TRY(tkv_check_f16_field(c, code, L->scale_off, "scale", 1));
+    const uint8_t *pl = code + L->payload_off;
+    if (L->bits == 8) {
+        for (uint32_t j = 0; j < d; j++) {
+            TKV_REQUIRE(pl[j] < 32, TKV_ERR_BAD_FORMAT,
+                        "%s: index of element %u at byte %u is %u (the codebook has 32 entries)",
+                        c->desc->name, j, L->payload_off + j, pl[j]);
+        }
+    } else {
+        /* every index value is valid; the bits that hold no element must be 0 */
+        uint8_t idx[TKV_HEAD_DIM_MAX], again[TKV_HEAD_DIM_MAX];
+        const size_t bytes = tkv_packed_bytes(L->bits, d);
+        tkv_unpack_indices(L->bits, d, pl, idx);
+        tkv_pack_indices(L->bits, d, idx, again);
+        TKV_TRY(tkv_check_padding(c, pl, again, bytes, L->payload_off, "index plane"));
+    }
+    if (L->has_qjl) {
+        TKV_TRY(tkv_check_f16_field(c, code, L->rnorm_off, "residual norm", 1));
+        const uint32_t last = (d + 7) / 8 - 1, used = d - 8 * last;
+        const uint8_t want = (uint8_t)(code[L->signs_off + last] & ((1u << used) - 1u));
+        TKV_TRY(tkv_check_padding(c, code + L->signs_off + last, &want, 1, L->signs_off + last,
+                                  "sign plane"));
+    }
+    return TKV_OK;
+}
+
+static tkv_status tkv_validate_block(const struct tkv_codec *c, const uint8_t *code,
+                                     int four_bit) {
+    const uint32_t d = c->d;
+    uint32_t off = 0;
+    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+        const uint32_t t = d - b0 < 32 ? d - b0 : 32;
+        char field[32];
+        snprintf(field, sizeof field, "block %u scale", b0 / 32);
+        /* q8_0 scales are max|x| / 127 >= 0; q4_0 scales carry the sign of the extreme */
+        TKV_TRY(tkv_check_f16_field(c, code, off, field, !four_bit));
+        if (!four_bit) {
+            for (uint32_t k = 0; k < t; k++) {
+                TKV_REQUIRE(code[off + 2 + k] != 0x80, TKV_ERR_BAD_FORMAT,
+                            "%s: element %u at byte %u is -128 (the encoder writes -127..127)",
+                            c->desc->name, b0 + k, off + 2 + k);
+            }
+        }
+        off += 2 + (four_bit ? t / 2 : t);
+    }
+    return TKV_OK;
+}
+
+tkv_status tkv_codec_validate_one(const struct tkv_codec *c, const uint8_t *code) {
+    const uint32_t d = c->d;
+    switch (c->desc->format) {
+    case TKV_FMT_F32:
+        for (uint32_t j = 0; j < d; j++) {
+            uint32_t u;
+            memcpy(&u, code + 4 * (size_t)j, sizeof u);
+            TKV_REQUIRE((u & 0x7f800000u) != 0x7f800000u, TKV_ERR_BAD_FORMAT,
+                        "fp32: element %u at byte %u is %s (0x%08x)", j, 4 * j,
+                        u & 0x7fffffu ? "NaN" : "infinite", u);
+        }
+        return TKV_OK;
+    case TKV_FMT_F16:
+    case TKV_FMT_BF16: {
+        const int f16 = c->desc->format == TKV_FMT_F16;
+        const uint16_t emask = f16 ? 0x7c00 : 0x7f80;
+        for (uint32_t j = 0; j < d; j++) {
+            const uint16_t h = tkv_load_u16(code + 2 * (size_t)j);
+            TKV_REQUIRE((h & emask) != emask, TKV_ERR_BAD_FORMAT,
+                        "%s: element %u at byte %u is %s (0x%04x)", c->desc->name, j, 2 * j,
+                        h & (uint16_t)~(emask | 0x8000) ? "NaN" : "infinite", h);
+        }
+        return TKV_OK;
+    }
+    case TKV_FMT_Q8_0:
+        return tkv_validate_block(c, code, 0);
+    case TKV_FMT_Q4_0:
+        return tkv_validate_block(c, code, 1);
+    case TKV_FMT_TURBO:
+        return tkv_validate_turbo(c, code);
+    case TKV_FMT_TRELLIS:
+        /* every symbol stream is a path of the tail-biting trellis */
+        return tkv_check_f16_field(c, code, c->layout.scale_off, "scale", 1);
+    default:
+        return tkv_fail(TKV_ERR_INTERNAL, "codec %s: no validator", c->desc->name);
     }
 }
 
