@@ -27,6 +27,7 @@
  */
 #include "codec/codec.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -205,7 +206,9 @@ static tkv_status tkv_encode_q8_0(const float *y, uint32_t d, uint8_t *out) {
         TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
                     "q8_0: |value| %g too large for an fp16 block scale", (double)amax);
         uint16_t h = tkv_f32_to_fp16(scale);
-        float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        /* a scale that rounds to fp16 zero decodes the block to zeros whatever q holds; write
+         * zeros (1 / scale may be inf there, and 0 * inf would be NaN) */
+        float inv = h != 0 ? 1.0f / scale : 0.0f;
         tkv_store_u16(out, h);
         int8_t *q = (int8_t *)(out + 2);
         for (uint32_t k = 0; k < t; k++) {
@@ -232,8 +235,9 @@ static tkv_status tkv_encode_q4_0(const float *y, uint32_t d, uint8_t *out) {
         float scale = m / -8.0f;
         TKV_REQUIRE(fabsf(scale) <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
                     "q4_0: |value| %g too large for an fp16 block scale", (double)amax);
-        tkv_store_u16(out, tkv_f32_to_fp16(scale));
-        float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+        const uint16_t h = tkv_f32_to_fp16(scale);
+        tkv_store_u16(out, h);
+        float inv = (h & 0x7fff) != 0 ? 1.0f / scale : 0.0f; /* as for q8_0 */
         uint8_t *q = out + 2;
         for (uint32_t k = 0; k < half; k++) {
             int lo = (int)roundf(y[b0 + k] * inv) + 8;
@@ -245,6 +249,14 @@ static tkv_status tkv_encode_q4_0(const float *y, uint32_t d, uint8_t *out) {
         out += 2 + half;
     }
     return TKV_OK;
+}
+
+/* sqrt(d) / |y|, which maps y to u with |u| = sqrt(d).  0 for a zero vector, and also for
+ * |y| below ~1e-37 where it would overflow float: such a vector's fp16 scale (about
+ * |y| / sqrt(d)) rounds to 0 anyway, so it is coded as the zero vector it decodes to. */
+static float tkv_unit_scale(double norm, uint32_t d) {
+    const double s = norm > 0.0 ? sqrt((double)d) / norm : 0.0;
+    return s <= FLT_MAX ? (float)s : 0.0f;
 }
 
 /* Turbo stage: quantize y (rotated), write scale + indices; *yhat gets the decoded y. */
@@ -260,13 +272,13 @@ static tkv_status tkv_encode_turbo(const struct tkv_codec *c, const float *y, ui
     }
     const double norm = sqrt(norm2);
     double cnorm2 = 0.0;
-    const float u_scale = norm > 0.0 ? (float)(sqrt((double)d) / norm) : 0.0f;
+    const float u_scale = tkv_unit_scale(norm, d);
     for (uint32_t j = 0; j < d; j++) {
         idx[j] = (uint8_t)tkv_codebook_quantize(cb, y[j] * u_scale);
         double cj = cb->centroids[idx[j]];
         cnorm2 += cj * cj;
     }
-    const double scale = norm > 0.0 ? norm / sqrt(cnorm2) : 0.0;
+    const double scale = u_scale > 0.0f ? norm / sqrt(cnorm2) : 0.0;
     TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
                 "%s: vector norm %g too large for the fp16 scale", c->desc->name, norm);
     const uint16_t h = tkv_f32_to_fp16((float)scale);
@@ -290,7 +302,7 @@ static tkv_status tkv_encode_trellis(const struct tkv_codec *c, const float *y, 
         norm2 += (double)y[j] * y[j];
     }
     const double norm = sqrt(norm2);
-    const float u_scale = norm > 0.0 ? (float)(sqrt((double)d) / norm) : 0.0f;
+    const float u_scale = tkv_unit_scale(norm, d);
     for (uint32_t j = 0; j < d; j++) {
         u[j] = y[j] * u_scale;
     }
@@ -299,7 +311,7 @@ static tkv_status tkv_encode_trellis(const struct tkv_codec *c, const float *y, 
     for (uint32_t j = 0; j < d; j++) {
         cnorm2 += (double)uhat[j] * uhat[j];
     }
-    const double scale = norm > 0.0 && cnorm2 > 0.0 ? norm / sqrt(cnorm2) : 0.0;
+    const double scale = u_scale > 0.0f && cnorm2 > 0.0 ? norm / sqrt(cnorm2) : 0.0;
     TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
                 "%s: vector norm %g too large for the fp16 scale", c->desc->name, norm);
     tkv_store_u16(out + c->layout.scale_off, tkv_f32_to_fp16((float)scale));
@@ -332,6 +344,15 @@ static tkv_status tkv_encode_qjl_residual(const struct tkv_codec *c, const float
     return TKV_OK;
 }
 
+/* |x| in double: no overflow for any finite float input. */
+static double tkv_norm(const float *x, uint32_t d) {
+    double s = 0.0;
+    for (uint32_t j = 0; j < d; j++) {
+        s += (double)x[j] * x[j];
+    }
+    return sqrt(s);
+}
+
 tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8_t *out,
                                 float *scratch) {
     const uint32_t d = c->d;
@@ -341,6 +362,14 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
     if (c->rotated) {
         tkv_rotation_apply(&c->rot, x, rotated);
         y = rotated;
+        /* the rotation keeps |x| but its float sums overflow for |x| beyond ~1e35; every
+         * rotated codec stores an fp16 scale, which such a vector overflows by far */
+        for (uint32_t j = 0; j < d; j++) {
+            TKV_REQUIRE(isfinite(rotated[j]), TKV_ERR_INVALID_ARGUMENT,
+                        "%s: vector norm %g too large for the fp16 scale (the rotation "
+                        "overflows float32)",
+                        c->desc->name, tkv_norm(x, d));
+        }
     }
     switch (c->desc->format) {
     case TKV_FMT_F32:
@@ -355,7 +384,11 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
         return TKV_OK;
     case TKV_FMT_BF16:
         for (uint32_t j = 0; j < d; j++) {
-            tkv_store_u16(out + 2 * j, tkv_f32_to_bf16(y[j]));
+            const uint16_t b = tkv_f32_to_bf16(y[j]);
+            /* above bf16's largest finite value (3.3895e38) rounding gives inf */
+            TKV_REQUIRE((b & 0x7f80) != 0x7f80, TKV_ERR_INVALID_ARGUMENT,
+                        "bf16: value %g at index %u is outside the bf16 range", (double)y[j], j);
+            tkv_store_u16(out + 2 * j, b);
         }
         return TKV_OK;
     case TKV_FMT_Q8_0:
