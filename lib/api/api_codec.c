@@ -150,7 +150,8 @@ static tkv_status tkv_validate_codes(const char *fn, const tkv_codec *codec, con
                                      int64_t n) {
     const size_t stride = codec->layout.stride;
     for (int64_t i = 0; i < n; i++) {
-        const tkv_status st = tkv_codec_validate_one(codec, (const uint8_t *)codes + (size_t)i * stride);
+        const tkv_status st =
+            tkv_codec_validate_one(codec, (const uint8_t *)codes + (size_t)i * stride);
         if (st != TKV_OK) {
             tkv_error_prefix("%s: vector %lld (byte %zu of codes)", fn, (long long)i,
                              (size_t)i * stride);

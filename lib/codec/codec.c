@@ -422,14 +422,15 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
  *   - set padding bits in the index planes and the QJL sign plane (the encoder writes 0);
  * The message names the field and its byte offset in the vector.
  */
-static uint16_t tkv_load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint16_t tkv_load_u16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
 
-static tkv_status tkv_check_f16_field(const struct tkv_codec *c, const uint8_t *code,
-                                      uint32_t off, const char *field, int nonneg) {
+static tkv_status tkv_check_f16_field(const struct tkv_codec *c, const uint8_t *code, uint32_t off,
+                                      const char *field, int nonneg) {
     const uint16_t h = tkv_load_u16(code + off);
-    TKV_REQUIRE((h & 0x7c00) != 0x7c00, TKV_ERR_BAD_FORMAT,
-                "%s: %s at byte %u is %s (fp16 0x%04x)", c->desc->name, field, off,
-                h & 0x3ff ? "NaN" : "infinite", h);
+    TKV_REQUIRE((h & 0x7c00) != 0x7c00, TKV_ERR_BAD_FORMAT, "%s: %s at byte %u is %s (fp16 0x%04x)",
+                c->desc->name, field, off, h & 0x3ff ? "NaN" : "infinite", h);
     TKV_REQUIRE(!nonneg || !(h & 0x8000), TKV_ERR_BAD_FORMAT,
                 "%s: %s at byte %u is negative (fp16 0x%04x); the encoder writes a norm >= 0",
                 c->desc->name, field, off, h);
@@ -478,8 +479,7 @@ static tkv_status tkv_validate_turbo(const struct tkv_codec *c, const uint8_t *c
     return TKV_OK;
 }
 
-static tkv_status tkv_validate_block(const struct tkv_codec *c, const uint8_t *code,
-                                     int four_bit) {
+static tkv_status tkv_validate_block(const struct tkv_codec *c, const uint8_t *code, int four_bit) {
     const uint32_t d = c->d;
     uint32_t off = 0;
     for (uint32_t b0 = 0; b0 < d; b0 += 32) {
@@ -515,12 +515,12 @@ tkv_status tkv_codec_validate_one(const struct tkv_codec *c, const uint8_t *code
     case TKV_FMT_F16:
     case TKV_FMT_BF16: {
         const int f16 = c->desc->format == TKV_FMT_F16;
-        const uint16_t emask = f16 ? 0x7c00 : 0x7f80;
+        const uint16_t emask = f16 ? 0x7c00 : 0x7f80, mmask = f16 ? 0x03ff : 0x007f;
         for (uint32_t j = 0; j < d; j++) {
             const uint16_t h = tkv_load_u16(code + 2 * (size_t)j);
             TKV_REQUIRE((h & emask) != emask, TKV_ERR_BAD_FORMAT,
                         "%s: element %u at byte %u is %s (0x%04x)", c->desc->name, j, 2 * j,
-                        h & (uint16_t)~(emask | 0x8000) ? "NaN" : "infinite", h);
+                        h & mmask ? "NaN" : "infinite", h);
         }
         return TKV_OK;
     }

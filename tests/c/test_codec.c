@@ -727,8 +727,9 @@ static tkv_status read_codes(tkv_codec *c, const uint8_t *codes, size_t size, in
         tkv_codec_attention(c, c, q, codes, size, codes, size, n, 0.0f, 0.0f, out),
     };
     for (int k = 0; k < 4; k++) {
-        CHECK_MSG(st[k] == st[0], "%s: call %d -> %s, decode -> %s", tkv_codec_name(tkv_codec_id(c)),
-                  k, tkv_status_name(st[k]), tkv_status_name(st[0]));
+        CHECK_MSG(st[k] == st[0], "%s: call %d -> %s, decode -> %s",
+                  tkv_codec_name(tkv_codec_id(c)), k, tkv_status_name(st[k]),
+                  tkv_status_name(st[0]));
     }
     if (st[0] == TKV_ERR_BAD_FORMAT) {
         CHECK_MSG(strstr(tkv_last_error(), where) && strstr(tkv_last_error(), "byte"),
@@ -825,9 +826,9 @@ static void test_malformed_codes(void) {
     struct {
         int32_t id;
         uint32_t d;
-        uint32_t off;  /* byte of vector 1 to change */
-        uint8_t orv;   /* ORed in */
-        uint8_t set;   /* then, if non-zero, the byte is replaced by it */
+        uint32_t off; /* byte of vector 1 to change */
+        uint8_t orv;  /* ORed in */
+        uint8_t set;  /* then, if non-zero, the byte is replaced by it */
         const char *what;
     } cases[] = {
         {TKV_CODEC_Q8_0, 32, 1, 0x80, 0, "scale"},           /* negative block scale */
@@ -901,9 +902,8 @@ static void test_encode_limits(void) {
             } else {
                 expect_ok = 1;
             }
-            CHECK_MSG(st == (expect_ok ? TKV_OK : TKV_ERR_INVALID_ARGUMENT),
-                      "%s at %g: %s (%s)", tkv_codec_name(id), (double)values[v],
-                      tkv_status_name(st), tkv_last_error());
+            CHECK_MSG(st == (expect_ok ? TKV_OK : TKV_ERR_INVALID_ARGUMENT), "%s at %g: %s (%s)",
+                      tkv_codec_name(id), (double)values[v], tkv_status_name(st), tkv_last_error());
             if (st != TKV_OK) {
                 CHECK_MSG(strstr(tkv_last_error(), "vector 1") != NULL, "%s at %g: '%s'",
                           tkv_codec_name(id), (double)values[v], tkv_last_error());

@@ -462,8 +462,8 @@ static void test_arbitrary_bytes(const tkv_codec_kernels *K, int32_t id, uint32_
             }
         }
     }
-    CHECK_MSG(bad == 0, "%s %s d=%u: %d of %d scores of arbitrary bytes off the reference",
-              K->isa, c.desc->name, d, bad, compared);
+    CHECK_MSG(bad == 0, "%s %s d=%u: %d of %d scores of arbitrary bytes off the reference", K->isa,
+              c.desc->name, d, bad, compared);
     /* accum over the vectors whose decode is usable, single and grouped */
     int keep[N_RAW];
     for (int i = 0; i < N_RAW; i++) {
