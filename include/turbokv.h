@@ -174,6 +174,12 @@ TKV_API tkv_status tkv_codec_bytes_per_vector(int32_t codec, uint32_t head_dim, 
  * each, back to back.  The layout of each codec's vector is documented at the top
  * of its source file (lib/codec/) and in docs/CODECS.md.
  *
+ * Malformed codes: the functions that read codes (decode, scores, weighted_sum,
+ * attention) never trust them.  Each vector is checked first, and one holding a value
+ * the encoder never writes gives TKV_ERR_BAD_FORMAT: an inf/NaN scale or residual norm,
+ * a negative norm, an inf/NaN fp32/fp16/bf16 element, a q8_0 value of -128, a
+ * turbo_kv_5b_fast index >= 32, set padding bits (docs/CODECS.md, "Validation").
+ *
  * Thread-safety: a tkv_codec is immutable after creation; any number of threads
  * may use one handle at the same time.  Kernels are reentrant.
  *
@@ -226,21 +232,30 @@ TKV_API size_t tkv_codec_encoded_size(const tkv_codec *codec, int64_t n);
 
 /*
  * Encode n vectors x (n, head_dim) float32, row-major, into codes.
- * codes_size must be at least tkv_codec_encoded_size(codec, n), else
- * TKV_ERR_BUFFER_TOO_SMALL.  Non-finite inputs give TKV_ERR_INVALID_ARGUMENT.
- * Since 0.1.
+ * Returns TKV_OK; TKV_ERR_BUFFER_TOO_SMALL when codes_size is below
+ * tkv_codec_encoded_size(codec, n); TKV_ERR_INVALID_ARGUMENT for non-finite inputs and
+ * for a vector the codec cannot represent (a norm or block scale beyond its fp16 field,
+ * a value beyond the fp16 / bf16 range), the message naming the vector and the reason.
+ * Vectors too small for the fp16 scale code as zeros.  Codes written before a failing
+ * vector are valid; the rest of codes is unspecified.  Since 0.1.
  */
 TKV_API tkv_status tkv_codec_encode(const tkv_codec *codec, const float *x, int64_t n,
                                     void *codes, size_t codes_size);
 
-/* Decode n vectors from codes into out (n, head_dim) float32.  Since 0.1. */
+/*
+ * Decode n vectors from codes into out (n, head_dim) float32.
+ * Returns TKV_OK, or TKV_ERR_BAD_FORMAT when a vector holds a value the encoder never
+ * writes (see "Malformed codes" above); the message names the vector, the field and its
+ * byte offset.  Since 0.1.
+ */
 TKV_API tkv_status tkv_codec_decode(const tkv_codec *codec, const void *codes, size_t codes_size,
                                     int64_t n, float *out);
 
 /*
  * Attention scores of one query q (head_dim floats) against n encoded keys:
  * scores[i] = <q, decode(key i)>, computed on the codes without decoding the keys
- * (the query is rotated once, then codebook lookups + FMA).  Since 0.1.
+ * (the query is rotated once, then codebook lookups + FMA).  Returns TKV_OK, or
+ * TKV_ERR_BAD_FORMAT for malformed codes, as tkv_codec_decode.  Since 0.1.
  */
 TKV_API tkv_status tkv_codec_scores(const tkv_codec *codec, const float *q, const void *codes,
                                     size_t codes_size, int64_t n, float *scores);
@@ -248,7 +263,9 @@ TKV_API tkv_status tkv_codec_scores(const tkv_codec *codec, const float *q, cons
 /*
  * Weighted sum of n encoded values: out = sum_i w[i] * decode(value i), accumulated
  * in the rotated domain and rotated back once.  Rows whose |w[i]| < threshold are
- * skipped (sparse V; 0 keeps every row).  out has head_dim floats.  Since 0.1.
+ * skipped (sparse V; 0 keeps every row).  out has head_dim floats.  Returns TKV_OK, or
+ * TKV_ERR_BAD_FORMAT for malformed codes (every row is checked, skipped or not), as
+ * tkv_codec_decode.  Since 0.1.
  */
 TKV_API tkv_status tkv_codec_weighted_sum(const tkv_codec *codec, const float *w,
                                           const void *codes, size_t codes_size, int64_t n,
@@ -259,7 +276,8 @@ TKV_API tkv_status tkv_codec_weighted_sum(const tkv_codec *codec, const float *w
  * s = scale * scores(k_codec, q, k_codes), p = softmax(s),
  * out = weighted_sum(v_codec, p, v_codes, threshold).  k_codec and v_codec must have
  * the same head_dim.  scale 0 means 1/sqrt(head_dim).  Allocates a scratch of n
- * floats per call.  Since 0.1.
+ * floats per call.  Returns TKV_OK, or TKV_ERR_BAD_FORMAT for malformed key or value
+ * codes (the message says which), as tkv_codec_decode.  Since 0.1.
  */
 TKV_API tkv_status tkv_codec_attention(const tkv_codec *k_codec, const tkv_codec *v_codec,
                                        const float *q, const void *k_codes, size_t k_codes_size,

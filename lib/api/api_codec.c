@@ -145,6 +145,22 @@ static tkv_status tkv_check_codes(const char *fn, const tkv_codec *codec, const 
     return TKV_OK;
 }
 
+/* Every vector of caller-supplied codes must be one the encoder could have written. */
+static tkv_status tkv_validate_codes(const char *fn, const tkv_codec *codec, const void *codes,
+                                     int64_t n) {
+    const size_t stride = codec->layout.stride;
+    for (int64_t i = 0; i < n; i++) {
+        const tkv_status st =
+            tkv_codec_validate_one(codec, (const uint8_t *)codes + (size_t)i * stride);
+        if (st != TKV_OK) {
+            tkv_error_prefix("%s: vector %lld (byte %zu of codes)", fn, (long long)i,
+                             (size_t)i * stride);
+            return st;
+        }
+    }
+    return TKV_OK;
+}
+
 static tkv_status tkv_check_finite(const char *fn, const char *what, const float *x, size_t count) {
     for (size_t i = 0; i < count; i++) {
         TKV_REQUIRE(isfinite(x[i]), TKV_ERR_INVALID_ARGUMENT, "%s: %s[%zu] is not finite (%g)", fn,
@@ -177,6 +193,7 @@ tkv_status tkv_codec_decode(const tkv_codec *codec, const void *codes, size_t co
                             int64_t n, float *out) {
     TKV_TRY(tkv_check_codes("tkv_codec_decode", codec, codes, codes_size, n));
     TKV_REQUIRE(n == 0 || out, TKV_ERR_INVALID_ARGUMENT, "tkv_codec_decode: out is NULL");
+    TKV_TRY(tkv_validate_codes("tkv_codec_decode", codec, codes, n));
     const size_t d = codec->d;
     float *scratch = malloc(TKV_CODEC_SCRATCH_FLOATS(d) * sizeof(float));
     TKV_REQUIRE(scratch, TKV_ERR_OUT_OF_MEMORY, "tkv_codec_decode: out of memory");
@@ -194,6 +211,7 @@ tkv_status tkv_codec_scores(const tkv_codec *codec, const float *q, const void *
     TKV_REQUIRE(q && (n == 0 || scores), TKV_ERR_INVALID_ARGUMENT,
                 "tkv_codec_scores: q and scores must not be NULL");
     TKV_TRY(tkv_check_finite("tkv_codec_scores", "q", q, codec->d));
+    TKV_TRY(tkv_validate_codes("tkv_codec_scores", codec, codes, n));
     float qprep[2 * TKV_HEAD_DIM_MAX];
     tkv_codec_prepare_query(codec, q, qprep);
     tkv_codec_kernels_active()->scores[codec->layout.format](&codec->layout, qprep, codes,
@@ -209,6 +227,7 @@ tkv_status tkv_codec_weighted_sum(const tkv_codec *codec, const float *w, const 
     TKV_REQUIRE(isfinite(threshold) && threshold >= 0.0f, TKV_ERR_INVALID_ARGUMENT,
                 "tkv_codec_weighted_sum: threshold %g must be finite and >= 0", (double)threshold);
     TKV_TRY(tkv_check_finite("tkv_codec_weighted_sum", "w", w, (size_t)n));
+    TKV_TRY(tkv_validate_codes("tkv_codec_weighted_sum", codec, codes, n));
     float acc[2 * TKV_HEAD_DIM_MAX];
     memset(acc, 0, sizeof acc);
     tkv_codec_kernels_active()->accum[codec->layout.format](&codec->layout, w, threshold, codes,
@@ -232,6 +251,8 @@ tkv_status tkv_codec_attention(const tkv_codec *k_codec, const tkv_codec *v_code
                 TKV_ERR_INVALID_ARGUMENT, "tkv_codec_attention: scale and threshold must be "
                 "finite, threshold >= 0");
     TKV_TRY(tkv_check_finite("tkv_codec_attention", "q", q, k_codec->d));
+    TKV_TRY(tkv_validate_codes("tkv_codec_attention (keys)", k_codec, k_codes, n));
+    TKV_TRY(tkv_validate_codes("tkv_codec_attention (values)", v_codec, v_codes, n));
     if (scale == 0.0f) {
         scale = 1.0f / sqrtf((float)k_codec->d);
     }

@@ -27,7 +27,9 @@
  */
 #include "codec/codec.h"
 
+#include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base/alloc.h"
@@ -204,7 +206,9 @@ static tkv_status tkv_encode_q8_0(const float *y, uint32_t d, uint8_t *out) {
         TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
                     "q8_0: |value| %g too large for an fp16 block scale", (double)amax);
         uint16_t h = tkv_f32_to_fp16(scale);
-        float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        /* a scale that rounds to fp16 zero decodes the block to zeros whatever q holds; write
+         * zeros (1 / scale may be inf there, and 0 * inf would be NaN) */
+        float inv = h != 0 ? 1.0f / scale : 0.0f;
         tkv_store_u16(out, h);
         int8_t *q = (int8_t *)(out + 2);
         for (uint32_t k = 0; k < t; k++) {
@@ -231,8 +235,9 @@ static tkv_status tkv_encode_q4_0(const float *y, uint32_t d, uint8_t *out) {
         float scale = m / -8.0f;
         TKV_REQUIRE(fabsf(scale) <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
                     "q4_0: |value| %g too large for an fp16 block scale", (double)amax);
-        tkv_store_u16(out, tkv_f32_to_fp16(scale));
-        float inv = scale != 0.0f ? 1.0f / scale : 0.0f;
+        const uint16_t h = tkv_f32_to_fp16(scale);
+        tkv_store_u16(out, h);
+        float inv = (h & 0x7fff) != 0 ? 1.0f / scale : 0.0f; /* as for q8_0 */
         uint8_t *q = out + 2;
         for (uint32_t k = 0; k < half; k++) {
             int lo = (int)roundf(y[b0 + k] * inv) + 8;
@@ -244,6 +249,14 @@ static tkv_status tkv_encode_q4_0(const float *y, uint32_t d, uint8_t *out) {
         out += 2 + half;
     }
     return TKV_OK;
+}
+
+/* sqrt(d) / |y|, which maps y to u with |u| = sqrt(d).  0 for a zero vector, and also for
+ * |y| below ~1e-37 where it would overflow float: such a vector's fp16 scale (about
+ * |y| / sqrt(d)) rounds to 0 anyway, so it is coded as the zero vector it decodes to. */
+static float tkv_unit_scale(double norm, uint32_t d) {
+    const double s = norm > 0.0 ? sqrt((double)d) / norm : 0.0;
+    return s <= FLT_MAX ? (float)s : 0.0f;
 }
 
 /* Turbo stage: quantize y (rotated), write scale + indices; *yhat gets the decoded y. */
@@ -259,13 +272,13 @@ static tkv_status tkv_encode_turbo(const struct tkv_codec *c, const float *y, ui
     }
     const double norm = sqrt(norm2);
     double cnorm2 = 0.0;
-    const float u_scale = norm > 0.0 ? (float)(sqrt((double)d) / norm) : 0.0f;
+    const float u_scale = tkv_unit_scale(norm, d);
     for (uint32_t j = 0; j < d; j++) {
         idx[j] = (uint8_t)tkv_codebook_quantize(cb, y[j] * u_scale);
         double cj = cb->centroids[idx[j]];
         cnorm2 += cj * cj;
     }
-    const double scale = norm > 0.0 ? norm / sqrt(cnorm2) : 0.0;
+    const double scale = u_scale > 0.0f ? norm / sqrt(cnorm2) : 0.0;
     TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
                 "%s: vector norm %g too large for the fp16 scale", c->desc->name, norm);
     const uint16_t h = tkv_f32_to_fp16((float)scale);
@@ -289,7 +302,7 @@ static tkv_status tkv_encode_trellis(const struct tkv_codec *c, const float *y, 
         norm2 += (double)y[j] * y[j];
     }
     const double norm = sqrt(norm2);
-    const float u_scale = norm > 0.0 ? (float)(sqrt((double)d) / norm) : 0.0f;
+    const float u_scale = tkv_unit_scale(norm, d);
     for (uint32_t j = 0; j < d; j++) {
         u[j] = y[j] * u_scale;
     }
@@ -298,7 +311,7 @@ static tkv_status tkv_encode_trellis(const struct tkv_codec *c, const float *y, 
     for (uint32_t j = 0; j < d; j++) {
         cnorm2 += (double)uhat[j] * uhat[j];
     }
-    const double scale = norm > 0.0 && cnorm2 > 0.0 ? norm / sqrt(cnorm2) : 0.0;
+    const double scale = u_scale > 0.0f && cnorm2 > 0.0 ? norm / sqrt(cnorm2) : 0.0;
     TKV_REQUIRE(scale <= TKV_FP16_MAX, TKV_ERR_INVALID_ARGUMENT,
                 "%s: vector norm %g too large for the fp16 scale", c->desc->name, norm);
     tkv_store_u16(out + c->layout.scale_off, tkv_f32_to_fp16((float)scale));
@@ -331,6 +344,15 @@ static tkv_status tkv_encode_qjl_residual(const struct tkv_codec *c, const float
     return TKV_OK;
 }
 
+/* |x| in double: no overflow for any finite float input. */
+static double tkv_norm(const float *x, uint32_t d) {
+    double s = 0.0;
+    for (uint32_t j = 0; j < d; j++) {
+        s += (double)x[j] * x[j];
+    }
+    return sqrt(s);
+}
+
 tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8_t *out,
                                 float *scratch) {
     const uint32_t d = c->d;
@@ -340,6 +362,14 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
     if (c->rotated) {
         tkv_rotation_apply(&c->rot, x, rotated);
         y = rotated;
+        /* the rotation keeps |x| but its float sums overflow for |x| beyond ~1e35; every
+         * rotated codec stores an fp16 scale, which such a vector overflows by far */
+        for (uint32_t j = 0; j < d; j++) {
+            TKV_REQUIRE(isfinite(rotated[j]), TKV_ERR_INVALID_ARGUMENT,
+                        "%s: vector norm %g too large for the fp16 scale (the rotation "
+                        "overflows float32)",
+                        c->desc->name, tkv_norm(x, d));
+        }
     }
     switch (c->desc->format) {
     case TKV_FMT_F32:
@@ -354,7 +384,11 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
         return TKV_OK;
     case TKV_FMT_BF16:
         for (uint32_t j = 0; j < d; j++) {
-            tkv_store_u16(out + 2 * j, tkv_f32_to_bf16(y[j]));
+            const uint16_t b = tkv_f32_to_bf16(y[j]);
+            /* above bf16's largest finite value (3.3895e38) rounding gives inf */
+            TKV_REQUIRE((b & 0x7f80) != 0x7f80, TKV_ERR_INVALID_ARGUMENT,
+                        "bf16: value %g at index %u is outside the bf16 range", (double)y[j], j);
+            tkv_store_u16(out + 2 * j, b);
         }
         return TKV_OK;
     case TKV_FMT_Q8_0:
@@ -373,6 +407,134 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
         return tkv_encode_trellis(c, y, out, rest);
     default:
         return tkv_fail(TKV_ERR_INTERNAL, "codec %s: no encoder", c->desc->name);
+    }
+}
+
+/*
+ * Validation of one encoded vector against what the encoder writes, for bytes from
+ * outside (the public decode/scores/weighted_sum/attention).  The kernels are memory-safe
+ * on any bytes; this turns the values no encoder produces into TKV_ERR_BAD_FORMAT:
+ *   - fp16 scale / residual-norm fields that are inf or NaN, or negative where the encoder
+ *     writes a norm (turbo, qjl, tcq, q8_0; q4_0 scales carry a sign);
+ *   - fp32 / fp16 / bf16 elements that are inf or NaN;
+ *   - q8_0 values of -128 (the encoder writes -127..127);
+ *   - turbo_kv_5b_fast index bytes >= 32;
+ *   - set padding bits in the index planes and the QJL sign plane (the encoder writes 0);
+ * The message names the field and its byte offset in the vector.
+ */
+static uint16_t tkv_load_u16(const uint8_t *p) {
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static tkv_status tkv_check_f16_field(const struct tkv_codec *c, const uint8_t *code, uint32_t off,
+                                      const char *field, int nonneg) {
+    const uint16_t h = tkv_load_u16(code + off);
+    TKV_REQUIRE((h & 0x7c00) != 0x7c00, TKV_ERR_BAD_FORMAT, "%s: %s at byte %u is %s (fp16 0x%04x)",
+                c->desc->name, field, off, h & 0x3ff ? "NaN" : "infinite", h);
+    TKV_REQUIRE(!nonneg || !(h & 0x8000), TKV_ERR_BAD_FORMAT,
+                "%s: %s at byte %u is negative (fp16 0x%04x); the encoder writes a norm >= 0",
+                c->desc->name, field, off, h);
+    return TKV_OK;
+}
+
+/* got (at byte `base` of the vector) must equal want, the same bytes with every bit that
+ * holds no element cleared. */
+static tkv_status tkv_check_padding(const struct tkv_codec *c, const uint8_t *got,
+                                    const uint8_t *want, size_t n, uint32_t base,
+                                    const char *plane) {
+    for (size_t k = 0; k < n; k++) {
+        TKV_REQUIRE(got[k] == want[k], TKV_ERR_BAD_FORMAT,
+                    "%s: %s padding bits at byte %u are set (0x%02x; the encoder writes 0x%02x)",
+                    c->desc->name, plane, base + (uint32_t)k, got[k], want[k]);
+    }
+    return TKV_OK;
+}
+
+static tkv_status tkv_validate_turbo(const struct tkv_codec *c, const uint8_t *code) {
+    const tkv_code_layout *L = &c->layout;
+    const uint32_t d = c->d;
+    TKV_TRY(tkv_check_f16_field(c, code, L->scale_off, "scale", 1));
+    const uint8_t *pl = code + L->payload_off;
+    if (L->bits == 8) {
+        for (uint32_t j = 0; j < d; j++) {
+            TKV_REQUIRE(pl[j] < 32, TKV_ERR_BAD_FORMAT,
+                        "%s: index of element %u at byte %u is %u (the codebook has 32 entries)",
+                        c->desc->name, j, L->payload_off + j, pl[j]);
+        }
+    } else {
+        /* every index value is valid; the bits that hold no element must be 0 */
+        uint8_t idx[TKV_HEAD_DIM_MAX], again[TKV_HEAD_DIM_MAX];
+        const size_t bytes = tkv_packed_bytes(L->bits, d);
+        tkv_unpack_indices(L->bits, d, pl, idx);
+        tkv_pack_indices(L->bits, d, idx, again);
+        TKV_TRY(tkv_check_padding(c, pl, again, bytes, L->payload_off, "index plane"));
+    }
+    if (L->has_qjl) {
+        TKV_TRY(tkv_check_f16_field(c, code, L->rnorm_off, "residual norm", 1));
+        const uint32_t last = (d + 7) / 8 - 1, used = d - 8 * last;
+        const uint8_t want = (uint8_t)(code[L->signs_off + last] & ((1u << used) - 1u));
+        TKV_TRY(tkv_check_padding(c, code + L->signs_off + last, &want, 1, L->signs_off + last,
+                                  "sign plane"));
+    }
+    return TKV_OK;
+}
+
+static tkv_status tkv_validate_block(const struct tkv_codec *c, const uint8_t *code, int four_bit) {
+    const uint32_t d = c->d;
+    uint32_t off = 0;
+    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
+        const uint32_t t = d - b0 < 32 ? d - b0 : 32;
+        char field[32];
+        snprintf(field, sizeof field, "block %u scale", b0 / 32);
+        /* q8_0 scales are max|x| / 127 >= 0; q4_0 scales carry the sign of the extreme */
+        TKV_TRY(tkv_check_f16_field(c, code, off, field, !four_bit));
+        if (!four_bit) {
+            for (uint32_t k = 0; k < t; k++) {
+                TKV_REQUIRE(code[off + 2 + k] != 0x80, TKV_ERR_BAD_FORMAT,
+                            "%s: element %u at byte %u is -128 (the encoder writes -127..127)",
+                            c->desc->name, b0 + k, off + 2 + k);
+            }
+        }
+        off += 2 + (four_bit ? t / 2 : t);
+    }
+    return TKV_OK;
+}
+
+tkv_status tkv_codec_validate_one(const struct tkv_codec *c, const uint8_t *code) {
+    const uint32_t d = c->d;
+    switch (c->desc->format) {
+    case TKV_FMT_F32:
+        for (uint32_t j = 0; j < d; j++) {
+            uint32_t u;
+            memcpy(&u, code + 4 * (size_t)j, sizeof u);
+            TKV_REQUIRE((u & 0x7f800000u) != 0x7f800000u, TKV_ERR_BAD_FORMAT,
+                        "fp32: element %u at byte %u is %s (0x%08x)", j, 4 * j,
+                        u & 0x7fffffu ? "NaN" : "infinite", u);
+        }
+        return TKV_OK;
+    case TKV_FMT_F16:
+    case TKV_FMT_BF16: {
+        const int f16 = c->desc->format == TKV_FMT_F16;
+        const uint16_t emask = f16 ? 0x7c00 : 0x7f80, mmask = f16 ? 0x03ff : 0x007f;
+        for (uint32_t j = 0; j < d; j++) {
+            const uint16_t h = tkv_load_u16(code + 2 * (size_t)j);
+            TKV_REQUIRE((h & emask) != emask, TKV_ERR_BAD_FORMAT,
+                        "%s: element %u at byte %u is %s (0x%04x)", c->desc->name, j, 2 * j,
+                        h & mmask ? "NaN" : "infinite", h);
+        }
+        return TKV_OK;
+    }
+    case TKV_FMT_Q8_0:
+        return tkv_validate_block(c, code, 0);
+    case TKV_FMT_Q4_0:
+        return tkv_validate_block(c, code, 1);
+    case TKV_FMT_TURBO:
+        return tkv_validate_turbo(c, code);
+    case TKV_FMT_TRELLIS:
+        /* every symbol stream is a path of the tail-biting trellis */
+        return tkv_check_f16_field(c, code, c->layout.scale_off, "scale", 1);
+    default:
+        return tkv_fail(TKV_ERR_INTERNAL, "codec %s: no validator", c->desc->name);
     }
 }
 

@@ -58,6 +58,12 @@ void tkv_codec_release(struct tkv_codec *c);
  * Returns TKV_ERR_INVALID_ARGUMENT when a value does not fit the codec's fp16 fields. */
 tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8_t *out,
                                 float *scratch);
+/* Check one encoded vector from outside (d's layout.stride bytes): TKV_OK, or
+ * TKV_ERR_BAD_FORMAT (message: field and byte offset in the vector) for values the
+ * encoder never writes: non-finite fields or elements, negative norms, out-of-range
+ * indices, set padding bits.  The kernels are memory-safe without it; this keeps NaN
+ * and garbage out of results.  Rules per format at the top of its definition. */
+tkv_status tkv_codec_validate_one(const struct tkv_codec *c, const uint8_t *code);
 /* Decode one vector into out (d floats). */
 void tkv_codec_decode_one(const struct tkv_codec *c, const uint8_t *code, float *out,
                           float *scratch);

@@ -41,7 +41,8 @@ typedef struct tkv_code_layout {
     uint32_t rnorm_off;    /* fp16: residual norm |r| (QJL) */
     uint32_t signs_off;    /* P1 plane of sign(S r) (QJL) */
     float qjl_coef;        /* sqrt(pi/2) / d */
-    const float *centroids; /* 2^bits levels (32 floats of storage) */
+    const float *centroids; /* 2^bits levels (32 floats of storage; a one-per-byte index
+                             * is read by its low 5 bits in every kernel) */
 } tkv_code_layout;
 
 /*

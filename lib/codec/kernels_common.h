@@ -49,7 +49,9 @@ static inline uint32_t tkv_kc_p1(const uint8_t *p, uint32_t j) {
     return (p[j / 8] >> (j % 8)) & 1u;
 }
 
-/* Codebook index of element j of a turbo vector whose index planes start at pl. */
+/* Codebook index of element j of a turbo vector whose index planes start at pl.  A P8
+ * byte is masked to its low 5 bits, as every ISA's lookup does: the codebook has 32
+ * entries and the kernels must stay inside it on any bytes. */
 static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl, uint32_t j) {
     switch (bits) {
     case 1:
@@ -63,7 +65,7 @@ static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl
     case 5:
         return tkv_kc_p4(d, pl, j) | tkv_kc_p1(pl + d / 2, j) << 4;
     default:
-        return pl[j];
+        return pl[j] & 31u;
     }
 }
 

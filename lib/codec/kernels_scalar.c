@@ -60,8 +60,10 @@ void tkv_decode_rotated_scalar(const tkv_code_layout *L, const uint8_t *code, fl
         uint8_t idx[TKV_MAX_D];
         tkv_unpack_indices(L->bits, d, code + L->payload_off, idx);
         float scale = tkv_fp16_to_f32(tkv_load_u16(code + L->scale_off));
+        /* one-per-byte indices can hold any byte: like the SIMD lookups (which use the low
+         * 5 bits of a lane), read only the low 5, so no byte leaves the 32-float codebook */
         for (uint32_t j = 0; j < d; j++) {
-            out[j] = scale * L->centroids[idx[j]];
+            out[j] = scale * L->centroids[idx[j] & 31u];
         }
         if (L->has_qjl) {
             float g = L->qjl_coef * tkv_fp16_to_f32(tkv_load_u16(code + L->rnorm_off));

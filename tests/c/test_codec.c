@@ -705,6 +705,235 @@ static void test_determinism(void) {
     }
 }
 
+/* Status of decode, scores, weighted_sum and attention (as keys and as values) on n vectors
+ * of codes; all must agree, and a BAD_FORMAT message must name `want_vector` and a byte. */
+static tkv_status read_codes(tkv_codec *c, const uint8_t *codes, size_t size, int64_t n,
+                             int64_t want_vector) {
+    const uint32_t d = tkv_codec_head_dim(c);
+    float *out = malloc((size_t)(n > 0 ? n : 1) * d * sizeof *out);
+    float *q = malloc(d * sizeof *q), *w = malloc((size_t)(n > 0 ? n : 1) * sizeof *w);
+    for (uint32_t j = 0; j < d; j++) {
+        q[j] = 0.5f - (float)(j % 3);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        w[i] = 1.0f / (float)(i + 1);
+    }
+    char where[32];
+    snprintf(where, sizeof where, "vector %lld ", (long long)want_vector);
+    const tkv_status st[4] = {
+        tkv_codec_decode(c, codes, size, n, out),
+        tkv_codec_scores(c, q, codes, size, n, out),
+        tkv_codec_weighted_sum(c, w, codes, size, n, 0.0f, out),
+        tkv_codec_attention(c, c, q, codes, size, codes, size, n, 0.0f, 0.0f, out),
+    };
+    for (int k = 0; k < 4; k++) {
+        CHECK_MSG(st[k] == st[0], "%s: call %d -> %s, decode -> %s",
+                  tkv_codec_name(tkv_codec_id(c)), k, tkv_status_name(st[k]),
+                  tkv_status_name(st[0]));
+    }
+    if (st[0] == TKV_ERR_BAD_FORMAT) {
+        CHECK_MSG(strstr(tkv_last_error(), where) && strstr(tkv_last_error(), "byte"),
+                  "message '%s' should name %sand a byte offset", tkv_last_error(), where);
+    }
+    free(out);
+    free(q);
+    free(w);
+    return st[0];
+}
+
+static tkv_codec *make_codec(int32_t id, uint32_t d) {
+    tkv_codec_params p = tkv_codec_default_params();
+    p.codec = id;
+    p.head_dim = d;
+    p.seed = 3;
+    tkv_codec *c = NULL;
+    CHECK_OK(tkv_codec_create(&p, &c));
+    return c;
+}
+
+/*
+ * Malformed codes through the public API: never read out of bounds, TKV_ERR_BAD_FORMAT
+ * naming the vector and the byte.  The first case is the fuzzer's reproducer (a NaN fp16
+ * scale and index bytes 0xbd >= 32 in turbo_kv_5b_fast); before validation it decoded
+ * with TKV_OK by reading centroids[189].
+ */
+static void test_malformed_codes(void) {
+    const uint8_t repro[4] = {0xb4, 0xff, 0xbd, 0xbd};
+    tkv_codec *c = make_codec(TKV_CODEC_TURBO_5B_FAST, 2);
+    CHECK_EQ_INT(read_codes(c, repro, sizeof repro, 1, 0), TKV_ERR_BAD_FORMAT);
+    /* finite scale, index 0xbd alone */
+    const uint8_t idx_only[4] = {0x00, 0x3c, 0x01, 0xbd};
+    CHECK_EQ_INT(read_codes(c, idx_only, sizeof idx_only, 1, 0), TKV_ERR_BAD_FORMAT);
+    CHECK(strstr(tkv_last_error(), "element 1") && strstr(tkv_last_error(), "byte 3"));
+    const uint8_t fine[4] = {0x00, 0x3c, 0x01, 0x1f};
+    CHECK_EQ_INT(read_codes(c, fine, sizeof fine, 1, 0), TKV_OK);
+    tkv_codec_free(c);
+
+    const uint32_t dims[] = {2, 6, 16, 18, 24, 34, 66, 80, 130};
+    tkv_rng rng;
+    tkv_rng_init(&rng, 31337);
+    for (int32_t id = 0; id < TKV_CODEC_COUNT; id++) {
+        for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+            const uint32_t d = dims[t];
+            if (!tkv_codec_desc_dim_valid(tkv_codec_desc_get(id), d)) {
+                continue;
+            }
+            c = make_codec(id, d);
+            const size_t stride = tkv_codec_vector_bytes(c);
+            const int64_t n = 6;
+            uint8_t *codes = malloc(n * stride);
+            float *x = malloc(n * d * sizeof *x);
+            for (size_t k = 0; k < n * (size_t)d; k++) {
+                x[k] = (float)tkv_rng_gaussian(&rng) * (k % 5 == 0 ? 30.0f : 1.0f);
+            }
+            for (uint32_t j = 0; j < d; j++) {
+                x[j] = 0.0f; /* a zero vector is valid too */
+            }
+            CHECK_OK(tkv_codec_encode(c, x, n, codes, n * stride));
+            /* everything the encoder writes is accepted */
+            CHECK_MSG(read_codes(c, codes, n * stride, n, -1) == TKV_OK,
+                      "%s d=%u: encoded codes rejected: %s", tkv_codec_name(id), d,
+                      tkv_last_error());
+            /* 0xff bytes are NaN (or an out-of-range index) in every layout */
+            memset(codes + 3 * stride, 0xff, stride);
+            CHECK_MSG(read_codes(c, codes, n * stride, n, 3) == TKV_ERR_BAD_FORMAT,
+                      "%s d=%u: 0xff bytes accepted", tkv_codec_name(id), d);
+            /* random bytes: rejected, or decoded to finite values */
+            for (int trial = 0; trial < 8; trial++) {
+                for (size_t b = 0; b < stride; b++) {
+                    codes[b] = (uint8_t)(tkv_rng_next(&rng) >> 56);
+                }
+                const tkv_status st = read_codes(c, codes, stride, 1, 0);
+                CHECK_MSG(st == TKV_OK || st == TKV_ERR_BAD_FORMAT, "%s d=%u: random bytes -> %s",
+                          tkv_codec_name(id), d, tkv_status_name(st));
+                if (st == TKV_OK) {
+                    CHECK_OK(tkv_codec_decode(c, codes, stride, 1, x));
+                    int finite = 1;
+                    for (uint32_t j = 0; j < d; j++) {
+                        finite &= isfinite(x[j]) != 0;
+                    }
+                    CHECK_MSG(finite, "%s d=%u: accepted random bytes decode to non-finite values",
+                              tkv_codec_name(id), d);
+                }
+            }
+            free(codes);
+            free(x);
+            tkv_codec_free(c);
+        }
+    }
+
+    /* fields the encoder never writes, one at a time, on top of valid codes */
+    struct {
+        int32_t id;
+        uint32_t d;
+        uint32_t off; /* byte of vector 1 to change */
+        uint8_t orv;  /* ORed in */
+        uint8_t set;  /* then, if non-zero, the byte is replaced by it */
+        const char *what;
+    } cases[] = {
+        {TKV_CODEC_Q8_0, 32, 1, 0x80, 0, "scale"},           /* negative block scale */
+        {TKV_CODEC_Q8_0, 32, 2, 0, 0x80, "-128"},            /* int8 -128 */
+        {TKV_CODEC_TURBO_4B, 6, 1, 0x80, 0, "scale"},        /* negative norm */
+        {TKV_CODEC_TURBO_3B, 6, 2, 0xc0, 0, "padding"},      /* P2 slot 3 of byte 0: e = 6 >= t */
+        {TKV_CODEC_TURBO_5B, 6, 5, 0xc0, 0, "padding"},      /* P1 bits 6, 7 of a 6-element plane */
+        {TKV_CODEC_TURBO_4B_QJL, 6, 3, 0x80, 0, "residual"}, /* negative residual norm */
+        {TKV_CODEC_TURBO_4B_QJL, 6, 7, 0x80, 0, "padding"},  /* sign bit 7 of 6 */
+        {TKV_CODEC_TURBO_4B_TCQ, 16, 1, 0x80, 0, "scale"},
+        {TKV_CODEC_FP16, 4, 3, 0x7c, 0, "element 1"}, /* inf or NaN */
+        {TKV_CODEC_BF16, 4, 5, 0x7f, 0, "element 2"},
+        {TKV_CODEC_FP32, 4, 7, 0x7f, 0x7f, "element 1"}, /* 0x7fxxxxxx with byte 6 >= 0x80 */
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        c = make_codec(cases[k].id, cases[k].d);
+        const size_t stride = tkv_codec_vector_bytes(c);
+        uint8_t *codes = calloc(2, stride);
+        float *x = malloc(2 * cases[k].d * sizeof *x);
+        for (uint32_t j = 0; j < 2 * cases[k].d; j++) {
+            x[j] = (float)j + 1.0f;
+        }
+        CHECK_OK(tkv_codec_encode(c, x, 2, codes, 2 * stride));
+        CHECK_OK(read_codes(c, codes, 2 * stride, 2, -1));
+        codes[stride + cases[k].off] |= cases[k].orv;
+        if (cases[k].set) {
+            codes[stride + cases[k].off] = cases[k].set;
+        }
+        if (cases[k].id == TKV_CODEC_FP32) {
+            codes[stride + cases[k].off - 1] |= 0x80;
+        }
+        CHECK_MSG(read_codes(c, codes, 2 * stride, 2, 1) == TKV_ERR_BAD_FORMAT,
+                  "%s: %s not rejected", tkv_codec_name(cases[k].id), cases[k].what);
+        CHECK_MSG(strstr(tkv_last_error(), cases[k].what) != NULL, "%s: message '%s' lacks '%s'",
+                  tkv_codec_name(cases[k].id), tkv_last_error(), cases[k].what);
+        free(codes);
+        free(x);
+        tkv_codec_free(c);
+    }
+}
+
+/*
+ * Encoding at the edges of float32 and fp16: an input the codec cannot represent (a norm
+ * or block scale beyond its fp16 field, a value beyond fp16 / bf16, a rotation that
+ * overflows) is TKV_ERR_INVALID_ARGUMENT naming the vector, for every codec; tiny and
+ * zero vectors encode and decode to finite values (zeros to zeros).  Before the fix
+ * turbo_kv_4b, turbo_kv_4b_tcq and q8_0_rot encoded 3e38 to zeros with TKV_OK.
+ */
+static void test_encode_limits(void) {
+    const float values[] = {3e38f, -3e38f, 1e19f, 7e4f, 1e-38f, 1e-45f, 0.0f};
+    const uint32_t d = 128;
+    float *x = malloc(2 * d * sizeof *x), *dec = malloc(2 * d * sizeof *dec);
+    for (int32_t id = 0; id < TKV_CODEC_COUNT; id++) {
+        tkv_codec *c = make_codec(id, d);
+        const size_t stride = tkv_codec_vector_bytes(c);
+        uint8_t *codes = malloc(2 * stride);
+        const int wide = id == TKV_CODEC_FP32 || id == TKV_CODEC_BF16; /* float32 range */
+        for (size_t v = 0; v < sizeof values / sizeof values[0]; v++) {
+            const float a = fabsf(values[v]);
+            for (uint32_t j = 0; j < d; j++) {
+                x[j] = 1.0f;
+                x[d + j] = values[v];
+            }
+            const tkv_status st = tkv_codec_encode(c, x, 2, codes, 2 * stride);
+            int expect_ok;
+            if (a >= 1e19f) {
+                expect_ok = wide;
+            } else if (a >= 7e4f) {
+                expect_ok = wide || id == TKV_CODEC_Q8_0 || id == TKV_CODEC_Q4_0 ||
+                            (id != TKV_CODEC_FP16 && st == TKV_OK);
+            } else {
+                expect_ok = 1;
+            }
+            CHECK_MSG(st == (expect_ok ? TKV_OK : TKV_ERR_INVALID_ARGUMENT), "%s at %g: %s (%s)",
+                      tkv_codec_name(id), (double)values[v], tkv_status_name(st), tkv_last_error());
+            if (st != TKV_OK) {
+                CHECK_MSG(strstr(tkv_last_error(), "vector 1") != NULL, "%s at %g: '%s'",
+                          tkv_codec_name(id), (double)values[v], tkv_last_error());
+                continue;
+            }
+            CHECK_OK(tkv_codec_decode(c, codes, 2 * stride, 2, dec));
+            int finite = 1, bounded = 1, zero = 1;
+            for (uint32_t j = 0; j < d; j++) {
+                finite &= isfinite(dec[d + j]) != 0;
+                bounded &= fabsf(dec[d + j]) <= 2.0f * a * sqrtf((float)d) + 1e-30f;
+                zero &= dec[d + j] == 0.0f;
+            }
+            CHECK_MSG(finite && bounded, "%s at %g: decode not finite or too large",
+                      tkv_codec_name(id), (double)values[v]);
+            CHECK_MSG(a != 0.0f || zero, "%s: zeros do not decode to zeros", tkv_codec_name(id));
+        }
+        free(codes);
+        tkv_codec_free(c);
+    }
+    /* beyond bf16's largest finite value (3.39e38) rounds to inf: unrepresentable */
+    tkv_codec *c = make_codec(TKV_CODEC_BF16, 2);
+    uint8_t codes[4];
+    const float big[2] = {1.0f, 3.4e38f};
+    CHECK_STATUS(tkv_codec_encode(c, big, 1, codes, sizeof codes), TKV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(tkv_last_error(), "vector 0") != NULL);
+    tkv_codec_free(c);
+    free(x);
+    free(dec);
+}
+
 int main(void) {
     printf("kernel isa: %s\n", tkv_kernel_isa());
     test_codebooks();
@@ -717,5 +946,7 @@ int main(void) {
     test_quality();
     test_trellis();
     test_attention();
+    test_malformed_codes();
+    test_encode_limits();
     CHECK_MAIN_END();
 }

@@ -358,6 +358,158 @@ static void test_matvec(const tkv_codec_kernels *K, const tkv_codec_kernels *S, 
     free(yk);
 }
 
+/*
+ * Arbitrary bytes.  The cache's own codes (and a loaded cache file's) reach the kernels
+ * without validation, so every table must stay inside the vector and the 32-float
+ * codebook on any bytes (ASan checks the reads), treat a one-per-byte index by its low
+ * 5 bits like the SIMD lookups do, and agree with the reference decode wherever that is
+ * finite and the sum of |terms| stays below 1e30 (beyond that a float sum may overflow
+ * in one order and not in another).  Half of the vectors get a finite fp16 scale so the
+ * index paths are compared, not only NaN propagation.
+ */
+#define N_RAW 13
+
+static void test_arbitrary_bytes(const tkv_codec_kernels *K, int32_t id, uint32_t d) {
+    struct tkv_codec c;
+    CHECK_OK(tkv_codec_init(&c, id, d, 77));
+    const tkv_code_layout *L = &c.layout;
+    const uint32_t width = tkv_codec_work_width(&c);
+    const size_t stride = L->stride;
+    uint8_t *buf = malloc(N_RAW * stride + 1);
+    uint8_t *codes = buf + 1;
+    float *dec = malloc((size_t)N_RAW * width * sizeof *dec);
+    float *q = malloc(width * sizeof *q), *q2 = malloc(width * sizeof *q2);
+    float *acc = malloc(width * sizeof *acc), *acc2 = malloc(width * sizeof *acc2);
+    float out[N_RAW], out2[N_RAW], w[N_RAW], w2[N_RAW];
+    tkv_rng rng;
+    tkv_rng_init(&rng, 4242 + (uint64_t)id * 1000 + d);
+    for (size_t b = 0; b < N_RAW * stride; b++) {
+        codes[b] = (uint8_t)(tkv_rng_next(&rng) >> 56);
+    }
+    for (int i = 0; i < N_RAW; i++) {
+        uint8_t *code = codes + (size_t)i * stride;
+        if (i == 0) {
+            memset(code, 0xff, stride);
+        } else if (i % 2 == 1 && (L->format == TKV_FMT_TURBO || L->format == TKV_FMT_TRELLIS)) {
+            code[L->scale_off] = (uint8_t)(tkv_rng_next(&rng) >> 56);
+            code[L->scale_off + 1] = 0x3c; /* 1 .. 2 */
+            if (L->has_qjl) {
+                code[L->rnorm_off] = 0;
+                code[L->rnorm_off + 1] = 0x38; /* 0.5 */
+            }
+        }
+        tkv_decode_rotated_scalar(L, code, dec + (size_t)i * width);
+    }
+    if (L->format == TKV_FMT_TURBO && L->bits == 8) {
+        /* one index per byte: byte b decodes as index b & 31 */
+        uint8_t *masked = malloc(stride);
+        float *xm = malloc(width * sizeof *xm);
+        int bad = 0;
+        for (int i = 1; i < N_RAW; i += 2) {
+            memcpy(masked, codes + (size_t)i * stride, stride);
+            for (uint32_t j = 0; j < d; j++) {
+                masked[L->payload_off + j] &= 31;
+            }
+            tkv_decode_rotated_scalar(L, masked, xm);
+            bad += memcmp(xm, dec + (size_t)i * width, d * sizeof *xm) != 0;
+        }
+        CHECK_MSG(bad == 0, "%s d=%u: %d decodes of index bytes >= 32 differ from their low 5 bits",
+                  c.desc->name, d, bad);
+        free(masked);
+        free(xm);
+    }
+    for (uint32_t j = 0; j < width; j++) {
+        q[j] = (float)tkv_rng_gaussian(&rng);
+        q2[j] = (float)tkv_rng_gaussian(&rng);
+    }
+    for (int i = 0; i < N_RAW; i++) {
+        w[i] = frand(&rng);
+        w2[i] = frand(&rng);
+    }
+    /* scores, single and grouped */
+    K->scores[L->format](L, q, codes, N_RAW, out);
+    if (K->scores_multi[L->format]) {
+        const float *qs[2] = {q, q2};
+        float tmp[N_RAW];
+        float *outs[2] = {tmp, out2};
+        K->scores_multi[L->format](L, qs, 2, codes, N_RAW, outs);
+        for (int i = 0; i < N_RAW; i++) {
+            double mag = 0.0;
+            for (uint32_t j = 0; j < width; j++) {
+                mag += fabs((double)q[j] * dec[(size_t)i * width + j]);
+            }
+            if (isfinite(mag) && mag < 1e30) {
+                CHECK_MSG(near_rel(tmp[i], out[i], mag), "%s %s d=%u multi score %d: %g vs %g",
+                          K->isa, c.desc->name, d, i, (double)tmp[i], (double)out[i]);
+            }
+        }
+    }
+    int bad = 0, compared = 0;
+    for (int i = 0; i < N_RAW; i++) {
+        double ref = 0.0, mag = 0.0;
+        for (uint32_t j = 0; j < width; j++) {
+            ref += (double)q[j] * dec[(size_t)i * width + j];
+            mag += fabs((double)q[j] * dec[(size_t)i * width + j]);
+        }
+        if (!(isfinite(mag) && mag < 1e30)) {
+            continue;
+        }
+        compared++;
+        if (!isfinite(out[i]) || !near_rel(out[i], ref, mag)) {
+            if (bad++ < 3) {
+                fprintf(stderr, "  %s %s d=%u raw scores[%d]: %.9g vs reference %.9g\n", K->isa,
+                        c.desc->name, d, i, (double)out[i], ref);
+            }
+        }
+    }
+    CHECK_MSG(bad == 0, "%s %s d=%u: %d of %d scores of arbitrary bytes off the reference", K->isa,
+              c.desc->name, d, bad, compared);
+    /* accum over the vectors whose decode is usable, single and grouped */
+    int keep[N_RAW];
+    for (int i = 0; i < N_RAW; i++) {
+        double mag = 0.0;
+        for (uint32_t j = 0; j < width; j++) {
+            mag += fabs((double)dec[(size_t)i * width + j]);
+        }
+        keep[i] = isfinite(mag) && mag < 1e30;
+        if (!keep[i]) {
+            w[i] = w2[i] = 0.0f;
+        }
+    }
+    memset(acc, 0, width * sizeof *acc);
+    K->accum[L->format](L, w, 1e-3f, codes, N_RAW, acc);
+    if (K->accum_multi[L->format]) {
+        const float *ws[2] = {w, w2};
+        float *accs[2] = {acc2, q2}; /* q2 is free now */
+        memset(acc2, 0, width * sizeof *acc2);
+        memset(q2, 0, width * sizeof *q2);
+        K->accum_multi[L->format](L, ws, 2, 1e-3f, codes, N_RAW, accs);
+    }
+    bad = 0;
+    for (uint32_t j = 0; j < width; j++) {
+        double ref = 0.0, mag = 0.0;
+        for (int i = 0; i < N_RAW; i++) {
+            if (keep[i] && fabsf(w[i]) >= 1e-3f) {
+                ref += (double)w[i] * dec[(size_t)i * width + j];
+                mag += fabs((double)w[i] * dec[(size_t)i * width + j]);
+            }
+        }
+        bad += !isfinite(acc[j]) || !near_rel(acc[j], ref, mag);
+        if (K->accum_multi[L->format]) {
+            bad += !isfinite(acc2[j]) || !near_rel(acc2[j], ref, mag);
+        }
+    }
+    CHECK_MSG(bad == 0, "%s %s d=%u: %d accumulator elements of arbitrary bytes off the reference",
+              K->isa, c.desc->name, d, bad);
+    free(buf);
+    free(dec);
+    free(q);
+    free(q2);
+    free(acc);
+    free(acc2);
+    tkv_codec_release(&c);
+}
+
 /* The name printed by a child of this binary run with TKV_ISA=want ("" if it failed). */
 static void child_isa(const char *self, const char *want, char *got, size_t got_size) {
     char cmd[4096];
@@ -409,6 +561,18 @@ int main(int argc, char **argv) {
         return 0;
     }
     const tkv_codec_kernels *S = &tkv_codec_kernels_scalar;
+    const char *const all_isas[] = {"scalar", "avx2", "avx512"};
+    for (int k = 0; k < 3; k++) {
+        const tkv_codec_kernels *K = tkv_codec_kernels_for_isa(all_isas[k]);
+        const uint32_t raw_dims[] = {2, 6, 16, 18, 24, 34, 66, 80, 130};
+        for (int32_t id = TKV_CODEC_FP32; K && id < TKV_CODEC_COUNT; id++) {
+            for (size_t t = 0; t < sizeof raw_dims / sizeof raw_dims[0]; t++) {
+                if (tkv_codec_desc_dim_valid(tkv_codec_desc_get(id), raw_dims[t])) {
+                    test_arbitrary_bytes(K, id, raw_dims[t]);
+                }
+            }
+        }
+    }
     const char *const isas[] = {"avx2", "avx512"};
     for (int k = 0; k < 2; k++) {
         const tkv_codec_kernels *K = tkv_codec_kernels_for_isa(isas[k]);

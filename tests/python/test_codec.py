@@ -159,3 +159,27 @@ def test_bad_arguments_raise_typed_errors(rng):
         c.encode(x)
     with pytest.raises(turbokv.InvalidArgument, match="fp16"):
         turbokv.encode(np.full((1, 64), 1e6, dtype=np.float32), "fp16")
+
+
+@pytest.mark.parametrize("name", [c.name for c in turbokv.codecs(16)])
+def test_malformed_codes_and_unrepresentable_input(name):
+    """0xff bytes (NaN fields, out-of-range indices) are a FormatError in every codec;
+    a vector whose norm or scale the codec cannot store is InvalidArgument; zeros work."""
+    codec = turbokv.Codec(name, 16)
+    enc = codec.encode(np.zeros((2, 16), dtype=np.float32))
+    assert np.array_equal(enc.decode(), np.zeros((2, 16), dtype=np.float32))
+    bad = turbokv.Encoded(codec, np.full((2, codec.vector_bytes), 0xFF, dtype=np.uint8))
+    with pytest.raises(turbokv.FormatError, match="vector 0"):
+        bad.decode()
+    with pytest.raises(turbokv.FormatError):
+        bad.scores(np.ones(16, dtype=np.float32))
+    with pytest.raises(turbokv.FormatError):
+        bad.weighted_sum(np.ones(2, dtype=np.float32))
+    with pytest.raises(turbokv.FormatError):
+        turbokv.attention(np.ones(16, dtype=np.float32), bad, bad)
+    huge = np.full((1, 16), 3e38, dtype=np.float32)
+    if name in ("fp32", "bf16"):
+        assert np.all(np.isfinite(codec.encode(huge).decode()))
+    else:
+        with pytest.raises(turbokv.InvalidArgument, match="vector 0"):
+            codec.encode(huge)
