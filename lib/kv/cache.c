@@ -509,6 +509,23 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     return TKV_OK;
 }
 
+/* Block 0 of every head of a layer back to mu = 0, s = 1 (not calibrated). */
+static void tkv_kv_reset_block0(tkv_kv_cache *c, uint32_t layer) {
+    const uint32_t d = c->head_dim;
+    const uint16_t one = tkv_f32_to_fp16(1.0f);
+    for (uint32_t h = 0; h < c->n_head_kv && c->layers[layer].n_calib_alloc > 0; h++) {
+        tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+        for (uint32_t j = 0; j < d; j++) {
+            if (hd->k_mu) {
+                hd->k_mu[j] = 0;
+            }
+            if (hd->k_scale) {
+                hd->k_scale[j] = one;
+            }
+        }
+    }
+}
+
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
     for (uint32_t l = 0; l < c->n_layer; l++) {
         tkv_kv_layer *L = &c->layers[l];
@@ -520,14 +537,20 @@ void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
         }
         L->n = n;
         if (tkv_kv_has_calibration(c) && c->calib_block != TKV_CALIBRATION_ONCE) {
-            /* blocks with no position left recalibrate when reached again; block 0 and the
-             * block holding position n - 1 keep theirs (stored keys use them).  The stats
-             * summed the dropped positions too: start them afresh, so the next block
-             * calibrates from what is written again (or reuses this block's calibration,
-             * see tkv_kv_calibrate_next) */
+            /* blocks with no position left recalibrate when reached again; the block
+             * holding position n - 1 and those before keep theirs (stored keys use them).
+             * The stats summed the dropped positions too: start them afresh, so the next
+             * block calibrates from what is written again (or reuses this block's
+             * calibration, see tkv_kv_calibrate_next) */
             const uint32_t last = n ? tkv_kv_calib_block_of(c, n - 1) : 0;
-            if (L->n_calib > last + 1) {
-                L->n_calib = last + 1;
+            const uint32_t keep = n ? last + 1 : 0;
+            if (L->n_calib > keep) {
+                L->n_calib = keep;
+            }
+            if (n == 0) {
+                /* block 0 recalibrates on the next first batch: back to mu = 0, s = 1, the
+                 * space sinks are written in until then (and s stays 1 below 8 keys) */
+                tkv_kv_reset_block0(c, l);
             }
             /* the stats belong to the block of the last kept position: when n starts a
              * block, entering it then calibrates it (from its predecessor, the stats are

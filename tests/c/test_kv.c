@@ -735,6 +735,19 @@ static void test_truncate_calibrated(void) {
     check_block(&ref, &other, 0, 0, 20, "new sequence after truncate(0)");
     CHECK_MSG(same_state(&ref, &fresh), "truncate(0) + new sequence differs from a fresh cache");
     CHECK_EQ_INT(count_content_mismatches(&ref, &other, 1), 0);
+    /* again with a first batch of sinks only: they wait in the uncalibrated space (mu 0,
+     * s 1), then move to block 0's when it is set */
+    tkv_kv_release(&fresh);
+    fresh = make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_TURBO_4B, W, 1, 1, 1, B);
+    feed(&fresh, &s, 0, 100, kPrefill);
+    tkv_kv_truncate(&ref, 0);
+    feed_batch(&ref, &s, 0, 1);
+    CHECK_EQ_INT(ref.layers[0].n_calib, 0);
+    CHECK_EQ_INT(count_content_mismatches(&ref, &s, 0), 0);
+    feed(&ref, &s, 1, 100, kPrefill + 1);
+    check_block(&ref, &s, 0, 1, 2, "sinks first after truncate(0)");
+    CHECK_EQ_INT(count_content_mismatches(&ref, &s, 0), 0);
+    CHECK_MSG(same_state(&ref, &fresh), "truncate(0), sinks first: differs from a fresh cache");
     tkv_kv_release(&fresh);
     tkv_kv_release(&ref);
     seq_free(&s);
