@@ -668,7 +668,8 @@ static void test_truncate_calibrated(void) {
         uint32_t cut;
         uint32_t refill_from; /* the block after the cut calibrates from [refill_from, its
                                  start), or copies its predecessor when 0 */
-    } cases[] = {{150, 150}, {185, 0}, {192, 0}, {129, 129}, {64, 0}, {300, 300}, {40, 40}, {1, 1}};
+    } cases[] = {{150, 150}, {185, 0}, {192, 0}, {129, 129}, {64, 0},
+                 {300, 300}, {40, 40}, {1, 1},   {180, 0},   {176, 176}};
     const size_t ks = c.heads[0].k_codec.layout.stride, vs = c.heads[0].v_codec.layout.stride;
     uint8_t *k_before = malloc(NL * NKV * n * ks), *v_before = malloc(NL * NKV * n * vs);
     float *calib_before = malloc(NL * NKV * 6 * 2 * d * sizeof(float));
