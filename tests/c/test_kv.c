@@ -337,7 +337,9 @@ static void test_window_sinks_codecs(void) {
         seq s = seq_make(n, NKV, d, 10 + di);
         for (size_t wi = 0; wi < sizeof windows / sizeof windows[0]; wi++) {
             for (size_t si = 0; si < 3; si++) {
-                for (size_t ci = 0; ci < 4; ci++) {
+                /* two codec pairs per (window, sinks), each pair in every dim */
+                for (size_t cj = 0; cj < 4; cj += 2) {
+                    const size_t ci = (wi + si + cj) % 4;
                     const uint32_t W = windows[wi], ns = sinks[si];
                     /* layer 1 keeps the cache's codecs, layer 0 gets the next pair */
                     const int32_t *mine = codecs[ci], *other = codecs[(ci + 1) % 4];
@@ -443,12 +445,12 @@ static void test_truncate_plain(void) {
     for (size_t wi = 0; wi < 2; wi++) {
         const uint32_t W = windows[wi];
         tkv_kv_cache ref =
-            make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_TURBO_3B_TCQ, W, 2, 0, 0, 256);
+            make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_Q4_0_ROT, W, 2, 0, 0, 256);
         feed(&ref, &s, 0, n, kPrefill);
         CHECK_EQ_INT(count_content_mismatches(&ref, &s, 0), 0);
         CHECK_EQ_INT(count_content_mismatches(&ref, &s, 1), 0);
         tkv_kv_cache c =
-            make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_TURBO_3B_TCQ, W, 2, 0, 0, 256);
+            make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_Q4_0_ROT, W, 2, 0, 0, 256);
         feed(&c, &s, 0, n, kPrefill + 3);
         CHECK(same_state(&c, &ref));
         for (size_t ci = 0; ci < sizeof cuts / sizeof cuts[0]; ci++) {
