@@ -278,7 +278,7 @@ static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uin
               cf->calib_block, bad, worst);
     CHECK_MSG(bad_exact == 0, "fp32 codec, d %u: %d elements off the exact attention", d,
               bad_exact);
-    CHECK(calls > 0 && skipped > 0); /* the threshold did skip rows */
+    CHECK(calls > 0 && (skipped > 0 || n < 50)); /* the threshold did skip rows */
     free(kd);
     free(vd);
     free(ko);
@@ -333,7 +333,25 @@ static void test_codecs(void) {
     }
 }
 
+/* The first few positions: sinks only, sinks and a window with no codes yet (the code
+ * arrays may not exist), one compressed position. */
+static void test_short(void) {
+    const config cfs[] = {
+        {TKV_CODEC_TURBO_4B, TKV_CODEC_TURBO_4B, 16, 1, 1, 1, 64},
+        {TKV_CODEC_TURBO_3B_QJL, TKV_CODEC_FP16, 4, 3, 1, 0, 64},
+        {TKV_CODEC_TURBO_3B_TCQ, TKV_CODEC_Q8_0, 0, 2, 0, 1, 64},
+        {TKV_CODEC_TURBO_4B, TKV_CODEC_TURBO_2B, 2, 0, 1, 1, 64},
+    };
+    const uint32_t ns[] = {1, 2, 3, 5};
+    for (size_t i = 0; i < sizeof cfs / sizeof cfs[0]; i++) {
+        for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++) {
+            check_cache(&cfs[i], 64, ns[j], 0, 300 + i * 10 + j);
+        }
+    }
+}
+
 int main(void) {
+    test_short();
     test_exact();
     test_codecs();
     CHECK_MAIN_END();

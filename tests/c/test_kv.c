@@ -757,7 +757,43 @@ static void test_truncate_calibrated(void) {
     seq_free(&other);
 }
 
+/* An append that fails (a value the codec refuses, found when its position leaves the
+ * window) changes nothing: the session truncates back to the tokens it had and promises
+ * the cache is as before, and a retry must store the same content. */
+static void test_failed_append(void) {
+    const uint32_t d = 16, W = 4;
+    seq s = seq_make(8, NKV, d, 50);
+    /* position 2, head 1: values at the edge of fp16, whose 2-bit turbo scale overflows */
+    float *v = (float *)seq_v(&s, 0, 2) + d;
+    struct tkv_codec codec;
+    CHECK_OK(tkv_codec_init(&codec, TKV_CODEC_TURBO_2B, d, tkv_kv_codec_seed(1234, 0, 1, 1)));
+    uint8_t code[64];
+    tkv_rng rng;
+    tkv_rng_init(&rng, 7);
+    int refused = 0;
+    for (int trial = 0; trial < 1000 && !refused; trial++) {
+        for (uint32_t j = 0; j < d; j++) {
+            v[j] = (tkv_rng_next(&rng) & 1) ? 65504.0f : -65504.0f;
+        }
+        refused = tkv_codec_encode_one(&codec, v, code, g_scratch) == TKV_ERR_INVALID_ARGUMENT;
+    }
+    tkv_codec_release(&codec);
+    CHECK(refused);
+    tkv_kv_cache c = make_cache(d, 64, TKV_CODEC_FP16, TKV_CODEC_TURBO_2B, W, 0, 0, 0, 256);
+    feed(&c, &s, 0, 6, kPrefill + 2);
+    CHECK_EQ_INT(count_content_mismatches(&c, &s, 0), 0);
+    CHECK_STATUS(tkv_kv_append(&c, 0, 6, seq_k(&s, 0, 6), seq_v(&s, 0, 6), g_scratch),
+                 TKV_ERR_INVALID_ARGUMENT);
+    CHECK_EQ_INT(c.layers[0].n, 6);
+    CHECK_EQ_INT(c.layers[0].n_comp, 2);
+    /* head 0's window slot of position 2 must still hold position 2 */
+    CHECK_EQ_INT(count_content_mismatches(&c, &s, 0), 0);
+    tkv_kv_release(&c);
+    seq_free(&s);
+}
+
 int main(void) {
+    test_failed_append();
     test_growth_and_capacity();
     test_window_sinks_codecs();
     test_truncate_plain();
