@@ -462,6 +462,21 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     float *row = scratch;                      /* d */
     float *prepared = scratch + d;             /* d: key centered and smoothed */
     float *codec_scratch = scratch + 2 * (size_t)d; /* codec scratch */
+    /* the oldest window entry of every head is compressed before any slot is overwritten:
+     * a codec that refuses one leaves every window as it was (the slot is the new one's) */
+    for (uint32_t h = 0; evict && h < c->n_head_kv; h++) {
+        tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+        const uint32_t old = L->n_comp;
+        const size_t slot = (size_t)(old % c->window) * d;
+        tkv_fp16_to_f32_row(hd->k_window + slot, d, row);
+        TKV_TRY(tkv_codec_encode_one(&hd->k_codec, row,
+                                     hd->k_codes + (size_t)old * hd->k_codec.layout.stride,
+                                     codec_scratch));
+        tkv_fp16_to_f32_row(hd->v_window + slot, d, row);
+        TKV_TRY(tkv_codec_encode_one(&hd->v_codec, row,
+                                     hd->v_codes + (size_t)old * hd->v_codec.layout.stride,
+                                     codec_scratch));
+    }
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const float *kh = k + (size_t)h * d;
@@ -483,18 +498,6 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
                                          hd->v_codes + (size_t)pos * hd->v_codec.layout.stride,
                                          codec_scratch));
             continue;
-        }
-        if (evict) {
-            const uint32_t old = L->n_comp;
-            const size_t slot = (size_t)(old % c->window) * d;
-            tkv_fp16_to_f32_row(hd->k_window + slot, d, row);
-            TKV_TRY(tkv_codec_encode_one(&hd->k_codec, row,
-                                         hd->k_codes + (size_t)old * hd->k_codec.layout.stride,
-                                         codec_scratch));
-            tkv_fp16_to_f32_row(hd->v_window + slot, d, row);
-            TKV_TRY(tkv_codec_encode_one(&hd->v_codec, row,
-                                         hd->v_codes + (size_t)old * hd->v_codec.layout.stride,
-                                         codec_scratch));
         }
         const size_t slot = (size_t)(pos % c->window) * d;
         tkv_f32_to_fp16_row(kh, d, hd->k_window + slot);
