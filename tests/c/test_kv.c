@@ -790,6 +790,27 @@ static void test_failed_append(void) {
     CHECK_EQ_INT(count_content_mismatches(&c, &s, 0), 0);
     tkv_kv_release(&c);
     seq_free(&s);
+
+    /* a key beyond the fp16 range: fp32 codes hold it; the fp16 window cannot, and must
+     * refuse it (as the fp16 codec does) rather than store inf, which turns attention
+     * into NaN and fails only when the entry leaves the window */
+    s = seq_make(8, NKV, d, 51);
+    ((float *)seq_k(&s, 0, 3))[d + 5] = 1e5f;
+    for (uint32_t w = 0; w <= W; w += W) {
+        c = make_cache(d, 64, TKV_CODEC_FP32, TKV_CODEC_TURBO_4B, w, 1, 0, 0, 256);
+        feed(&c, &s, 0, 3, kPrefill + 2);
+        const tkv_status st = tkv_kv_append(&c, 0, 3, seq_k(&s, 0, 3), seq_v(&s, 0, 3), g_scratch);
+        CHECK_STATUS(st, w ? TKV_ERR_INVALID_ARGUMENT : TKV_OK);
+        CHECK_EQ_INT(c.layers[0].n, w ? 3 : 4);
+        CHECK_EQ_INT(count_content_mismatches(&c, &s, 0), 0);
+        for (uint32_t h = 0; w && h < NKV; h++) {
+            for (uint32_t j = 0; j < d; j++) {
+                CHECK(isfinite(tkv_fp16_to_f32(c.heads[h].k_window[3 % W * d + j])));
+            }
+        }
+        tkv_kv_release(&c);
+    }
+    seq_free(&s);
 }
 
 int main(void) {
