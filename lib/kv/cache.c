@@ -425,6 +425,8 @@ static tkv_status tkv_kv_grow(tkv_kv_cache *c, uint32_t layer, uint32_t need) {
     return TKV_OK;
 }
 
+#define TKV_KV_FP16_MAX 65504.0f
+
 static void tkv_f32_to_fp16_row(const float *x, uint32_t d, uint16_t *out) {
     for (uint32_t j = 0; j < d; j++) {
         out[j] = tkv_f32_to_fp16(x[j]);
@@ -462,6 +464,22 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     float *row = scratch;                      /* d */
     float *prepared = scratch + d;             /* d: key centered and smoothed */
     float *codec_scratch = scratch + 2 * (size_t)d; /* codec scratch */
+    /* the window holds fp16: refuse what it cannot (as the fp16 codec does) before
+     * anything changes, rather than store inf */
+    for (uint32_t h = 0; c->window > 0 && !sink && h < c->n_head_kv; h++) {
+        const float *kh = k + (size_t)h * d, *vh = v + (size_t)h * d;
+        if (tkv_kv_has_calibration(c)) {
+            tkv_kv_prepare_key(c, layer, h, block, kh, prepared);
+            kh = prepared;
+        }
+        for (uint32_t j = 0; j < d; j++) {
+            TKV_REQUIRE(fabsf(kh[j]) <= TKV_KV_FP16_MAX && fabsf(vh[j]) <= TKV_KV_FP16_MAX,
+                        TKV_ERR_INVALID_ARGUMENT,
+                        "cache: layer %u position %u head %u: key %g or value %g outside the "
+                        "fp16 range of the window",
+                        layer, pos, h, (double)kh[j], (double)vh[j]);
+        }
+    }
     /* the oldest window entry of every head is compressed before any slot is overwritten:
      * a codec that refuses one leaves every window as it was (the slot is the new one's) */
     for (uint32_t h = 0; evict && h < c->n_head_kv; h++) {
