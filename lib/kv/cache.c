@@ -425,6 +425,8 @@ static tkv_status tkv_kv_grow(tkv_kv_cache *c, uint32_t layer, uint32_t need) {
     return TKV_OK;
 }
 
+#define TKV_KV_FP16_MAX 65504.0f
+
 static void tkv_f32_to_fp16_row(const float *x, uint32_t d, uint16_t *out) {
     for (uint32_t j = 0; j < d; j++) {
         out[j] = tkv_f32_to_fp16(x[j]);
@@ -462,6 +464,37 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     float *row = scratch;                      /* d */
     float *prepared = scratch + d;             /* d: key centered and smoothed */
     float *codec_scratch = scratch + 2 * (size_t)d; /* codec scratch */
+    /* the window holds fp16: refuse what it cannot (as the fp16 codec does) before
+     * anything changes, rather than store inf */
+    for (uint32_t h = 0; c->window > 0 && !sink && h < c->n_head_kv; h++) {
+        const float *kh = k + (size_t)h * d, *vh = v + (size_t)h * d;
+        if (tkv_kv_has_calibration(c)) {
+            tkv_kv_prepare_key(c, layer, h, block, kh, prepared);
+            kh = prepared;
+        }
+        for (uint32_t j = 0; j < d; j++) {
+            TKV_REQUIRE(fabsf(kh[j]) <= TKV_KV_FP16_MAX && fabsf(vh[j]) <= TKV_KV_FP16_MAX,
+                        TKV_ERR_INVALID_ARGUMENT,
+                        "cache: layer %u position %u head %u: key %g or value %g outside the "
+                        "fp16 range of the window",
+                        layer, pos, h, (double)kh[j], (double)vh[j]);
+        }
+    }
+    /* the oldest window entry of every head is compressed before any slot is overwritten:
+     * a codec that refuses one leaves every window as it was (the slot is the new one's) */
+    for (uint32_t h = 0; evict && h < c->n_head_kv; h++) {
+        tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+        const uint32_t old = L->n_comp;
+        const size_t slot = (size_t)(old % c->window) * d;
+        tkv_fp16_to_f32_row(hd->k_window + slot, d, row);
+        TKV_TRY(tkv_codec_encode_one(&hd->k_codec, row,
+                                     hd->k_codes + (size_t)old * hd->k_codec.layout.stride,
+                                     codec_scratch));
+        tkv_fp16_to_f32_row(hd->v_window + slot, d, row);
+        TKV_TRY(tkv_codec_encode_one(&hd->v_codec, row,
+                                     hd->v_codes + (size_t)old * hd->v_codec.layout.stride,
+                                     codec_scratch));
+    }
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const float *kh = k + (size_t)h * d;
@@ -484,18 +517,6 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
                                          codec_scratch));
             continue;
         }
-        if (evict) {
-            const uint32_t old = L->n_comp;
-            const size_t slot = (size_t)(old % c->window) * d;
-            tkv_fp16_to_f32_row(hd->k_window + slot, d, row);
-            TKV_TRY(tkv_codec_encode_one(&hd->k_codec, row,
-                                         hd->k_codes + (size_t)old * hd->k_codec.layout.stride,
-                                         codec_scratch));
-            tkv_fp16_to_f32_row(hd->v_window + slot, d, row);
-            TKV_TRY(tkv_codec_encode_one(&hd->v_codec, row,
-                                         hd->v_codes + (size_t)old * hd->v_codec.layout.stride,
-                                         codec_scratch));
-        }
         const size_t slot = (size_t)(pos % c->window) * d;
         tkv_f32_to_fp16_row(kh, d, hd->k_window + slot);
         tkv_f32_to_fp16_row(vh, d, hd->v_window + slot);
@@ -509,6 +530,23 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     return TKV_OK;
 }
 
+/* Block 0 of every head of a layer back to mu = 0, s = 1 (not calibrated). */
+static void tkv_kv_reset_block0(tkv_kv_cache *c, uint32_t layer) {
+    const uint32_t d = c->head_dim;
+    const uint16_t one = tkv_f32_to_fp16(1.0f);
+    for (uint32_t h = 0; h < c->n_head_kv && c->layers[layer].n_calib_alloc > 0; h++) {
+        tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+        for (uint32_t j = 0; j < d; j++) {
+            if (hd->k_mu) {
+                hd->k_mu[j] = 0;
+            }
+            if (hd->k_scale) {
+                hd->k_scale[j] = one;
+            }
+        }
+    }
+}
+
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
     for (uint32_t l = 0; l < c->n_layer; l++) {
         tkv_kv_layer *L = &c->layers[l];
@@ -520,14 +558,20 @@ void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
         }
         L->n = n;
         if (tkv_kv_has_calibration(c) && c->calib_block != TKV_CALIBRATION_ONCE) {
-            /* blocks with no position left recalibrate when reached again; block 0 and the
-             * block holding position n - 1 keep theirs (stored keys use them).  The stats
-             * summed the dropped positions too: start them afresh, so the next block
-             * calibrates from what is written again (or reuses this block's calibration,
-             * see tkv_kv_calibrate_next) */
+            /* blocks with no position left recalibrate when reached again; the block
+             * holding position n - 1 and those before keep theirs (stored keys use them).
+             * The stats summed the dropped positions too: start them afresh, so the next
+             * block calibrates from what is written again (or reuses this block's
+             * calibration, see tkv_kv_calibrate_next) */
             const uint32_t last = n ? tkv_kv_calib_block_of(c, n - 1) : 0;
-            if (L->n_calib > last + 1) {
-                L->n_calib = last + 1;
+            const uint32_t keep = n ? last + 1 : 0;
+            if (L->n_calib > keep) {
+                L->n_calib = keep;
+            }
+            if (n == 0) {
+                /* block 0 recalibrates on the next first batch: back to mu = 0, s = 1, the
+                 * space sinks are written in until then (and s stays 1 below 8 keys) */
+                tkv_kv_reset_block0(c, l);
             }
             /* the stats belong to the block of the last kept position: when n starts a
              * block, entering it then calibrates it (from its predecessor, the stats are

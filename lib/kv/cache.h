@@ -138,7 +138,9 @@ void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t he
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
                                    int32_t v_codec);
 /* Append position `pos` (must equal the layer's n) of one layer: k and v are
- * (n_head_kv, head_dim).  scratch: TKV_KV_SCRATCH_FLOATS(head_dim) floats. */
+ * (n_head_kv, head_dim).  scratch: TKV_KV_SCRATCH_FLOATS(head_dim) floats.
+ * TKV_ERR_INVALID_ARGUMENT when a value does not fit the fp16 window or a codec refuses
+ * one; what the layer stores is then unchanged. */
 tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const float *k,
                          const float *v, float *scratch);
 /* Drop every position >= n (all layers). */
