@@ -251,9 +251,10 @@ void tkv_accum_trellis_avx512f(const tkv_code_layout *L, const float *w, float t
     tkv_accum_trellis_multi_avx512f(L, &w, 1, threshold, codes, n, &acc);
 }
 
-/* The avx512 table's entries: the VBMI kernels where the CPU has VBMI. */
+/* The avx512 table's entries: the VBMI kernels where the CPU has VBMI and VNNI. */
 static int tkv_trellis_vbmi(void) {
-    return (tkv_cpu_detect() & TKV_CPU_AVX512VBMI) != 0;
+    const uint32_t want = TKV_CPU_AVX512VBMI | TKV_CPU_AVX512VNNI;
+    return (tkv_cpu_detect() & want) == want;
 }
 
 void tkv_scores_trellis_multi_avx512(const tkv_code_layout *L, const float *const *qs, int nq,

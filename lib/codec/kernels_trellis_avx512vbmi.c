@@ -37,11 +37,15 @@ typedef struct tkv_vbmi_ctx {
     uint32_t nblk;    /* 64-coordinate blocks (the last one may be partial) */
 } tkv_vbmi_ctx;
 
-TKV_INLINE void tkv_vbmi_init(tkv_vbmi_ctx *c, const tkv_code_layout *Lay, const uint32_t N,
-                              const uint32_t P) {
+/* bias: the entries as unsigned bytes v + 128 (for vpdpbusd), else int8 v */
+TKV_INLINE void tkv_vbmi_init(tkv_vbmi_ctx *c, const tkv_code_layout *Lay, const int bias,
+                              const uint32_t N, const uint32_t P) {
     const uint32_t L = N + P;
     for (uint32_t r = 0; r < (1u << L) / 64; r++) {
         c->tab[r] = _mm512_loadu_si512(Lay->trellis->q8 + 64 * r);
+        if (bias) { /* v + 128 = v ^ 0x80 for v in -127..127 */
+            c->tab[r] = _mm512_xor_si512(c->tab[r], _mm512_set1_epi8((char)0x80));
+        }
     }
     uint8_t sp[64], ct[64];
     for (uint32_t k = 0; k < 8; k++) {
@@ -89,18 +93,6 @@ TKV_INLINE __m512 tkv_vbmi_part(__m512i x, const int k) {
     return _mm512_cvtepi32_ps(_mm512_srai_epi32(y, 24));
 }
 
-/* v (d floats) into block order: out[64 b + 16 k + i] = v[64 b + 4 i + k], 0 past d. */
-static void tkv_vbmi_permute_in(const float *v, uint32_t d, uint32_t nblk, float *out) {
-    for (uint32_t b = 0; b < nblk; b++) {
-        for (uint32_t k = 0; k < 4; k++) {
-            for (uint32_t i = 0; i < 16; i++) {
-                const uint32_t j = 64 * b + 4 * i + k;
-                out[64 * b + 16 * k + i] = j < d ? v[j] : 0.0f;
-            }
-        }
-    }
-}
-
 /* The sum of each of four registers, as one register of four. */
 TKV_INLINE __m128 tkv_vbmi_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
     const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
@@ -112,17 +104,55 @@ TKV_INLINE __m128 tkv_vbmi_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* Scores of nk (4 or 1) keys for NQ queries (qp: permuted, d padded to 64). */
+/*
+ * A query for vpdpbusd: q_j ~ Q_j / F with Q_j = round(F q_j) an integer of 23 bits
+ * (F = 2^22 / max |q|), written as three signed base-256 digits, Q = d0 + 256 d1 +
+ * 65536 d2.  A key's bytes are v + 128 (unsigned), so each digit's dot product
+ * starts from -128 sum_j d_p[j] per lane (bias) and ends as sum_j v_j d_p[j], exact in
+ * int32.  The rounding of q (|error| <= max|q| 2^-23 per coordinate) is far below float
+ * rounding of the sums' terms; the kernel tests hold it to the fp32 tolerance.
+ */
+typedef struct tkv_vbmi_query {
+    _Alignas(64) int8_t dig[3][TKV_VBMI_MAX_D];
+    __m512i bias[3];
+    float inv; /* 1 / F */
+} tkv_vbmi_query;
+
+static void tkv_vbmi_query_init(const float *q, uint32_t d, uint32_t nblk, tkv_vbmi_query *z) {
+    float m = 0.0f;
+    for (uint32_t j = 0; j < d; j++) {
+        m = fabsf(q[j]) > m ? fabsf(q[j]) : m;
+    }
+    const float F = m > 0.0f ? 4194304.0f / m : 0.0f;
+    z->inv = m > 0.0f ? m / 4194304.0f : 0.0f;
+    int32_t bias[3][16] = {{0}};
+    for (uint32_t j = 0; j < 64 * nblk; j++) {
+        int32_t Q = j < d ? (int32_t)lrintf(q[j] * F) : 0;
+        for (int p = 0; p < 3; p++) {
+            const int32_t dp = p == 2 ? Q : ((Q + 128) & 255) - 128;
+            z->dig[p][j] = (int8_t)dp;
+            bias[p][(j % 64) / 4] -= 128 * dp;
+            Q = (Q - dp) / 256; /* exact */
+        }
+    }
+    for (int p = 0; p < 3; p++) {
+        z->bias[p] = _mm512_loadu_si512(bias[p]);
+    }
+}
+
+/* Scores of nk (1..4) keys for NQ queries. */
 TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layout *Lay,
-                                     const uint8_t *codes, size_t i0, const float (*qp)[TKV_VBMI_MAX_D],
+                                     const uint8_t *codes, size_t i0, const tkv_vbmi_query *qz,
                                      float *const *outs, const int nk, const int NQ,
                                      const uint32_t N, const uint32_t P) {
-    __m512 acc[TKV_MAX_QUERIES][4];
+    __m512i acc[TKV_MAX_QUERIES][4][3];
     const uint8_t *code[4];
     for (int k = 0; k < nk; k++) {
         code[k] = codes + (i0 + (size_t)k) * Lay->stride;
         for (int q = 0; q < NQ; q++) {
-            acc[q][k] = _mm512_setzero_ps();
+            for (int p = 0; p < 3; p++) {
+                acc[q][k][p] = qz[q].bias[p];
+            }
         }
     }
     for (uint32_t b = 0; b < c->nblk; b++) {
@@ -130,35 +160,34 @@ TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layou
         for (int k = 0; k < nk; k++) {
             x[k] = tkv_vbmi_block(c, code[k] + Lay->payload_off, b, N, P);
         }
-        for (int part = 0; part < 4; part++) {
-            __m512 xf[4];
-            for (int k = 0; k < nk; k++) {
-                xf[k] = tkv_vbmi_part(x[k], part);
-            }
-            for (int q = 0; q < NQ; q++) {
-                const __m512 qv = _mm512_loadu_ps(qp[q] + 64 * b + 16 * part);
+        for (int q = 0; q < NQ; q++) {
+            for (int p = 0; p < 3; p++) {
+                const __m512i dv = _mm512_load_si512(qz[q].dig[p] + 64 * b);
                 for (int k = 0; k < nk; k++) {
-                    acc[q][k] = _mm512_fmadd_ps(qv, xf[k], acc[q][k]);
+                    acc[q][k][p] = _mm512_dpbusd_epi32(acc[q][k][p], x[k], dv);
                 }
             }
         }
     }
-    const float ts = Lay->trellis->q8_scale;
-    if (nk == 4) {
-        const __m128i h = _mm_setr_epi16((short)tkv_kc_u16(code[0] + Lay->scale_off),
-                                        (short)tkv_kc_u16(code[1] + Lay->scale_off),
-                                        (short)tkv_kc_u16(code[2] + Lay->scale_off),
-                                        (short)tkv_kc_u16(code[3] + Lay->scale_off), 0, 0, 0, 0);
-        const __m128 sc = _mm_mul_ps(_mm_cvtph_ps(h), _mm_set1_ps(ts));
-        for (int q = 0; q < NQ; q++) {
-            _mm_storeu_ps(outs[q] + i0,
-                          _mm_mul_ps(sc, tkv_vbmi_reduce4(acc[q][0], acc[q][1], acc[q][2],
-                                                          acc[q][3])));
+    float sc[4];
+    for (int k = 0; k < nk; k++) {
+        sc[k] = tkv_fp16_to_f32(tkv_kc_u16(code[k] + Lay->scale_off)) * Lay->trellis->q8_scale;
+    }
+    for (int q = 0; q < NQ; q++) {
+        __m512 f[4];
+        for (int k = 0; k < nk; k++) {
+            f[k] = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(acc[q][k][2]), _mm512_set1_ps(65536.0f),
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[q][k][1]), _mm512_set1_ps(256.0f),
+                                _mm512_cvtepi32_ps(acc[q][k][0])));
         }
-    } else {
-        const float sc = tkv_fp16_to_f32(tkv_kc_u16(code[0] + Lay->scale_off)) * ts;
-        for (int q = 0; q < NQ; q++) {
-            outs[q][i0] = sc * _mm512_reduce_add_ps(acc[q][0]);
+        if (nk == 4) {
+            const __m128 s = _mm_mul_ps(_mm_loadu_ps(sc), _mm_set1_ps(qz[q].inv));
+            _mm_storeu_ps(outs[q] + i0, _mm_mul_ps(s, tkv_vbmi_reduce4(f[0], f[1], f[2], f[3])));
+        } else {
+            for (int k = 0; k < nk; k++) {
+                outs[q][i0 + (size_t)k] = sc[k] * qz[q].inv * _mm512_reduce_add_ps(f[k]);
+            }
         }
     }
 }
@@ -167,19 +196,19 @@ TKV_INLINE void tkv_vbmi_scores_n(const tkv_code_layout *Lay, const float *const
                                   const uint8_t *codes, size_t n, float *const *outs,
                                   const int NQ, const uint32_t N, const uint32_t P) {
     tkv_vbmi_ctx c;
-    tkv_vbmi_init(&c, Lay, N, P);
-    _Alignas(64) float qp[TKV_MAX_QUERIES][TKV_VBMI_MAX_D];
+    tkv_vbmi_init(&c, Lay, 1, N, P);
+    tkv_vbmi_query qz[TKV_MAX_QUERIES];
     for (int q = 0; q < NQ; q++) {
-        tkv_vbmi_permute_in(qs[q], Lay->d, c.nblk, qp[q]);
+        tkv_vbmi_query_init(qs[q], Lay->d, c.nblk, &qz[q]);
     }
+    /* keys per pass: 3 NQ nk int32 accumulators stay in registers */
+    const int NK = NQ == 1 ? 4 : NQ == 2 ? 2 : 1;
     size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        tkv_vbmi_scores_keys(&c, Lay, codes, i, (const float(*)[TKV_VBMI_MAX_D])qp, outs, 4, NQ,
-                             N, P);
+    for (; i + (size_t)NK <= n; i += (size_t)NK) {
+        tkv_vbmi_scores_keys(&c, Lay, codes, i, qz, outs, NK, NQ, N, P);
     }
     for (; i < n; i++) {
-        tkv_vbmi_scores_keys(&c, Lay, codes, i, (const float(*)[TKV_VBMI_MAX_D])qp, outs, 1, NQ,
-                             N, P);
+        tkv_vbmi_scores_keys(&c, Lay, codes, i, qz, outs, 1, NQ, N, P);
     }
 }
 
@@ -217,7 +246,7 @@ TKV_INLINE void tkv_vbmi_accum_n(const tkv_code_layout *Lay, const float *const 
                                  float *const *accs, const int NQ, const uint32_t N,
                                  const uint32_t P) {
     tkv_vbmi_ctx c;
-    tkv_vbmi_init(&c, Lay, N, P);
+    tkv_vbmi_init(&c, Lay, 0, N, P);
     _Alignas(64) float ap[TKV_MAX_QUERIES][TKV_VBMI_MAX_D];
     const uint32_t dp = 64 * c.nblk, d = Lay->d;
     for (int q = 0; q < NQ; q++) {
