@@ -10,12 +10,11 @@
  *      of window 8k + l (a second one, one bit further, gives bit 8 of a 9-bit window);
  *   3. vpermi2b reads 128 int8 entries by the low 7 bits, bit 7 (and 8) blend between
  *      the 128-entry halves: 2 permutes + 1 blend for 256 entries, 4 + 3 for 512.
- * The 64 int8 values go to float without shuffles: byte k of every dword is a shift left
- * and an arithmetic shift right, so register k of a block holds coordinates 4i + k
- * (lane i); the query (scores) and the accumulator (weighted sums) are kept in that
- * order, permuted once per call.  Values are exact (q8 * scale = the float table), so
- * results match the scalar reference within float rounding of the sums.
- * Four keys per pass: independent FMA chains, one transposed reduction for four scores.
+ * Scores multiply the bytes (as v + 128) with a fixed-point query by vpdpbusd (exact
+ * int32 sums, below); weighted sums convert them to floats (vpmovsxbd, vcvtdq2ps) and
+ * use FMA.  Values are exact (q8 * scale = the float table), so results match the
+ * scalar reference within float rounding of the sums.
+ * Several keys per pass: independent chains, one transposed reduction for four scores.
  * Tested against kernels_scalar.c (tests/c/test_kernels_codec.c).
  */
 #include <immintrin.h>
@@ -87,10 +86,12 @@ TKV_INLINE __m512i tkv_vbmi_block(const tkv_vbmi_ctx *c, const uint8_t *s, uint3
     return r;
 }
 
-/* Byte k of every dword of x as 16 floats (coordinates 4 i + k of the block). */
-TKV_INLINE __m512 tkv_vbmi_part(__m512i x, const int k) {
-    const __m512i y = k == 3 ? x : _mm512_slli_epi32(x, 24 - 8 * k);
-    return _mm512_cvtepi32_ps(_mm512_srai_epi32(y, 24));
+/* The 64 int8 values v as four registers of floats (coordinates 16 g ..). */
+TKV_INLINE void tkv_vbmi_to_f32(__m512i v, __m512 f[4]) {
+    f[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(v)));
+    f[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 1)));
+    f[2] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 2)));
+    f[3] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 3)));
 }
 
 /* The sum of each of four registers, as one register of four. */
@@ -171,7 +172,7 @@ TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layou
     }
     float sc[4];
     for (int k = 0; k < nk; k++) {
-        sc[k] = tkv_fp16_to_f32(tkv_kc_u16(code[k] + Lay->scale_off)) * Lay->trellis->q8_scale;
+        sc[k] = _cvtsh_ss(tkv_kc_u16(code[k] + Lay->scale_off)) * Lay->trellis->q8_scale;
     }
     for (int q = 0; q < NQ; q++) {
         __m512 f[4];
@@ -212,28 +213,32 @@ TKV_INLINE void tkv_vbmi_scores_n(const tkv_code_layout *Lay, const float *const
     }
 }
 
-/* ap[q] += wk[k][q] * decode(code[k]) for nk (1..4) keys, permuted order. */
-TKV_INLINE void tkv_vbmi_axpy_keys(const tkv_vbmi_ctx *c, const tkv_code_layout *Lay,
-                                   const uint8_t *const *code, float (*wk)[TKV_MAX_QUERIES],
-                                   int nk, float (*ap)[TKV_VBMI_MAX_D], const int NQ,
-                                   const uint32_t N, const uint32_t P) {
+/* ap[q] += wk[k][q] * decode(code[k]) for nk (1..4) keys. */
+TKV_INLINE void tkv_vbmi_axpy_keys(const tkv_vbmi_ctx *c,
+                                   const tkv_code_layout *Lay, const uint8_t *const *code,
+                                   float (*wk)[TKV_MAX_QUERIES], int nk,
+                                   float (*ap)[TKV_VBMI_MAX_D], const int NQ, const uint32_t N,
+                                   const uint32_t P) {
     for (uint32_t b = 0; b < c->nblk; b++) {
-        __m512i x[4];
-        for (int k = 0; k < nk; k++) {
-            x[k] = tkv_vbmi_block(c, code[k] + Lay->payload_off, b, N, P);
-        }
-        for (int part = 0; part < 4; part++) {
-            __m512 xf[4];
-            for (int k = 0; k < nk; k++) {
-                xf[k] = tkv_vbmi_part(x[k], part);
+        __m512 acc[TKV_MAX_QUERIES][4]; /* loaded and stored once per batch of keys */
+        for (int q = 0; q < NQ; q++) {
+            for (int g = 0; g < 4; g++) {
+                acc[q][g] = _mm512_load_ps(ap[q] + 64 * b + 16 * g);
             }
+        }
+        for (int k = 0; k < nk; k++) { /* one key's floats at a time: few live registers */
+            __m512 xf[4];
+            tkv_vbmi_to_f32(tkv_vbmi_block(c, code[k] + Lay->payload_off, b, N, P), xf);
             for (int q = 0; q < NQ; q++) {
-                float *a = ap[q] + 64 * b + 16 * part;
-                __m512 v = _mm512_load_ps(a);
-                for (int k = 0; k < nk; k++) {
-                    v = _mm512_fmadd_ps(_mm512_set1_ps(wk[k][q]), xf[k], v);
+                const __m512 wv = _mm512_set1_ps(wk[k][q]);
+                for (int g = 0; g < 4; g++) {
+                    acc[q][g] = _mm512_fmadd_ps(wv, xf[g], acc[q][g]);
                 }
-                _mm512_store_ps(a, v);
+            }
+        }
+        for (int q = 0; q < NQ; q++) {
+            for (int g = 0; g < 4; g++) {
+                _mm512_store_ps(ap[q] + 64 * b + 16 * g, acc[q][g]);
             }
         }
     }
@@ -261,7 +266,7 @@ TKV_INLINE void tkv_vbmi_accum_n(const tkv_code_layout *Lay, const float *const 
             continue;
         }
         code[nk] = codes + i * Lay->stride;
-        const float sc = tkv_fp16_to_f32(tkv_kc_u16(code[nk] + Lay->scale_off)) * ts;
+        const float sc = _cvtsh_ss(tkv_kc_u16(code[nk] + Lay->scale_off)) * ts;
         for (int q = 0; q < NQ; q++) {
             wk[nk][q] = fabsf(ws[q][i]) >= threshold ? ws[q][i] * sc : 0.0f;
         }
@@ -274,15 +279,8 @@ TKV_INLINE void tkv_vbmi_accum_n(const tkv_code_layout *Lay, const float *const 
         tkv_vbmi_axpy_keys(&c, Lay, &code[k], &wk[k], 1, ap, NQ, N, P);
     }
     for (int q = 0; q < NQ; q++) {
-        for (uint32_t b = 0; b < c.nblk; b++) {
-            for (uint32_t k = 0; k < 4; k++) {
-                for (uint32_t i = 0; i < 16; i++) {
-                    const uint32_t j = 64 * b + 4 * i + k;
-                    if (j < d) {
-                        accs[q][j] += ap[q][64 * b + 16 * k + i];
-                    }
-                }
-            }
+        for (uint32_t j = 0; j < d; j++) {
+            accs[q][j] += ap[q][j];
         }
     }
 }
