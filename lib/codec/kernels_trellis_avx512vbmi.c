@@ -86,12 +86,21 @@ TKV_INLINE __m512i tkv_vbmi_block(const tkv_vbmi_ctx *c, const uint8_t *s, uint3
     return r;
 }
 
-/* The 64 int8 values v as four registers of floats (coordinates 16 g ..). */
-TKV_INLINE void tkv_vbmi_to_f32(__m512i v, __m512 f[4]) {
-    f[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(v)));
-    f[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 1)));
-    f[2] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 2)));
-    f[3] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 3)));
+/* The 64 biased bytes u = v + 128 as four registers of floats (coordinates 16 g ..):
+ * vpermb with a merge mask puts byte 16 g + i into the low byte of dword i over the bits
+ * of 2^23 (the float 2^23 + u, exact), and subtracting 2^23 + 128 leaves v, exactly. */
+TKV_INLINE void tkv_vbmi_to_f32(__m512i u, __m512 f[4]) {
+    const __m512i magic = _mm512_set1_epi32(0x4b000000);
+    const __m512 off = _mm512_set1_ps(8388736.0f); /* 2^23 + 128 */
+    for (int g = 0; g < 4; g++) {
+        const __m512i idx = _mm512_add_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(16 * g));
+        f[g] = _mm512_sub_ps(
+            _mm512_castsi512_ps(_mm512_mask_permutexvar_epi8(
+                magic, (__mmask64)0x1111111111111111ull, idx, u)),
+            off);
+    }
 }
 
 /* The sum of each of four registers, as one register of four. */
@@ -251,7 +260,7 @@ TKV_INLINE void tkv_vbmi_accum_n(const tkv_code_layout *Lay, const float *const 
                                  float *const *accs, const int NQ, const uint32_t N,
                                  const uint32_t P) {
     tkv_vbmi_ctx c;
-    tkv_vbmi_init(&c, Lay, 0, N, P);
+    tkv_vbmi_init(&c, Lay, 1, N, P);
     _Alignas(64) float ap[TKV_MAX_QUERIES][TKV_VBMI_MAX_D];
     const uint32_t dp = 64 * c.nblk, d = Lay->d;
     for (int q = 0; q < NQ; q++) {
