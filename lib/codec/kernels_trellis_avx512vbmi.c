@@ -11,8 +11,7 @@
  *   3. vpermi2b reads 128 int8 entries by the low 7 bits, bit 7 (and 8) blend between
  *      the 128-entry halves: 2 permutes + 1 blend for 256 entries, 4 + 3 for 512.
  * Scores multiply the bytes (as v + 128) with a fixed-point query by vpdpbusd (exact
- * int32 sums, below); weighted sums convert them to floats (vpmovsxbd, vcvtdq2ps) and
- * use FMA.  Values are exact (q8 * scale = the float table), so results match the
+ * int32 sums, below); weighted sums turn them into floats (tkv_vbmi_to_f32) and use FMA.  Values are exact (q8 * scale = the float table), so results match the
  * scalar reference within float rounding of the sums.
  * Several keys per pass: independent chains, one transposed reduction for four scores.
  * Tested against kernels_scalar.c (tests/c/test_kernels_codec.c).
