@@ -182,20 +182,32 @@ TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layou
     for (int k = 0; k < nk; k++) {
         sc[k] = _cvtsh_ss(tkv_kc_u16(code[k] + Lay->scale_off)) * Lay->trellis->q8_scale;
     }
+    __m512 f[TKV_MAX_QUERIES][4];
     for (int q = 0; q < NQ; q++) {
-        __m512 f[4];
         for (int k = 0; k < nk; k++) {
-            f[k] = _mm512_fmadd_ps(
+            f[q][k] = _mm512_fmadd_ps(
                 _mm512_cvtepi32_ps(acc[q][k][2]), _mm512_set1_ps(65536.0f),
                 _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[q][k][1]), _mm512_set1_ps(256.0f),
                                 _mm512_cvtepi32_ps(acc[q][k][0])));
         }
-        if (nk == 4) {
+    }
+    if (nk == 4) {
+        for (int q = 0; q < NQ; q++) {
             const __m128 s = _mm_mul_ps(_mm_loadu_ps(sc), _mm_set1_ps(qz[q].inv));
-            _mm_storeu_ps(outs[q] + i0, _mm_mul_ps(s, tkv_vbmi_reduce4(f[0], f[1], f[2], f[3])));
-        } else {
+            _mm_storeu_ps(outs[q] + i0,
+                          _mm_mul_ps(s, tkv_vbmi_reduce4(f[q][0], f[q][1], f[q][2], f[q][3])));
+        }
+    } else if (nk == 1 && NQ > 1) { /* one transposed reduction over the queries */
+        float r[4];
+        _mm_storeu_ps(r, tkv_vbmi_reduce4(f[0][0], f[1][0], f[NQ > 2 ? 2 : 0][0],
+                                          f[NQ > 3 ? 3 : 0][0]));
+        for (int q = 0; q < NQ; q++) {
+            outs[q][i0] = sc[0] * qz[q].inv * r[q];
+        }
+    } else {
+        for (int q = 0; q < NQ; q++) {
             for (int k = 0; k < nk; k++) {
-                outs[q][i0 + (size_t)k] = sc[k] * qz[q].inv * _mm512_reduce_add_ps(f[k]);
+                outs[q][i0 + (size_t)k] = sc[k] * qz[q].inv * _mm512_reduce_add_ps(f[q][k]);
             }
         }
     }
@@ -211,7 +223,7 @@ TKV_INLINE void tkv_vbmi_scores_n(const tkv_code_layout *Lay, const float *const
         tkv_vbmi_query_init(qs[q], Lay->d, c.nblk, &qz[q]);
     }
     /* keys per pass: 3 NQ nk int32 accumulators stay in registers */
-    const int NK = NQ == 1 ? 4 : NQ == 2 ? 2 : 1;
+    const int NK = NQ == 1 ? 4 : 1;
     size_t i = 0;
     for (; i + (size_t)NK <= n; i += (size_t)NK) {
         tkv_vbmi_scores_keys(&c, Lay, codes, i, qz, outs, NK, NQ, N, P);
