@@ -8,6 +8,8 @@
  */
 #include "base/cpu.h"
 
+#include <pthread.h>
+
 #include "turbokv.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -61,14 +63,24 @@ static uint32_t tkv_cpu_detect_x86(void) {
 }
 #endif
 
-uint32_t tkv_cpu_detect(void) {
+static uint32_t tkv_cpu_flags;
+static pthread_once_t tkv_cpu_once = PTHREAD_ONCE_INIT;
+
+static void tkv_cpu_detect_once(void) {
 #if defined(__x86_64__) || defined(__i386__)
-    return tkv_cpu_detect_x86();
+    tkv_cpu_flags = tkv_cpu_detect_x86();
 #elif defined(__aarch64__)
-    return TKV_CPU_NEON;
+    tkv_cpu_flags = TKV_CPU_NEON;
 #else
-    return 0;
+    tkv_cpu_flags = 0;
 #endif
+}
+
+/* cached: under a hypervisor every CPUID exits to it (tens of microseconds), and kernels
+ * ask per call */
+uint32_t tkv_cpu_detect(void) {
+    pthread_once(&tkv_cpu_once, tkv_cpu_detect_once);
+    return tkv_cpu_flags;
 }
 
 uint32_t tkv_cpu_features(void) { return tkv_cpu_detect(); }

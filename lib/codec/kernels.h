@@ -125,6 +125,23 @@ void tkv_scores_trellis_multi_avx512(const tkv_code_layout *layout, const float 
 void tkv_accum_trellis_multi_avx512(const tkv_code_layout *layout, const float *const *ws, int nq,
                                     float threshold, const uint8_t *codes, size_t n,
                                     float *const *accs);
+/* kernels_trellis_avx512.c: the float-permute kernels the entries above use without VBMI */
+void tkv_scores_trellis_avx512f(const tkv_code_layout *layout, const float *q,
+                                const uint8_t *codes, size_t n, float *out);
+void tkv_accum_trellis_avx512f(const tkv_code_layout *layout, const float *w, float threshold,
+                               const uint8_t *codes, size_t n, float *acc);
+void tkv_scores_trellis_multi_avx512f(const tkv_code_layout *layout, const float *const *qs,
+                                      int nq, const uint8_t *codes, size_t n, float *const *outs);
+void tkv_accum_trellis_multi_avx512f(const tkv_code_layout *layout, const float *const *ws, int nq,
+                                     float threshold, const uint8_t *codes, size_t n,
+                                     float *const *accs);
+/* kernels_trellis_avx512vbmi.c (int8 tables, byte permutes; the CPU must have VBMI) */
+void tkv_scores_trellis_multi_avx512vbmi(const tkv_code_layout *layout, const float *const *qs,
+                                         int nq, const uint8_t *codes, size_t n,
+                                         float *const *outs);
+void tkv_accum_trellis_multi_avx512vbmi(const tkv_code_layout *layout, const float *const *ws,
+                                        int nq, float threshold, const uint8_t *codes, size_t n,
+                                        float *const *accs);
 void tkv_accum_trellis_multi_avx2(const tkv_code_layout *layout, const float *const *ws, int nq,
                                   float threshold, const uint8_t *codes, size_t n,
                                   float *const *accs);

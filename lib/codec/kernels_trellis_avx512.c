@@ -7,15 +7,19 @@
  * chooses among the blocks (8 permutes + 7 blends per 16 coordinates for 256 entries,
  * 16 + 15 for 512).  The windows of 16 coordinates come from four 32-bit loads of the
  * stream extended by its wrap-around bits (window j = bits [N j, N j + L) of ext).
+ * These are the avx512 table's entries on CPUs without VBMI; with VBMI the entries at the
+ * end of this file use the int8 kernels of kernels_trellis_avx512vbmi.c.
  * Tested against kernels_scalar.c (tests/c/test_kernels_codec.c).
  */
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
+#include "base/cpu.h"
 #include "base/half.h"
 #include "codec/kernels.h"
 #include "codec/kernels_common.h"
+#include "turbokv.h"
 
 #define TKV_EXT_WORDS (1024 * 4 / 64 + 2)
 
@@ -226,9 +230,40 @@ void tkv_trellis_step_avx512(const tkv_trellis *t, float x, const float *cost, f
         }                                                                                          \
     } while (0)
 
-void tkv_scores_trellis_multi_avx512(const tkv_code_layout *L, const float *const *qs, int nq,
+void tkv_scores_trellis_multi_avx512f(const tkv_code_layout *L, const float *const *qs, int nq,
                                      const uint8_t *codes, size_t n, float *const *outs) {
     TKV_TRELLIS_RUN(L, codes, n, nq, qs, outs, NULL, 0.0f, NULL, 0);
+}
+
+void tkv_scores_trellis_avx512f(const tkv_code_layout *L, const float *q, const uint8_t *codes,
+                               size_t n, float *out) {
+    tkv_scores_trellis_multi_avx512f(L, &q, 1, codes, n, &out);
+}
+
+void tkv_accum_trellis_multi_avx512f(const tkv_code_layout *L, const float *const *ws, int nq,
+                                    float threshold, const uint8_t *codes, size_t n,
+                                    float *const *accs) {
+    TKV_TRELLIS_RUN(L, codes, n, nq, NULL, NULL, ws, threshold, accs, 1);
+}
+
+void tkv_accum_trellis_avx512f(const tkv_code_layout *L, const float *w, float threshold,
+                              const uint8_t *codes, size_t n, float *acc) {
+    tkv_accum_trellis_multi_avx512f(L, &w, 1, threshold, codes, n, &acc);
+}
+
+/* The avx512 table's entries: the VBMI kernels where the CPU has VBMI and VNNI. */
+static int tkv_trellis_vbmi(void) {
+    const uint32_t want = TKV_CPU_AVX512VBMI | TKV_CPU_AVX512VNNI;
+    return (tkv_cpu_detect() & want) == want;
+}
+
+void tkv_scores_trellis_multi_avx512(const tkv_code_layout *L, const float *const *qs, int nq,
+                                     const uint8_t *codes, size_t n, float *const *outs) {
+    if (tkv_trellis_vbmi()) {
+        tkv_scores_trellis_multi_avx512vbmi(L, qs, nq, codes, n, outs);
+    } else {
+        tkv_scores_trellis_multi_avx512f(L, qs, nq, codes, n, outs);
+    }
 }
 
 void tkv_scores_trellis_avx512(const tkv_code_layout *L, const float *q, const uint8_t *codes,
@@ -239,7 +274,11 @@ void tkv_scores_trellis_avx512(const tkv_code_layout *L, const float *q, const u
 void tkv_accum_trellis_multi_avx512(const tkv_code_layout *L, const float *const *ws, int nq,
                                     float threshold, const uint8_t *codes, size_t n,
                                     float *const *accs) {
-    TKV_TRELLIS_RUN(L, codes, n, nq, NULL, NULL, ws, threshold, accs, 1);
+    if (tkv_trellis_vbmi()) {
+        tkv_accum_trellis_multi_avx512vbmi(L, ws, nq, threshold, codes, n, accs);
+    } else {
+        tkv_accum_trellis_multi_avx512f(L, ws, nq, threshold, codes, n, accs);
+    }
 }
 
 void tkv_accum_trellis_avx512(const tkv_code_layout *L, const float *w, float threshold,

@@ -23,11 +23,14 @@
 #include "codec/trellis_tables.h"
 
 static const tkv_trellis tkv_trellis_2 = {2, TKV_TRELLIS_WINDOW_2, 2 * (TKV_TRELLIS_WINDOW_2 - 1),
-                                          2 * TKV_TRELLIS_WINDOW_2, tkv_trellis_table_2};
+                                          2 * TKV_TRELLIS_WINDOW_2, tkv_trellis_table_2,
+                                          tkv_trellis_q8_2, TKV_TRELLIS_Q8_SCALE_2};
 static const tkv_trellis tkv_trellis_3 = {3, TKV_TRELLIS_WINDOW_3, 3 * (TKV_TRELLIS_WINDOW_3 - 1),
-                                          3 * TKV_TRELLIS_WINDOW_3, tkv_trellis_table_3};
+                                          3 * TKV_TRELLIS_WINDOW_3, tkv_trellis_table_3,
+                                          tkv_trellis_q8_3, TKV_TRELLIS_Q8_SCALE_3};
 static const tkv_trellis tkv_trellis_4 = {4, TKV_TRELLIS_WINDOW_4, 4 * (TKV_TRELLIS_WINDOW_4 - 1),
-                                          4 * TKV_TRELLIS_WINDOW_4, tkv_trellis_table_4};
+                                          4 * TKV_TRELLIS_WINDOW_4, tkv_trellis_table_4,
+                                          tkv_trellis_q8_4, TKV_TRELLIS_Q8_SCALE_4};
 
 /* the decoders take the wrap-around bits from one byte (P < 8); the encoder's arrays
  * hold 2^P <= 64 states */

@@ -31,7 +31,9 @@ typedef struct tkv_trellis {
     uint32_t window;      /* m: symbols per window */
     uint32_t state_bits;  /* P = (m - 1) N, < 8 */
     uint32_t window_bits; /* L = m N */
-    const float *table;   /* 2^L reconstruction levels, in slot order */
+    const float *table;   /* 2^L reconstruction levels, in slot order: q8[w] * q8_scale */
+    const int8_t *q8;     /* the same levels as int8, in window order (index = w) */
+    float q8_scale;       /* float value of one int8 step */
 } tkv_trellis;
 
 /* The quantizer of N-bit symbols, NULL for widths without one. */

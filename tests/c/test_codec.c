@@ -334,6 +334,12 @@ static void test_trellis(void) {
     const uint32_t dims[] = {16, 24, 64, 80, 128, 256};
     for (int k = 0; k < 3; k++) {
         const tkv_trellis *t = tkv_trellis_get((uint32_t)k + 2);
+        /* the float table (encoder, reference decode) is exactly the int8 one (fast decoders) */
+        int off = 0;
+        for (uint32_t w = 0; w < 1u << t->window_bits; w++) {
+            off += t->table[tkv_trellis_slot(t, w)] != (float)t->q8[w] * t->q8_scale;
+        }
+        CHECK_MSG(off == 0, "N=%u: %d float entries differ from q8 * scale", t->bits, off);
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
             const uint32_t d = dims[di];
             size_t tb = 0, lb = 0;

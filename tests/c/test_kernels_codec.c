@@ -599,6 +599,23 @@ int main(int argc, char **argv) {
                 }
             }
         }
+        if (strcmp(K->isa, "avx512") == 0) {
+            /* the avx512 trellis entries pick the VBMI kernels where the CPU has VBMI;
+             * the float-permute ones (CPUs without it) are tested here in any case */
+            tkv_codec_kernels F = *K;
+            F.isa = "avx512 (trellis without vbmi)";
+            F.scores[TKV_FMT_TRELLIS] = tkv_scores_trellis_avx512f;
+            F.accum[TKV_FMT_TRELLIS] = tkv_accum_trellis_avx512f;
+            F.scores_multi[TKV_FMT_TRELLIS] = tkv_scores_trellis_multi_avx512f;
+            F.accum_multi[TKV_FMT_TRELLIS] = tkv_accum_trellis_multi_avx512f;
+            const uint32_t dims[] = {16, 24, 64, 80, 96, 128, 256};
+            for (int32_t id = TKV_CODEC_TURBO_2B_TCQ; id <= TKV_CODEC_TURBO_4B_TCQ; id++) {
+                for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+                    test_codec_dim(&F, S, id, dims[t]);
+                    test_multi_query(&F, id, dims[t]);
+                }
+            }
+        }
         test_matvec(K, S, 80, 80);
         test_matvec(K, S, 96, 96);
         test_matvec(K, S, 130, 130);
