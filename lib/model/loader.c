@@ -270,11 +270,8 @@ static tkv_status tkv_load_weights(struct tkv_model *m) {
     return TKV_OK;
 }
 
-tkv_status tkv_model_open(const char *path, struct tkv_model **out) {
-    *out = NULL;
-    struct tkv_model *m = calloc(1, sizeof *m);
-    TKV_REQUIRE(m, TKV_ERR_OUT_OF_MEMORY, "model: out of memory");
-    tkv_status st = tkv_gguf_open(path, &m->gguf);
+/* Shared by the file and the memory entries: m->gguf is open (or st says why not). */
+static tkv_status tkv_model_finish(struct tkv_model *m, tkv_status st, struct tkv_model **out) {
     if (st == TKV_OK) {
         st = tkv_load_hparams(m);
     }
@@ -291,6 +288,20 @@ tkv_status tkv_model_open(const char *path, struct tkv_model **out) {
     }
     *out = m;
     return TKV_OK;
+}
+
+tkv_status tkv_model_open(const char *path, struct tkv_model **out) {
+    *out = NULL;
+    struct tkv_model *m = calloc(1, sizeof *m);
+    TKV_REQUIRE(m, TKV_ERR_OUT_OF_MEMORY, "model: out of memory");
+    return tkv_model_finish(m, tkv_gguf_open(path, &m->gguf), out);
+}
+
+tkv_status tkv_model_open_memory(const void *data, size_t size, struct tkv_model **out) {
+    *out = NULL;
+    struct tkv_model *m = calloc(1, sizeof *m);
+    TKV_REQUIRE(m, TKV_ERR_OUT_OF_MEMORY, "model: out of memory");
+    return tkv_model_finish(m, tkv_gguf_open_memory(data, size, &m->gguf), out);
 }
 
 void tkv_model_close(struct tkv_model *m) {
