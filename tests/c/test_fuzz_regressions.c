@@ -9,11 +9,18 @@
  * "-nan is outside the range of representable values of type 'signed char'").  The
  * encoders require finite input (tkv_codec_encode_one); appending non-finite keys or values
  * must be refused with a status instead.  PENDING: fails until lib/kv checks its input.
+ *
+ * fuzz_gguf, December 2026: an empty string array (e.g. "tokenizer.ggml.merges" with 0
+ * elements) came back with strings == NULL, which gguf.h reserves for non-string arrays,
+ * so the model loader rejected a valid file as "merges is not strings".  Fixed in gguf.c.
  */
 #include <math.h>
 #include <stdlib.h>
 
+#include <string.h>
+
 #include "check.h"
+#include "gguf/gguf.h"
 #include "kv/cache.h"
 #include "turbokv.h"
 
@@ -40,7 +47,29 @@ static void test_kv_append_non_finite(void) {
     }
 }
 
+static void test_gguf_empty_string_array(void) {
+    /* GGUF v3, 0 tensors, 1 key "k": array of 0 strings */
+    static const unsigned char file[] = {
+        'G', 'G', 'U', 'F', 3, 0, 0, 0,            /* magic, version */
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, /* n_tensors, n_kv */
+        1, 0, 0, 0, 0, 0, 0, 0, 'k',               /* key */
+        9, 0, 0, 0, 8, 0, 0, 0,                    /* array of strings */
+        0, 0, 0, 0, 0, 0, 0, 0};                   /* count 0 */
+    tkv_gguf *g = NULL;
+    CHECK_OK(tkv_gguf_open_memory(file, sizeof file, &g));
+    tkv_gguf_array a;
+    memset(&a, 0, sizeof a);
+    CHECK_OK(tkv_gguf_get_array(g, "k", &a));
+    CHECK_EQ_INT(a.elem_type, TKV_GGUF_STRING);
+    CHECK_EQ_INT(a.count, 0);
+    CHECK(a.strings != NULL);
+    tkv_gguf_str s;
+    CHECK_STATUS(tkv_gguf_array_string(&a, 0, &s), TKV_ERR_INVALID_ARGUMENT);
+    tkv_gguf_close(g);
+}
+
 int main(void) {
+    test_gguf_empty_string_array();
     test_kv_append_non_finite();
     CHECK_MAIN_END();
 }
