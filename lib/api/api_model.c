@@ -40,9 +40,7 @@ tkv_status tkv_model_load(const char *path, const tkv_model_params *params, tkv_
     TKV_REQUIRE(path, TKV_ERR_INVALID_ARGUMENT, "tkv_model_load: path is NULL");
     TKV_CHECK_PARAMS("tkv_model_load", params);
     TKV_REQUIRE(params->flags == 0, TKV_ERR_INVALID_ARGUMENT, "tkv_model_load: flags must be 0");
-    TKV_TRY(tkv_model_open(path, out));
-    atomic_init(&(*out)->refs, 1u);
-    return TKV_OK;
+    return tkv_model_open(path, out);
 }
 
 static void tkv_model_unref(tkv_model *m) {

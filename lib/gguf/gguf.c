@@ -313,10 +313,9 @@ static tkv_status parse_string_array(reader *r, gguf_kv *kv) {
     TKV_REQUIRE(kv->count <= remaining(r) / 8, TKV_ERR_BAD_FORMAT,
                 "array of %llu strings at offset %zu beyond end of file (size %zu)",
                 (unsigned long long)kv->count, r->pos, r->size);
-    if (kv->count == 0) {
-        return TKV_OK;
-    }
-    kv->strings = malloc((size_t)kv->count * sizeof *kv->strings);
+    /* an empty string array still gets a (one-entry) table: strings != NULL is how callers
+     * tell a string array from others */
+    kv->strings = malloc((size_t)(kv->count ? kv->count : 1) * sizeof *kv->strings);
     TKV_REQUIRE(kv->strings, TKV_ERR_OUT_OF_MEMORY, "table of %llu strings",
                 (unsigned long long)kv->count);
     for (uint64_t i = 0; i < kv->count; i++) {

@@ -446,6 +446,12 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
                 pos, L->n);
     TKV_REQUIRE(pos < c->capacity, TKV_ERR_CACHE_FULL,
                 "cache full: position %u does not fit a capacity of %u tokens", pos, c->capacity);
+    /* codecs assume finite input (a NaN cast to an integer is undefined) */
+    for (size_t i = 0; i < (size_t)c->n_head_kv * c->head_dim; i++) {
+        TKV_REQUIRE(isfinite(k[i]) && isfinite(v[i]), TKV_ERR_INVALID_ARGUMENT,
+                    "cache: layer %u position %u: key %g or value %g at element %zu is not finite",
+                    layer, pos, (double)k[i], (double)v[i], i);
+    }
     if (!c->allocated) {
         TKV_TRY(tkv_kv_allocate(c));
     }

@@ -240,6 +240,22 @@ static void tkv_attn_task(void *p, int ith, int nth) {
     }
 }
 
+/* Keys and values the cache cannot store: activations that overflowed (weights or
+ * metadata out of range).  The same error as non-finite logits (lib/session). */
+static tkv_status tkv_check_kv_finite(const float *k, const float *v, size_t n, uint32_t layer,
+                                      uint32_t pos0) {
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(k[i]) || !isfinite(v[i])) {
+            return tkv_fail(TKV_ERR_BAD_FORMAT,
+                            "non-finite %s %g in layer %u from position %u: the model's weights "
+                            "or metadata produce NaN or Inf",
+                            isfinite(k[i]) ? "value" : "key", (double)(isfinite(k[i]) ? v[i] : k[i]),
+                            layer, pos0);
+        }
+    }
+    return TKV_OK;
+}
+
 tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool *pool,
                        tkv_forward_state *s, const int32_t *tokens, uint32_t n, uint32_t pos0,
                        int all_logits, float sparse_threshold) {
@@ -283,6 +299,8 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
                 memcpy(s->capture_v + row * KD, v, KD * sizeof *v);
             }
         }
+        /* before the calibration sums see them: a NaN key would poison every later block */
+        TKV_TRY(tkv_check_kv_finite(s->k, s->v, (size_t)n * KD, l, pos0));
         TKV_TRY(tkv_kv_calibrate(cache, l, pos0, s->q, H, s->k, n));
         for (uint32_t t = 0; t < n; t++) {
             TKV_TRY(tkv_kv_append(cache, l, pos0 + t, s->k + (size_t)t * KD, s->v + (size_t)t * KD,

@@ -322,11 +322,8 @@ static tkv_status tkv_check_unsupported_tensors(const struct tkv_model *m) {
     return TKV_OK;
 }
 
-tkv_status tkv_model_open(const char *path, struct tkv_model **out) {
-    *out = NULL;
-    struct tkv_model *m = calloc(1, sizeof *m);
-    TKV_REQUIRE(m, TKV_ERR_OUT_OF_MEMORY, "model: out of memory");
-    tkv_status st = tkv_gguf_open(path, &m->gguf);
+/* Shared by the file and the memory entries: m->gguf is open (or st says why not). */
+static tkv_status tkv_model_finish(struct tkv_model *m, tkv_status st, struct tkv_model **out) {
     if (st == TKV_OK) {
         st = tkv_load_hparams(m);
     }
@@ -347,8 +344,23 @@ tkv_status tkv_model_open(const char *path, struct tkv_model **out) {
         tkv_model_close(m);
         return st;
     }
+    atomic_init(&m->refs, 1u); /* the caller's reference (lib/api counts the caches) */
     *out = m;
     return TKV_OK;
+}
+
+tkv_status tkv_model_open(const char *path, struct tkv_model **out) {
+    *out = NULL;
+    struct tkv_model *m = calloc(1, sizeof *m);
+    TKV_REQUIRE(m, TKV_ERR_OUT_OF_MEMORY, "model: out of memory");
+    return tkv_model_finish(m, tkv_gguf_open(path, &m->gguf), out);
+}
+
+tkv_status tkv_model_open_memory(const void *data, size_t size, struct tkv_model **out) {
+    *out = NULL;
+    struct tkv_model *m = calloc(1, sizeof *m);
+    TKV_REQUIRE(m, TKV_ERR_OUT_OF_MEMORY, "model: out of memory");
+    return tkv_model_finish(m, tkv_gguf_open_memory(data, size, &m->gguf), out);
 }
 
 void tkv_model_close(struct tkv_model *m) {

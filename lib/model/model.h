@@ -71,6 +71,9 @@ struct tkv_model {
 };
 
 tkv_status tkv_model_open(const char *path, struct tkv_model **out);
+/* The same from a caller-owned GGUF image (not copied: it must outlive the model).  For
+ * tests and fuzzing; no public entry. */
+tkv_status tkv_model_open_memory(const void *data, size_t size, struct tkv_model **out);
 void tkv_model_close(struct tkv_model *m);
 
 #endif

@@ -69,12 +69,35 @@ def test_rope_freqs_is_not_silently_ignored(tmp_path):
         _load(tmp_path, extra_tensors=(("rope_freqs.weight", np.ones(8)),))
 
 
-def test_nan_weights_give_an_error_not_end_of_text(tmp_path):
+@pytest.mark.parametrize("tensor,what", [("blk.0.attn_v.weight", "non-finite value"),
+                                         ("blk.1.ffn_down.weight", "non-finite logit")])
+@pytest.mark.parametrize("kv", ["fp32", "q8_0", "turbo_kv_4b"])
+def test_nan_weights_give_an_error_not_end_of_text(tmp_path, tensor, what, kv):
     """NaN in a linear weight cannot be found at load without reading every block, so the
-    first eval that produces a non-finite logit fails, and the cache is left as it was."""
-    with _load(tmp_path, nan_tensor="blk.0.attn_v.weight") as m, \
-            turbokv.KVCache(m, k="fp32", v="fp32", n_ctx=32) as c, turbokv.Session(c) as s:
-        with pytest.raises(turbokv.FormatError, match="non-finite logit"):
+    first eval whose keys, values or logits are not finite fails (before any codec sees
+    them), and the cache is left as it was."""
+    with _load(tmp_path, nan_tensor=tensor) as m, \
+            turbokv.KVCache(m, k=kv, v=kv, n_ctx=32) as c, turbokv.Session(c) as s:
+        with pytest.raises(turbokv.FormatError, match=what):
+            s.eval(m.tokenize("the cat"))
+        assert len(c) == 0
+
+
+def test_overflowing_activations_give_an_error(tmp_path):
+    """A finite but huge norm weight (found by fuzz_model: 1.5e27) overflows the keys to
+    inf/NaN; they used to reach the q8_0/q4_0 encoders (NaN cast to int: undefined)."""
+    path = tmp_path / "m.gguf"
+    write_tiny_model(path, TinyConfig())
+    import gguf as _g
+    r = _g.GGUFReader(str(path), "r+")
+    t = next(t for t in r.tensors if t.name == "blk.0.attn_norm.weight")
+    t.data[:] = 1.5e27
+    del r
+    with turbokv.Model(str(path)) as m, turbokv.KVCache(m, k="q4_0", v="q8_0", n_ctx=32) as c, \
+            turbokv.Session(c) as s:
+        # keys too large for the q4_0 block scale, or non-finite: a typed error either way
+        with pytest.raises((turbokv.FormatError, turbokv.InvalidArgument),
+                           match="non-finite key|too large for an fp16 block scale"):
             s.eval(m.tokenize("the cat"))
         assert len(c) == 0
 
