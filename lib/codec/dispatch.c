@@ -35,6 +35,10 @@ static void tkv_tuned_init(void) {
         vnni ? tkv_scores_turbo_i8_vnni : tkv_scores_turbo_i8_avx2;
     tkv_tuned_avx512.scores_multi[TKV_FMT_TURBO] =
         vnni ? tkv_scores_turbo_multi_i8_vnni : tkv_scores_turbo_multi_i8_avx2;
+    if (tkv_cpu_has_avx512bf16()) {
+        tkv_tuned_avx512.accum[TKV_FMT_TURBO] = tkv_accum_turbo_bf16;
+        tkv_tuned_avx512.accum_multi[TKV_FMT_TURBO] = tkv_accum_turbo_multi_bf16;
+    }
 }
 #endif
 

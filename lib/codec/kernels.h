@@ -139,6 +139,13 @@ void tkv_scores_turbo_i8_vnni(const tkv_code_layout *layout, const float *q, con
                               size_t n, float *out);
 void tkv_scores_turbo_multi_i8_vnni(const tkv_code_layout *layout, const float *const *qs, int nq,
                                     const uint8_t *codes, size_t n, float *const *outs);
+/* kernels_turbo_avx512.c: weighted value sums of 4-bit codes by bf16 dot products
+ * (AVX512_BF16; d % 32 == 0, other layouts fall back to the fp32 entries). */
+void tkv_accum_turbo_bf16(const tkv_code_layout *layout, const float *w, float threshold,
+                          const uint8_t *codes, size_t n, float *acc);
+void tkv_accum_turbo_multi_bf16(const tkv_code_layout *layout, const float *const *ws, int nq,
+                                float threshold, const uint8_t *codes, size_t n,
+                                float *const *accs);
 #endif
 
 /* 1 if table K scores layout L with int8 queries and an int8 codebook (the entries of
@@ -148,6 +155,21 @@ void tkv_scores_turbo_multi_i8_vnni(const tkv_code_layout *layout, const float *
 static inline int tkv_turbo_scores_i8(const tkv_codec_kernels *K, const tkv_code_layout *L) {
     return K != &tkv_codec_kernels_scalar && L->format == TKV_FMT_TURBO && L->bits == 4 &&
            !L->has_qjl && L->d % 64 == 0 && L->d <= 1024;
+}
+
+/* 1 if table K sums the values of layout L by bf16 dot products (tkv_accum_turbo_bf16):
+ * weights (times the key's scale) and centroids are rounded to bf16, so an accumulator
+ * element may differ from the fp32 sum by up to 2^-8 sum_i |w_i x_ij| (x the decoded values
+ * of the rows kept) besides float rounding. */
+static inline int tkv_turbo_accum_bf16(const tkv_codec_kernels *K, const tkv_code_layout *L) {
+#if defined(TKV_HAVE_X86_KERNELS)
+    return K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_bf16 && L->format == TKV_FMT_TURBO &&
+           L->bits == 4 && !L->has_qjl && L->d % 32 == 0;
+#else
+    (void)K;
+    (void)L;
+    return 0;
+#endif
 }
 
 /* Scalar entries, reused by ISA tables for the formats they do not specialize. */

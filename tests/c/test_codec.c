@@ -703,18 +703,39 @@ static void test_determinism(void) {
         CHECK_OK(tkv_codec_decode(a, ca, bytes, 16, dec));
         /* threshold 0.5 skips the rows with small weights */
         CHECK_OK(tkv_codec_weighted_sum(a, w, ca, bytes, 16, 0.5f, ws));
-        double worst = 0;
+        double worst = 0, e2 = 0, c2 = 0, bound = 0;
         for (int j = 0; j < 96; j++) {
-            double ref = 0, mag = 1e-6;
+            double ref = 0, mag = 1e-6, exact = 0;
             for (int i = 0; i < 16; i++) {
                 if (w[i] >= 0.5f) {
                     ref += w[i] * dec[i * 96 + j];
                     mag += fabs(w[i] * dec[i * 96 + j]);
+                    exact += w[i] * x[i * 96 + j];
                 }
             }
             worst = fmax(worst, fabs(ref - ws[j]) / mag);
+            e2 += (ref - ws[j]) * (ref - ws[j]); /* the kernel's error */
+            c2 += (ref - exact) * (ref - exact); /* the codec's error */
         }
-        CHECK_MSG(worst < 1e-4, "%s: weighted_sum vs decode: %g", tkv_codec_name(id), worst);
+        const struct tkv_codec *ci = a;
+        if (tkv_turbo_accum_bf16(tkv_codec_kernels_active(), &ci->layout)) {
+            /* bf16 value sums (kernels.h): each row's error is at most 2^-8 of its norm in the
+             * rotated domain, which the rotation back preserves, so the error vector's norm is
+             * bounded by 2^-8 sum_i |w_i| |x_i|; per element it spreads over all coordinates */
+            for (int i = 0; i < 16; i++) {
+                double n2 = 0;
+                for (int j = 0; j < 96; j++) {
+                    n2 += (double)dec[i * 96 + j] * dec[i * 96 + j];
+                }
+                bound += w[i] >= 0.5f ? w[i] * sqrt(n2) : 0.0;
+            }
+            printf("%s d=96 bf16 value sum: error norm %.3g (bound %.3g) vs the codec's %.3g\n",
+                   tkv_codec_name(id), sqrt(e2), 1.01 * bound / 256, sqrt(c2));
+            CHECK_MSG(sqrt(e2) <= 1.01 * bound / 256 + 1e-6, "%s: bf16 weighted_sum error %g",
+                      tkv_codec_name(id), sqrt(e2));
+        } else {
+            CHECK_MSG(worst < 1e-4, "%s: weighted_sum vs decode: %g", tkv_codec_name(id), worst);
+        }
         free(ca);
         free(cb);
         tkv_codec_free(a);
