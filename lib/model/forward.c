@@ -12,7 +12,8 @@
  *   logits = (rmsnorm(x) * output_norm) Wout
  *
  * Matmuls split weight rows over the thread pool; attention splits (token, head)
- * pairs.  Nothing here allocates: buffers live in tkv_forward_state.
+ * pairs, and when decoding one token with fewer head runs than threads can share evenly
+ * (3 KV heads on 2 threads), each head's positions too, merging the parts' softmaxes.  Nothing here allocates: buffers live in tkv_forward_state.
  */
 #include "model/forward.h"
 
@@ -55,6 +56,9 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     s->scores = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES * capacity, sizeof(float));
     s->work = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES *
                                      TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
+    const size_t runs = (hp->n_head / hp->n_head_kv + TKV_MAX_QUERIES - 1) / TKV_MAX_QUERIES;
+    s->attn_part = tkv_calloc_aligned((size_t)hp->n_head_kv * runs * n_threads * TKV_MAX_QUERIES *
+                                          (hp->head_dim + 1), sizeof(float));
     s->kv_scratch = tkv_calloc_aligned(TKV_KV_SCRATCH_FLOATS(hp->head_dim), sizeof(float));
     s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
     /* the largest quantized-activation scratch over every matmul of the model (the output
@@ -71,7 +75,8 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     s->mm_scratch_bytes = mm;
     s->mm_scratch = tkv_calloc_aligned(mm ? mm : 64, 1);
     if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up ||
-        !s->logits || !s->scores || !s->work || !s->kv_scratch || !s->rope_inv_freq ||
+        !s->logits || !s->scores || !s->work || !s->attn_part || !s->kv_scratch ||
+        !s->rope_inv_freq ||
         !s->mm_scratch) {
         tkv_forward_state_release(s);
         return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "session: out of memory for activations "
@@ -100,7 +105,7 @@ tkv_status tkv_forward_reserve_logits(tkv_forward_state *s, const struct tkv_mod
 
 void tkv_forward_state_release(tkv_forward_state *s) {
     float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->gate, s->up, s->logits,
-                     s->scores, s->work, s->kv_scratch, s->rope_inv_freq};
+                     s->scores, s->work, s->attn_part, s->kv_scratch, s->rope_inv_freq};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         tkv_free_aligned(bufs[i]);
     }
@@ -211,7 +216,11 @@ typedef struct {
     uint32_t n;
     uint32_t pos0;
     float sparse_threshold;
+    uint32_t parts; /* > 1: one token, each run's positions split in `parts` ranges */
 } tkv_attn_job;
+
+/* Floats of one part's output in attn_part: nq outputs, then nq log-sum-exps. */
+#define TKV_ATTN_PART_FLOATS(d) ((size_t)TKV_MAX_QUERIES * ((d) + 1))
 
 /* Work items are (token, run of up to TKV_MAX_QUERIES query heads of one KV head): the
  * query heads of a GQA group are adjacent in q, so a run is one contiguous block. */
@@ -226,6 +235,23 @@ static void tkv_attn_task(void *p, int ith, int nth) {
     float *scores = j->s->scores + (size_t)ith * TKV_MAX_QUERIES * j->s->capacity;
     float *work = j->s->work + (size_t)ith * TKV_MAX_QUERIES * TKV_ATTN_WORK_FLOATS(d);
     int64_t b, e;
+    if (j->parts > 1) { /* items (run, part), part p holding positions [p N / P, (p+1) N / P) */
+        const uint32_t N = j->pos0 + 1, P = j->parts;
+        tkv_split_range((int64_t)items_per_token * P, ith, nth, &b, &e);
+        for (int64_t i = b; i < e; i++) {
+            const uint32_t item = (uint32_t)(i / P), pi = (uint32_t)(i % P);
+            const uint32_t kvh = item / runs_per_group, r = item % runs_per_group;
+            const uint32_t h0 = kvh * group + r * run_len;
+            const uint32_t h1 = h0 + run_len < (kvh + 1) * group ? h0 + run_len : (kvh + 1) * group;
+            float *part = j->s->attn_part + (size_t)i * TKV_ATTN_PART_FLOATS(d);
+            tkv_attn_group_range(j->cache, j->layer, kvh, j->s->q + (size_t)h0 * d, (int)(h1 - h0),
+                                 j->pos0, (uint32_t)((uint64_t)pi * N / P),
+                                 (uint32_t)((uint64_t)(pi + 1) * N / P), scale, j->sparse_threshold,
+                                 part, part + (size_t)TKV_MAX_QUERIES * d, scores, j->s->capacity,
+                                 work);
+        }
+        return;
+    }
     tkv_split_range((int64_t)j->n * items_per_token, ith, nth, &b, &e);
     for (int64_t i = b; i < e; i++) {
         const uint32_t t = (uint32_t)(i / items_per_token);
@@ -237,6 +263,37 @@ static void tkv_attn_task(void *p, int ith, int nth) {
         float *out = j->s->att + ((size_t)t * H + h0) * d;
         tkv_attn_group(j->cache, j->layer, kvh, q, (int)(h1 - h0), j->pos0 + t, scale,
                        j->sparse_threshold, out, scores, j->s->capacity, work);
+    }
+}
+
+/* att = the parts' outputs weighted by exp(lse_p - max) / sum, per query head. */
+static void tkv_attn_merge(tkv_forward_state *s, uint32_t HK, uint32_t group, uint32_t runs,
+                           uint32_t P, uint32_t d) {
+    const uint32_t run_len = (group + runs - 1) / runs;
+    for (uint32_t item = 0; item < HK * runs; item++) {
+        const uint32_t kvh = item / runs, r = item % runs;
+        const uint32_t h0 = kvh * group + r * run_len;
+        const uint32_t h1 = h0 + run_len < (kvh + 1) * group ? h0 + run_len : (kvh + 1) * group;
+        const float *part = s->attn_part + (size_t)item * P * TKV_ATTN_PART_FLOATS(d);
+        for (uint32_t k = 0; k < h1 - h0; k++) {
+            float lmax = -INFINITY, wsum = 0.0f, wp[16];
+            for (uint32_t p = 0; p < P; p++) {
+                const float l = part[p * TKV_ATTN_PART_FLOATS(d) + TKV_MAX_QUERIES * d + k];
+                lmax = l > lmax ? l : lmax;
+            }
+            for (uint32_t p = 0; p < P; p++) {
+                wp[p] = expf(part[p * TKV_ATTN_PART_FLOATS(d) + TKV_MAX_QUERIES * d + k] - lmax);
+                wsum += wp[p];
+            }
+            float *o = s->att + (size_t)(h0 + k) * d;
+            for (uint32_t j = 0; j < d; j++) {
+                float v = 0.0f;
+                for (uint32_t p = 0; p < P; p++) {
+                    v += wp[p] * part[p * TKV_ATTN_PART_FLOATS(d) + (size_t)k * d + j];
+                }
+                o[j] = v / wsum;
+            }
+        }
     }
 }
 
@@ -289,8 +346,19 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
                                   s->kv_scratch));
         }
         uint64_t ta = tkv_now_ns();
-        tkv_attn_job job = {m, cache, s, l, n, pos0, sparse_threshold};
+        tkv_attn_job job = {m, cache, s, l, n, pos0, sparse_threshold, 1};
+        const uint32_t runs = (H / HK + TKV_MAX_QUERIES - 1) / TKV_MAX_QUERIES;
+        /* splitting positions pays when the runs do not share evenly and there are enough
+         * positions per part; the sparse threshold would apply to each part's weights, so
+         * it keeps the plain split */
+        if (n == 1 && s->n_threads > 1 && (HK * runs) % s->n_threads != 0 &&
+            pos0 + 1 >= 256 * s->n_threads && sparse_threshold == 0.0f) {
+            job.parts = s->n_threads < 16 ? s->n_threads : 16;
+        }
         tkv_pool_run(pool, tkv_attn_task, &job);
+        if (job.parts > 1) {
+            tkv_attn_merge(s, HK, H / HK, runs, job.parts, d);
+        }
         s->times.attention_ns += tkv_now_ns() - ta;
         tkv_linear(pool, s, &L->wo, s->att, n, s->xn); /* xn reused as the projection output */
         for (size_t i = 0; i < (size_t)n * E; i++) {

@@ -35,6 +35,8 @@ typedef struct tkv_forward_state {
     uint32_t logits_rows;   /* 1 until a call keeps every token's logits, then n_batch */
     float *scores;          /* (n_threads, capacity) */
     float *work;            /* (n_threads, attention work) */
+    float *attn_part;       /* (n_head_kv, runs, n_threads, TKV_MAX_QUERIES * (head_dim + 1))
+                             * partial attention outputs and log-sum-exps of a position split */
     float *kv_scratch;      /* codec scratch for cache appends */
     void *mm_scratch;       /* quantized activations */
     size_t mm_scratch_bytes;
