@@ -32,6 +32,12 @@
 
 #define TKV_I8_MAX_D 1024
 
+/* Round to nearest, halves away from zero (lrintf is a libm call in this build: it showed
+ * in the decode profile, as fmaxf did). */
+static inline int TKV_I8_NAME(round)(float x) {
+    return (int)(x + (x >= 0.0f ? 0.5f : -0.5f));
+}
+
 typedef struct {
     int8_t lo[TKV_MAX_QUERIES][TKV_I8_MAX_D / 2]; /* q8 of the low-nibble elements */
     int8_t hi[TKV_MAX_QUERIES][TKV_I8_MAX_D / 2]; /* q8 of the high-nibble elements */
@@ -46,12 +52,13 @@ static TKV_I8_ATTR void TKV_I8_NAME(prepare)(const tkv_code_layout *L, const flo
     const uint32_t d = L->d;
     float cmax = 0.0f;
     for (int i = 0; i < 16; i++) {
-        cmax = fmaxf(cmax, fabsf(L->centroids[i]));
+        const float a = fabsf(L->centroids[i]);
+        cmax = a > cmax ? a : cmax;
     }
     const float cstep = cmax > 0.0f ? cmax / 127.0f : 1.0f;
     uint8_t tab[16]; /* VNNI: cb8 + 128 (unsigned); else cb8 (two's complement) */
     for (int i = 0; i < 16; i++) {
-        const int v = (int)lrintf(L->centroids[i] / cstep);
+        const int v = TKV_I8_NAME(round)(L->centroids[i] / cstep);
         tab[i] = (uint8_t)(TKV_I8_VNNI ? v + 128 : v & 255);
     }
     P->tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tab));
@@ -59,14 +66,15 @@ static TKV_I8_ATTR void TKV_I8_NAME(prepare)(const tkv_code_layout *L, const flo
         const float *q = qs[k];
         float qmax = 0.0f;
         for (uint32_t j = 0; j < d; j++) {
-            qmax = fmaxf(qmax, fabsf(q[j]));
+            const float a = fabsf(q[j]); /* no fmaxf: it may be a libm call */
+            qmax = a > qmax ? a : qmax;
         }
         const float qstep = qmax > 0.0f ? qmax / 127.0f : 1.0f, inv = 1.0f / qstep;
         int32_t sum = 0;
         for (uint32_t c = 0; c < d; c += 64) {
             for (uint32_t b = 0; b < 32; b++) { /* byte b of the chunk at element c */
                 const uint32_t e = c + (b / 16) * 32 + b % 16;
-                const int lo = (int)lrintf(q[e] * inv), hi = (int)lrintf(q[e + 16] * inv);
+                const int lo = TKV_I8_NAME(round)(q[e] * inv), hi = TKV_I8_NAME(round)(q[e + 16] * inv);
                 P->lo[k][c / 2 + b] = (int8_t)lo;
                 P->hi[k][c / 2 + b] = (int8_t)hi;
                 sum += lo + hi;
