@@ -14,7 +14,10 @@
  *        -Lbuild -lturbokv -Wl,-rpath,"$PWD/build" -lm -o build/bench_codec
  *     ./build/bench_codec            # TKV_ISA=scalar|avx2|avx512 picks the kernels
  * or: cmake -S benchmarks -B build-bench && cmake --build build-bench && ./build-bench/bench_codec
- * Options: --rounds N (default 15), --quick (1K and 8K only).
+ * Options: --rounds N (default 15), --quick (1K and 8K only), --codecs a,b,c (names; default
+ * all), --ctx 1024,4096 (positions), --dims 64,128, --bw G (the streaming bandwidth bound in
+ * GB/s from benchmarks/bench_bw.c, default 22): the "GB/s" column is the K + V code bytes
+ * one attention step reads divided by its time, "of bw" that figure over G.
  */
 #include <math.h>
 #include <stdint.h>
@@ -26,6 +29,9 @@
 #include "turbokv.h"
 
 #define MAX_CODECS 64
+
+static int32_t sel[MAX_CODECS], n_sel; /* codecs to run (ids) */
+static double bw_bound = 22.0;         /* GB/s */
 
 static double now_s(void) {
     struct timespec ts;
@@ -73,7 +79,7 @@ typedef struct bench_codec {
 } bench_codec;
 
 static void run_config(uint32_t d, int64_t n, int rounds) {
-    const int32_t nc = tkv_codec_count() < MAX_CODECS ? tkv_codec_count() : MAX_CODECS;
+    const int32_t nc = n_sel;
     float *xk = malloc((size_t)n * d * sizeof *xk);
     float *xv = malloc((size_t)n * d * sizeof *xv);
     float *dec = malloc((size_t)n * d * sizeof *dec);
@@ -96,7 +102,7 @@ static void run_config(uint32_t d, int64_t n, int rounds) {
     bench_codec bc[MAX_CODECS];
     for (int32_t c = 0; c < nc; c++) {
         tkv_codec_params p = tkv_codec_default_params();
-        p.codec = c;
+        p.codec = sel[c];
         p.head_dim = d;
         p.seed = 42;
         CHECK_TKV(tkv_codec_create(&p, &bc[c].codec));
@@ -140,13 +146,20 @@ static void run_config(uint32_t d, int64_t n, int rounds) {
     for (int32_t c = 0; c < nc; c++) {
         med[c] = median(bc[c].attn_us, rounds);
     }
-    const double t32 = med[TKV_CODEC_FP32], t16 = med[TKV_CODEC_FP16];
-    printf("\nhead_dim %u, context %lld (%d rounds, median)\n", d, (long long)n, rounds);
-    printf("%-18s %6s %12s %12s %11s %9s %9s\n", "codec", "B/vec", "encode v/s", "decode v/s",
-           "attn us", "x fp32", "x fp16");
+    double t32 = 0.0, t16 = 0.0;
     for (int32_t c = 0; c < nc; c++) {
-        printf("%-18s %6zu %12.3g %12.3g %11.1f %8.2fx %8.2fx\n", tkv_codec_name(c), bc[c].bytes,
-               bc[c].enc_vps, bc[c].dec_vps, med[c], t32 / med[c], t16 / med[c]);
+        t32 = sel[c] == TKV_CODEC_FP32 ? med[c] : t32;
+        t16 = sel[c] == TKV_CODEC_FP16 ? med[c] : t16;
+    }
+    printf("\nhead_dim %u, context %lld (%d rounds, median)\n", d, (long long)n, rounds);
+    printf("%-18s %6s %12s %12s %11s %9s %9s %7s %6s\n", "codec", "B/vec", "encode v/s",
+           "decode v/s", "attn us", "x fp32", "x fp16", "GB/s", "of bw");
+    for (int32_t c = 0; c < nc; c++) {
+        const double gbs = 2.0 * (double)bc[c].bytes * (double)n / (med[c] * 1e-6) * 1e-9;
+        printf("%-18s %6zu %12.3g %12.3g %11.1f %8.2fx %8.2fx %7.2f %5.0f%%\n",
+               tkv_codec_name(sel[c]), bc[c].bytes, bc[c].enc_vps, bc[c].dec_vps, med[c],
+               t32 > 0 ? t32 / med[c] : 0.0, t16 > 0 ? t16 / med[c] : 0.0, gbs,
+               100.0 * gbs / bw_bound);
     }
     fflush(stdout);
     for (int32_t c = 0; c < nc; c++) {
@@ -162,14 +175,58 @@ static void run_config(uint32_t d, int64_t n, int rounds) {
 
 int main(int argc, char **argv) {
     int rounds = 15, quick = 0;
+    const char *codecs = NULL;
+    int64_t ctx[8] = {1024, 8192, 32768};
+    int n_ctx = 3;
+    uint32_t dims[8] = {64, 128};
+    int n_dims = 2;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
             rounds = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
+        } else if (strcmp(argv[i], "--codecs") == 0 && i + 1 < argc) {
+            codecs = argv[++i];
+        } else if (strcmp(argv[i], "--bw") == 0 && i + 1 < argc) {
+            bw_bound = atof(argv[++i]);
+        } else if ((strcmp(argv[i], "--ctx") == 0 || strcmp(argv[i], "--dims") == 0) &&
+                   i + 1 < argc) {
+            const int is_ctx = argv[i][2] == 'c';
+            int cnt = 0;
+            for (char *tok = strtok(argv[++i], ","); tok && cnt < 8; tok = strtok(NULL, ",")) {
+                if (is_ctx) {
+                    ctx[cnt++] = atoll(tok);
+                } else {
+                    dims[cnt++] = (uint32_t)atoi(tok);
+                }
+            }
+            *(is_ctx ? &n_ctx : &n_dims) = cnt;
         } else {
-            fprintf(stderr, "usage: %s [--rounds N] [--quick]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--rounds N] [--quick] [--codecs a,b] [--ctx n,m] "
+                    "[--dims d,e] [--bw GBs]\n",
+                    argv[0]);
             return 2;
+        }
+    }
+    if (quick) {
+        n_ctx = 2;
+        ctx[1] = 8192;
+    }
+    n_sel = 0;
+    for (int32_t c = 0; c < tkv_codec_count() && n_sel < MAX_CODECS; c++) {
+        const char *name = tkv_codec_name(c);
+        int want = !codecs;
+        if (codecs) { /* exact match of one comma-separated name */
+            const size_t len = strlen(name);
+            for (const char *p = codecs; (p = strstr(p, name)) != NULL; p += len) {
+                if ((p == codecs || p[-1] == ',') && (p[len] == ',' || p[len] == 0)) {
+                    want = 1;
+                }
+            }
+        }
+        if (want) {
+            sel[n_sel++] = c;
         }
     }
     if (rounds < 1) {
@@ -181,10 +238,11 @@ int main(int argc, char **argv) {
            f & TKV_CPU_AVX512VNNI ? " vnni" : "", f & TKV_CPU_AVX512VBMI ? " vbmi" : "");
     printf("attn = tkv_codec_attention (scores + softmax + V sum) for one query; "
            "x fp32 / x fp16 = speedup (time of fp32 or fp16 / time of codec)\n");
-    const uint32_t dims[] = {64, 128};
-    const int64_t ctx[] = {1024, 8192, 32768};
-    for (int di = 0; di < 2; di++) {
-        for (int ci = 0; ci < (quick ? 2 : 3); ci++) {
+    printf("GB/s = K + V code bytes read per step / time; of bw = GB/s over %.1f GB/s "
+           "(--bw, bench_bw's streaming read)\n",
+           bw_bound);
+    for (int di = 0; di < n_dims; di++) {
+        for (int ci = 0; ci < n_ctx; ci++) {
             run_config(dims[di], ctx[ci], rounds);
         }
     }

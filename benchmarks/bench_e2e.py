@@ -9,7 +9,14 @@ same model, threads and context with its f16 / q8_0 / q4_0 caches.
                                                     # cache specs as in `turbokv eval`
 
 Each configuration is measured --reps times, interleaved, and the median is reported, since
-the machine is shared and noisy.  Decode is measured at the given context: the context is
+the machine is shared and noisy.
+
+Every decode profile is also put against its bandwidth bound (--bw GB/s, from
+benchmarks/bench_bw.c: the streaming read of the thread count used, from DRAM): matmul reads
+the weights once per token (their bytes: the GGUF file size less its metadata, an upper bound
+that counts the embedding table the output layer reuses), attention reads the KV cache
+(bytes/token x positions, averaged over the decoded tokens); "x% of bound" = (bytes / bw) /
+measured time.  Decode is measured at the given context: the context is
 prefilled first, then --decode tokens are generated one at a time.
 """
 from __future__ import annotations
@@ -89,9 +96,14 @@ def main() -> int:
                     help="turn the cache's default levers off (centering, smoothing, sinks)")
     ap.add_argument("--llama-cpp", action="store_true", help="also run llama.cpp's f16/q8_0/q4_0 caches")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--bw", type=float, default=0.0,
+                    help="streaming read bandwidth bound in GB/s (default: bench_bw's DRAM figure "
+                         "on this machine, 22.3 for 1 thread, 31.9 for 2)")
     args = ap.parse_args()
 
     model = turbokv.Model(install=True)
+    bw = args.bw or (22.3 if args.threads == 1 else 31.9)
+    weight_bytes = model.path.stat().st_size
     codecs = args.codecs.split(",")
     ctxs = [int(c) for c in args.ctx.split(",")]
     configs = [("turbokv", c) for c in codecs]
@@ -134,6 +146,14 @@ def main() -> int:
             if engine == "turbokv":
                 row["profile_decode"] = {k: statistics.median(r["profile_decode"][k] for r in rs)
                                          for k in rs[0]["profile_decode"]}
+                # per token: bytes each phase must read, and what that takes at the bound
+                kv_bytes = (bpt or 0) * (ctx + args.decode / 2)
+                row["bound"] = {"bw_gb_s": bw, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
+                                "matmul_frac": weight_bytes / (bw * 1e9) /
+                                (row["profile_decode"]["matmul"] / args.decode),
+                                "attention_frac": kv_bytes / (bw * 1e9) /
+                                (row["profile_decode"]["attention"] / args.decode),
+                                "token_frac": (weight_bytes + kv_bytes) / (bw * 1e9) * dec}
             rows.append(row)
             f = lambda v: f"{v:.2f}x" if v else "-"  # noqa: E731
             print(f"| | {engine} | {c} | {bpt} | {pre:.1f} | {f(row['prefill_vs_fp32'])} | {dec:.1f} | "
@@ -142,8 +162,15 @@ def main() -> int:
             if row["ctx"] == ctx and "profile_decode" in row:
                 p = row["profile_decode"]
                 tot = sum(p.values()) or 1
+                b = row["bound"]
+                n = args.decode
                 print(f"  decode profile {row['cache']:12s} " + ", ".join(
-                    f"{k} {100 * v / tot:.0f}%" for k, v in p.items()))
+                    f"{k} {100 * v / tot:.0f}%" for k, v in p.items()) +
+                    f"; per token: matmul {1e3 * p['matmul'] / n:.2f} ms = "
+                    f"{100 * b['matmul_frac']:.0f}% of bound ({b['weight_bytes'] / 1e6:.0f} MB), "
+                    f"attention {1e3 * p['attention'] / n:.2f} ms = "
+                    f"{100 * b['attention_frac']:.0f}% of bound ({b['kv_bytes'] / 1e6:.1f} MB), "
+                    f"token {100 * b['token_frac']:.0f}% of bound at {b['bw_gb_s']:.1f} GB/s")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -18,6 +18,14 @@
 void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
                     int nq, uint32_t pos, float scale, float sparse_threshold, float *out,
                     float *scores, size_t stride, float *work) {
+    tkv_attn_group_range(cache, layer, head, q, nq, pos, 0, pos + 1, scale, sparse_threshold, out,
+                         NULL, scores, stride, work);
+}
+
+void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
+                          int nq, uint32_t pos, uint32_t t0, uint32_t t1, float scale,
+                          float sparse_threshold, float *out, float *lse, float *scores,
+                          size_t stride, float *work) {
     const tkv_kv_layer *L = &cache->layers[layer];
     const tkv_kv_head *hd = &cache->heads[(size_t)layer * cache->n_head_kv + head];
     const tkv_codec_kernels *kern = tkv_codec_kernels_active();
@@ -41,7 +49,6 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
         qk[k] = q + (size_t)k * d;
     }
     float *mu = work + 6 * (size_t)d, *s = work + 7 * (size_t)d;
-    const uint8_t *v_codes = hd->v_codes + (size_t)s0 * vl->stride;
 
     /* Scores, one calibration block at a time: its keys are stored as (k - mu_b) / s_b
      * (cache.h), so they are scored with q * s_b, and <q, mu_b - mu_0> puts them on the
@@ -50,9 +57,22 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
     const uint32_t B =
         cache->calib_block == TKV_CALIBRATION_ONCE || !calibrated ? n : cache->calib_block;
     float q_mu0[TKV_MAX_QUERIES] = {0};
-    for (uint32_t lo = 0; lo < n; lo += B) {
-        const uint32_t hi = n - lo > B ? lo + B : n;
-        const uint32_t b = lo / B;
+    if (calibrated && t0 >= B) { /* a range past block 0 still needs block 0's <q, mu_0> */
+        tkv_kv_block_calibration(cache, layer, head, 0, mu, s);
+        for (int k = 0; k < nq; k++) {
+            const float *qq = q + (size_t)k * d;
+            float dot = 0.0f;
+            for (uint32_t j = 0; j < d; j++) {
+                dot += qq[j] * mu[j];
+            }
+            q_mu0[k] = dot;
+        }
+    }
+    for (uint32_t blo = t0 / B * B; blo < t1; blo += B) {
+        /* [lo, hi): the part of block b inside [t0, t1) */
+        const uint32_t b = blo / B;
+        const uint32_t lo = blo > t0 ? blo : t0;
+        const uint32_t hi = t1 - blo > B ? blo + B : t1;
         float shift[TKV_MAX_QUERIES] = {0};
         if (calibrated) {
             tkv_kv_block_calibration(cache, layer, head, b, mu, s);
@@ -112,43 +132,56 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
             }
         }
     }
-    float *crow[TKV_MAX_QUERIES]; /* row[k] + s0: the compressed positions' weights */
+    /* compressed positions of the range: [ca, cb) */
+    const uint32_t ca = t0 > s0 ? t0 : s0, cb = t1 < n_comp ? t1 : n_comp;
+    const uint8_t *v_codes = hd->v_codes + (size_t)ca * vl->stride;
+    float *crow[TKV_MAX_QUERIES]; /* row[k] + ca: the compressed positions' weights */
     for (int k = 0; k < nq; k++) {
-        crow[k] = row[k] + s0;
+        crow[k] = row[k] + ca;
     }
     for (int k = 0; k < nq; k++) {
-        kern->softmax(row[k], n, scale);
+        float *x = row[k] + t0;
+        size_t imax = 0;
+        for (size_t i = 1; lse && i < t1 - t0; i++) {
+            imax = x[i] > x[imax] ? i : imax;
+        }
+        const float xmax = x[imax];
+        kern->softmax(x, t1 - t0, scale);
+        if (lse) { /* the maximum's weight is exp(0) / sum: log sum = -log(weight) */
+            lse[k] = scale * xmax - logf(x[imax]);
+        }
         memset(out + (size_t)k * d, 0, d * sizeof *out);
     }
-    if (n_comp > s0) {
+    if (cb > ca) {
         const uint32_t width = tkv_codec_work_width(&hd->v_codec);
         for (int k = 0; k < nq; k++) {
             memset(acc[k], 0, width * sizeof(float));
         }
         if (kern->accum_multi[vl->format] && nq > 1) {
             kern->accum_multi[vl->format](vl, (const float *const *)crow, nq, sparse_threshold,
-                                          v_codes, n_comp - s0, acc);
+                                          v_codes, cb - ca, acc);
         } else {
             for (int k = 0; k < nq; k++) {
-                kern->accum[vl->format](vl, crow[k], sparse_threshold, v_codes, n_comp - s0,
-                                        acc[k]);
+                kern->accum[vl->format](vl, crow[k], sparse_threshold, v_codes, cb - ca, acc[k]);
             }
         }
         for (int k = 0; k < nq; k++) {
             tkv_codec_finish_accum(&hd->v_codec, acc[k], out + (size_t)k * d);
         }
     }
-    if (s0 > 0 || n_comp < n) {
+    const uint32_t se = s0 < t1 ? s0 : t1; /* sinks of the range: [t0, se) */
+    if (t0 < se || n_comp < t1) {
         for (int k = 0; k < nq; k++) {
             float *acc_w = acc[k] + 2 * (size_t)d; /* sinks and window, unrotated */
             memset(acc_w, 0, d * sizeof *acc_w);
-            if (s0 > 0) {
-                kern->accum[TKV_FMT_F32](&f32, row[k], sparse_threshold,
-                                         (const uint8_t *)hd->v_sink, s0, acc_w);
+            if (t0 < se) {
+                kern->accum[TKV_FMT_F32](&f32, row[k] + t0, sparse_threshold,
+                                         (const uint8_t *)(hd->v_sink + (size_t)t0 * d), se - t0,
+                                         acc_w);
             }
-            for (uint32_t t = n_comp; t < n;) {
+            for (uint32_t t = n_comp > t0 ? n_comp : t0; t < t1;) {
                 const uint32_t slot = t % W;
-                const uint32_t run = W - slot < n - t ? W - slot : n - t;
+                const uint32_t run = W - slot < t1 - t ? W - slot : t1 - t;
                 kern->accum[TKV_FMT_F16](&f16, row[k] + t, sparse_threshold,
                                          (const uint8_t *)(hd->v_window + (size_t)slot * d), run,
                                          acc_w);

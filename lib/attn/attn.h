@@ -26,4 +26,17 @@ void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, co
                     int nq, uint32_t pos, float scale, float sparse_threshold, float *out,
                     float *scores, size_t stride, float *work);
 
+/*
+ * The same over positions [t0, t1) of 0..pos only (t0 < t1 <= pos + 1), to split one head's
+ * positions over threads: out is the attention output normalized over that range and, if
+ * lse is not NULL, lse[k] the log of its softmax denominator, the scores being on a scale
+ * common to every range of the head (calibration blocks are shifted to block 0's), so the
+ * parts merge exactly: out = sum_p exp(lse_p - L) out_p with L = log sum_p exp(lse_p).
+ * Weights below sparse_threshold are those of the range's own normalization.
+ */
+void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
+                          int nq, uint32_t pos, uint32_t t0, uint32_t t1, float scale,
+                          float sparse_threshold, float *out, float *lse, float *scores,
+                          size_t stride, float *work);
+
 #endif

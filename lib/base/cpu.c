@@ -83,4 +83,17 @@ uint32_t tkv_cpu_detect(void) {
     return tkv_cpu_flags;
 }
 
+int tkv_cpu_has_avx512bf16(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    if (!(tkv_cpu_detect() & TKV_CPU_AVX512) || __get_cpuid_max(0, 0) < 7) {
+        return 0;
+    }
+    __cpuid_count(7, 1, a, b, c, d);
+    return (a >> 5) & 1;
+#else
+    return 0;
+#endif
+}
+
 uint32_t tkv_cpu_features(void) { return tkv_cpu_detect(); }

@@ -4,6 +4,10 @@
  * The best table the CPU (and OS) can run wins; TKV_ISA=scalar|avx2|avx512 asks
  * for a lower one (a request above what the CPU supports falls back to the best
  * it can run, so a test environment never crashes on an illegal instruction).
+ *
+ * The avx2 / avx512 tables handed out are copies of the per-ISA tables with the entries
+ * that need a finer feature check or live in their own files swapped in once: turbo scores
+ * on int8 queries (kernels_turbo_avx2.c, and kernels_turbo_avx512.c on CPUs with VNNI).
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -16,6 +20,28 @@
 static const tkv_codec_kernels *tkv_active_kernels;
 static pthread_once_t tkv_kernels_once = PTHREAD_ONCE_INIT;
 
+#if defined(TKV_HAVE_X86_KERNELS)
+static tkv_codec_kernels tkv_tuned_avx2, tkv_tuned_avx512;
+static pthread_once_t tkv_tuned_once = PTHREAD_ONCE_INIT;
+
+static void tkv_tuned_init(void) {
+    const uint32_t f = tkv_cpu_detect();
+    tkv_tuned_avx2 = tkv_codec_kernels_avx2;
+    tkv_tuned_avx2.scores[TKV_FMT_TURBO] = tkv_scores_turbo_i8_avx2;
+    tkv_tuned_avx2.scores_multi[TKV_FMT_TURBO] = tkv_scores_turbo_multi_i8_avx2;
+    tkv_tuned_avx512 = tkv_codec_kernels_avx512;
+    const int vnni = (f & TKV_CPU_AVX512) && (f & TKV_CPU_AVX512VNNI);
+    tkv_tuned_avx512.scores[TKV_FMT_TURBO] =
+        vnni ? tkv_scores_turbo_i8_vnni : tkv_scores_turbo_i8_avx2;
+    tkv_tuned_avx512.scores_multi[TKV_FMT_TURBO] =
+        vnni ? tkv_scores_turbo_multi_i8_vnni : tkv_scores_turbo_multi_i8_avx2;
+    if (tkv_cpu_has_avx512bf16()) {
+        tkv_tuned_avx512.accum[TKV_FMT_TURBO] = tkv_accum_turbo_bf16;
+        tkv_tuned_avx512.accum_multi[TKV_FMT_TURBO] = tkv_accum_turbo_multi_bf16;
+    }
+}
+#endif
+
 const tkv_codec_kernels *tkv_codec_kernels_for_isa(const char *isa) {
     if (!isa) {
         return NULL;
@@ -25,11 +51,12 @@ const tkv_codec_kernels *tkv_codec_kernels_for_isa(const char *isa) {
     }
 #if defined(TKV_HAVE_X86_KERNELS)
     const uint32_t f = tkv_cpu_detect();
+    pthread_once(&tkv_tuned_once, tkv_tuned_init);
     if (strcmp(isa, "avx2") == 0 && (f & TKV_CPU_AVX2)) {
-        return &tkv_codec_kernels_avx2;
+        return &tkv_tuned_avx2;
     }
     if (strcmp(isa, "avx512") == 0 && (f & TKV_CPU_AVX512)) {
-        return &tkv_codec_kernels_avx512;
+        return &tkv_tuned_avx512;
     }
 #endif
     return NULL;

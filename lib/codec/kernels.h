@@ -145,7 +145,50 @@ void tkv_accum_trellis_multi_avx512vbmi(const tkv_code_layout *layout, const flo
 void tkv_accum_trellis_multi_avx2(const tkv_code_layout *layout, const float *const *ws, int nq,
                                   float threshold, const uint8_t *codes, size_t n,
                                   float *const *accs);
+/* kernels_turbo_avx2.c / kernels_turbo_avx512.c: turbo scores with int8 queries and an int8
+ * codebook (4-bit codes, head_dim % 64 == 0; other layouts go to the fp32 entries of the
+ * tables above).  dispatch.c puts them in the avx2 / avx512 tables (the _vnni ones only on
+ * CPUs with AVX-512 VNNI). */
+void tkv_scores_turbo_i8_avx2(const tkv_code_layout *layout, const float *q, const uint8_t *codes,
+                              size_t n, float *out);
+void tkv_scores_turbo_multi_i8_avx2(const tkv_code_layout *layout, const float *const *qs, int nq,
+                                    const uint8_t *codes, size_t n, float *const *outs);
+void tkv_scores_turbo_i8_vnni(const tkv_code_layout *layout, const float *q, const uint8_t *codes,
+                              size_t n, float *out);
+void tkv_scores_turbo_multi_i8_vnni(const tkv_code_layout *layout, const float *const *qs, int nq,
+                                    const uint8_t *codes, size_t n, float *const *outs);
+/* kernels_turbo_avx512.c: weighted value sums of 4-bit codes by bf16 dot products
+ * (AVX512_BF16; d % 32 == 0, other layouts fall back to the fp32 entries). */
+void tkv_accum_turbo_bf16(const tkv_code_layout *layout, const float *w, float threshold,
+                          const uint8_t *codes, size_t n, float *acc);
+void tkv_accum_turbo_multi_bf16(const tkv_code_layout *layout, const float *const *ws, int nq,
+                                float threshold, const uint8_t *codes, size_t n,
+                                float *const *accs);
 #endif
+
+/* 1 if table K scores layout L with int8 queries and an int8 codebook (the entries of
+ * kernels_turbo_*.c): results then differ from the fp32 score by the 8-bit roundings of
+ * the query and the codebook, |error| <= scale * (max|q| sum|c_j| + max|c| sum|q_j|) / 254
+ * up to float rounding, c the centroids of the key, scale its fp16 norm factor. */
+static inline int tkv_turbo_scores_i8(const tkv_codec_kernels *K, const tkv_code_layout *L) {
+    return K != &tkv_codec_kernels_scalar && L->format == TKV_FMT_TURBO && L->bits == 4 &&
+           !L->has_qjl && L->d % 64 == 0 && L->d <= 1024;
+}
+
+/* 1 if table K sums the values of layout L by bf16 dot products (tkv_accum_turbo_bf16):
+ * weights (times the key's scale) and centroids are rounded to bf16, so an accumulator
+ * element may differ from the fp32 sum by up to 2^-8 sum_i |w_i x_ij| (x the decoded values
+ * of the rows kept) besides float rounding. */
+static inline int tkv_turbo_accum_bf16(const tkv_codec_kernels *K, const tkv_code_layout *L) {
+#if defined(TKV_HAVE_X86_KERNELS)
+    return K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_bf16 && L->format == TKV_FMT_TURBO &&
+           L->bits == 4 && !L->has_qjl && L->d % 32 == 0;
+#else
+    (void)K;
+    (void)L;
+    return 0;
+#endif
+}
 
 /* Scalar entries, reused by ISA tables for the formats they do not specialize. */
 void tkv_scores_scalar(const tkv_code_layout *layout, const float *q, const uint8_t *codes,

@@ -28,6 +28,7 @@
 #include "base/rng.h"
 #include "check.h"
 #include "codec/codec.h"
+#include "codec/kernels.h"
 #include "kv/cache.h"
 
 #define NL 2
@@ -219,6 +220,15 @@ static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uin
     for (uint32_t hh = NKV - 1; hh < NL * NKV; hh++) {
         const uint32_t l = hh / NKV, h = hh % NKV;
         decode_head(&c, l, h, kd, vd);
+        /* The 4-bit turbo kernels of the avx2 / avx512 tables score on int8 queries and sum
+         * values in bf16 (lib/codec/kernels.h states their bounds per score and per sum).
+         * Through the softmax those bounds give no useful output bound, so these outputs get
+         * a tolerance of 2% of the largest value: 4x the worst seen (0.5% of vmax), while a
+         * wrong calibration block, window slot or sink row moves outputs by tens of percent. */
+        const tkv_codec_kernels *K = tkv_codec_kernels_active();
+        const tkv_kv_head *hd0 = &c.heads[(size_t)l * NKV + h];
+        const int approx_kernels = c.allocated && (tkv_turbo_scores_i8(K, &hd0->k_codec.layout) ||
+                                                   tkv_turbo_accum_bf16(K, &hd0->v_codec.layout));
         double vmax = 0;
         for (size_t i = 0; i < (size_t)n * d; i++) {
             vmax = fmax(vmax, fabs(vd[i]));
@@ -250,7 +260,8 @@ static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uin
                         const float *qk = q + (size_t)k * d;
                         const double slack =
                             naive_attention(kd, vd, d, qk, pos, scale, thr, ref, &skipped);
-                        const double tol = 2e-4 * (1.0 + vmax) + slack;
+                        const double approx = approx_kernels ? 0.02 * vmax : 0.0;
+                        const double tol = 2e-4 * (1.0 + vmax) + slack + approx;
                         for (uint32_t j = 0; j < d; j++) {
                             const double e = fabs(out[(size_t)k * d + j] - ref[j]);
                             worst = fmax(worst, e);

@@ -79,8 +79,17 @@ def test_scores_and_weighted_sum_match_numpy(rng, name):
     enc = turbokv.encode(x, name, seed=5)
     dec = enc.decode()
     np.testing.assert_allclose(enc.scores(q), dec @ q, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(enc.weighted_sum(w), w @ dec, rtol=1e-4, atol=1e-3)
     keep = w >= 0.5
+    if name == "turbo_kv_4b" and turbokv.kernel_isa() == "avx512":
+        # AVX512_BF16 CPUs sum 4-bit values by bf16 dot products (lib/codec/kernels.h): the
+        # error vector's norm is at most 2^-8 sum_i |w_i| |dec_i| (about 3% of the codec's own
+        # error in norm, tests/c/test_codec.c), not 1e-4 per element
+        norms = np.linalg.norm(dec, axis=1)
+        for ww, ref in ((w, w @ dec), (np.where(keep, w, 0), w[keep] @ dec[keep])):
+            got = enc.weighted_sum(w, threshold=0.5 if ww is not w else 0.0)
+            assert np.linalg.norm(got - ref) <= 1.01 * np.abs(ww) @ norms / 256 + 1e-3
+        return
+    np.testing.assert_allclose(enc.weighted_sum(w), w @ dec, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(enc.weighted_sum(w, threshold=0.5), w[keep] @ dec[keep], rtol=1e-4,
                                atol=1e-3)
 
