@@ -28,10 +28,10 @@ extern "C" {
  * ================================================================================== */
 
 #define TKV_VERSION_MAJOR 0
-#define TKV_VERSION_MINOR 4
+#define TKV_VERSION_MINOR 5
 #define TKV_VERSION_PATCH 0
 #define TKV_VERSION_NUMBER (TKV_VERSION_MAJOR * 10000 + TKV_VERSION_MINOR * 100 + TKV_VERSION_PATCH)
-#define TKV_VERSION_STRING "0.4.0"
+#define TKV_VERSION_STRING "0.5.0"
 
 /* ==================================================================================
  * Export and deprecation macros
@@ -328,7 +328,7 @@ TKV_API tkv_status tkv_model_load(const char *path, const tkv_model_params *para
                                   tkv_model **out);
 
 /* Free a model (NULL is a no-op).  Free its caches first; a model freed while caches made
- * from it live is released when the last of them is freed (since 0.4; the handle must
+ * from it live is released when the last of them is freed (since 0.5; the handle must
  * not be used after this call either way).  Since 0.1. */
 TKV_API void tkv_model_free(tkv_model *model);
 
@@ -370,7 +370,7 @@ TKV_API int32_t tkv_model_token_find(const tkv_model *model, const char *text);
  * contain control tokens; pass user-supplied text without it.  Bytes that are not valid
  * UTF-8 are encoded byte by byte when the vocabulary has a token for the byte (all
  * SentencePiece byte-fallback vocabularies, most byte-level BPE ones); a byte it lacks is
- * TKV_ERR_INVALID_ARGUMENT naming the byte and its offset (since 0.4; before, it was
+ * TKV_ERR_INVALID_ARGUMENT naming the byte and its offset (since 0.5; before, it was
  * dropped silently).  Since 0.1.
  */
 TKV_API tkv_status tkv_model_tokenize(const tkv_model *model, const char *text, size_t len,
@@ -459,7 +459,7 @@ TKV_API tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_para
                                     tkv_cache **out);
 
 /* Free a cache (NULL is a no-op).  Free its sessions first; a cache freed while sessions
- * on it live is released when the last of them is freed (since 0.4; the handle must not
+ * on it live is released when the last of them is freed (since 0.5; the handle must not
  * be used after this call either way).  Since 0.1. */
 TKV_API void tkv_cache_free(tkv_cache *cache);
 
@@ -524,7 +524,7 @@ typedef struct tkv_timings {
     uint32_t reserved0;
     int64_t prefill_tokens;   /* tokens of prompts: every eval but the decode steps */
     int64_t decode_tokens;    /* decode steps: 1-token evals right after a sample (since
-                                 0.4; before, every 1-token eval, a 1-token prompt too) */
+                                 0.5; before, every 1-token eval, a 1-token prompt too) */
     double prefill_seconds;
     double decode_seconds;
     double matmul_seconds;    /* of both phases */
@@ -550,7 +550,7 @@ TKV_API void tkv_session_free(tkv_session *session);
  * token with TKV_EVAL_LOGITS_ALL) are kept until the next eval.  Returns
  * TKV_ERR_CACHE_FULL when the tokens do not fit (nothing is appended then),
  * TKV_ERR_INVALID_ARGUMENT for token ids outside the vocabulary, TKV_ERR_BAD_FORMAT when
- * the model produces a non-finite logit (weights out of range; since 0.4): the cache is
+ * the model produces a non-finite logit (weights out of range; since 0.5): the cache is
  * left as it was before the call on every error.  Since 0.1.
  */
 TKV_API tkv_status tkv_session_eval(tkv_session *session, const int32_t *tokens, int64_t n,

@@ -27,7 +27,7 @@ from .session import STOP_REASONS, GeneratedTokens, Sampling, Session, SessionTi
 from .codec import (AttentionCosine, Codec, CodecInfo, Encoded, attention, attention_cosine,
                     codebook, codec_info, codecs, cpu_features, encode, kernel_isa)
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 
 def library_version() -> str:
