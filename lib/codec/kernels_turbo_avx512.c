@@ -46,8 +46,8 @@ TKV_I8_ATTR void tkv_scores_turbo_multi_i8_vnni(const tkv_code_layout *L, const 
  * and widened to 32 words A0 B0 A1 B1 ..., whose low / high nibbles index a bf16 copy of
  * the codebook (vpermw); each query adds (w_A, w_B) . (c_Aj, c_Bj) into lane j, for 16
  * elements per instruction.  Weights (times each key's fp16 scale) and centroids are
- * rounded to bf16 (relative error <= 2^-9 each), products and sums stay fp32: the bound is
- * |error| <= 2^-8 sum_i |w_i x_ij| (kernels.h).  Eight kept keys per pass; each
+ * rounded to bf16 (relative error <= 2^-9 each), products and sums stay fp32 up to the
+ * instruction's own rounding: |error| <= 2^-7 sum_i |w_i x_ij| (kernels.h).  Eight kept keys per pass; each
  * accumulator register is loaded and stored once per pass.
  * --------------------------------------------------------------------------------- */
 

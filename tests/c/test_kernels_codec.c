@@ -83,7 +83,7 @@ static double bf16_bound(const tkv_codec_kernels *K, const tkv_code_layout *L, c
             s += fabs((double)w[i] * dec[i * width + j]);
         }
     }
-    return 1.01 * s / 256.0;
+    return s / 128.0;
 }
 
 /* The int8 rounding bound of one score of q against the turbo code (kernels.h), 0 when the

@@ -65,8 +65,17 @@ static int modest(const float *x, size_t n) {
     return 1;
 }
 
-static int near(double a, double b, double mag) {
-    return fabs(a - b) <= TOL * mag + 1e-30;
+/* The documented error of the approximate kernels (lib/codec/kernels.h), beyond TOL: int8
+ * scores (max|q| sum|dec| + max|dec| sum|q|) / 254, bf16 value sums mag / 128. */
+static double i8_score_bound(const float *q, const float *dec, uint32_t width) {
+    double qmax = 0.0, qsum = 0.0, dmax = 0.0, dsum = 0.0;
+    for (uint32_t j = 0; j < width; j++) {
+        qmax = fmax(qmax, fabs((double)q[j]));
+        qsum += fabs((double)q[j]);
+        dmax = fmax(dmax, fabs((double)dec[j]));
+        dsum += fabs((double)dec[j]);
+    }
+    return 1.01 * (qmax * dsum + dmax * qsum) / 254.0;
 }
 
 /* Every ISA table against the scalar one on the raw kernels. */
@@ -92,13 +101,15 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
         if (!K) {
             continue;
         }
+        const int i8 = tkv_turbo_scores_i8(K, L), b16 = tkv_turbo_accum_bf16(K, L);
         K->scores[L->format](L, qprep, codes, n, s_isa);
         for (size_t i = 0; i < n; i++) {
             double mag = 0.0;
             for (uint32_t j = 0; j < width; j++) {
                 mag += fabs((double)qprep[j] * dec[i][j]);
             }
-            REQUIRE(near(s_isa[i], s_ref[i], mag));
+            const double extra = i8 ? i8_score_bound(qprep, dec[i], width) : 0.0;
+            REQUIRE(fabs(s_isa[i] - s_ref[i]) <= TOL * mag + extra + 1e-30);
         }
         memset(a_isa, 0, sizeof a_isa);
         K->accum[L->format](L, w, threshold, codes, n, a_isa);
@@ -107,7 +118,7 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
             for (size_t i = 0; i < n; i++) {
                 mag += fabsf(w[i]) >= threshold ? fabs((double)w[i] * dec[i][j]) : 0.0;
             }
-            REQUIRE(near(a_isa[j], a_ref[j], mag));
+            REQUIRE(fabs(a_isa[j] - a_ref[j]) <= (TOL + (b16 ? 1.0 / 128 : 0.0)) * mag + 1e-30);
         }
         if (K->scores_multi[L->format] && K->accum_multi[L->format]) {
             /* the same query and weights in every slot: each must match the single one */
@@ -129,14 +140,16 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
                     for (uint32_t j = 0; j < width; j++) {
                         mag += fabs((double)qprep[j] * dec[i][j]);
                     }
-                    REQUIRE(near(so[m][i], s_ref[i], mag));
+                    const double extra = i8 ? i8_score_bound(qprep, dec[i], width) : 0.0;
+                    REQUIRE(fabs(so[m][i] - s_ref[i]) <= TOL * mag + extra + 1e-30);
                 }
                 for (uint32_t j = 0; j < width; j++) {
                     double mag = 0.0;
                     for (size_t i = 0; i < n; i++) {
                         mag += fabsf(w[i]) >= threshold ? fabs((double)w[i] * dec[i][j]) : 0.0;
                     }
-                    REQUIRE(near(ao[m][j], a_ref[j], mag));
+                    REQUIRE(fabs(ao[m][j] - a_ref[j]) <=
+                            (TOL + (b16 ? 1.0 / 128 : 0.0)) * mag + 1e-30);
                 }
             }
         }
@@ -150,6 +163,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tkv_codec_params p = tkv_codec_default_params();
     p.codec = data[0] % TKV_CODEC_COUNT;
     p.head_dim = 2u * (1u + ((uint32_t)data[1] | (uint32_t)data[2] << 8) % 512u);
+    /* a head_dim that is not a power of two gets a dense random orthogonal rotation, built
+     * in O(d^3) (seconds at d ~ 1000 under the sanitizers): keep those dims small enough
+     * for libFuzzer's timeout; powers of two (fast Walsh-Hadamard) go up to 1024 */
+    if ((p.head_dim & (p.head_dim - 1)) != 0 && p.head_dim > 200) {
+        p.head_dim = 2u + p.head_dim % 200u;
+    }
     size_t n = 1 + data[3] % MAX_N;
     while (n > 1 && n * p.head_dim > MAX_ELEMS) {
         n--;
