@@ -22,16 +22,8 @@
 
 #include "codec/codec.h"
 #include "codec/kernels.h"
+#include "fuzz.h"
 #include "turbokv.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            __builtin_trap();                                                                      \
-        }                                                                                          \
-    } while (0)
 
 #define MAX_N 16
 #define MAX_ELEMS 16384

@@ -14,20 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
 #include "turbokv.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 #define TKV_FUZZ_MAX_ELEMENTS (1 << 20)
-
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            __builtin_trap();                                                                      \
-        }                                                                                          \
-    } while (0)
 
 static volatile float sink;
 

@@ -21,18 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "tok/tokenizer.h"
 #include "turbokv.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
-
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            __builtin_trap();                                                                      \
-        }                                                                                          \
-    } while (0)
 
 enum { N_TOK = 5, SPM = 4 };
 static const char *const pre_names[4] = {"gpt2", "smollm", "llama3", "qwen2"};
