@@ -124,7 +124,7 @@ TKV_API const char *tkv_last_error(void);
 #define TKV_CODEC_TURBO_5B_FAST 11  /* "turbo_kv_5b_fast": 5-bit indices, one per byte */
 #define TKV_CODEC_TURBO_3B_QJL 12   /* "turbo_kv_3b_qjl": 2-bit codebook + 1-bit QJL sketch */
 #define TKV_CODEC_TURBO_4B_QJL 13   /* "turbo_kv_4b_qjl": 3-bit codebook + 1-bit QJL sketch */
-/* Trellis-coded turbo codecs (since 0.3): the bytes of turbo_kv_Nb, ~0.64-0.70x its MSE */
+/* Trellis-coded turbo codecs (since 0.3): the bytes of turbo_kv_Nb, trellis-coded symbols */
 #define TKV_CODEC_TURBO_2B_TCQ 14   /* "turbo_kv_2b_tcq": norm + rotation + 2-bit trellis */
 #define TKV_CODEC_TURBO_3B_TCQ 15   /* "turbo_kv_3b_tcq" */
 #define TKV_CODEC_TURBO_4B_TCQ 16   /* "turbo_kv_4b_tcq" */
@@ -370,8 +370,7 @@ TKV_API int32_t tkv_model_token_find(const tkv_model *model, const char *text);
  * contain control tokens; pass user-supplied text without it.  Bytes that are not valid
  * UTF-8 are encoded byte by byte when the vocabulary has a token for the byte (all
  * SentencePiece byte-fallback vocabularies, most byte-level BPE ones); a byte it lacks is
- * TKV_ERR_INVALID_ARGUMENT naming the byte and its offset (since 0.5; before, it was
- * dropped silently).  Since 0.1.
+ * TKV_ERR_INVALID_ARGUMENT naming the byte and its offset (since 0.5).  Since 0.1.
  */
 TKV_API tkv_status tkv_model_tokenize(const tkv_model *model, const char *text, size_t len,
                                       uint32_t flags, int32_t *tokens, size_t cap, size_t *n_out);
@@ -396,63 +395,64 @@ TKV_API tkv_status tkv_model_detokenize(const tkv_model *model, const int32_t *t
 typedef struct tkv_cache tkv_cache;
 
 /*
- * Subtract a vector per (layer, KV head) and calibration block (the mean key of the
- * first batch for block 0, of the previous block for the others) from every key before
- * it is stored (on by default).  Within a block every score of a query moves by the same
- * constant, and attention adds back the difference between blocks, so attention is
- * unchanged in exact arithmetic while the codec no longer spends bits on the keys'
- * common offset.
+ * Cache levers.  Each keeps attention unchanged in exact arithmetic and changes what the
+ * codecs must carry; on an exact cache (fp32 keys and values, no fp16 window) they change
+ * only rounding.  Centering and smoothing are calibrated per block of calibration_block
+ * positions: block 0 on the first batch, every later block on the keys and queries of the
+ * block before it; each block's offsets and scales are stored in fp16 (2 * head_dim bytes
+ * per block, KV head and lever, counted in tkv_cache_bytes_used).
+ *
+ * TKV_CACHE_FLAG_CENTER_KEYS: subtract the block's mean key (per layer and KV head) from
+ * every key before it is stored; attention adds the difference between blocks back.
  */
 #define TKV_CACHE_FLAG_CENTER_KEYS (1u << 0)
 
 /*
- * Divide every key by per-channel scales s and multiply every query by the same s:
- * scores are unchanged in exact arithmetic, while channels where keys are large and
- * queries small stop taking the codec's bits.  s_j = (rms k_j / rms q_j)^alpha per
- * (layer, KV head) and calibration block (block 0 from the first batch, at least 8
- * tokens, fewer leave s = 1; later blocks from the block before), with alpha =
- * tkv_cache_params.key_smoothing.  Since 0.2; on by default since 0.4.
+ * TKV_CACHE_FLAG_SMOOTH_KEYS: divide every key and multiply every query by per-channel
+ * scales s_j = (rms k_j / rms q_j)^alpha of the block (alpha = key_smoothing), normalized to
+ * geometric mean 1; a block calibrated on fewer than 8 positions keeps s = 1.  Since 0.2.
  */
 #define TKV_CACHE_FLAG_SMOOTH_KEYS (1u << 1)
 
 typedef struct tkv_cache_params {
-    uint32_t struct_size;      /* sizeof(tkv_cache_params) */
-    int32_t k_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
-    int32_t v_codec;           /* TKV_CODEC_*; default TKV_CODEC_TURBO_4B */
-    uint32_t n_ctx;            /* capacity in tokens; 0 = the model's training context */
-    uint32_t fp16_window;      /* most recent tokens kept in fp16 before compression; 0 = off */
-    uint32_t flags;            /* TKV_CACHE_FLAG_*; default TKV_CACHE_FLAG_CENTER_KEYS |
-                                  TKV_CACHE_FLAG_SMOOTH_KEYS (smoothing since 0.4) */
-    uint64_t seed;             /* rotation seeds derive from it per (layer, head); default 0 */
-    float sparse_v_threshold;  /* skip values whose softmax weight is below; 0 = off */
-    float key_smoothing;       /* alpha of TKV_CACHE_FLAG_SMOOTH_KEYS, in (0, 1]; 0 = 0.35;
-                                  default 0.35.  Since 0.2. */
-    uint32_t sink_tokens;      /* first positions kept exact (fp32 K and V, never compressed),
-                                  0..64; default 1.  They draw a large share of the softmax
-                                  weight in most heads (attention sinks), so their coding error
-                                  moves every output.  Since 0.2. */
-    uint32_t calibration_block; /* positions per calibration block of key centering and key
-                                  smoothing: block 0 is calibrated on the first batch, every
-                                  later block on the keys and queries of the block before it,
-                                  because RoPE makes the keys' statistics drift along the
-                                  sequence; 64..16777216, TKV_CALIBRATION_ONCE = calibrate
-                                  once on the first batch (0.3 behaviour); 0 = 256; default
-                                  256.  Costs 2 * head_dim bytes per block, head and lever.
-                                  Since 0.4. */
+    uint32_t struct_size;       /* sizeof(tkv_cache_params) */
+    int32_t k_codec;            /* TKV_CODEC_* of keys; default TKV_CODEC_TURBO_4B */
+    int32_t v_codec;            /* TKV_CODEC_* of values; default TKV_CODEC_TURBO_4B */
+    uint32_t n_ctx;             /* capacity in tokens, 1..16777216; 0 = the model's training
+                                   context (the default) */
+    uint32_t fp16_window;       /* most recent tokens kept in fp16 before they are compressed,
+                                   0..n_ctx; 0 = off (the default) */
+    uint32_t flags;             /* TKV_CACHE_FLAG_*; default CENTER_KEYS | SMOOTH_KEYS */
+    uint64_t seed;              /* rotation seeds derive from it per (layer, head); default 0 */
+    float sparse_v_threshold;   /* values whose softmax weight is below it are skipped,
+                                   [0, 1); 0 = off (the default) */
+    float key_smoothing;        /* alpha of TKV_CACHE_FLAG_SMOOTH_KEYS, (0, 1]; 0 = 0.35;
+                                   default 0.35.  Since 0.2. */
+    uint32_t sink_tokens;       /* first positions stored exactly (fp32 keys and values, never
+                                   compressed), 0..64; default 1.  Since 0.2. */
+    uint32_t calibration_block; /* positions per calibration block of centering and smoothing,
+                                   64..16777216, or TKV_CALIBRATION_ONCE (one calibration, on
+                                   the first batch, for the whole sequence); 0 = 256; default
+                                   256.  Since 0.4. */
     uint32_t reserved[6];       /* must be zero */
 } tkv_cache_params;
 
 /* tkv_cache_params.calibration_block: one calibration for the whole sequence.  Since 0.4. */
 #define TKV_CALIBRATION_ONCE 0xFFFFFFFFu
 
-/* Defaults: turbo_kv_4b for K and V, n_ctx 0, no window, seed 0, key centering and key
- * smoothing on (alpha 0.35), both recalibrated every 256 positions, 1 sink token.
- * Measured on SmolLM2-135M (WikiText-2, KL divergence to fp32 KV at 4 bits): centering +
- * sink cut it by ~35-45% at 512 and 4096 tokens, smoothing by another ~25-35%; calibrated
- * once on the first batch, smoothing raised it at 4096 tokens (0.033 -> 0.048), per block
- * it lowers it (0.027 -> 0.021).  Since 0.1; sinks and smoothing since 0.2; smoothing and
- * calibration blocks on by default since 0.4. */
+/* Defaults: turbo_kv_4b keys and values, n_ctx 0 (the model's), no fp16 window, seed 0,
+ * no sparse V, key centering and key smoothing on (alpha 0.35) per block of 256 positions,
+ * 1 sink token.  The levers are the defaults of a lossy cache; on an exact one they may be
+ * cleared (they change only rounding there).  Since 0.1. */
 TKV_API tkv_cache_params tkv_cache_default_params(void);
+
+/*
+ * Check cache parameters without a model: every check of tkv_cache_create except those
+ * that need the model (n_ctx 0 resolved to its training context).  Returns TKV_OK, or
+ * TKV_ERR_ABI / TKV_ERR_INVALID_ARGUMENT with the message tkv_cache_create would give.
+ * Lets a program reject bad settings before it loads a model.  Since 0.5.
+ */
+TKV_API tkv_status tkv_cache_params_check(const tkv_cache_params *params);
 
 /* Create a cache for a model.  *out is NULL on failure.  Since 0.1. */
 TKV_API tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *params,
@@ -524,7 +524,7 @@ typedef struct tkv_timings {
     uint32_t reserved0;
     int64_t prefill_tokens;   /* tokens of prompts: every eval but the decode steps */
     int64_t decode_tokens;    /* decode steps: 1-token evals right after a sample (since
-                                 0.5; before, every 1-token eval, a 1-token prompt too) */
+                                 0.5) */
     double prefill_seconds;
     double decode_seconds;
     double matmul_seconds;    /* of both phases */

@@ -155,26 +155,49 @@ static tkv_status tkv_check_codec_id(const char *fn, const char *what, int32_t i
     return TKV_OK;
 }
 
+/* Every check of the cache parameters that needs no model, in the words of `fn`.  The
+ * ranges of sink_tokens and calibration_block belong to lib/kv: they are checked by the kv
+ * setters, here on a blank cache that is never allocated. */
+static tkv_status tkv_check_cache_params(const char *fn, const tkv_cache_params *params) {
+    TKV_CHECK_PARAMS(fn, params);
+    TKV_TRY(tkv_check_codec_id(fn, "K", params->k_codec));
+    TKV_TRY(tkv_check_codec_id(fn, "V", params->v_codec));
+    const uint32_t known_flags = TKV_CACHE_FLAG_CENTER_KEYS | TKV_CACHE_FLAG_SMOOTH_KEYS;
+    TKV_REQUIRE((params->flags & ~known_flags) == 0, TKV_ERR_INVALID_ARGUMENT,
+                "%s: unknown flags 0x%x", fn, params->flags & ~known_flags);
+    TKV_REQUIRE(isfinite(params->key_smoothing) && params->key_smoothing >= 0.0f &&
+                    params->key_smoothing <= 1.0f,
+                TKV_ERR_INVALID_ARGUMENT, "%s: key_smoothing %g outside [0, 1]", fn,
+                (double)params->key_smoothing);
+    TKV_REQUIRE(isfinite(params->sparse_v_threshold) && params->sparse_v_threshold >= 0.0f &&
+                    params->sparse_v_threshold < 1.0f,
+                TKV_ERR_INVALID_ARGUMENT, "%s: sparse_v_threshold %g outside [0, 1)", fn,
+                (double)params->sparse_v_threshold);
+    TKV_REQUIRE(params->n_ctx <= (1u << 24), TKV_ERR_INVALID_ARGUMENT,
+                "%s: n_ctx %u outside 1..16777216 (0 = the model's training context)", fn,
+                params->n_ctx);
+    TKV_REQUIRE(params->n_ctx == 0 || params->fp16_window <= params->n_ctx,
+                TKV_ERR_INVALID_ARGUMENT, "%s: fp16_window %u exceeds n_ctx %u", fn,
+                params->fp16_window, params->n_ctx);
+    tkv_kv_cache blank;
+    memset(&blank, 0, sizeof blank);
+    TKV_TRY(tkv_kv_set_sink_tokens(&blank, params->sink_tokens));
+    if (params->calibration_block != 0) { /* 0 = the default */
+        TKV_TRY(tkv_kv_set_calibration_block(&blank, params->calibration_block));
+    }
+    return TKV_OK;
+}
+
+tkv_status tkv_cache_params_check(const tkv_cache_params *params) {
+    return tkv_check_cache_params("tkv_cache_params_check", params);
+}
+
 tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *params,
                             tkv_cache **out) {
     TKV_REQUIRE(out, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: out is NULL");
     *out = NULL;
     TKV_REQUIRE(model, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: model is NULL");
-    TKV_CHECK_PARAMS("tkv_cache_create", params);
-    TKV_TRY(tkv_check_codec_id("tkv_cache_create", "K", params->k_codec));
-    TKV_TRY(tkv_check_codec_id("tkv_cache_create", "V", params->v_codec));
-    const uint32_t known_flags = TKV_CACHE_FLAG_CENTER_KEYS | TKV_CACHE_FLAG_SMOOTH_KEYS;
-    TKV_REQUIRE((params->flags & ~known_flags) == 0, TKV_ERR_INVALID_ARGUMENT,
-                "tkv_cache_create: unknown flags 0x%x", params->flags & ~known_flags);
-    TKV_REQUIRE(isfinite(params->key_smoothing) && params->key_smoothing >= 0.0f &&
-                    params->key_smoothing <= 1.0f,
-                TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: key_smoothing %g outside [0, 1]",
-                (double)params->key_smoothing);
-    TKV_REQUIRE(isfinite(params->sparse_v_threshold) && params->sparse_v_threshold >= 0.0f &&
-                    params->sparse_v_threshold < 1.0f,
-                TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: sparse_v_threshold %g outside [0, 1)",
-                (double)params->sparse_v_threshold);
-    /* 0 = the default; the range is checked where it is set (tkv_kv_set_calibration_block) */
+    TKV_TRY(tkv_check_cache_params("tkv_cache_create", params));
     const uint32_t calib_block =
         params->calibration_block ? params->calibration_block : TKV_DEFAULT_CALIB_BLOCK;
     const uint32_t n_ctx = params->n_ctx ? params->n_ctx : model->hp.n_ctx_train;

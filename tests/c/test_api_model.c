@@ -247,6 +247,65 @@ static void test_calibration_blocks(const char *path) {
     tkv_model_free(m);
 }
 
+/* tkv_cache_params_check: every model-free check of tkv_cache_create, each range at both
+ * ends. */
+static void test_cache_params_check(void) {
+    tkv_cache_params cp = tkv_cache_default_params();
+    CHECK_OK(tkv_cache_params_check(&cp));
+    CHECK_STATUS(tkv_cache_params_check(NULL), TKV_ERR_INVALID_ARGUMENT);
+    cp.struct_size = 8;
+    CHECK_STATUS(tkv_cache_params_check(&cp), TKV_ERR_ABI);
+    cp = tkv_cache_default_params();
+    cp.reserved[5] = 1;
+    CHECK_STATUS(tkv_cache_params_check(&cp), TKV_ERR_ABI);
+    const struct {
+        uint32_t sink, block, n_ctx, window;
+        float alpha, sparse;
+        int32_t k;
+        uint32_t flags;
+        tkv_status want;
+        const char *msg;
+    } t[] = {
+        {64, 256, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_OK, ""},
+        {65, 256, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_ERR_INVALID_ARGUMENT, "sink"},
+        {1, 64, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_OK, ""},
+        {1, 63, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_ERR_INVALID_ARGUMENT,
+         "calibration_block"},
+        {1, 1u << 24, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_OK, ""},
+        {1, (1u << 24) + 1, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_ERR_INVALID_ARGUMENT,
+         "calibration_block"},
+        {1, TKV_CALIBRATION_ONCE, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_OK, ""},
+        {1, 0, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_OK, ""},
+        {1, 256, 1u << 24, 64, 1.0f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_OK, ""},
+        {1, 256, (1u << 24) + 1, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_ERR_INVALID_ARGUMENT,
+         "n_ctx"},
+        {1, 256, 32, 33, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_ERR_INVALID_ARGUMENT,
+         "fp16_window"},
+        {1, 256, 0, 100000, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_OK, ""}, /* n_ctx 0: later */
+        {1, 256, 0, 0, 1.01f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_ERR_INVALID_ARGUMENT,
+         "key_smoothing"},
+        {1, 256, 0, 0, -0.1f, 0.0f, TKV_CODEC_TURBO_4B, 3, TKV_ERR_INVALID_ARGUMENT,
+         "key_smoothing"},
+        {1, 256, 0, 0, 0.35f, 1.0f, TKV_CODEC_TURBO_4B, 3, TKV_ERR_INVALID_ARGUMENT,
+         "sparse_v_threshold"},
+        {1, 256, 0, 0, 0.35f, 0.0f, TKV_CODEC_COUNT, 3, TKV_ERR_INVALID_ARGUMENT, "K codec"},
+        {1, 256, 0, 0, 0.35f, 0.0f, TKV_CODEC_TURBO_4B, 4, TKV_ERR_INVALID_ARGUMENT, "flags"},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        cp = tkv_cache_default_params();
+        cp.sink_tokens = t[i].sink;
+        cp.calibration_block = t[i].block;
+        cp.n_ctx = t[i].n_ctx;
+        cp.fp16_window = t[i].window;
+        cp.key_smoothing = t[i].alpha;
+        cp.sparse_v_threshold = t[i].sparse;
+        cp.k_codec = t[i].k;
+        cp.flags = t[i].flags;
+        CHECK_STATUS(tkv_cache_params_check(&cp), t[i].want);
+        CHECK_MSG(strstr(tkv_last_error(), t[i].msg) != NULL, "case %zu: %s", i, tkv_last_error());
+    }
+}
+
 int main(void) {
     tkv_model *m = (tkv_model *)0x1;
     tkv_model_params mp = tkv_model_default_params();
@@ -311,6 +370,7 @@ int main(void) {
     CHECK(c == NULL);
     CHECK_STATUS(tkv_cache_set_layer_codecs(NULL, 0, 0, 0), TKV_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(tkv_cache_truncate(NULL, 0), TKV_ERR_INVALID_ARGUMENT);
+    test_cache_params_check();
 
     tkv_session *s = (tkv_session *)0x1;
     tkv_session_params sp = tkv_session_default_params();
