@@ -33,14 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 import turbokv  # noqa: E402
-from turbokv.eval.config import CacheConfig  # noqa: E402
+from turbokv import CacheConfig  # noqa: E402
 
 WIKI = Path(__file__).resolve().parents[1] / "python" / "turbokv" / "data" / "wiki.test.raw"
 
 
 def text_tokens(model: turbokv.Model, n: int) -> np.ndarray:
-    path = WIKI if WIKI.exists() else Path("/work/shared/data/wiki.test.raw")
-    toks = model.tokenize(path.read_text()[: n * 8], add_bos=False)
+    toks = model.tokenize(WIKI.read_text()[: n * 8], add_bos=False)
     if toks.size < n:
         raise SystemExit(f"not enough text for {n} tokens")
     return toks[:n]
@@ -72,8 +71,7 @@ def run_llama_cpp(path: str, cache_type: str, ctx: int, n_decode: int, threads: 
                           n_threads_batch=threads, n_batch=512, type_k=types[cache_type],
                           type_v=types[cache_type], flash_attn=cache_type != "f16",
                           verbose=False, logits_all=False)
-    toks = llm.tokenize(WIKI.read_text()[: (ctx + n_decode) * 8].encode() if WIKI.exists() else
-                        Path("/work/shared/data/wiki.test.raw").read_text()[: (ctx + n_decode) * 8].encode(),
+    toks = llm.tokenize(WIKI.read_text()[: (ctx + n_decode) * 8].encode(),
                         add_bos=False)[: ctx + n_decode]
     t0 = time.perf_counter()
     llm.eval(toks[:ctx])

@@ -15,11 +15,12 @@ Generation on a real model with a compressed cache::
 """
 from __future__ import annotations
 
-from ._errors import (ABIError, BufferTooSmall, CacheFullError, ClosedError, FormatError,
-                      InternalError, InUseError, InvalidArgument, OutOfMemory, TurboKVError,
-                      UnsupportedError)
-from . import models
-from ._lib import lib as _clib
+from ._errors import (ABIError, BufferTooSmall, CacheFullError, ClosedError, FileAccessError,
+                      FormatError, InternalError, InUseError, InvalidArgument, OutOfMemory,
+                      Status, TurboKVError, UnsupportedError)
+from . import _lib, models
+from .models import ModelChecksumError, ModelNotInstalled
+from .config import CacheConfig
 from .cache import KVCache
 from .generate import Generation, GenerationStats, generate, load_model
 from .model import Model
@@ -32,7 +33,7 @@ __version__ = "0.5.0"
 
 def library_version() -> str:
     """Version string of the loaded libturbokv."""
-    return _clib.tkv_version_string().decode()
+    return _lib.tkv_version_string().decode()
 
 
 def __getattr__(name: str):
@@ -51,11 +52,15 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "GeneratedTokens", "Generation", "GenerationStats", "KVCache", "STOP_REASONS", "Model", "Sampling", "Session", "SessionTimings",
-    "generate", "load_model", "models",
-    "ABIError", "AttentionCosine", "BufferTooSmall", "CacheFullError", "ClosedError", "Codec",
-    "CodecInfo", "InUseError",
-    "Encoded", "FormatError", "InternalError", "InvalidArgument", "OutOfMemory", "TurboKVError",
-    "UnsupportedError", "attention", "attention_cosine", "codebook", "codec_info", "codecs",
-    "cpu_features", "encode", "kernel_isa", "library_version",
+    # objects
+    "CacheConfig", "GeneratedTokens", "Generation", "GenerationStats", "KVCache", "Model",
+    "Sampling", "Session", "SessionTimings", "STOP_REASONS", "generate", "load_model", "models",
+    # codecs on arrays
+    "AttentionCosine", "Codec", "CodecInfo", "Encoded", "attention", "attention_cosine",
+    "codebook", "codec_info", "codecs", "cpu_features", "encode", "kernel_isa",
+    "library_version",
+    # status codes and every exception the package raises
+    "Status", "TurboKVError", "InvalidArgument", "ClosedError", "InUseError", "OutOfMemory",
+    "FileAccessError", "FormatError", "UnsupportedError", "BufferTooSmall", "CacheFullError",
+    "ABIError", "InternalError", "ModelNotInstalled", "ModelChecksumError",
 ]

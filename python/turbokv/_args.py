@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import InvalidArgument
+from ._errors import InvalidArgument, Status
 
 INT32 = (-(1 << 31), (1 << 31) - 1)
 UINT32 = (0, (1 << 32) - 1)
@@ -39,7 +39,7 @@ def integer(value: object, name: str, lo: int, hi: int) -> int:
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})") from None
     if not lo <= v <= hi:
-        raise InvalidArgument(-1, f"{name} must be in [{lo}, {hi}], got {v}")
+        raise InvalidArgument(Status.INVALID_ARGUMENT, f"{name} must be in [{lo}, {hi}], got {v}")
     return v
 
 
@@ -76,7 +76,7 @@ def real(value: object, name: str, lo: Optional[float] = None, hi: Optional[floa
         raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
     v = float(value)
     if not np.isfinite(v):
-        raise InvalidArgument(-1, f"{name} must be finite, got {v}")
+        raise InvalidArgument(Status.INVALID_ARGUMENT, f"{name} must be finite, got {v}")
     bad = ((lo is not None and (v < lo or (lo_open and v == lo)))
            or (hi is not None and (v > hi or (hi_open and v == hi))))
     if bad:
@@ -86,7 +86,7 @@ def real(value: object, name: str, lo: Optional[float] = None, hi: Optional[floa
             span = f"{'>' if lo_open else '>='} {lo:g}"
         else:
             span = f"{'<' if hi_open else '<='} {hi:g}"
-        raise InvalidArgument(-1, f"{name} must be {span}, got {v:g}")
+        raise InvalidArgument(Status.INVALID_ARGUMENT, f"{name} must be {span}, got {v:g}")
     return v
 
 
@@ -112,5 +112,5 @@ def tokens(value: object, name: str = "tokens") -> npt.NDArray[np.int32]:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < INT32[0] or hi > INT32[1]:
             bad = lo if lo < INT32[0] else hi
-            raise InvalidArgument(-1, f"{name}: id {bad} is outside int32")
+            raise InvalidArgument(Status.INVALID_ARGUMENT, f"{name}: id {bad} is outside int32")
     return np.ascontiguousarray(arr, dtype=np.int32).reshape(-1)

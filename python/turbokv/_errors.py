@@ -1,18 +1,47 @@
-"""Typed exceptions carrying the C library's status and message."""
+"""Status codes of the C library and the typed exceptions that carry them."""
 from __future__ import annotations
+
+import enum
+
+
+class Status(enum.IntEnum):
+    """``tkv_status`` values, mirrored from include/turbokv.h (``TKV_OK``, ``TKV_ERR_*``).
+
+    Codes are appended in the header and never renumbered; a test checks every member
+    against ``tkv_status_name()`` of the loaded library.
+    """
+
+    OK = 0
+    INVALID_ARGUMENT = -1
+    OUT_OF_MEMORY = -2
+    IO = -3
+    BAD_FORMAT = -4
+    UNSUPPORTED = -5
+    BUFFER_TOO_SMALL = -6
+    CACHE_FULL = -7
+    ABI = -8
+    INTERNAL = -9
+
+    @property
+    def c_name(self) -> str:
+        """The C macro of this status (``"TKV_ERR_CACHE_FULL"``)."""
+        return "TKV_OK" if self is Status.OK else f"TKV_ERR_{self.name}"
 
 
 class TurboKVError(Exception):
-    """Base class of every error raised by turbokv.
+    """Base class of every error raised by turbokv for the C library.
 
     Attributes:
-        status: the negative ``TKV_ERR_*`` code returned by the C library.
+        status: the :class:`Status` returned by the C library.
         message: the text of ``tkv_last_error()`` for the failing call.
     """
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        try:
+            self.status: "Status | int" = Status(status)
+        except ValueError:  # a code from a newer library
+            self.status = status
         self.message = message
 
 
@@ -24,8 +53,8 @@ class OutOfMemory(TurboKVError, MemoryError):
     """An allocation in the C library failed."""
 
 
-class IOError_(TurboKVError, OSError):
-    """A file could not be opened, read or mapped."""
+class FileAccessError(TurboKVError, OSError):
+    """A file could not be opened, read or mapped (``TKV_ERR_IO``)."""
 
 
 class FormatError(TurboKVError):
@@ -52,16 +81,16 @@ class InternalError(TurboKVError):
     """A bug in turbokv: please report it."""
 
 
-STATUS_ERRORS: dict[int, type[TurboKVError]] = {
-    -1: InvalidArgument,
-    -2: OutOfMemory,
-    -3: IOError_,
-    -4: FormatError,
-    -5: UnsupportedError,
-    -6: BufferTooSmall,
-    -7: CacheFullError,
-    -8: ABIError,
-    -9: InternalError,
+STATUS_ERRORS: dict[Status, type[TurboKVError]] = {
+    Status.INVALID_ARGUMENT: InvalidArgument,
+    Status.OUT_OF_MEMORY: OutOfMemory,
+    Status.IO: FileAccessError,
+    Status.BAD_FORMAT: FormatError,
+    Status.UNSUPPORTED: UnsupportedError,
+    Status.BUFFER_TOO_SMALL: BufferTooSmall,
+    Status.CACHE_FULL: CacheFullError,
+    Status.ABI: ABIError,
+    Status.INTERNAL: InternalError,
 }
 
 
@@ -70,7 +99,7 @@ class ClosedError(InvalidArgument):
     whose KVCache was closed at the end of the cache's ``with`` block).  No C call is made."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(-1, message)
+        super().__init__(Status.INVALID_ARGUMENT, message)
 
 
 class InUseError(InvalidArgument):
@@ -78,4 +107,4 @@ class InUseError(InvalidArgument):
     sessions) still use; close those first.  Nothing is freed."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(-1, message)
+        super().__init__(Status.INVALID_ARGUMENT, message)

@@ -51,14 +51,49 @@ def _check_threads(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
               file=sys.stderr)
 
 
+#: words of the library's messages about cache settings -> the generate flag that sets them
+_CACHE_FLAGS = (("key_smoothing", "--smooth-keys"), ("smooth", "--smooth-keys"),
+                ("sink", "--sink-tokens"), ("calibration_block", "--calibration-block"),
+                ("fp16_window", "--fp16-window"), ("n_ctx", "-c/--ctx-size"),
+                ("seed", "--seed"), ("codec", "-ctk/-ctv/--kv"))
+
+
+def _generate_cache(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The CacheConfig of generate's flags, checked by the library before any model is
+    loaded; a bad setting exits with status 2 naming its flag."""
+    from ._errors import InvalidArgument
+    from .config import UNSET, as_config
+
+    block = UNSET
+    if args.calibration_block is not None:
+        if args.calibration_block == "once":
+            block = None
+        else:
+            try:
+                block = int(args.calibration_block)
+            except ValueError:
+                parser.error(f"--calibration-block takes a number or 'once', got "
+                             f"{args.calibration_block!r}")
+    codec = args.kv
+    try:
+        cfg = as_config(None, k=args.cache_type_k or codec, v=args.cache_type_v or codec,
+                        center_keys=False if args.no_center_keys else None,
+                        smooth_keys=args.smooth_keys, sink_tokens=args.sink_tokens,
+                        calibration_block=block, fp16_window=args.fp16_window,
+                        seed=args.seed)
+        cfg.params(args.ctx_size)  # n_ctx's C type
+    except (InvalidArgument, TypeError) as exc:
+        message = exc.message if isinstance(exc, InvalidArgument) else str(exc)
+        flag = next((f for word, f in _CACHE_FLAGS if word in message), None)
+        parser.error(f"{flag}: {message}" if flag else message)
+    return cfg
+
+
 def _checked_generate_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     """Every generate setting checked before the prompt is read or the model loaded;
     a bad one exits with status 2 and a message naming only that flag."""
     from . import _args
     from ._errors import InvalidArgument
-    from .cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS,
-                        calibration_block_value, smoothing_alpha)
-    from .codec import codec_id
     from .session import Sampling, check_sampling
 
     values = dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
@@ -68,40 +103,11 @@ def _checked_generate_settings(args: argparse.Namespace, parser: argparse.Argume
         check_sampling(values, _SAMPLER_FLAGS)
         _args.i64(args.n_predict, "-n/--n-predict", lo=0)
         _args.u32(args.ctx_size, "-c/--ctx-size")
-        _args.u32(args.fp16_window, "--fp16-window")
-        sink = DEFAULT_SINK_TOKENS if args.sink_tokens is None else args.sink_tokens
-        _args.u32(sink, "--sink-tokens")
-        smooth = DEFAULT_SMOOTH_KEYS if args.smooth_keys is None else args.smooth_keys
-        if args.smooth_keys not in (None, False):
-            _args.real(args.smooth_keys, "--smooth-keys", 0.0, 1.0)
-        smoothing_alpha(smooth)
-        if args.calibration_block is None:
-            block = DEFAULT_CALIBRATION_BLOCK
-        elif args.calibration_block == "once":
-            block = None
-        else:
-            try:
-                block = int(args.calibration_block)
-            except ValueError:
-                parser.error(f"--calibration-block takes a number or 'once', got "
-                             f"{args.calibration_block!r}")
-            try:
-                calibration_block_value(block)
-            except (InvalidArgument, TypeError):
-                parser.error("--calibration-block must be 'once', 0 (the default) or in "
-                             f"[64, 16777216], got {block}")
-        k = args.cache_type_k or args.kv
-        v = args.cache_type_v or args.kv
-        for flag, name in (("-ctk/--kv", k), ("-ctv/--kv", v)):
-            try:
-                codec_id(name)
-            except InvalidArgument as exc:
-                parser.error(f"{flag}: {exc.message}")
     except (InvalidArgument, TypeError) as exc:
         parser.error(str(exc.message if isinstance(exc, InvalidArgument) else exc))
+    cache = _generate_cache(args, parser)
     _check_threads(args, parser)
-    return dict(k=k, v=v, sampling=Sampling(**values), sink_tokens=sink, smooth_keys=smooth,
-                calibration_block=block)
+    return dict(cache=cache, sampling=Sampling(**values))
 
 
 def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
@@ -152,13 +158,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     announce = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     path = models.path(args.model, install_missing=True, announce=announce)
     model = load_model(str(path))
-    k, v = settings["k"], settings["v"]
-    run = Generation(prompt, model, k=k, v=v, max_tokens=args.n_predict,
+    cache = settings["cache"]
+    k, v = cache.k, cache.v
+    run = Generation(prompt, model, cache, max_tokens=args.n_predict,
                      sampling=settings["sampling"], chat=args.chat, system=args.system,
-                     n_ctx=args.ctx_size, n_threads=args.threads, fp16_window=args.fp16_window,
-                     seed=args.seed, center_keys=not args.no_center_keys,
-                     smooth_keys=settings["smooth_keys"], sink_tokens=settings["sink_tokens"],
-                     calibration_block=settings["calibration_block"])
+                     n_ctx=args.ctx_size, n_threads=args.threads)
     if not args.json:
         if not args.chat:
             sys.stdout.write(prompt)
@@ -234,25 +238,24 @@ def _layers(args: argparse.Namespace) -> dict:
 
 
 def _eval_configs(args: argparse.Namespace) -> list:
-    """Cache configurations from --kv specs and -ctk/-ctv plus the shared lever flags."""
-    from .eval.config import CacheConfig
+    """Cache configurations from --kv specs and -ctk/-ctv, with the shared flags (--plain,
+    --fp16-window, --layer) appended to each spec and --seed applied."""
+    from .config import CacheConfig
 
-    layers = _layers(args)
     specs = list(args.kv or [])
     if args.cache_type_k or args.cache_type_v:
         k = args.cache_type_k or args.cache_type_v
         specs.append(f"{k}/{args.cache_type_v or k}")
     if not specs:
-        specs = ["turbo_kv_4b"]
+        specs = [CacheConfig().k]
+    extra = "".join(f"+L={l}:{a}/{b}" for l, (a, b) in _layers(args).items())
+    if args.plain:
+        extra += "+plain"
     out = []
     for spec in specs:
-        c = CacheConfig.parse(spec)
-        extra = tuple((l, a, b) for l, (a, b) in layers.items())
-        if args.plain:
-            c = dataclasses.replace(c, center_keys=False, smooth_keys=0.0, sink_tokens=0)
-        out.append(dataclasses.replace(
-            c, fp16_window=c.fp16_window or args.fp16_window,
-            layer_codecs=c.layer_codecs + extra, seed=args.seed))
+        window = f"+w={args.fp16_window}" if args.fp16_window and "+w=" not in spec else ""
+        c = CacheConfig.parse(spec + window + extra)
+        out.append(dataclasses.replace(c, seed=args.seed))  # same codecs: levers unchanged
     return out
 
 
@@ -269,7 +272,6 @@ def _write_json_file(args: argparse.Namespace, results: list) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from . import eval as tkv_eval
-    from .cache import DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS, DEFAULT_SMOOTH_KEYS
     from .generate import load_model
 
     _check_threads(args, args.parser)
@@ -328,10 +330,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     rows = tkv_eval.sweep(model, k_codecs=args.k.split(",") if args.k else [],
                           v_codecs=args.v.split(",") if args.v else None,
                           configs=args.kv or None, metrics=args.metrics.split(","),
-                          center_keys=False if args.plain else DEFAULT_CENTER_KEYS,
-                          smooth_keys=False if args.plain else DEFAULT_SMOOTH_KEYS,
-                          sink_tokens=0 if args.plain else DEFAULT_SINK_TOKENS,
-                          fp16_window=args.fp16_window,
+                          center_keys=False if args.plain else None,
+                          smooth_keys=False if args.plain else None,
+                          sink_tokens=0 if args.plain else None,
+                          fp16_window=args.fp16_window or None,
                           layer_codecs=_layers(args), seed=args.seed, text=args.text, n_ctx=args.ctx_size,
                           chunks=args.chunks, top_k=args.top_k, baseline_file=args.baseline_file,
                           niah_lengths=[int(x) for x in (args.lengths or "512,1024").split(",")],
@@ -394,24 +396,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-penalty", type=float, default=1.0)
     p.add_argument("--repeat-last-n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kv", default="turbo_kv_4b", help="codec for K and V (default turbo_kv_4b)")
+    p.add_argument("--kv", default=None,
+                   help="codec for K and V (default: the library's, turbo_kv_4b)")
     p.add_argument("-ctk", "--cache-type-k", default=None, help="codec for keys")
     p.add_argument("-ctv", "--cache-type-v", default=None, help="codec for values")
     p.add_argument("--no-center-keys", action="store_true",
-                   help="turn key centering off (on by default: a fixed per-layer/head vector "
-                        "is subtracted from keys before coding; attention is unchanged)")
+                   help="turn key centering off (levers left unset are on where storage is "
+                        "lossy: README, 'Cache levers')")
     p.add_argument("--no-smooth-keys", dest="smooth_keys", action="store_false", default=None,
-                   help="turn key smoothing off (on by default: keys divided and queries "
-                        "multiplied by per-channel scales; attention is unchanged)")
+                   help="turn key smoothing off")
     p.add_argument("--smooth-keys", dest="smooth_keys", type=float, default=None,
-                   metavar="ALPHA", help="key smoothing exponent (default: the library's, 0.35)")
+                   metavar="ALPHA", help="key smoothing exponent (default: the library's)")
     p.add_argument("--sink-tokens", type=int, default=None,
-                   help="first positions kept exact in fp32 (default: the library's, 1)")
+                   help="first positions kept exact in fp32 (default: the library's)")
     p.add_argument("--calibration-block", default=None, metavar="N|once",
                    help="positions per calibration block of centering/smoothing (default: the "
-                        "library's, 256; 'once' calibrates on the first batch only)")
-    p.add_argument("--fp16-window", type=int, default=0,
-                   help="recent tokens kept in fp16 before compression")
+                        "library's; 'once' calibrates on the first batch only)")
+    p.add_argument("--fp16-window", type=int, default=None,
+                   help="recent tokens kept in fp16 before compression (default 0: none)")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--profile", action="store_true", help="print time per phase")
@@ -431,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", default=None, help="model name or GGUF path")
     p.add_argument("--kv", action="append", default=None, metavar="SPEC",
                    help="cache spec K[/V][+plain][+nocenter][+smooth=ALPHA|+nosmooth][+sink=N]"
-                        "[+cb=N|+once][+w=N][+L=LAYERS:K/V] (repeatable; "
+                        "[+cb=N|+once][+w=N][+sparse=T][+L=LAYERS:K/V] (repeatable; "
                         "sweep: extra configurations)")
     p.add_argument("-ctk", "--cache-type-k", default=None, help="codec for keys")
     p.add_argument("-ctv", "--cache-type-v", default=None, help="codec for values")
@@ -439,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--v", default=None, help="sweep: comma-separated V codecs (default: V = K)")
     p.add_argument("--plain", action="store_true",
                    help="key centering, key smoothing and sink tokens off on every config "
-                        "(the bare codecs; by default the cache's levers are on)")
+                        "(the bare codecs; levers left unset follow the cache's rule)")
     p.add_argument("--fp16-window", type=int, default=0, help="recent tokens kept in fp16")
     p.add_argument("--layer", action="append", default=None, metavar="L=K/V",
                    help="per-layer codec override, e.g. 0=q8_0/q8_0 (repeatable)")

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from . import _args, _lib
 from ._errors import ClosedError
-from ._lib import check, float_p, lib
+from ._lib import check, float_p
 
 FLAG_ROTATED = 1 << 0
 FLAG_CODEBOOK = 1 << 1
@@ -46,7 +46,7 @@ def codec_id(name: str) -> int:
     if not isinstance(name, str):
         raise TypeError(f"codec name must be a str, got {type(name).__name__}")
     out = ctypes.c_int32()
-    check(lib.tkv_codec_from_name(name.encode(), ctypes.byref(out)))
+    check(_lib.tkv_codec_from_name(name.encode(), ctypes.byref(out)))
     return out.value
 
 
@@ -89,8 +89,8 @@ def codec_info(name: str, head_dim: int = 128) -> CodecInfo:
     cid = codec_id(name)
     head_dim = _args.u32(head_dim, "head_dim", lo=1)
     size = ctypes.c_size_t()
-    check(lib.tkv_codec_bytes_per_vector(cid, head_dim, ctypes.byref(size)))
-    flags = lib.tkv_codec_flags(cid)
+    check(_lib.tkv_codec_bytes_per_vector(cid, head_dim, ctypes.byref(size)))
+    flags = _lib.tkv_codec_flags(cid)
     return CodecInfo(name=name, id=cid, head_dim=int(head_dim), bytes_per_vector=size.value,
                      rotated=bool(flags & FLAG_ROTATED), codebook=bool(flags & FLAG_CODEBOOK),
                      qjl=bool(flags & FLAG_QJL), trellis=bool(flags & FLAG_TRELLIS))
@@ -101,10 +101,10 @@ def codecs(head_dim: int = 128) -> list[CodecInfo]:
     multiple of 8, at least 16), with its bits and bytes per vector."""
     out = []
     head_dim = _args.u32(head_dim, "head_dim", lo=1)
-    for i in range(lib.tkv_codec_count()):
+    for i in range(_lib.tkv_codec_count()):
         size = ctypes.c_size_t()
-        if lib.tkv_codec_bytes_per_vector(i, head_dim, ctypes.byref(size)) == 0:
-            out.append(codec_info(lib.tkv_codec_name(i).decode(), head_dim))
+        if _lib.tkv_codec_bytes_per_vector(i, head_dim, ctypes.byref(size)) == 0:
+            out.append(codec_info(_lib.tkv_codec_name(i).decode(), head_dim))
     return out
 
 
@@ -112,7 +112,7 @@ def codebook(bits: int) -> npt.NDArray[np.float32]:
     """The Lloyd-Max centroids of N(0, 1) at ``bits`` (1..5), increasing."""
     out = np.empty(32, dtype=np.float32)
     need = ctypes.c_size_t()
-    check(lib.tkv_codebook_centroids(_args.u32(bits, "bits"), out.ctypes.data_as(float_p), out.size,
+    check(_lib.tkv_codebook_centroids(_args.u32(bits, "bits"), out.ctypes.data_as(float_p), out.size,
                                      ctypes.byref(need)))
     return out[: need.value].copy()
 
@@ -127,17 +127,17 @@ class Codec:
         self._handle: Optional[int] = None
         head_dim = _args.u32(head_dim, "head_dim", lo=1)
         seed = _args.u64(seed, "seed")
-        params = lib.tkv_codec_default_params()
+        params = _lib.tkv_codec_default_params()
         params.codec = codec_id(name)
         params.head_dim = head_dim
         params.seed = seed
         handle = ctypes.c_void_p()
-        check(lib.tkv_codec_create(ctypes.byref(params), ctypes.byref(handle)))
+        check(_lib.tkv_codec_create(ctypes.byref(params), ctypes.byref(handle)))
         self._handle = handle.value
         self.name = name
         self.head_dim = int(head_dim)
         self.seed = int(seed)
-        self.vector_bytes = int(lib.tkv_codec_vector_bytes(self._handle))
+        self.vector_bytes = int(_lib.tkv_codec_vector_bytes(self._handle))
 
     @property
     def handle(self) -> int:
@@ -147,7 +147,7 @@ class Codec:
 
     def close(self) -> None:
         if self._handle is not None:
-            lib.tkv_codec_free(self._handle)
+            _lib.tkv_codec_free(self._handle)
             self._handle = None
 
     def __enter__(self) -> "Codec":
@@ -170,7 +170,7 @@ class Codec:
         x = _require_array(x, "x", 2, self.head_dim)
         n = x.shape[0]
         codes = np.empty((n, self.vector_bytes), dtype=np.uint8)
-        check(lib.tkv_codec_encode(self.handle, x.ctypes.data_as(float_p), n,
+        check(_lib.tkv_codec_encode(self.handle, x.ctypes.data_as(float_p), n,
                                    codes.ctypes.data_as(ctypes.c_void_p), codes.nbytes))
         return Encoded(self, codes)
 
@@ -211,7 +211,7 @@ class Encoded:
     def decode(self) -> npt.NDArray[np.float32]:
         """The decoded vectors, shape (n, head_dim) float32."""
         out = np.empty((self.n, self.head_dim), dtype=np.float32)
-        check(lib.tkv_codec_decode(self.codec.handle, self._codes_ptr(), self.codes.nbytes,
+        check(_lib.tkv_codec_decode(self.codec.handle, self._codes_ptr(), self.codes.nbytes,
                                    self.n, out.ctypes.data_as(float_p)))
         return out
 
@@ -219,7 +219,7 @@ class Encoded:
         """<q, key_i> for every encoded key, computed on the codes; q has shape (head_dim,)."""
         q = _require_array(q, "q", 1, self.head_dim)
         out = np.empty(self.n, dtype=np.float32)
-        check(lib.tkv_codec_scores(self.codec.handle, q.ctypes.data_as(float_p), self._codes_ptr(),
+        check(_lib.tkv_codec_scores(self.codec.handle, q.ctypes.data_as(float_p), self._codes_ptr(),
                                    self.codes.nbytes, self.n, out.ctypes.data_as(float_p)))
         return out
 
@@ -229,7 +229,7 @@ class Encoded:
         if w.shape[0] != self.n:
             raise ValueError(f"w has {w.shape[0]} weights for {self.n} encoded vectors")
         out = np.empty(self.head_dim, dtype=np.float32)
-        check(lib.tkv_codec_weighted_sum(self.codec.handle, w.ctypes.data_as(float_p),
+        check(_lib.tkv_codec_weighted_sum(self.codec.handle, w.ctypes.data_as(float_p),
                                          self._codes_ptr(), self.codes.nbytes, self.n,
                                          float(threshold), out.ctypes.data_as(float_p)))
         return out
@@ -259,7 +259,7 @@ def attention(q: npt.NDArray[np.float32], keys: Encoded, values: Encoded, *,
     qs = np.ascontiguousarray(qs)
     out = np.empty((qs.shape[0], values.head_dim), dtype=np.float32)
     for i in range(qs.shape[0]):
-        check(lib.tkv_codec_attention(
+        check(_lib.tkv_codec_attention(
             keys.codec.handle, values.codec.handle, qs[i].ctypes.data_as(float_p),
             keys._codes_ptr(), keys.codes.nbytes, values._codes_ptr(), values.codes.nbytes,
             keys.n, float(scale or 0.0), float(threshold), out[i].ctypes.data_as(float_p)))
@@ -315,14 +315,13 @@ def attention_cosine(k: npt.ArrayLike, v: npt.ArrayLike, q: npt.ArrayLike, codec
 
 def cpu_features() -> dict[str, bool]:
     """Vector extensions of this CPU that the OS enables."""
-    f = lib.tkv_cpu_features()
+    f = _lib.tkv_cpu_features()
     return {"avx2": bool(f & 1), "avx512": bool(f & 2), "avx512vnni": bool(f & 4),
             "avx512vbmi": bool(f & 8), "neon": bool(f & 16)}
 
 
 def kernel_isa() -> str:
     """The kernel set in use: 'scalar', 'avx2', 'avx512' or 'neon' (TKV_ISA overrides)."""
-    return lib.tkv_kernel_isa().decode()
+    return _lib.tkv_kernel_isa().decode()
 
 
-_ = _lib  # the binding module stays importable as turbokv._lib

@@ -7,8 +7,8 @@ from typing import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from . import _args
-from ._lib import check, float_p, int32_p, lib
+from . import _args, _lib
+from ._lib import check, float_p, int32_p
 from .session import Session
 
 
@@ -33,7 +33,7 @@ def eval_capture(session: Session, tokens: Sequence[int]) -> CapturedQKV:
     q = np.empty((n, m.n_layer, m.n_head, m.head_dim), dtype=np.float32)
     k = np.empty((n, m.n_layer, m.n_head_kv, m.head_dim), dtype=np.float32)
     v = np.empty_like(k)
-    check(lib.tkv_session_eval_capture(session.handle, arr.ctypes.data_as(int32_p), n, 0,
+    check(_lib.tkv_session_eval_capture(session.handle, arr.ctypes.data_as(int32_p), n, 0,
                                        q.ctypes.data_as(float_p), k.ctypes.data_as(float_p),
                                        v.ctypes.data_as(float_p)))
     return CapturedQKV(q, k, v)

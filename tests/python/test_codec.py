@@ -7,18 +7,57 @@ import numpy as np
 import pytest
 
 import turbokv
-from turbokv import _lib
+from turbokv import _errors, _lib
 
 TURBO_FLOORS = {"turbo_kv_5b": 0.998, "turbo_kv_4b": 0.994, "turbo_kv_3b": 0.98, "turbo_kv_2b": 0.93,
                 "turbo_kv_4b_tcq": 0.9965, "turbo_kv_3b_tcq": 0.988, "turbo_kv_2b_tcq": 0.955}
 
 
 def test_abi_and_version():
-    params = _lib.lib.tkv_codec_default_params()
+    params = _lib.tkv_codec_default_params()
     assert params.struct_size == ctypes.sizeof(_lib.CodecParams)
     assert turbokv.library_version() == turbokv.__version__
-    assert _lib.lib.tkv_version_number() // 10000 == _lib.ABI_MAJOR
+    assert _lib.tkv_version_number() // 10000 == _lib.ABI_MAJOR
     assert turbokv.kernel_isa() in ("scalar", "avx2", "avx512", "neon")
+
+
+def test_status_enum_mirrors_the_header():
+    """turbokv.Status is the header's list: every member has the C name and value, and the
+    library knows no status beyond it (the first code past the last member is unknown)."""
+    for st in turbokv.Status:
+        assert _lib.tkv_status_name(st.value).decode() == st.c_name
+    assert _lib.tkv_status_name(min(turbokv.Status) - 1).decode() == "TKV_ERR_UNKNOWN"
+    for st, cls in _errors.STATUS_ERRORS.items():
+        assert issubclass(cls, turbokv.TurboKVError) and cls.__name__ in turbokv.__all__
+    assert set(_errors.STATUS_ERRORS) == set(turbokv.Status) - {turbokv.Status.OK}
+
+
+def test_every_exception_class_is_exported():
+    import inspect
+
+    import turbokv.models
+
+    for module in (_errors, turbokv.models):
+        for name, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, Exception) and obj.__module__ == module.__name__:
+                assert getattr(turbokv, name) is obj and name in turbokv.__all__, name
+
+
+def test_bindings_are_typed_stubs_with_their_prototypes():
+    """Every exported tkv_* function of the library is bound in _lib by a stub whose
+    docstring is its C prototype and whose argtypes / restype are set."""
+    import re
+    import subprocess
+
+    bound = {n: f for n, f in vars(_lib).items() if n.startswith("tkv_")}
+    for name, fn in bound.items():
+        assert fn.argtypes is not None, name
+        assert re.search(rf"\b{name}\(", fn.__doc__), name
+    nm = subprocess.run(["nm", "-D", "--defined-only", _lib._dll._name], capture_output=True,
+                        text=True)
+    if nm.returncode == 0:
+        exported = {l.split()[-1] for l in nm.stdout.splitlines() if " T tkv_" in l}
+        assert exported == set(bound), exported ^ set(bound)
 
 
 def test_codec_list():
@@ -150,7 +189,7 @@ def test_bad_arguments_raise_typed_errors(rng):
     bad[1, 3] = np.nan
     with pytest.raises(turbokv.InvalidArgument, match="not finite") as info:
         turbokv.encode(bad)
-    assert info.value.status == -1
+    assert info.value.status is turbokv.Status.INVALID_ARGUMENT
     enc = turbokv.encode(x)
     with pytest.raises(ValueError, match="64 elements"):
         enc.scores(np.zeros(32, dtype=np.float32))

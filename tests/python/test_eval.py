@@ -52,11 +52,14 @@ def test_cache_config_parse_roundtrip(tiny):
         assert E.CacheConfig.parse(c.name) == c, spec
     assert E.CacheConfig.parse("turbo_kv_4b+once").calibration_block is None
     assert E.CacheConfig.parse("turbo_kv_4b+plain+once") == p  # nothing to calibrate
-    with pytest.raises(ValueError, match="calibration block"):
-        E.CacheConfig.parse("turbo_kv_4b+cb=8")
+    with pytest.raises(turbokv.InvalidArgument, match="calibration_block of 8 positions"):
+        E.CacheConfig.parse("turbo_kv_4b+cb=8")  # the library's range (tkv_cache_params_check)
     assert (p.center_keys, p.smooth_keys, p.sink_tokens) == (False, 0.0, 0)
     assert E.CacheConfig.parse("turbo_kv_4b+smooth=0.5").smooth_keys == 0.5
-    assert E.CacheConfig.parse("fp32+center") == E.FP32  # levers are no-ops on exact storage
+    # exact storage: unset levers are off; a lever set explicitly is taken as set
+    assert E.CacheConfig.parse("fp32+plain") == E.FP32
+    assert E.CacheConfig.parse("fp32+center") != E.FP32
+    assert E.CacheConfig.parse("fp32+center").center_keys is True
     c = E.CacheConfig.parse("turbo_kv_4b/turbo_kv_3b+L=1:q8_0/fp16")
     assert (c.k, c.v, c.layer_pair(0), c.layer_pair(1)) == (
         "turbo_kv_4b", "turbo_kv_3b", ("turbo_kv_4b", "turbo_kv_3b"), ("q8_0", "fp16"))
@@ -66,6 +69,50 @@ def test_cache_config_parse_roundtrip(tiny):
     assert E.FP32.is_fp32 and not E.CacheConfig("fp32", fp16_window=4).is_fp32
     with pytest.raises(ValueError, match="unknown option"):
         E.CacheConfig.parse("turbo_kv_4b+bogus")
+
+
+def test_one_lever_rule_for_every_entry_point(tiny, capsys):
+    """KVCache, generate, the CLI and the harnesses resolve unset levers by the one rule of
+    CacheConfig: centering and smoothing on where keys are stored lossily, sinks where keys
+    or values are.  Before, KVCache(k="fp32", v="fp32") had all three on while
+    ``turbokv eval ppl --kv fp32`` had them off."""
+    model, _ = tiny
+    levers = lambda c: (c.center_keys, c.smooth_keys, c.sink_tokens)  # noqa: E731
+    on = (True, turbokv.config.DEFAULT_KEY_SMOOTHING, 1)
+    cases = {"fp32": (False, 0.0, 0), "fp32/turbo_kv_4b": (False, 0.0, 1),
+             "turbo_kv_4b/fp32": on, "fp32+w=8": on, "fp32+L=1:q8_0/fp32": on,
+             "turbo_kv_3b": on, "fp16": on}
+    for spec, want in cases.items():
+        cfg = turbokv.CacheConfig.parse(spec)
+        assert levers(cfg) == want, spec
+        with turbokv.KVCache(model, spec, n_ctx=16) as cache:
+            assert (cache.center_keys, cache.key_smoothing, cache.sink_tokens) == want, spec
+    with turbokv.KVCache(model, k="fp32", v="fp32", n_ctx=16) as cache:
+        assert cache.config == E.FP32
+    with turbokv.KVCache(model, k="fp32", n_ctx=16) as cache:  # V keeps the library's codec
+        assert (cache.v_codec, levers(cache.config)) == ("turbo_kv_4b", (False, 0.0, 1))
+    run = turbokv.generate("hello", model, kv="fp32", max_tokens=1, temperature=0, stream=True)
+    assert run.cache.config == E.FP32
+    run.session.close()
+    run.cache.close()
+    run = turbokv.generate("hello", model, kv="fp32/turbo_kv_3b+nocenter", max_tokens=1,
+                           stream=True)
+    assert levers(run.cache.config) == (False, 0.0, 1)
+    run.session.close()
+    run.cache.close()
+    from turbokv.cli import _eval_configs, build_parser
+    args = build_parser().parse_args(["eval", "ppl", "--kv", "fp32", "--kv", "turbo_kv_4b"])
+    assert [levers(c) for c in _eval_configs(args)] == [(False, 0.0, 0), on]
+    with pytest.raises(TypeError, match="not both"):
+        turbokv.KVCache(model, "turbo_kv_4b", sink_tokens=2)
+    # generate's flags are checked by the library before the model is looked for
+    rc = None
+    try:
+        rc = cli_main(["generate", "x", "-m", "/nonexistent.gguf", "--sink-tokens", "65"])
+    except SystemExit as exc:
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "--sink-tokens: cache: 65 sink tokens, at most 64" in err, err
 
 
 def test_fp32_against_itself_is_exact(tiny):

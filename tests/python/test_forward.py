@@ -152,7 +152,7 @@ def test_session_misuse_raises(tmp_path):
     with pytest.raises(turbokv.InvalidArgument, match="before the first token"):
         turbokv.KVCache.__init__  # (documented: overrides only before the first token)
         from turbokv import _lib
-        _lib.check(_lib.lib.tkv_cache_set_layer_codecs(cache.handle, 0, 0, 0))
+        _lib.check(_lib.tkv_cache_set_layer_codecs(cache.handle, 0, 0, 0))
     with pytest.raises(ValueError, match="open KVCache"):
         model.close()
     s.close()

@@ -105,7 +105,7 @@ def test_overflowing_activations_give_an_error(tmp_path):
 def _raw_load(path) -> tuple[int, str]:
     """tkv_model_load itself (turbokv.Model checks the path in Python first)."""
     import ctypes
-    from turbokv._lib import lib
+    from turbokv import _lib as lib
     mp = lib.tkv_model_default_params()
     h = ctypes.c_void_p()
     st = lib.tkv_model_load(str(path).encode(), ctypes.byref(mp), ctypes.byref(h))
@@ -137,7 +137,7 @@ def test_directory_is_named(tmp_path):
 def _raw_tokenize(model, data: bytes):
     """tkv_model_tokenize on raw bytes (Model.tokenize takes str, always valid UTF-8)."""
     import ctypes
-    from turbokv._lib import lib
+    from turbokv import _lib as lib
     out = (ctypes.c_int32 * 64)()
     n = ctypes.c_size_t()
     st = lib.tkv_model_tokenize(model.handle, data, len(data), 0,

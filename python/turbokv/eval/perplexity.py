@@ -27,8 +27,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import numpy.typing as npt
 
-from ..cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS,
-                     DEFAULT_SMOOTH_KEYS)
+from ..config import UNSET, as_config
 from ..model import Model
 from ..session import Session
 from ._progress import bar
@@ -295,23 +294,25 @@ class PerplexityRunner:
 
 def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[str] = None, *,
                text: Optional[str] = None, n_ctx: int = 512, chunks: Optional[int] = None,
-               center_keys: bool = DEFAULT_CENTER_KEYS,
-               smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
-               sink_tokens: int = DEFAULT_SINK_TOKENS,
-               calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK, fp16_window: int = 0,
-               layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None, seed: int = 0,
+               center_keys: Optional[bool] = None, smooth_keys: Union[None, bool, float] = None,
+               sink_tokens: Optional[int] = None, calibration_block: Optional[int] = UNSET,
+               fp16_window: Optional[int] = None,
+               layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None,
+               seed: Optional[int] = None,
                n_threads: int = 0, top_k: int = 4096, baseline: Optional[Baseline] = None,
                baseline_file: Union[str, Path, None] = None, progress: bool = True
                ) -> PerplexityResult:
     """Perplexity of ``model`` over ``text`` with a compressed KV cache, against fp32 KV.
 
     Args:
-        k, v: codecs of keys and values (``v`` defaults to ``k``), or a CacheConfig.
+        k, v: codecs of keys and values (``v`` defaults to ``k``); or ``k`` a spec string
+            or a CacheConfig (then without the keywords below).
         text: a shipped text name (``"wikitext-2"``, the default) or a file path.
         n_ctx: chunk length in tokens; the second half of each chunk is scored.
         chunks: evaluate at most this many chunks (default: the whole text).
         center_keys, smooth_keys, sink_tokens, calibration_block, fp16_window,
-            layer_codecs, seed: the cache's levers (``KVCache``, same defaults).
+            layer_codecs, seed: the cache's settings (CacheConfig; unset levers follow its
+            one rule).
         top_k: log-probabilities of the baseline kept per token (0 = the whole vocabulary).
         baseline: a Baseline from an earlier run on the same chunks (skips the fp32 run).
         baseline_file: .npz file to load the baseline from / save it to.
@@ -319,10 +320,11 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
         a PerplexityResult (PPL with standard error, delta vs fp32 KV absolute and in %,
         mean / p99 KL divergence in nats, top-1 agreement).
     """
-    cfg = k if isinstance(k, CacheConfig) else CacheConfig.make(
-        k, v, center_keys=center_keys, smooth_keys=smooth_keys, sink_tokens=sink_tokens,
-        calibration_block=calibration_block, fp16_window=fp16_window, layer_codecs=layer_codecs,
-        seed=seed)
+    settings = dict(center_keys=center_keys, smooth_keys=smooth_keys, sink_tokens=sink_tokens,
+                    calibration_block=calibration_block, fp16_window=fp16_window,
+                    layer_codecs=layer_codecs, seed=seed)
+    spec = isinstance(k, CacheConfig) or "+" in k or "/" in k
+    cfg = as_config(k, **settings) if spec and v is None else as_config(None, k=k, v=v, **settings)
     runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks, n_threads=n_threads,
                               top_k=top_k, baseline_file=baseline_file, progress=progress)
     if baseline is not None:

@@ -12,9 +12,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from ..codec import codec_info
 from ..model import Model
 from .attention import attention_cosine_eval, capture
-from ..cache import (DEFAULT_CALIBRATION_BLOCK, DEFAULT_CENTER_KEYS, DEFAULT_SINK_TOKENS,
-                     DEFAULT_SMOOTH_KEYS)
-from .config import FP32, CacheConfig, as_configs
+from ..config import UNSET, FP32, CacheConfig, as_config, as_configs
 from .niah import niah
 from .perplexity import PerplexityRunner
 from .speed import measure_speed
@@ -84,10 +82,9 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
           v_codecs: Optional[Sequence[str]] = None, *,
           metrics: Sequence[str] = ("ppl", "kld"),
           configs: Union[None, str, CacheConfig, Sequence[Union[str, CacheConfig]]] = None,
-          center_keys: bool = DEFAULT_CENTER_KEYS,
-          smooth_keys: Union[bool, float] = DEFAULT_SMOOTH_KEYS,
-          sink_tokens: int = DEFAULT_SINK_TOKENS,
-          calibration_block: Optional[int] = DEFAULT_CALIBRATION_BLOCK, fp16_window: int = 0,
+          center_keys: Optional[bool] = None, smooth_keys: Union[None, bool, float] = None,
+          sink_tokens: Optional[int] = None, calibration_block: Optional[int] = UNSET,
+          fp16_window: Optional[int] = None,
           layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None, seed: int = 0,
           include_fp32: bool = True, text: Optional[str] = None, n_ctx: int = 512,
           chunks: Optional[int] = 10, top_k: int = 4096, baseline_file: Union[str, Path, None] = None,
@@ -96,7 +93,7 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
           niah_trials: int = 1, speed_prompt_tokens: int = 256, speed_decode_tokens: int = 64, speed_repeats: int = 1,
           n_threads: int = 0, progress: bool = True) -> list[SweepRow]:
     """Evaluate every (k, v) in ``k_codecs`` x ``v_codecs`` (``v_codecs`` None: v = k),
-    each with the given levers (the cache's defaults unless set), plus ``configs`` (spec strings or CacheConfig), and fp32
+    each with the given settings (unset levers follow CacheConfig's rule), plus ``configs`` (spec strings or CacheConfig), and fp32
     first when ``include_fp32``.
 
     metrics: any of "ppl" / "kld" (one perplexity run gives both, plus top-1), "cosine"
@@ -110,10 +107,9 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
         [(k, v) for k in k_codecs for v in v_codecs]
     cfgs: list[CacheConfig] = [FP32] if include_fp32 else []
     for k, v in pairs:
-        cfgs.append(CacheConfig.make(k, v, center_keys=center_keys, smooth_keys=smooth_keys,
-                                     sink_tokens=sink_tokens,
-                                     calibration_block=calibration_block, fp16_window=fp16_window,
-                                     layer_codecs=layer_codecs, seed=seed))
+        cfgs.append(as_config(None, k=k, v=v, center_keys=center_keys, smooth_keys=smooth_keys,
+                              sink_tokens=sink_tokens, calibration_block=calibration_block,
+                              fp16_window=fp16_window, layer_codecs=layer_codecs, seed=seed))
     cfgs += as_configs(configs)
     unique: list[CacheConfig] = []
     for c in cfgs:
