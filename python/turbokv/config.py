@@ -6,12 +6,9 @@ are the library's, read from ``tkv_cache_default_params()``; its ranges are the 
 checked by ``tkv_cache_params_check()`` when a configuration is made (before any model is
 loaded).  Nothing here restates a default or a range of the C library.
 
-The levers rule, stated once (README, "Cache levers"): a lever left unset is on, at the
-library's default setting, where it acts on lossy storage, and off elsewhere.  Key centering
-and key smoothing act on keys: they are on when keys are stored lossily (a key codec other
-than ``fp32``, on the cache or on a layer override, or an fp16 window).  Sink tokens keep
-keys and values exact: they are on when keys or values are stored lossily.  On exact storage
-a lever would only move rounding.  A lever set explicitly is always taken as set.
+Levers left unset are resolved by one rule, documented in the README ("Cache levers") and
+implemented here, in ``_lever_defaults``: on where they act on lossy storage, off on exact
+storage; a lever set explicitly is taken as set.
 
 A spec string names a configuration (the command line and gate files use them)::
 
@@ -40,6 +37,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from . import _args, _lib
 from ._lib import CacheParams, check
+from .codec import codec_id as _codec_id
 
 #: tkv_cache_params.flags bits and the calibration_block value of one calibration (ABI).
 CACHE_FLAG_CENTER_KEYS = 1 << 0
@@ -53,14 +51,6 @@ def _codec_name(codec_id: int) -> str:
     return _lib.tkv_codec_name(codec_id).decode()
 
 
-def _codec_id(name: object) -> int:
-    if not isinstance(name, str):
-        raise TypeError(f"codec name must be a str, got {type(name).__name__}")
-    out = ctypes.c_int32()
-    check(_lib.tkv_codec_from_name(name.encode(), ctypes.byref(out)))
-    return out.value
-
-
 #: The library's defaults (tkv_cache_default_params), as Python values.
 DEFAULT_CODEC = _codec_name(_C_DEFAULTS.k_codec)
 DEFAULT_V_CODEC = _codec_name(_C_DEFAULTS.v_codec)
@@ -70,8 +60,9 @@ _EXACT_CODEC = _codec_id("fp32")
 
 
 def _lever_defaults(keys_lossy: bool, values_lossy: bool) -> tuple[bool, float, int]:
-    """(center_keys, smoothing alpha, sink_tokens) of unset levers: the rule of the module
-    docstring, with the library's settings where a lever is on."""
+    """(center_keys, smoothing alpha, sink_tokens) of unset levers: on where they act on lossy
+    storage (centering, smoothing: keys; sinks: keys or values), at the library's settings;
+    off on exact storage, where they would only move rounding."""
     center = keys_lossy and bool(_C_DEFAULTS.flags & CACHE_FLAG_CENTER_KEYS)
     smooth = DEFAULT_KEY_SMOOTHING if keys_lossy and _C_DEFAULTS.flags & CACHE_FLAG_SMOOTH_KEYS \
         else 0.0

@@ -7,7 +7,7 @@ A gate file (TOML, or JSON with the same structure)::
     n_ctx = 256
     chunks = 3
     [[gate]]
-    cache = "turbo_kv_4b"         # a cache spec (see turbokv.eval.config)
+    cache = "turbo_kv_4b"         # a cache spec (see turbokv.CacheConfig)
     delta_ppl_pct_max = 3.0       # <metric>_max / <metric>_min
     kld_mean_max = 0.06
 

@@ -177,7 +177,7 @@ def _fmt(x: float, spec: str) -> str:
 
 
 def markdown_table(rows: Sequence[SweepRow]) -> str:
-    """The table the README publishes: codec, bytes per head vector, bits, compression,
+    """The table docs/RESULTS.md publishes: codec, bytes per head vector, bits, compression,
     PPL (± s.e.), delta vs FP32, KLD mean / p99, top-1, tok/s and speed vs FP32."""
     out = ["| K / V cache | bytes/vector K+V | bits/elem | vs FP16 | PPL | Δ PPL vs FP32 "
            "| KLD mean | KLD p99 | top-1 | attn cos | NIAH | prefill tok/s | decode tok/s "

@@ -1,0 +1,54 @@
+"""The README stays true: its C example compiles against include/turbokv.h and runs on a
+model, and its test command is the one CI runs."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tiny_models import TinyConfig, write_tiny_model
+from turbokv import _lib
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", README, flags=re.S | re.M)
+
+
+def test_readme_c_example_compiles_and_runs(tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler on PATH")
+    (src,) = _blocks("c")
+    prog = tmp_path / "example.c"
+    prog.write_text(src, encoding="utf-8")
+    lib = Path(_lib._dll._name).resolve()
+    exe = tmp_path / "example"
+    build = subprocess.run(
+        [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'include'}", str(prog),
+         str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(exe)],
+        capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    model = tmp_path / "tiny.gguf"
+    write_tiny_model(model, TinyConfig(seed=3))
+    run = subprocess.run([str(exe), str(model), "hello world"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"\[\d+ KV bytes per token\]", run.stdout), run.stdout
+    bad = subprocess.run([str(exe), str(tmp_path / "missing.gguf"), "x"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("TKV_ERR_IO: "), bad.stderr
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    (first,) = _blocks("bash")[:1]
+    commands = [line for line in first.splitlines() if line and not line.startswith("#")]
+    assert commands[0].startswith("pip install . && turbokv generate ")
+    assert commands[1] == 'pip install ".[test]" && python -m pytest -q tests/python'
+    assert commands[1] in ci
