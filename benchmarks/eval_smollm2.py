@@ -1,4 +1,4 @@
-"""The README's quality/speed table for the default model (SmolLM2-135M-Instruct).
+"""The quality/speed table of docs/RESULTS.md ("All configurations") for the default model (SmolLM2-135M-Instruct).
 
     TURBOKV_LIBRARY=build/libturbokv.so PYTHONPATH=python \
         python3 benchmarks/eval_smollm2.py --chunks 8 --n-ctx 512 --top-k 256 --out benchmarks/results
@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--n-ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--top-k", type=int, default=4096,
-                    help="fp32 log-probs kept per token for the KL (the README table: 256)")
+                    help="fp32 log-probs kept per token for the KL (the published table: 256)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--configs", nargs="+", default=None, help="cache specs (default: the table)")
     ap.add_argument("--metrics", default="ppl,kld,cosine,speed")
