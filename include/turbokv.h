@@ -437,7 +437,8 @@ typedef struct tkv_cache_params {
     uint32_t reserved[6];       /* must be zero */
 } tkv_cache_params;
 
-/* tkv_cache_params.calibration_block: one calibration for the whole sequence.  Since 0.4. */
+/* tkv_cache_params.calibration_block: calibrate once, on the first batch, for the whole
+ * sequence.  Since 0.4. */
 #define TKV_CALIBRATION_ONCE 0xFFFFFFFFu
 
 /* Defaults: turbo_kv_4b keys and values, n_ctx 0 (the model's), no fp16 window, seed 0,
@@ -624,6 +625,22 @@ TKV_API const char *tkv_kernel_isa(void);
  */
 TKV_API tkv_status tkv_session_eval_capture(tkv_session *session, const int32_t *tokens, int64_t n,
                                             uint32_t flags, float *q, float *k, float *v);
+
+/*
+ * [EXPERIMENTAL] The key calibration a cache with `params` sets for one (layer, KV head)
+ * whose n positions arrive as one batch: keys (n, head_dim), the queries of its GQA group
+ * (n, group, head_dim).  Writes the key offsets mu and scales s of every calibration
+ * block, (n_blocks, head_dim) each, as the cache uses them (fp16-rounded; mu = 0 without
+ * TKV_CACHE_FLAG_CENTER_KEYS, s = 1 without TKV_CACHE_FLAG_SMOOTH_KEYS): the cache stores
+ * a key of block b as (k - mu_b) / s_b.  Two-call protocol on blocks: *n_blocks gets
+ * the count (at most n), TKV_ERR_BUFFER_TOO_SMALL when it exceeds cap (cap 0 with mu and
+ * scales NULL queries it).  The levers of params are checked as tkv_cache_create checks
+ * them; codecs, n_ctx and the window are ignored.  Since 0.5.
+ */
+TKV_API tkv_status tkv_cache_calibrate_keys(const tkv_cache_params *params, uint32_t head_dim,
+                                            uint32_t group, const float *keys, const float *queries,
+                                            int64_t n, float *mu, float *scales, size_t cap,
+                                            size_t *n_blocks);
 
 #ifdef __cplusplus
 }

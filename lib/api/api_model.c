@@ -155,10 +155,11 @@ static tkv_status tkv_check_codec_id(const char *fn, const char *what, int32_t i
     return TKV_OK;
 }
 
-/* Every check of the cache parameters that needs no model, in the words of `fn`.  The
- * ranges of sink_tokens and calibration_block belong to lib/kv: they are checked by the kv
- * setters, here on a blank cache that is never allocated. */
-static tkv_status tkv_check_cache_params(const char *fn, const tkv_cache_params *params) {
+/* Every check of the cache parameters that needs no model, in the words of `fn`: the
+ * levers' ranges are checked here and nowhere below (lib/kv trusts them).  *calib gets
+ * the calibration levers with 0 resolved to the defaults (kv/calib.h). */
+static tkv_status tkv_check_cache_params(const char *fn, const tkv_cache_params *params,
+                                         tkv_calib_params *calib) {
     TKV_CHECK_PARAMS(fn, params);
     TKV_TRY(tkv_check_codec_id(fn, "K", params->k_codec));
     TKV_TRY(tkv_check_codec_id(fn, "V", params->v_codec));
@@ -179,17 +180,29 @@ static tkv_status tkv_check_cache_params(const char *fn, const tkv_cache_params 
     TKV_REQUIRE(params->n_ctx == 0 || params->fp16_window <= params->n_ctx,
                 TKV_ERR_INVALID_ARGUMENT, "%s: fp16_window %u exceeds n_ctx %u", fn,
                 params->fp16_window, params->n_ctx);
-    tkv_kv_cache blank;
-    memset(&blank, 0, sizeof blank);
-    TKV_TRY(tkv_kv_set_sink_tokens(&blank, params->sink_tokens));
-    if (params->calibration_block != 0) { /* 0 = the default */
-        TKV_TRY(tkv_kv_set_calibration_block(&blank, params->calibration_block));
-    }
+    TKV_REQUIRE(params->sink_tokens <= TKV_KV_MAX_SINK, TKV_ERR_INVALID_ARGUMENT,
+                "%s: %u sink tokens, at most %u", fn, params->sink_tokens, TKV_KV_MAX_SINK);
+    const uint32_t block =
+        params->calibration_block ? params->calibration_block : TKV_DEFAULT_CALIB_BLOCK;
+    TKV_REQUIRE(block == TKV_CALIBRATION_ONCE ||
+                    (block >= TKV_KV_MIN_CALIB_BLOCK && block <= TKV_KV_MAX_CALIB_BLOCK),
+                TKV_ERR_INVALID_ARGUMENT,
+                "%s: calibration_block of %u positions outside %u..%u (or TKV_CALIBRATION_ONCE)",
+                fn, block, TKV_KV_MIN_CALIB_BLOCK, TKV_KV_MAX_CALIB_BLOCK);
+    *calib = (tkv_calib_params){
+        .center_keys = (params->flags & TKV_CACHE_FLAG_CENTER_KEYS) != 0,
+        .smooth_keys = (params->flags & TKV_CACHE_FLAG_SMOOTH_KEYS) != 0,
+        .smooth_alpha =
+            params->key_smoothing > 0.0f ? params->key_smoothing : TKV_DEFAULT_KEY_SMOOTHING,
+        .block = block,
+        .n_sink = params->sink_tokens,
+    };
     return TKV_OK;
 }
 
 tkv_status tkv_cache_params_check(const tkv_cache_params *params) {
-    return tkv_check_cache_params("tkv_cache_params_check", params);
+    tkv_calib_params calib;
+    return tkv_check_cache_params("tkv_cache_params_check", params, &calib);
 }
 
 tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *params,
@@ -197,9 +210,8 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
     TKV_REQUIRE(out, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: out is NULL");
     *out = NULL;
     TKV_REQUIRE(model, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_create: model is NULL");
-    TKV_TRY(tkv_check_cache_params("tkv_cache_create", params));
-    const uint32_t calib_block =
-        params->calibration_block ? params->calibration_block : TKV_DEFAULT_CALIB_BLOCK;
+    tkv_calib_params calib;
+    TKV_TRY(tkv_check_cache_params("tkv_cache_create", params, &calib));
     const uint32_t n_ctx = params->n_ctx ? params->n_ctx : model->hp.n_ctx_train;
     TKV_REQUIRE(n_ctx >= 1 && n_ctx <= (1u << 24), TKV_ERR_INVALID_ARGUMENT,
                 "tkv_cache_create: n_ctx %u outside 1..16777216", n_ctx);
@@ -209,22 +221,11 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
     TKV_REQUIRE(c, TKV_ERR_OUT_OF_MEMORY, "tkv_cache_create: out of memory");
     c->model = (tkv_model *)model; /* the reference count is the one mutable field */
     c->sparse_v_threshold = params->sparse_v_threshold;
-    tkv_status st = tkv_kv_init(&c->kv, model->hp.n_layer, model->hp.n_head_kv, model->hp.head_dim,
-                                n_ctx, params->k_codec, params->v_codec, params->fp16_window,
-                                params->seed);
-    if (st == TKV_OK && (params->flags & TKV_CACHE_FLAG_CENTER_KEYS)) {
-        st = tkv_kv_enable_key_centering(&c->kv);
-    }
-    if (st == TKV_OK && (params->flags & TKV_CACHE_FLAG_SMOOTH_KEYS)) {
-        st = tkv_kv_enable_key_smoothing(&c->kv, params->key_smoothing > 0.0f
-                                                     ? params->key_smoothing
-                                                     : TKV_DEFAULT_KEY_SMOOTHING);
-    }
+    tkv_status st =
+        tkv_kv_init(&c->kv, model->hp.n_layer, model->hp.n_head_kv, model->hp.head_dim, n_ctx,
+                    params->k_codec, params->v_codec, params->fp16_window, params->seed);
     if (st == TKV_OK) {
-        st = tkv_kv_set_sink_tokens(&c->kv, params->sink_tokens);
-    }
-    if (st == TKV_OK) {
-        st = tkv_kv_set_calibration_block(&c->kv, calib_block);
+        st = tkv_kv_set_levers(&c->kv, params->sink_tokens, &calib);
     }
     if (st != TKV_OK) {
         tkv_kv_release(&c->kv);
@@ -510,5 +511,44 @@ tkv_status tkv_session_eval_capture(tkv_session *s, const int32_t *tokens, int64
     s->fs.capture_v = v;
     tkv_status st = tkv_session_eval(s, tokens, n, flags);
     s->fs.capture_q = s->fs.capture_k = s->fs.capture_v = NULL;
+    return st;
+}
+
+tkv_status tkv_cache_calibrate_keys(const tkv_cache_params *params, uint32_t head_dim,
+                                    uint32_t group, const float *keys, const float *queries,
+                                    int64_t n, float *mu, float *scales, size_t cap,
+                                    size_t *n_blocks) {
+    const char *fn = "tkv_cache_calibrate_keys";
+    TKV_REQUIRE(keys && queries && n_blocks, TKV_ERR_INVALID_ARGUMENT,
+                "%s: keys, queries and n_blocks must not be NULL", fn);
+    TKV_REQUIRE((mu && scales) || cap == 0, TKV_ERR_INVALID_ARGUMENT,
+                "%s: mu or scales is NULL with cap %zu (pass cap 0 to query the count)", fn, cap);
+    tkv_calib_params p;
+    TKV_TRY(tkv_check_cache_params(fn, params, &p));
+    TKV_REQUIRE(head_dim >= 1 && head_dim <= TKV_HEAD_DIM_MAX, TKV_ERR_INVALID_ARGUMENT,
+                "%s: head_dim %u outside 1..%u", fn, head_dim, TKV_HEAD_DIM_MAX);
+    TKV_REQUIRE(group >= 1 && group <= 256, TKV_ERR_INVALID_ARGUMENT, "%s: group %u outside 1..256",
+                fn, group);
+    TKV_REQUIRE(n >= 1 && n <= (1 << 24), TKV_ERR_INVALID_ARGUMENT,
+                "%s: n = %lld outside 1..16777216", fn, (long long)n);
+    tkv_calib c;
+    TKV_TRY(tkv_calib_init(&c, 1, 1, head_dim));
+    c.p = p;
+    *n_blocks = (size_t)tkv_calib_block_of(&c, (uint32_t)n - 1) + 1;
+    tkv_status st = *n_blocks <= cap ? TKV_OK
+                                     : tkv_fail(TKV_ERR_BUFFER_TOO_SMALL,
+                                                "%s: %zu calibration blocks do not fit in %zu", fn,
+                                                *n_blocks, cap);
+    int set_first = 0;
+    if (st == TKV_OK) { /* reserved whether the levers are on or off: mu = 0, s = 1 */
+        st = tkv_calib_reserve(&c, 0, (uint32_t)*n_blocks);
+    }
+    if (st == TKV_OK) {
+        st = tkv_calib_observe(&c, 0, 0, queries, group, keys, (uint32_t)n, &set_first);
+    }
+    for (size_t b = 0; st == TKV_OK && b < *n_blocks; b++) {
+        tkv_calib_block(&c, 0, 0, (uint32_t)b, mu + b * head_dim, scales + b * head_dim);
+    }
+    tkv_calib_release(&c);
     return st;
 }

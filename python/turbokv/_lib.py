@@ -559,3 +559,12 @@ def tkv_session_eval_capture(session: SessionHandle, tokens: Ref, n: int, flags:
                              k: Ref, v: Ref) -> int:
     """[EXPERIMENTAL] tkv_status tkv_session_eval_capture(tkv_session *session,
         const int32_t *tokens, int64_t n, uint32_t flags, float *q, float *k, float *v);"""
+
+
+@_c_function([POINTER(CacheParams), c_uint32, c_uint32, float_p, float_p, c_int64, float_p,
+              float_p, c_size_t, POINTER(c_size_t)], c_int32)
+def tkv_cache_calibrate_keys(params: Ref, head_dim: int, group: int, keys: Ref, queries: Ref,
+                             n: int, mu: Ref, scales: Ref, cap: int, n_blocks: Ref) -> int:
+    """[EXPERIMENTAL] tkv_status tkv_cache_calibrate_keys(const tkv_cache_params *params,
+        uint32_t head_dim, uint32_t group, const float *keys, const float *queries, int64_t n,
+        float *mu, float *scales, size_t cap, size_t *n_blocks);"""

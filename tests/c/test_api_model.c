@@ -84,6 +84,22 @@ static void test_real_model(const char *path) {
             cp.calibration_block = 63; /* blocks hold the sinks: at least 64 positions */
             CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
             CHECK(strstr(tkv_last_error(), "calibration_block of 63") != NULL);
+            cp.calibration_block = (1u << 24) + 1;
+            CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
+            cp.calibration_block = 0; /* the default */
+            cp.sink_tokens = 65;
+            CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
+            CHECK(strstr(tkv_last_error(), "65 sink tokens") != NULL);
+            cp.sink_tokens = 64;
+            CHECK_OK(tkv_cache_create(m, &cp, &c));
+            tkv_cache_free(c);
+            cp.sink_tokens = 1;
+            const float bad_alpha[] = {-0.1f, 1.5f, NAN};
+            for (int a = 0; a < 3; a++) {
+                cp.key_smoothing = bad_alpha[a];
+                CHECK_STATUS(tkv_cache_create(m, &cp, &c), TKV_ERR_INVALID_ARGUMENT);
+            }
+            cp.key_smoothing = 0.0f; /* the default alpha */
             cp.calibration_block = TKV_CALIBRATION_ONCE;
         }
         CHECK_OK(tkv_cache_create(m, &cp, &c));

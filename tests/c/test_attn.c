@@ -195,14 +195,11 @@ static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uin
     seq s = seq_make(n, d, seed);
     tkv_kv_cache c;
     CHECK_OK(tkv_kv_init(&c, NL, NKV, d, 1024, cf->k_codec, cf->v_codec, cf->window, seed));
-    CHECK_OK(tkv_kv_set_sink_tokens(&c, cf->n_sink));
-    if (cf->center) {
-        CHECK_OK(tkv_kv_enable_key_centering(&c));
-    }
-    if (cf->smooth) {
-        CHECK_OK(tkv_kv_enable_key_smoothing(&c, TKV_DEFAULT_KEY_SMOOTHING));
-    }
-    CHECK_OK(tkv_kv_set_calibration_block(&c, cf->calib_block));
+    const tkv_calib_params cp = {.center_keys = cf->center,
+                                 .smooth_keys = cf->smooth,
+                                 .smooth_alpha = TKV_DEFAULT_KEY_SMOOTHING,
+                                 .block = cf->calib_block};
+    CHECK_OK(tkv_kv_set_levers(&c, cf->n_sink, &cp));
     fill(&c, &s);
     /* the sequence has sinks, codes and window entries as configured */
     const uint32_t sk = n < cf->n_sink ? n : cf->n_sink;

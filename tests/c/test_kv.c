@@ -107,14 +107,11 @@ static tkv_kv_cache make_cache(uint32_t d, uint32_t capacity, int32_t kc, int32_
                                uint32_t calib_block) {
     tkv_kv_cache c;
     CHECK_OK(tkv_kv_init(&c, NL, NKV, d, capacity, kc, vc, window, 1234));
-    CHECK_OK(tkv_kv_set_sink_tokens(&c, n_sink));
-    if (center) {
-        CHECK_OK(tkv_kv_enable_key_centering(&c));
-    }
-    if (smooth) {
-        CHECK_OK(tkv_kv_enable_key_smoothing(&c, TKV_DEFAULT_KEY_SMOOTHING));
-    }
-    CHECK_OK(tkv_kv_set_calibration_block(&c, calib_block));
+    const tkv_calib_params cp = {.center_keys = center,
+                                 .smooth_keys = smooth,
+                                 .smooth_alpha = TKV_DEFAULT_KEY_SMOOTHING,
+                                 .block = calib_block};
+    CHECK_OK(tkv_kv_set_levers(&c, n_sink, &cp));
     return c;
 }
 
@@ -233,7 +230,8 @@ static size_t doc_bytes_used(const tkv_kv_cache *c, const uint32_t *n, const uin
         total += (size_t)sinks * NKV * c->head_dim * 2 * 4;
         total += (size_t)(n[l] - sinks - in_window[l]) * NKV * code;
         total += (size_t)in_window[l] * NKV * c->head_dim * 2 * 2;
-        total += (size_t)calib[l] * (c->center_keys + c->smooth_keys) * NKV * c->head_dim * 2;
+        total += (size_t)calib[l] * (c->calib.p.center_keys + c->calib.p.smooth_keys) * NKV *
+                 c->head_dim * 2;
     }
     return total;
 }
@@ -296,28 +294,12 @@ static void test_growth_and_capacity(void) {
     CHECK_EQ_INT(tkv_kv_bytes_allocated(&c), (size_t)cap * per_tok);
     CHECK_EQ_INT(tkv_kv_bytes_used(&c), 10 * per_tok);
     /* settings change only before the first write */
-    CHECK_STATUS(tkv_kv_set_sink_tokens(&c, 1), TKV_ERR_INVALID_ARGUMENT);
-    CHECK_STATUS(tkv_kv_enable_key_centering(&c), TKV_ERR_INVALID_ARGUMENT);
-    CHECK_STATUS(tkv_kv_enable_key_smoothing(&c, 0.5f), TKV_ERR_INVALID_ARGUMENT);
-    CHECK_STATUS(tkv_kv_set_calibration_block(&c, 64), TKV_ERR_INVALID_ARGUMENT);
+    const tkv_calib_params on = {.center_keys = 1, .block = 64};
+    CHECK_STATUS(tkv_kv_set_levers(&c, 1, &on), TKV_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(tkv_kv_set_layer_codecs(&c, 0, TKV_CODEC_FP16, TKV_CODEC_FP16),
                  TKV_ERR_INVALID_ARGUMENT);
     tkv_kv_release(&c);
 
-    /* range checks of the settings */
-    CHECK_OK(tkv_kv_init(&c, NL, NKV, d, 10, TKV_CODEC_FP32, TKV_CODEC_FP32, 0, 0));
-    CHECK_STATUS(tkv_kv_set_sink_tokens(&c, TKV_KV_MAX_SINK + 1), TKV_ERR_INVALID_ARGUMENT);
-    CHECK_OK(tkv_kv_set_sink_tokens(&c, TKV_KV_MAX_SINK));
-    CHECK_STATUS(tkv_kv_set_calibration_block(&c, TKV_KV_MIN_CALIB_BLOCK - 1),
-                 TKV_ERR_INVALID_ARGUMENT);
-    CHECK_STATUS(tkv_kv_set_calibration_block(&c, 0), TKV_ERR_INVALID_ARGUMENT);
-    CHECK_STATUS(tkv_kv_set_calibration_block(&c, (1u << 24) + 1), TKV_ERR_INVALID_ARGUMENT);
-    CHECK_OK(tkv_kv_set_calibration_block(&c, TKV_CALIBRATION_ONCE));
-    CHECK_OK(tkv_kv_set_calibration_block(&c, TKV_KV_MIN_CALIB_BLOCK));
-    CHECK_STATUS(tkv_kv_enable_key_smoothing(&c, 0.0f), TKV_ERR_INVALID_ARGUMENT);
-    CHECK_STATUS(tkv_kv_enable_key_smoothing(&c, 1.5f), TKV_ERR_INVALID_ARGUMENT);
-    CHECK_STATUS(tkv_kv_enable_key_smoothing(&c, NAN), TKV_ERR_INVALID_ARGUMENT);
-    tkv_kv_release(&c);
     seq_free(&s);
 }
 
@@ -503,7 +485,7 @@ static void naive_calibration(const tkv_kv_cache *c, const seq *s, uint32_t l, u
                 sq += q * q;
             }
         }
-        mu[j] = c->center_keys ? tkv_fp16_to_f32(tkv_f32_to_fp16((float)(sum / nk))) : 0.0f;
+        mu[j] = c->calib.p.center_keys ? tkv_fp16_to_f32(tkv_f32_to_fp16((float)(sum / nk))) : 0.0f;
         for (uint32_t t = p0; t < p1; t++) {
             const double x = seq_k(s, l, t)[h * d + j] - (double)mu[j];
             var += x * x;
@@ -519,7 +501,7 @@ static void naive_calibration(const tkv_kv_cache *c, const seq *s, uint32_t l, u
         mean += ls[j] / d;
     }
     for (uint32_t j = 0; j < d; j++) {
-        sc[j] = c->smooth_keys && nk >= TKV_KV_SMOOTH_MIN_TOKENS
+        sc[j] = c->calib.p.smooth_keys && nk >= TKV_KV_SMOOTH_MIN_TOKENS
                     ? tkv_fp16_to_f32(tkv_f32_to_fp16((float)exp(ls[j] - mean)))
                     : 1.0f;
     }
@@ -577,12 +559,12 @@ static void test_calibration_blocks(void) {
             make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_FP16, 0, 2, center, smooth, B);
         feed_batch(&c, &s, 0, 1);
         feed_batch(&c, &s, 1, 1);
-        CHECK_EQ_INT(c.layers[0].n_calib, 0);
+        CHECK_EQ_INT(c.calib.layers[0].n_set, 0);
         /* before block 0 is set: mu 0, s 1, sinks stored as given */
         CHECK_EQ_INT(count_content_mismatches(&c, &s, 1), 0);
         feed(&c, &s, 2, n, kPrefill + 2);
         for (uint32_t l = 0; l < NL; l++) {
-            CHECK_EQ_INT(c.layers[l].n_calib, (n - 1) / B + 1);
+            CHECK_EQ_INT(c.calib.layers[l].n_set, (n - 1) / B + 1);
             /* sinks re-expressed in block 0's space, everything else in its block's */
             CHECK_EQ_INT(count_content_mismatches(&c, &s, l), 0);
         }
@@ -604,7 +586,11 @@ static void test_calibration_blocks(void) {
         CHECK(zero_mu == !center && one_s == !smooth);
         CHECK(same_mu == !center && same_s == !smooth);
         CHECK_EQ_INT(tkv_kv_bytes_used(&c), doc_bytes_used_plain(&c, n));
-        const size_t calib_alloc = (size_t)NL * ((n - 1) / B + 1) * (center + smooth) * NKV * d * 2;
+        /* fp16 mu and s of every block reached, and the statistics the next block
+         * calibrates from (3 sums in double per channel) */
+        const size_t calib_alloc =
+            (size_t)NL * ((n - 1) / B + 1) * (center + smooth) * NKV * d * 2 +
+            (center || smooth ? (size_t)NL * NKV * 3 * d * 8 : 0);
         CHECK_EQ_INT(tkv_kv_bytes_allocated(&c), 512 * tkv_kv_bytes_per_token(&c) +
                                                      2 * (size_t)NL * NKV * d * 2 * 4 +
                                                      calib_alloc);
@@ -634,8 +620,8 @@ static void test_calibration_blocks(void) {
         feed_batch(&c, &s, 0, 40);
         feed(&c, &s, 40, n, kPrefill);
         CHECK_EQ_INT(tkv_kv_calib_block_of(&c, n - 1), 0);
-        CHECK_EQ_INT(c.layers[0].n_calib, 1);
-        CHECK(c.heads[0].stats == NULL);
+        CHECK_EQ_INT(c.calib.layers[0].n_set, 1);
+        CHECK(c.calib.layers[0].stats == NULL);
         check_block(&c, &s, 0, 0, 40, "once");
         CHECK_EQ_INT(count_content_mismatches(&c, &s, 0), 0);
         CHECK_EQ_INT(count_content_mismatches(&c, &s, 1), 0);
@@ -686,7 +672,7 @@ static void test_truncate_calibrated(void) {
             }
         }
         tkv_kv_truncate(&c, cut);
-        CHECK_EQ_INT(c.layers[0].n_calib, next);
+        CHECK_EQ_INT(c.calib.layers[0].n_set, next);
         CHECK_EQ_INT(c.layers[1].n_comp, cut);
         uint32_t nn[NL] = {cut, cut}, in_w[NL] = {0, 0}, cb[NL] = {next, next};
         CHECK_EQ_INT(tkv_kv_bytes_used(&c), doc_bytes_used(&c, nn, in_w, cb));
@@ -745,7 +731,7 @@ static void test_truncate_calibrated(void) {
     feed(&fresh, &s, 0, 100, kPrefill);
     tkv_kv_truncate(&ref, 0);
     feed_batch(&ref, &s, 0, 1);
-    CHECK_EQ_INT(ref.layers[0].n_calib, 0);
+    CHECK_EQ_INT(ref.calib.layers[0].n_set, 0);
     CHECK_EQ_INT(count_content_mismatches(&ref, &s, 0), 0);
     feed(&ref, &s, 1, 100, kPrefill + 1);
     check_block(&ref, &s, 0, 1, 2, "sinks first after truncate(0)");
@@ -813,6 +799,73 @@ static void test_failed_append(void) {
     seq_free(&s);
 }
 
+/* ---- the experimental hook tkv_cache_calibrate_keys --------------------------------- */
+
+/* The hook gives, bit for bit, the blocks a cache sets from one batch, for every lever
+ * combination; and follows the two-call protocol. */
+static void test_calibrate_keys_hook(void) {
+    const uint32_t n = 300, d = 64, group = 3;
+    seq s = seq_make(n, NKV * group, d, 77);
+    float *keys = malloc((size_t)n * d * sizeof(float));
+    float *queries = malloc((size_t)n * group * d * sizeof(float));
+    for (uint32_t t = 0; t < n; t++) { /* layer 1, KV head 1 */
+        memcpy(keys + (size_t)t * d, seq_k(&s, 1, t) + d, d * sizeof(float));
+        memcpy(queries + (size_t)t * group * d, seq_q(&s, 1, t) + (size_t)group * d,
+               (size_t)group * d * sizeof(float));
+    }
+    const uint32_t blocks[] = {64, 100, TKV_CALIBRATION_ONCE};
+    for (int lever = 0; lever < 4; lever++) {
+        for (int bi = 0; bi < 3; bi++) {
+            for (uint32_t sink = 0; sink <= 4; sink += 4) {
+                const int center = lever & 1, smooth = lever >> 1;
+                tkv_kv_cache c = make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_TURBO_4B, 0,
+                                            sink, center, smooth, blocks[bi]);
+                feed_batch(&c, &s, 0, n);
+                tkv_cache_params p = tkv_cache_default_params();
+                p.flags = (center ? TKV_CACHE_FLAG_CENTER_KEYS : 0) |
+                          (smooth ? TKV_CACHE_FLAG_SMOOTH_KEYS : 0);
+                p.key_smoothing = TKV_DEFAULT_KEY_SMOOTHING;
+                p.sink_tokens = sink;
+                p.calibration_block = blocks[bi];
+                size_t nb = 0;
+                CHECK_STATUS(
+                    tkv_cache_calibrate_keys(&p, d, group, keys, queries, n, NULL, NULL, 0, &nb),
+                    TKV_ERR_BUFFER_TOO_SMALL);
+                const size_t want =
+                    blocks[bi] == TKV_CALIBRATION_ONCE ? 1 : (n - 1) / blocks[bi] + 1;
+                CHECK_EQ_INT(nb, want);
+                float mu[5 * 64], sc[5 * 64], cmu[64], csc[64];
+                CHECK_STATUS(
+                    tkv_cache_calibrate_keys(&p, d, group, keys, queries, n, mu, sc, nb - 1, &nb),
+                    TKV_ERR_BUFFER_TOO_SMALL);
+                CHECK_OK(tkv_cache_calibrate_keys(&p, d, group, keys, queries, n, mu, sc, 5, &nb));
+                for (uint32_t b = 0; b < nb; b++) {
+                    tkv_kv_block_calibration(&c, 1, 1, b, cmu, csc);
+                    CHECK(memcmp(cmu, mu + b * d, sizeof cmu) == 0);
+                    CHECK(memcmp(csc, sc + b * d, sizeof csc) == 0);
+                }
+                tkv_kv_release(&c);
+            }
+        }
+    }
+    tkv_cache_params p = tkv_cache_default_params();
+    size_t nb = 0;
+    p.calibration_block = 63;
+    CHECK_STATUS(tkv_cache_calibrate_keys(&p, d, group, keys, queries, n, NULL, NULL, 0, &nb),
+                 TKV_ERR_INVALID_ARGUMENT);
+    p.calibration_block = 0;
+    CHECK_STATUS(tkv_cache_calibrate_keys(&p, 0, group, keys, queries, n, NULL, NULL, 0, &nb),
+                 TKV_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(tkv_cache_calibrate_keys(&p, d, group, NULL, queries, n, NULL, NULL, 0, &nb),
+                 TKV_ERR_INVALID_ARGUMENT);
+    p.struct_size = 4;
+    CHECK_STATUS(tkv_cache_calibrate_keys(&p, d, group, keys, queries, n, NULL, NULL, 0, &nb),
+                 TKV_ERR_ABI);
+    free(keys);
+    free(queries);
+    seq_free(&s);
+}
+
 int main(void) {
     test_failed_append();
     test_growth_and_capacity();
@@ -820,5 +873,6 @@ int main(void) {
     test_truncate_plain();
     test_calibration_blocks();
     test_truncate_calibrated();
+    test_calibrate_keys_hook();
     CHECK_MAIN_END();
 }

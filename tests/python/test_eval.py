@@ -327,3 +327,27 @@ def test_real_model_short_eval(real_model, tmp_path):
     assert res.score == 1.0, res.trials[0].answer
     png = E.heatmap([res], tmp_path / "h.png")
     assert png is None or png.is_file()
+
+
+def test_key_calibration_hook():
+    """turbokv.experimental.key_calibration (the library's own calibration, which the
+    attention eval uses): one block per calibration_block positions, block 0 the fp16 mean
+    key and rms ratios of the whole batch, later blocks from the block before."""
+    from turbokv.experimental import key_calibration
+    rng = np.random.default_rng(5)
+    n, g, d = 200, 3, 64
+    keys = (rng.normal(size=(n, d)) * rng.uniform(0.2, 3.0, d) + rng.normal(size=d) * 4)
+    queries = rng.normal(size=(n, g, d)) * rng.uniform(0.2, 3.0, d)
+    mu, s = key_calibration(keys, queries, turbokv.CacheConfig(
+        "turbo_kv_4b", center_keys=True, smooth_keys=0.5, calibration_block=64))
+    assert mu.shape == s.shape == (4, d)
+    np.testing.assert_allclose(mu[0], keys.mean(axis=0), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(mu[2], keys[64:128].mean(axis=0), rtol=2e-3, atol=2e-3)
+    ratio = np.sqrt(keys.var(axis=0) / np.mean(queries.reshape(-1, d) ** 2, axis=0))
+    expect = np.sqrt(ratio) / np.exp(np.mean(np.log(np.sqrt(ratio))))  # alpha 0.5, mean 1
+    np.testing.assert_allclose(s[0], expect, rtol=2e-3)
+    mu, s = key_calibration(keys, queries, turbokv.CacheConfig(
+        "turbo_kv_4b", center_keys=False, smooth_keys=False, calibration_block=None))
+    assert mu.shape == (1, d) and not mu.any() and (s == 1).all()
+    with pytest.raises(ValueError):
+        key_calibration(keys[0], queries, "turbo_kv_4b")

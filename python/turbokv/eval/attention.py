@@ -10,10 +10,9 @@ the fp32 vectors.
 
 The cache's levers are applied as the cache applies them, with the whole capture as
 the first batch: ``center_keys`` subtracts a mean key of the (layer, head) before
-encoding and ``smooth_keys`` divides keys (and multiplies queries) by per-channel scales
-(``smoothing_scales``), both per calibration block (``calibration_block`` positions;
-block 0 from the whole capture, block b from the fp32 keys and queries of block b - 1,
-offsets and scales rounded to fp16 as the cache stores them); block b's scores get
+encoding and ``smooth_keys`` divides keys (and multiplies queries) by per-channel scales,
+both per calibration block, with the offsets and scales the library itself computes
+(``turbokv.experimental.key_calibration``, the cache's own code); block b's scores get
 <q, mu_b - mu_0> added, so every score of a query differs from the exact one by the
 same <q, mu_0>, which softmax cancels (the score cosine is taken between mean-removed
 score vectors).  The first ``sink_tokens`` positions stay exact.
@@ -28,7 +27,7 @@ import numpy.typing as npt
 
 from ..cache import KVCache
 from ..codec import Codec, Encoded
-from ..experimental import CapturedQKV, eval_capture
+from ..experimental import CapturedQKV, eval_capture, key_calibration
 from ..model import Model
 from ..session import Session
 from ._progress import bar
@@ -59,43 +58,16 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-300)
 
 
-def smoothing_scales(keys: np.ndarray, queries: np.ndarray, alpha: float) -> np.ndarray:
-    """Per-channel key smoothing scales as the cache computes them (lib/kv/cache.c):
-    s = (rms k / rms q)^alpha with both rms floored at 1% of their mean, normalized to
-    geometric mean 1.  keys: (n, d) (already centered when centering is on); queries:
-    (n, group, d) or (n, d)."""
-    d = keys.shape[-1]
-    rk = np.sqrt(np.mean(np.asarray(keys, np.float64) ** 2, axis=0))
-    rq = np.sqrt(np.mean(np.asarray(queries, np.float64).reshape(-1, d) ** 2, axis=0))
-    if not (rk.mean() > 0 and rq.mean() > 0):
-        return np.ones(d)
-    rk = np.maximum(rk, 0.01 * rk.mean())
-    rq = np.maximum(rq, 0.01 * rq.mean())
-    log_s = alpha * np.log(rk / rq)
-    return np.exp(log_s - log_s.mean())
-
-
-def block_calibration(keys: np.ndarray, queries: np.ndarray, *, center: bool, alpha: float,
-                      block: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position key offsets and scales (n, d) as the cache sets them (lib/kv/cache.c):
-    block 0 from every position given (the first batch), block b > 0 from the keys and
-    queries of block b - 1; fp16-rounded.  keys: (n, d); queries: (n, group, d)."""
-    n, d = keys.shape
-    k64 = np.asarray(keys, np.float64)
-    B = n if block is None else int(block)
-    mu = np.zeros((n, d))
-    sc = np.ones((n, d))
-    for b, lo in enumerate(range(0, n, B)):
-        hi = min(n, lo + B)
-        src = slice(0, n) if b == 0 else slice(lo - B, lo)
-        m = k64[src].mean(axis=0) if center else np.zeros(d)
-        m = m.astype(np.float16).astype(np.float64)
-        s_b = np.ones(d)
-        if alpha and (src.stop - src.start) >= 8:
-            s_b = smoothing_scales(k64[src] - m, queries[src], alpha)
-            s_b = s_b.astype(np.float16).astype(np.float64)
-        mu[lo:hi], sc[lo:hi] = m, s_b
-    return mu, sc
+def block_calibration(keys: np.ndarray, queries: np.ndarray, cfg: CacheConfig
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position key offsets and scales (n, d) as a cache of ``cfg`` sets them when the
+    n positions arrive as one batch (the library's own calibration, through
+    ``turbokv.experimental.key_calibration``).  keys: (n, d); queries: (n, group, d)."""
+    n = keys.shape[0]
+    mu_b, s_b = key_calibration(keys, queries, cfg)
+    per_block = n if cfg.calibration_block is None else int(cfg.calibration_block)
+    rows = np.arange(n) // per_block
+    return mu_b[rows].astype(np.float64), s_b[rows].astype(np.float64)
 
 
 def _seed(base: int, layer: int, head: int) -> int:
@@ -156,8 +128,7 @@ def attention_cosine_eval(qkv: CapturedQKV, config: Union[str, CacheConfig], *, 
             keys = np.ascontiguousarray(qkv.k[:, layer, g], dtype=np.float32)
             vals = np.ascontiguousarray(qkv.v[:, layer, g], dtype=np.float32)
             q_group = qkv.q[:, layer, g * group:(g + 1) * group]
-            mu, sc = block_calibration(keys, q_group, center=cfg.center_keys,
-                                       alpha=cfg.smooth_keys, block=cfg.calibration_block)
+            mu, sc = block_calibration(keys, q_group, cfg)
             B = n if cfg.calibration_block is None else cfg.calibration_block
             stored = np.ascontiguousarray((keys - mu) / sc, dtype=np.float32)
             n_sink = min(cfg.sink_tokens, n)
