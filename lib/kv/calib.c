@@ -242,7 +242,7 @@ tkv_status tkv_calib_observe(tkv_calib *c, uint32_t layer, uint32_t pos0, const 
     const size_t kw = (size_t)c->n_head_kv * d, qw = (size_t)n_head * d;
     TKV_TRY(tkv_calib_reserve(c, layer, tkv_calib_block_of(c, pos0 + n_tok - 1) + 1));
     /* a batch of sink positions only is too few (often one) samples: block 0 waits for a
-     * batch that reaches past the sinks (its own sink positions count, measured to help) */
+     * batch that reaches past the sinks (its own sink positions count too) */
     if (L->n_set == 0 && pos0 + n_tok > c->p.n_sink) {
         tkv_calib_first(c, layer, q, n_head, k, n_tok);
         *set_first = 1;
