@@ -10,9 +10,11 @@
  *      of window 8k + l (a second one, one bit further, gives bit 8 of a 9-bit window);
  *   3. vpermi2b reads 128 int8 entries by the low 7 bits, bit 7 (and 8) blend between
  *      the 128-entry halves: 2 permutes + 1 blend for 256 entries, 4 + 3 for 512.
- * Scores multiply the bytes (as v + 128) with a fixed-point query by vpdpbusd (exact
- * int32 sums, below); weighted sums turn them into floats (tkv_vbmi_to_f32) and use FMA.  Values are exact (q8 * scale = the float table), so results match the
- * scalar reference within float rounding of the sums.
+ * Scores multiply the bytes (as v + 128) with a fixed-point query by vpdpbusd; weighted
+ * sums multiply four rows' bytes at once with their fixed-point weights by vpdpbusd (both
+ * exact int32 sums, below).  Values are exact (q8 * scale = the float table); the 23-bit
+ * roundings of query and weights are of the order of float rounding, so results match the
+ * scalar reference within it.
  * Several keys per pass: independent chains, one transposed reduction for four scores.
  * Tested against kernels_scalar.c (tests/c/test_kernels_codec.c).
  */
@@ -83,23 +85,6 @@ TKV_INLINE __m512i tkv_vbmi_block(const tkv_vbmi_ctx *c, const uint8_t *s, uint3
         r = _mm512_mask_blend_epi8(_mm512_movepi8_mask(hi), r, r2);
     }
     return r;
-}
-
-/* The 64 biased bytes u = v + 128 as four registers of floats (coordinates 16 g ..):
- * vpermb with a merge mask puts byte 16 g + i into the low byte of dword i over the bits
- * of 2^23 (the float 2^23 + u, exact), and subtracting 2^23 + 128 leaves v, exactly. */
-TKV_INLINE void tkv_vbmi_to_f32(__m512i u, __m512 f[4]) {
-    const __m512i magic = _mm512_set1_epi32(0x4b000000);
-    const __m512 off = _mm512_set1_ps(8388736.0f); /* 2^23 + 128 */
-    for (int g = 0; g < 4; g++) {
-        const __m512i idx = _mm512_add_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(16 * g));
-        f[g] = _mm512_sub_ps(
-            _mm512_castsi512_ps(_mm512_mask_permutexvar_epi8(
-                magic, (__mmask64)0x1111111111111111ull, idx, u)),
-            off);
-    }
 }
 
 /* The sum of each of four registers, as one register of four. */
@@ -191,24 +176,24 @@ TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layou
                                 _mm512_cvtepi32_ps(acc[q][k][0])));
         }
     }
-    if (nk == 4) {
-        for (int q = 0; q < NQ; q++) {
-            const __m128 s = _mm_mul_ps(_mm_loadu_ps(sc), _mm_set1_ps(qz[q].inv));
-            _mm_storeu_ps(outs[q] + i0,
-                          _mm_mul_ps(s, tkv_vbmi_reduce4(f[q][0], f[q][1], f[q][2], f[q][3])));
+    /* the NQ nk sums, four at a time through one transposed reduction */
+    const __m512 *fl[4 * TKV_MAX_QUERIES];
+    float *dst[4 * TKV_MAX_QUERIES];
+    float mul[4 * TKV_MAX_QUERIES];
+    int nf = 0;
+    for (int q = 0; q < NQ; q++) {
+        for (int k = 0; k < nk; k++) {
+            fl[nf] = &f[q][k];
+            dst[nf] = outs[q] + i0 + (size_t)k;
+            mul[nf++] = sc[k] * qz[q].inv;
         }
-    } else if (nk == 1 && NQ > 1) { /* one transposed reduction over the queries */
+    }
+    for (int t = 0; t < nf; t += 4) {
         float r[4];
-        _mm_storeu_ps(r, tkv_vbmi_reduce4(f[0][0], f[1][0], f[NQ > 2 ? 2 : 0][0],
-                                          f[NQ > 3 ? 3 : 0][0]));
-        for (int q = 0; q < NQ; q++) {
-            outs[q][i0] = sc[0] * qz[q].inv * r[q];
-        }
-    } else {
-        for (int q = 0; q < NQ; q++) {
-            for (int k = 0; k < nk; k++) {
-                outs[q][i0 + (size_t)k] = sc[k] * qz[q].inv * _mm512_reduce_add_ps(f[q][k]);
-            }
+        _mm_storeu_ps(r, tkv_vbmi_reduce4(*fl[t], *fl[t + 1 < nf ? t + 1 : t],
+                                          *fl[t + 2 < nf ? t + 2 : t], *fl[t + 3 < nf ? t + 3 : t]));
+        for (int u = 0; u < 4 && t + u < nf; u++) {
+            *dst[t + u] = mul[t + u] * r[u];
         }
     }
 }
@@ -223,7 +208,7 @@ TKV_INLINE void tkv_vbmi_scores_n(const tkv_code_layout *Lay, const float *const
         tkv_vbmi_query_init(qs[q], Lay->d, c.nblk, &qz[q]);
     }
     /* keys per pass: 3 NQ nk int32 accumulators stay in registers */
-    const int NK = NQ == 1 ? 4 : 1;
+    const int NK = NQ == 1 ? 4 : 2;
     size_t i = 0;
     for (; i + (size_t)NK <= n; i += (size_t)NK) {
         tkv_vbmi_scores_keys(&c, Lay, codes, i, qz, outs, NK, NQ, N, P);
@@ -233,74 +218,167 @@ TKV_INLINE void tkv_vbmi_scores_n(const tkv_code_layout *Lay, const float *const
     }
 }
 
-/* ap[q] += wk[k][q] * decode(code[k]) for nk (1..4) keys. */
-TKV_INLINE void tkv_vbmi_axpy_keys(const tkv_vbmi_ctx *c,
-                                   const tkv_code_layout *Lay, const uint8_t *const *code,
-                                   float (*wk)[TKV_MAX_QUERIES], int nk,
-                                   float (*ap)[TKV_VBMI_MAX_D], const int NQ, const uint32_t N,
-                                   const uint32_t P) {
-    for (uint32_t b = 0; b < c->nblk; b++) {
-        __m512 acc[TKV_MAX_QUERIES][4]; /* loaded and stored once per batch of keys */
-        for (int q = 0; q < NQ; q++) {
-            for (int g = 0; g < 4; g++) {
-                acc[q][g] = _mm512_load_ps(ap[q] + 64 * b + 16 * g);
+/*
+ * Weighted sums by integer dot products.  Rows are taken in chunks of up to
+ * TKV_VBMI_CHUNK (rows some query needs, four at a time).  In a chunk, query q's weights
+ * times the rows' scales are rounded to 23-bit fixed point against the chunk's largest
+ * (F = 2^22 / max |w|, as the query of the scores) and split into three signed base-256
+ * digits.  Four rows' biased bytes (v + 128) are interleaved so that dword lane j holds
+ * coordinate j of the four rows; vpdpbusd with a dword of the four rows' digits adds
+ * sum_k (v_kj + 128) digit_k to an int32 lane, which starts at -128 times the digit sum
+ * of the chunk, so each lane ends exact: sum_k v_kj digit_k (|.| < 2^31 for
+ * 4 * 64 rows).  At the end of a chunk the three int32 sums become floats
+ * (d0 + 256 d1 + 65536 d2) / F.  The weights' rounding, |error| <= 2^-23 max|w| per row of
+ * the chunk, is of the order of float rounding (kernels.h states the bound).
+ */
+#define TKV_VBMI_CHUNK 256
+
+/* The 4 x 64 bytes of four rows as four registers of dwords: register r, lane 4 l + i
+ * holds coordinate 16 l + 4 r + i of rows 0..3 in bytes 0..3 (vpunpck* work per 128-bit
+ * lane). */
+TKV_INLINE void tkv_vbmi_transpose4(const __m512i x[4], __m512i o[4]) {
+    const __m512i t0 = _mm512_unpacklo_epi8(x[0], x[1]), t1 = _mm512_unpackhi_epi8(x[0], x[1]);
+    const __m512i t2 = _mm512_unpacklo_epi8(x[2], x[3]), t3 = _mm512_unpackhi_epi8(x[2], x[3]);
+    o[0] = _mm512_unpacklo_epi16(t0, t2);
+    o[1] = _mm512_unpackhi_epi16(t0, t2);
+    o[2] = _mm512_unpacklo_epi16(t1, t3);
+    o[3] = _mm512_unpackhi_epi16(t1, t3);
+}
+
+/* The integer sums of one chunk for block b: accf[q] (64 floats, in transposed order)
+ * += the chunk's rows weighted by their digits (dig[q][p][g]: the digits p of rows
+ * 4 g .. 4 g + 3, one byte each).  The rows' bytes are decoded and interleaved once into
+ * tb (L1-resident), then each query's 12 accumulators stay in registers. */
+TKV_INLINE void tkv_vbmi_sum_block(const tkv_vbmi_ctx *c, const tkv_code_layout *Lay,
+                                   const uint8_t *const *code, int ng,
+                                   const int32_t (*dig)[3][TKV_VBMI_CHUNK / 4],
+                                   const int32_t (*bias)[3], const float (*unit)[3], uint32_t b,
+                                   __m512i (*tb)[4], float (*accf)[TKV_VBMI_MAX_D], const int NQ,
+                                   const uint32_t N, const uint32_t P) {
+    for (int g = 0; g < ng; g++) {
+        __m512i x[4];
+        for (int k = 0; k < 4; k++) {
+            x[k] = tkv_vbmi_block(c, code[4 * g + k] + Lay->payload_off, b, N, P);
+        }
+        tkv_vbmi_transpose4(x, tb[g]);
+    }
+    for (int q = 0; q < NQ; q++) {
+        __m512i acc[3][4];
+        for (int p = 0; p < 3; p++) {
+            for (int r = 0; r < 4; r++) {
+                acc[p][r] = _mm512_set1_epi32(bias[q][p]);
             }
         }
-        for (int k = 0; k < nk; k++) { /* one key's floats at a time: few live registers */
-            __m512 xf[4];
-            tkv_vbmi_to_f32(tkv_vbmi_block(c, code[k] + Lay->payload_off, b, N, P), xf);
-            for (int q = 0; q < NQ; q++) {
-                const __m512 wv = _mm512_set1_ps(wk[k][q]);
-                for (int g = 0; g < 4; g++) {
-                    acc[q][g] = _mm512_fmadd_ps(wv, xf[g], acc[q][g]);
+        for (int g = 0; g < ng; g++) {
+            for (int p = 0; p < 3; p++) {
+                const __m512i dv = _mm512_set1_epi32(dig[q][p][g]);
+                for (int r = 0; r < 4; r++) {
+                    acc[p][r] = _mm512_dpbusd_epi32(acc[p][r], tb[g][r], dv);
                 }
             }
         }
-        for (int q = 0; q < NQ; q++) {
-            for (int g = 0; g < 4; g++) {
-                _mm512_store_ps(ap[q] + 64 * b + 16 * g, acc[q][g]);
+        for (int r = 0; r < 4; r++) {
+            float *dst = accf[q] + 64 * b + 16 * r;
+            __m512 s = _mm512_load_ps(dst);
+            for (int p = 0; p < 3; p++) {
+                s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[p][r]), _mm512_set1_ps(unit[q][p]), s);
             }
+            _mm512_store_ps(dst, s);
         }
     }
 }
 
-/* Rows some query needs are collected four at a time; a query that skips a row adds it
- * with weight 0 (the values are finite: the same sums). */
+/* The digits of one chunk of m rows (code; wr[q]: weight times scale, padded with zeros
+ * to a multiple of 16) and the rows' blocks summed into accf. */
+TKV_INLINE void tkv_vbmi_sum_chunk(const tkv_vbmi_ctx *c, const tkv_code_layout *Lay,
+                                   const uint8_t **code, float (*wr)[TKV_VBMI_CHUNK], int m,
+                                   float (*accf)[TKV_VBMI_MAX_D], const int NQ, const uint32_t N,
+                                   const uint32_t P) {
+    _Alignas(64) int32_t dig[TKV_MAX_QUERIES][3][TKV_VBMI_CHUNK / 4];
+    int32_t bias[TKV_MAX_QUERIES][3];
+    float unit[TKV_MAX_QUERIES][3];
+    const int m16 = (m + 15) & ~15;
+    for (int i = m; i < m16; i++) { /* pad with weight-0 copies of a row */
+        code[i] = code[0];
+        for (int q = 0; q < NQ; q++) {
+            wr[q][i] = 0.0f;
+        }
+    }
+    const __m512i c128 = _mm512_set1_epi32(128), c255 = _mm512_set1_epi32(255);
+    for (int q = 0; q < NQ; q++) {
+        __m512 mv = _mm512_setzero_ps();
+        for (int i = 0; i < m16; i += 16) {
+            mv = _mm512_max_ps(mv, _mm512_abs_ps(_mm512_loadu_ps(wr[q] + i)));
+        }
+        const float mx = _mm512_reduce_max_ps(mv);
+        const __m512 F = _mm512_set1_ps(mx > 0.0f ? 4194304.0f / mx : 0.0f);
+        __m512i sum[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int i = 0; i < m16; i += 16) {
+            /* round to nearest (MXCSR default), then digits in -128..127 (the top one
+             * |.| <= 65) */
+            __m512i Q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wr[q] + i), F));
+            for (int p = 0; p < 3; p++) {
+                const __m512i dp =
+                    p == 2 ? Q
+                           : _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(Q, c128), c255),
+                                              c128);
+                sum[p] = _mm512_add_epi32(sum[p], dp);
+                _mm_store_si128((__m128i *)(dig[q][p] + i / 4), _mm512_cvtepi32_epi8(dp));
+                Q = _mm512_srai_epi32(_mm512_sub_epi32(Q, dp), 8); /* exact */
+            }
+        }
+        const float inv = mx > 0.0f ? mx / 4194304.0f : 0.0f;
+        for (int p = 0; p < 3; p++) {
+            bias[q][p] = -128 * _mm512_reduce_add_epi32(sum[p]);
+            unit[q][p] = inv * (p == 0 ? 1.0f : p == 1 ? 256.0f : 65536.0f);
+        }
+    }
+    __m512i tb[TKV_VBMI_CHUNK / 4][4];
+    for (uint32_t b = 0; b < c->nblk; b++) {
+        tkv_vbmi_sum_block(c, Lay, code, m16 / 4, (const int32_t(*)[3][TKV_VBMI_CHUNK / 4])dig,
+                           (const int32_t(*)[3])bias, (const float(*)[3])unit, b, tb, accf, NQ,
+                           N, P);
+    }
+}
+
 TKV_INLINE void tkv_vbmi_accum_n(const tkv_code_layout *Lay, const float *const *ws,
                                  float threshold, const uint8_t *codes, size_t n,
                                  float *const *accs, const int NQ, const uint32_t N,
                                  const uint32_t P) {
     tkv_vbmi_ctx c;
     tkv_vbmi_init(&c, Lay, 1, N, P);
-    _Alignas(64) float ap[TKV_MAX_QUERIES][TKV_VBMI_MAX_D];
+    _Alignas(64) float accf[TKV_MAX_QUERIES][TKV_VBMI_MAX_D];
     const uint32_t dp = 64 * c.nblk, d = Lay->d;
     for (int q = 0; q < NQ; q++) {
-        memset(ap[q], 0, dp * sizeof(float));
+        memset(accf[q], 0, dp * sizeof(float));
     }
     const float ts = Lay->trellis->q8_scale;
-    const uint8_t *code[4];
-    float wk[4][TKV_MAX_QUERIES];
-    int nk = 0;
+    const uint8_t *code[TKV_VBMI_CHUNK];
+    float wr[TKV_MAX_QUERIES][TKV_VBMI_CHUNK];
+    int m = 0;
     for (size_t i = 0; i < n; i++) {
         if (!tkv_kc_row_needed(ws, NQ, i, threshold)) {
             continue;
         }
-        code[nk] = codes + i * Lay->stride;
-        const float sc = _cvtsh_ss(tkv_kc_u16(code[nk] + Lay->scale_off)) * ts;
+        code[m] = codes + i * Lay->stride;
+        const float sc = _cvtsh_ss(tkv_kc_u16(code[m] + Lay->scale_off)) * ts;
         for (int q = 0; q < NQ; q++) {
-            wk[nk][q] = fabsf(ws[q][i]) >= threshold ? ws[q][i] * sc : 0.0f;
+            wr[q][m] = fabsf(ws[q][i]) >= threshold ? ws[q][i] * sc : 0.0f;
         }
-        if (++nk == 4) {
-            tkv_vbmi_axpy_keys(&c, Lay, code, wk, 4, ap, NQ, N, P);
-            nk = 0;
+        if (++m == TKV_VBMI_CHUNK) {
+            tkv_vbmi_sum_chunk(&c, Lay, code, wr, m, accf, NQ, N, P);
+            m = 0;
         }
     }
-    for (int k = 0; k < nk; k++) {
-        tkv_vbmi_axpy_keys(&c, Lay, &code[k], &wk[k], 1, ap, NQ, N, P);
+    if (m > 0) {
+        tkv_vbmi_sum_chunk(&c, Lay, code, wr, m, accf, NQ, N, P);
     }
+    /* undo the transposed order: float 64 b + 16 r + 4 l + i is coordinate 64 b + 16 l +
+     * 4 r + i */
     for (int q = 0; q < NQ; q++) {
         for (uint32_t j = 0; j < d; j++) {
-            accs[q][j] += ap[q][j];
+            const uint32_t b = j / 64, l = (j % 64) / 16, r = (j % 16) / 4, i = j % 4;
+            accs[q][j] += accf[q][64 * b + 16 * r + 4 * l + i];
         }
     }
 }
