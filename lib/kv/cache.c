@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "base/half.h"
+#include "base/threads.h"
 #include "base/rng.h"
 #include "base/status.h"
 
@@ -303,6 +304,142 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     }
     L->n = pos + 1;
     return TKV_OK;
+}
+
+/*
+ * Batch append without an fp16 window: every (position, head) is independent -- its
+ * prepared key and value go to their own sink row or code slot, past what the layer
+ * shows until the counters move -- so the encodes run over the pool, part i taking a
+ * contiguous range of (position, head) jobs with its own scratch.  The bits written do
+ * not depend on the thread count.  On a refused vector the layer keeps the positions
+ * before it, as position-by-position appends would, and the refusal is repeated on the
+ * calling thread so that its message is this thread's last error.
+ */
+typedef struct tkv_kv_batch_job {
+    tkv_kv_cache *c;
+    uint32_t layer, pos0, n;
+    const float *k, *v;
+    float *scratch;                     /* TKV_KV_SCRATCH_FLOATS(head_dim) per pool part */
+    int64_t part_bad[TKV_KV_MAX_PARTS]; /* per part: its first refused job, or -1 */
+} tkv_kv_batch_job;
+
+/* Store (or encode) the key and value of one (position, head) job. */
+static tkv_status tkv_kv_store_one(tkv_kv_cache *c, uint32_t layer, uint32_t pos, uint32_t h,
+                                   const float *k, const float *v, float *scratch) {
+    const uint32_t d = c->head_dim;
+    tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+    const float *kh = k + (size_t)h * d, *vh = v + (size_t)h * d;
+    const tkv_kv_scratch sc = tkv_kv_carve_scratch(scratch, d);
+    if (tkv_kv_has_calibration(c)) {
+        tkv_calib_prepare_key(&c->calib, layer, h, tkv_kv_calib_block_of(c, pos), kh, sc.key);
+        kh = sc.key;
+    }
+    if (pos < c->n_sink) {
+        memcpy(hd->k_sink + (size_t)pos * d, kh, d * sizeof(float));
+        memcpy(hd->v_sink + (size_t)pos * d, vh, d * sizeof(float));
+        return TKV_OK;
+    }
+    TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh,
+                                 hd->k_codes + (size_t)pos * hd->k_codec.layout.stride,
+                                 sc.codec));
+    return tkv_codec_encode_one(&hd->v_codec, vh,
+                                hd->v_codes + (size_t)pos * hd->v_codec.layout.stride,
+                                sc.codec);
+}
+
+static void tkv_kv_batch_task(void *ctx, int ith, int nth) {
+    tkv_kv_batch_job *job = ctx;
+    tkv_kv_cache *c = job->c;
+    const uint32_t HK = c->n_head_kv;
+    const size_t KD = (size_t)HK * c->head_dim;
+    int64_t b, e;
+    tkv_split_range((int64_t)job->n * HK, ith, nth, &b, &e);
+    job->part_bad[ith] = -1;
+    float *scratch = job->scratch + (size_t)ith * TKV_KV_SCRATCH_FLOATS(c->head_dim);
+    for (int64_t i = b; i < e; i++) {
+        const uint32_t t = (uint32_t)(i / HK), h = (uint32_t)(i % HK);
+        if (tkv_kv_store_one(c, job->layer, job->pos0 + t, h, job->k + t * KD, job->v + t * KD,
+                             scratch) != TKV_OK) {
+            job->part_bad[ith] = i;
+            return;
+        }
+    }
+}
+
+tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, uint32_t n,
+                               const float *k, const float *v, tkv_pool *pool, float *scratch) {
+    const size_t KD = (size_t)c->n_head_kv * c->head_dim;
+    const int nth = pool ? tkv_pool_size(pool) : 1;
+    if (c->window > 0 || n == 0 || nth > TKV_KV_MAX_PARTS) {
+        for (uint32_t t = 0; t < n; t++) {
+            TKV_TRY(tkv_kv_append(c, layer, pos0 + t, k + t * KD, v + t * KD, scratch));
+        }
+        return TKV_OK;
+    }
+    tkv_kv_layer *L = &c->layers[layer];
+    TKV_REQUIRE(pos0 == L->n, TKV_ERR_INTERNAL, "cache: layer %u appends position %u at %u", layer,
+                pos0, L->n);
+    /* the checks of tkv_kv_append, position by position: the first failing one is the
+     * error and the positions before it are appended */
+    uint32_t ok = 0;
+    tkv_status st = TKV_OK;
+    for (; ok < n && st == TKV_OK; ok++) {
+        const uint32_t pos = pos0 + ok;
+        if (pos >= c->capacity) {
+            st = tkv_fail(TKV_ERR_CACHE_FULL,
+                          "cache full: position %u does not fit a capacity of %u tokens", pos,
+                          c->capacity);
+            break;
+        }
+        const float *kt = k + ok * KD, *vt = v + ok * KD;
+        for (size_t i = 0; i < KD; i++) {
+            if (!isfinite(kt[i]) || !isfinite(vt[i])) {
+                st = tkv_fail(TKV_ERR_INVALID_ARGUMENT,
+                              "cache: layer %u position %u: key %g or value %g at element %zu is "
+                              "not finite",
+                              layer, pos, (double)kt[i], (double)vt[i], i);
+                break;
+            }
+        }
+        if (st != TKV_OK) {
+            break;
+        }
+    }
+    if (ok > 0) {
+        if (!c->allocated) {
+            TKV_TRY(tkv_kv_allocate(c));
+        }
+        TKV_TRY(tkv_kv_grow(c, layer, pos0 + ok));
+        if (tkv_kv_has_calibration(c)) {
+            TKV_TRY(tkv_calib_reserve(&c->calib, layer, tkv_kv_calib_block_of(c, pos0 + ok - 1) + 1));
+        }
+        tkv_kv_batch_job job = {c, layer, pos0, ok, k, v, scratch, {0}};
+        const int parts = ok * c->n_head_kv > 1 ? nth : 1;
+        if (parts > 1) {
+            tkv_pool_run(pool, tkv_kv_batch_task, &job);
+        } else {
+            tkv_kv_batch_task(&job, 0, 1);
+        }
+        int64_t bad = -1;
+        for (int i = 0; i < parts; i++) {
+            if (job.part_bad[i] >= 0 && (bad < 0 || job.part_bad[i] < bad)) {
+                bad = job.part_bad[i];
+            }
+        }
+        uint32_t done = ok;
+        if (bad >= 0) {
+            /* positions before the refused one stay; the refusal again, for its message */
+            const uint32_t t = (uint32_t)(bad / c->n_head_kv), h = (uint32_t)(bad % c->n_head_kv);
+            done = t;
+            st = tkv_kv_store_one(c, layer, pos0 + t, h, k + t * KD, v + t * KD, scratch);
+            if (st == TKV_OK) {
+                st = tkv_fail(TKV_ERR_INTERNAL, "cache: layer %u position %u head %u: encode "
+                              "refused on a worker, accepted on retry", layer, pos0 + t, h);
+            }
+        }
+        L->n = L->n_comp = pos0 + done;
+    }
+    return st;
 }
 
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {

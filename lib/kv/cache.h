@@ -105,6 +105,15 @@ void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t he
  * one; what the layer stores is then unchanged. */
 tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const float *k,
                          const float *v, float *scratch);
+/* Append positions pos0 .. pos0 + n - 1 of one layer (k and v: (n, n_head_kv, head_dim)),
+ * the same as n calls of tkv_kv_append -- the same bytes, the same error and the positions
+ * before it kept -- with the encodes spread over pool (NULL: this thread).  scratch:
+ * TKV_KV_SCRATCH_FLOATS(head_dim) floats per pool thread. */
+#define TKV_KV_MAX_PARTS 64
+struct tkv_pool;
+tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, uint32_t n,
+                               const float *k, const float *v, struct tkv_pool *pool,
+                               float *scratch);
 /* Drop every position >= n (all layers), with the calibration rules of tkv_calib_truncate. */
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n);
 uint32_t tkv_kv_n_tokens(const tkv_kv_cache *c);

@@ -55,7 +55,8 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     s->scores = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES * capacity, sizeof(float));
     s->work = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES *
                                      TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
-    s->kv_scratch = tkv_calloc_aligned(TKV_KV_SCRATCH_FLOATS(hp->head_dim), sizeof(float));
+    s->kv_scratch = tkv_calloc_aligned((size_t)n_threads * TKV_KV_SCRATCH_FLOATS(hp->head_dim),
+                                        sizeof(float)); /* one per pool part */
     s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
     /* the largest quantized-activation scratch over every matmul of the model (the output
      * layer included); each weight's own type and width decide its size */
@@ -302,10 +303,7 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
         /* before the calibration sums see them: a NaN key would poison every later block */
         TKV_TRY(tkv_check_kv_finite(s->k, s->v, (size_t)n * KD, l, pos0));
         TKV_TRY(tkv_kv_calibrate(cache, l, pos0, s->q, H, s->k, n));
-        for (uint32_t t = 0; t < n; t++) {
-            TKV_TRY(tkv_kv_append(cache, l, pos0 + t, s->k + (size_t)t * KD, s->v + (size_t)t * KD,
-                                  s->kv_scratch));
-        }
+        TKV_TRY(tkv_kv_append_batch(cache, l, pos0, n, s->k, s->v, pool, s->kv_scratch));
         uint64_t ta = tkv_now_ns();
         tkv_attn_job job = {m, cache, s, l, n, pos0, sparse_threshold};
         tkv_pool_run(pool, tkv_attn_task, &job);

@@ -17,6 +17,7 @@
 
 #include "base/half.h"
 #include "base/rng.h"
+#include "base/threads.h"
 #include "check.h"
 #include "codec/codec.h"
 #include "kv/cache.h"
@@ -866,7 +867,100 @@ static void test_calibrate_keys_hook(void) {
     seq_free(&s);
 }
 
+/* tkv_kv_append_batch over pools of 1-3 threads stores the same bytes as appends one by
+ * one (no window: the parallel path; a window: the fallback), and on a refused vector
+ * keeps the positions before it with the same error. */
+static void test_append_batch(void) {
+    const uint32_t d = 64, n = 70;
+    static float scratch[3 * TKV_KV_SCRATCH_FLOATS(64)];
+    const int32_t codecs[][2] = {{TKV_CODEC_TURBO_4B_TCQ, TKV_CODEC_TURBO_3B_TCQ},
+                                 {TKV_CODEC_TURBO_4B, TKV_CODEC_Q8_0}};
+    for (int ci = 0; ci < 2; ci++) {
+        for (uint32_t w = 0; w <= 8; w += 8) {
+            seq s = seq_make(n, 2 * NKV, d, 60 + ci);
+            tkv_kv_cache ref = make_cache(d, 128, codecs[ci][0], codecs[ci][1], w, 2, 1, 1, 64);
+            feed(&ref, &s, 0, n, kPrefill);
+            for (int threads = 1; threads <= 3; threads++) {
+                tkv_pool *pool = NULL;
+                CHECK_OK(tkv_pool_create(threads, &pool));
+                tkv_kv_cache c = make_cache(d, 128, codecs[ci][0], codecs[ci][1], w, 2, 1, 1, 64);
+                for (uint32_t p = 0, i = 0; p < n; i = kPrefill[i + 1] ? i + 1 : 0) {
+                    const uint32_t m = kPrefill[i] < n - p ? kPrefill[i] : n - p;
+                    for (uint32_t l = 0; l < NL; l++) {
+                        CHECK_OK(tkv_kv_calibrate(&c, l, p, seq_q(&s, l, p), s.n_head,
+                                                  seq_k(&s, l, p), m));
+                        CHECK_OK(tkv_kv_append_batch(&c, l, p, m, seq_k(&s, l, p), seq_v(&s, l, p),
+                                                     pool, scratch));
+                    }
+                    p += m;
+                }
+                for (size_t h = 0; h < (size_t)NL * NKV; h++) {
+                    const tkv_kv_head *a = &ref.heads[h], *b = &c.heads[h];
+                    const uint32_t l = (uint32_t)(h / NKV), nc = ref.layers[l].n_comp;
+                    CHECK_EQ_INT(c.layers[l].n, ref.layers[l].n);
+                    CHECK_EQ_INT(c.layers[l].n_comp, nc);
+                    CHECK(memcmp(a->k_codes + 2 * a->k_codec.layout.stride,
+                                 b->k_codes + 2 * b->k_codec.layout.stride,
+                                 (nc - 2) * (size_t)a->k_codec.layout.stride) == 0);
+                    CHECK(memcmp(a->v_codes + 2 * a->v_codec.layout.stride,
+                                 b->v_codes + 2 * b->v_codec.layout.stride,
+                                 (nc - 2) * (size_t)a->v_codec.layout.stride) == 0);
+                    CHECK(memcmp(a->k_sink, b->k_sink, 2 * d * sizeof(float)) == 0);
+                    CHECK(memcmp(a->v_sink, b->v_sink, 2 * d * sizeof(float)) == 0);
+                }
+                CHECK_EQ_INT(count_content_mismatches(&c, &s, 0), 0);
+                tkv_kv_release(&c);
+                tkv_pool_free(pool);
+            }
+            tkv_kv_release(&ref);
+            seq_free(&s);
+        }
+    }
+    /* a non-finite value at position 9 of a 20-position batch: 0..8 stay, the error is
+     * the one-by-one append's */
+    seq s = seq_make(20, NKV, d, 70);
+    for (int kind = 0; kind < 2; kind++) {
+        float *v9 = (float *)seq_v(&s, 0, 9) + d;
+        if (kind == 0) {
+            v9[3] = NAN;
+        } else { /* values at the edge of fp16 that the 2-bit turbo codec of head 1 refuses */
+            struct tkv_codec codec;
+            CHECK_OK(
+                tkv_codec_init(&codec, TKV_CODEC_TURBO_2B, d, tkv_kv_codec_seed(1234, 0, 1, 1)));
+            uint8_t code[64];
+            tkv_rng rng;
+            tkv_rng_init(&rng, 7);
+            int refused = 0;
+            for (int trial = 0; trial < 1000 && !refused; trial++) {
+                for (uint32_t j = 0; j < d; j++) {
+                    v9[j] = (tkv_rng_next(&rng) & 1) ? 65504.0f : -65504.0f;
+                }
+                refused =
+                    tkv_codec_encode_one(&codec, v9, code, g_scratch) == TKV_ERR_INVALID_ARGUMENT;
+            }
+            tkv_codec_release(&codec);
+            CHECK(refused);
+        }
+        for (int threads = 1; threads <= 2; threads++) {
+            tkv_pool *pool = NULL;
+            CHECK_OK(tkv_pool_create(threads, &pool));
+            tkv_kv_cache c =
+                make_cache(d, 64, TKV_CODEC_TURBO_2B_TCQ, TKV_CODEC_TURBO_2B, 0, 1, 0, 0, 256);
+            CHECK_STATUS(
+                tkv_kv_append_batch(&c, 0, 0, 20, seq_k(&s, 0, 0), seq_v(&s, 0, 0), pool, scratch),
+                TKV_ERR_INVALID_ARGUMENT);
+            CHECK_EQ_INT(c.layers[0].n, 9);
+            CHECK_EQ_INT(c.layers[0].n_comp, 9);
+            CHECK_EQ_INT(count_content_mismatches(&c, &s, 0), 0);
+            tkv_kv_release(&c);
+            tkv_pool_free(pool);
+        }
+    }
+    seq_free(&s);
+}
+
 int main(void) {
+    test_append_batch();
     test_failed_append();
     test_growth_and_capacity();
     test_window_sinks_codecs();
