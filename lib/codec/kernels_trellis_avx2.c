@@ -1,9 +1,11 @@
 /*
  * kernels_trellis_avx2.c - AVX2 score / accumulate kernels of the trellis codecs.
  *
- * A vector is decoded 8 coordinates at a time: the table slots in AVX2 registers, then
- * 8 scalar table loads (an 8-lane gather measured ~30 cycles on this project's x86
- * machines, slower than the loads), then dotted / accumulated 8 lanes at a time.
+ * A vector is decoded into floats, then dotted / accumulated 8 lanes at a time.  The
+ * 2- and 4-bit codes (one-byte windows) read the int8 table with vpshufb, 32 coordinates
+ * at a time (tkv_trellis_decode_lut8); the 3-bit ones (9-bit windows) compute the table
+ * slots in AVX2 registers, then load 8 table floats one by one (an 8-lane gather measured
+ * ~30 cycles on this project's x86 machines, slower than the loads).
  * Tested against kernels_scalar.c (tests/c/test_kernels_codec.c).
  */
 #include <immintrin.h>
@@ -67,21 +69,106 @@ static inline __attribute__((always_inline)) void tkv_trellis_decode_n(const flo
     }
 }
 
-static void tkv_trellis_decode_avx2(const tkv_code_layout *L, const uint8_t *code, float *out) {
+/*
+ * 256-entry windows (N = 2 and 4: L = 8 bits, one byte per window) decode without table
+ * loads: the windows of 32 coordinates are built as bytes from the stream and the stream
+ * one byte back (its bytes shifted across byte boundaries), then read from the int8 table
+ * q8 by vpshufb: row h (16 entries, in both lanes) by the low nibble, kept where the high
+ * nibble is h (16 shuffles, compares and blends per 32 windows).  out gets q8 values as
+ * floats (unscaled by q8_scale).
+ */
+typedef struct tkv_lut8 {
+    __m256i row[16]; /* q8[16 h .. 16 h + 15] in both lanes */
+} tkv_lut8;
+
+static void tkv_lut8_init(tkv_lut8 *t, const int8_t *q8) {
+    for (int h = 0; h < 16; h++) {
+        t->row[h] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q8 + 16 * h)));
+    }
+}
+
+/* (p >> (8 - t)) | (c << t) per byte: the byte-aligned 8 bits that start t bits before
+ * each byte of c (p: the bytes one before c) */
+static inline __m128i tkv_shift_in(__m128i p, __m128i c, const int t) {
+    const __m128i lo = _mm_and_si128(_mm_srli_epi16(p, 8 - t), _mm_set1_epi8((char)(0xff >> (8 - t))));
+    const __m128i hi = _mm_and_si128(_mm_slli_epi16(c, t), _mm_set1_epi8((char)(0xff << t)));
+    return _mm_or_si128(lo, hi);
+}
+
+static inline __attribute__((always_inline)) void
+tkv_trellis_decode_lut8(const tkv_lut8 *T, const uint8_t *s, uint32_t d, float *out,
+                        const uint32_t N) {
+    const uint32_t nb = d * N / 8, per = 4 * N; /* stream bytes per 32 coordinates */
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    uint8_t buf[24];
+    for (uint32_t j0 = 0; j0 < d; j0 += 32) {
+        const uint32_t off = j0 * N / 8;
+        __m128i c, p;
+        if (N == 4 && off > 0 && off + 16 <= nb) {
+            c = _mm_loadu_si128((const __m128i *)(s + off));
+            p = _mm_loadu_si128((const __m128i *)(s + off - 1));
+        } else if (N == 2 && off > 0 && off + 8 <= nb) {
+            c = _mm_loadl_epi64((const __m128i *)(s + off));
+            p = _mm_loadl_epi64((const __m128i *)(s + off - 1));
+        } else { /* the first block (tail-biting byte) or one near the end: a padded copy */
+            memset(buf, 0, sizeof buf);
+            buf[0] = off == 0 ? s[nb - 1] : s[off - 1];
+            const uint32_t take = nb - off < per ? nb - off : per;
+            for (uint32_t i = 0; i < take; i++) {
+                buf[1 + i] = s[off + i];
+            }
+            p = _mm_loadu_si128((const __m128i *)buf);
+            c = _mm_loadu_si128((const __m128i *)(buf + 1));
+        }
+        __m128i wlo, whi; /* windows of coordinates j0 .. j0 + 15, j0 + 16 .. j0 + 31 */
+        if (N == 4) { /* window 2k: 4 bits back from byte k; 2k + 1: byte k */
+            const __m128i e = tkv_shift_in(p, c, 4);
+            wlo = _mm_unpacklo_epi8(e, c);
+            whi = _mm_unpackhi_epi8(e, c);
+        } else { /* N = 2: window 4k + r starts 6 - 2 r bits back from byte k */
+            const __m128i ab = _mm_unpacklo_epi8(tkv_shift_in(p, c, 6), tkv_shift_in(p, c, 4));
+            const __m128i cd = _mm_unpacklo_epi8(tkv_shift_in(p, c, 2), c);
+            wlo = _mm_unpacklo_epi16(ab, cd);
+            whi = _mm_unpackhi_epi16(ab, cd);
+        }
+        const __m256i w = _mm256_setr_m128i(wlo, whi);
+        const __m256i lo = _mm256_and_si256(w, m4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+        __m256i v = _mm256_shuffle_epi8(T->row[0], lo);
+        for (int h = 1; h < 16; h++) {
+            v = _mm256_blendv_epi8(v, _mm256_shuffle_epi8(T->row[h], lo),
+                                   _mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)h)));
+        }
+        const __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
+        float *o = out + j0; /* out has room for 32 past d */
+        _mm256_storeu_ps(o, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)));
+        _mm256_storeu_ps(o + 8, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8))));
+        _mm256_storeu_ps(o + 16, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1)));
+        _mm256_storeu_ps(o + 24, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8))));
+    }
+}
+
+/* Decode of one vector for the kernels below: x (d floats, room for 32 more) times the
+ * returned factor is the unscaled decode (table values). */
+static inline float tkv_trellis_decode_avx2(const tkv_code_layout *L, const tkv_lut8 *T,
+                                            const uint8_t *code, float *out) {
     const tkv_trellis *t = L->trellis;
     const uint8_t *s = code + L->payload_off;
     switch (t->bits) {
     case 2:
-        tkv_trellis_decode_n(t->table, s, L->d, out, 2, 2 * (TKV_TRELLIS_WINDOW_2 - 1));
-        break;
+        tkv_trellis_decode_lut8(T, s, L->d, out, 2);
+        return t->q8_scale;
     case 3:
         tkv_trellis_decode_n(t->table, s, L->d, out, 3, 3 * (TKV_TRELLIS_WINDOW_3 - 1));
-        break;
+        return 1.0f;
     default:
-        tkv_trellis_decode_n(t->table, s, L->d, out, 4, 4 * (TKV_TRELLIS_WINDOW_4 - 1));
-        break;
+        tkv_trellis_decode_lut8(T, s, L->d, out, 4);
+        return t->q8_scale;
     }
 }
+
+_Static_assert(2 * TKV_TRELLIS_WINDOW_2 == 8 && 4 * TKV_TRELLIS_WINDOW_4 == 8,
+               "the 2- and 4-bit trellis windows must be one byte (tkv_trellis_decode_lut8)");
 
 /* The step for literal N and P (S = 2^P states, a multiple of 8). */
 static inline __attribute__((always_inline)) void
@@ -157,11 +244,15 @@ static inline void tkv_axpy_avx2(float w, const float *x, float *acc, uint32_t d
 
 void tkv_scores_trellis_multi_avx2(const tkv_code_layout *L, const float *const *qs, int nq,
                                    const uint8_t *codes, size_t n, float *const *outs) {
-    float x[1024];
+    float x[1024 + 32];
+    tkv_lut8 T;
+    if (L->trellis->window_bits == 8) {
+        tkv_lut8_init(&T, L->trellis->q8);
+    }
     for (size_t i = 0; i < n; i++) {
         const uint8_t *code = codes + i * L->stride;
-        tkv_trellis_decode_avx2(L, code, x);
-        const float scale = tkv_fp16_to_f32(tkv_kc_u16(code + L->scale_off));
+        const float f = tkv_trellis_decode_avx2(L, &T, code, x);
+        const float scale = tkv_fp16_to_f32(tkv_kc_u16(code + L->scale_off)) * f;
         for (int k = 0; k < nq; k++) {
             outs[k][i] = scale * tkv_dot_avx2(qs[k], x, L->d);
         }
@@ -176,14 +267,18 @@ void tkv_scores_trellis_avx2(const tkv_code_layout *L, const float *q, const uin
 void tkv_accum_trellis_multi_avx2(const tkv_code_layout *L, const float *const *ws, int nq,
                                   float threshold, const uint8_t *codes, size_t n,
                                   float *const *accs) {
-    float x[1024];
+    float x[1024 + 32];
+    tkv_lut8 T;
+    if (L->trellis->window_bits == 8) {
+        tkv_lut8_init(&T, L->trellis->q8);
+    }
     for (size_t i = 0; i < n; i++) {
         if (!tkv_kc_row_needed(ws, nq, i, threshold)) {
             continue;
         }
         const uint8_t *code = codes + i * L->stride;
-        tkv_trellis_decode_avx2(L, code, x);
-        const float scale = tkv_fp16_to_f32(tkv_kc_u16(code + L->scale_off));
+        const float f = tkv_trellis_decode_avx2(L, &T, code, x);
+        const float scale = tkv_fp16_to_f32(tkv_kc_u16(code + L->scale_off)) * f;
         for (int k = 0; k < nq; k++) {
             if (fabsf(ws[k][i]) >= threshold) {
                 tkv_axpy_avx2(ws[k][i] * scale, x, accs[k], L->d);
