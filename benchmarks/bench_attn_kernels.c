@@ -72,8 +72,8 @@ typedef struct entry {
 } entry;
 
 /* One attention step of nq queries: scores, softmax, weighted sum (rotated domain). */
-static void step(entry *e, int nq, float *const *qs, float *const *sc, float *const *acc,
-                 size_t n, int part) {
+static void step(entry *e, int nq, float *const *qs, float *const *sc, float *const *acc, size_t n,
+                 int part) {
     const tkv_code_layout *L = &e->c.layout;
     const tkv_code_format f = L->format;
     const uint32_t d = e->c.d;
@@ -103,8 +103,9 @@ static void step(entry *e, int nq, float *const *qs, float *const *sc, float *co
 
 int main(int argc, char **argv) {
     int rounds = 11, split = 0;
-    char isas_s[128] = "avx512,avx2", codecs_s[512] =
-        "turbo_kv_2b,turbo_kv_2b_tcq,turbo_kv_3b,turbo_kv_3b_tcq,turbo_kv_4b,turbo_kv_4b_tcq";
+    char isas_s[128] = "avx512,avx2",
+         codecs_s[512] =
+             "turbo_kv_2b,turbo_kv_2b_tcq,turbo_kv_3b,turbo_kv_3b_tcq,turbo_kv_4b,turbo_kv_4b_tcq";
     char ctx_s[128] = "1024,8192,32768", dims_s[64] = "64,128", nq_s[32] = "1,3";
     for (int i = 1; i < argc; i++) {
         char *dst = NULL;
@@ -127,8 +128,10 @@ int main(int argc, char **argv) {
             dst = nq_s, cap = sizeof nq_s;
         }
         if (!dst || i + 1 >= argc) {
-            fprintf(stderr, "usage: %s [--rounds N] [--isas a,b] [--codecs a,b] [--ctx n,m] "
-                            "[--dims d,e] [--nq 1,3] [--split]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--rounds N] [--isas a,b] [--codecs a,b] [--ctx n,m] "
+                    "[--dims d,e] [--nq 1,3] [--split]\n",
+                    argv[0]);
             return 2;
         }
         snprintf(dst, cap, "%s", argv[++i]);
@@ -139,7 +142,8 @@ int main(int argc, char **argv) {
     const int nx = split_list(ctx_s, ctxs, 8), nd = split_list(dims_s, dims, 4);
     const int nn = split_list(nq_s, nqs, 4);
     printf("bench_attn_kernels: median us per attention step over %d interleaved rounds, 1 "
-           "thread; x base = time of turbo_kv_Nb (same ISA) / time\n", rounds);
+           "thread; x base = time of turbo_kv_Nb (same ISA) / time\n",
+           rounds);
     for (int di = 0; di < nd; di++) {
         const uint32_t d = (uint32_t)atoi(dims[di]);
         for (int xi = 0; xi < nx; xi++) {

@@ -90,14 +90,16 @@ static void tkv_lut8_init(tkv_lut8 *t, const int8_t *q8) {
 /* (p >> (8 - t)) | (c << t) per byte: the byte-aligned 8 bits that start t bits before
  * each byte of c (p: the bytes one before c) */
 static inline __m128i tkv_shift_in(__m128i p, __m128i c, const int t) {
-    const __m128i lo = _mm_and_si128(_mm_srli_epi16(p, 8 - t), _mm_set1_epi8((char)(0xff >> (8 - t))));
+    const __m128i lo =
+        _mm_and_si128(_mm_srli_epi16(p, 8 - t), _mm_set1_epi8((char)(0xff >> (8 - t))));
     const __m128i hi = _mm_and_si128(_mm_slli_epi16(c, t), _mm_set1_epi8((char)(0xff << t)));
     return _mm_or_si128(lo, hi);
 }
 
-static inline __attribute__((always_inline)) void
-tkv_trellis_decode_lut8(const tkv_lut8 *T, const uint8_t *s, uint32_t d, float *out,
-                        const uint32_t N) {
+static inline __attribute__((always_inline)) void tkv_trellis_decode_lut8(const tkv_lut8 *T,
+                                                                          const uint8_t *s,
+                                                                          uint32_t d, float *out,
+                                                                          const uint32_t N) {
     const uint32_t nb = d * N / 8, per = 4 * N; /* stream bytes per 32 coordinates */
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     uint8_t buf[24];
@@ -121,7 +123,7 @@ tkv_trellis_decode_lut8(const tkv_lut8 *T, const uint8_t *s, uint32_t d, float *
             c = _mm_loadu_si128((const __m128i *)(buf + 1));
         }
         __m128i wlo, whi; /* windows of coordinates j0 .. j0 + 15, j0 + 16 .. j0 + 31 */
-        if (N == 4) { /* window 2k: 4 bits back from byte k; 2k + 1: byte k */
+        if (N == 4) {     /* window 2k: 4 bits back from byte k; 2k + 1: byte k */
             const __m128i e = tkv_shift_in(p, c, 4);
             wlo = _mm_unpacklo_epi8(e, c);
             whi = _mm_unpackhi_epi8(e, c);

@@ -190,8 +190,9 @@ TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layou
     }
     for (int t = 0; t < nf; t += 4) {
         float r[4];
-        _mm_storeu_ps(r, tkv_vbmi_reduce4(*fl[t], *fl[t + 1 < nf ? t + 1 : t],
-                                          *fl[t + 2 < nf ? t + 2 : t], *fl[t + 3 < nf ? t + 3 : t]));
+        _mm_storeu_ps(r,
+                      tkv_vbmi_reduce4(*fl[t], *fl[t + 1 < nf ? t + 1 : t],
+                                       *fl[t + 2 < nf ? t + 2 : t], *fl[t + 3 < nf ? t + 3 : t]));
         for (int u = 0; u < 4 && t + u < nf; u++) {
             *dst[t + u] = mul[t + u] * r[u];
         }
@@ -319,9 +320,9 @@ TKV_INLINE void tkv_vbmi_sum_chunk(const tkv_vbmi_ctx *c, const tkv_code_layout 
             __m512i Q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wr[q] + i), F));
             for (int p = 0; p < 3; p++) {
                 const __m512i dp =
-                    p == 2 ? Q
-                           : _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(Q, c128), c255),
-                                              c128);
+                    p == 2
+                        ? Q
+                        : _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(Q, c128), c255), c128);
                 sum[p] = _mm512_add_epi32(sum[p], dp);
                 _mm_store_si128((__m128i *)(dig[q][p] + i / 4), _mm512_cvtepi32_epi8(dp));
                 Q = _mm512_srai_epi32(_mm512_sub_epi32(Q, dp), 8); /* exact */
@@ -335,9 +336,9 @@ TKV_INLINE void tkv_vbmi_sum_chunk(const tkv_vbmi_ctx *c, const tkv_code_layout 
     }
     __m512i tb[TKV_VBMI_CHUNK / 4][4];
     for (uint32_t b = 0; b < c->nblk; b++) {
-        tkv_vbmi_sum_block(c, Lay, code, m16 / 4, (const int32_t(*)[3][TKV_VBMI_CHUNK / 4])dig,
-                           (const int32_t(*)[3])bias, (const float(*)[3])unit, b, tb, accf, NQ,
-                           N, P);
+        tkv_vbmi_sum_block(c, Lay, code, m16 / 4, (const int32_t(*)[3][TKV_VBMI_CHUNK / 4]) dig,
+                           (const int32_t(*)[3])bias, (const float(*)[3])unit, b, tb, accf, NQ, N,
+                           P);
     }
 }
 

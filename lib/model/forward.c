@@ -56,7 +56,7 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     s->work = tkv_calloc_aligned((size_t)n_threads * TKV_MAX_QUERIES *
                                      TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
     s->kv_scratch = tkv_calloc_aligned((size_t)n_threads * TKV_KV_SCRATCH_FLOATS(hp->head_dim),
-                                        sizeof(float)); /* one per pool part */
+                                       sizeof(float)); /* one per pool part */
     s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
     /* the largest quantized-activation scratch over every matmul of the model (the output
      * layer included); each weight's own type and width decide its size */
