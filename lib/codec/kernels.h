@@ -84,9 +84,13 @@ typedef struct tkv_codec_kernels {
     /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1 */
     void (*softmax)(float *x, size_t n, float scale);
     /* One Viterbi step of the trellis encoder (trellis.c) over coordinate x: for every
-     * new state s < S = 2^P, next[s] = min over a < K = 2^N of
-     * cost[((s << N) | a) mod S] + (x - table[a S + s])^2 (computed as a product, then
-     * a sum: every ISA produces the same bits), back[s] = the smallest a reaching it. */
+     * new state s < S = 2^P, the candidates c_a = cost[((s << N) | a) mod S] +
+     * (x - table[a S + s])^2 for a < K = 2^N (a product, then a sum) are compared as
+     * keys: c_a's bits (non-negative floats order as unsigned integers) with the low N
+     * bits replaced by a.  The least key gives next[s] (its float with those bits
+     * cleared, a relative change below 2^(N-23)) and back[s] (its a; among equal keys the
+     * smallest a).  One unsigned min per candidate instead of a compare and two blends;
+     * every ISA produces the same bits. */
     void (*trellis_step)(const tkv_trellis *t, float x, const float *cost, float *next,
                          uint8_t *back);
     tkv_scores_multi_fn scores_multi[TKV_FMT_COUNT];

@@ -178,19 +178,19 @@ void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, f
                              uint8_t *back) {
     const uint32_t N = t->bits, S = 1u << t->state_bits, K = 1u << N;
     for (uint32_t s = 0; s < S; s++) {
-        float best = 0.0f;
-        uint32_t arg = 0;
+        uint32_t best = UINT32_MAX;
         for (uint32_t a = 0; a < K; a++) {
             const float e = x - t->table[(size_t)a * S + s];
             const float e2 = e * e;
             const float c = cost[((s << N) | a) & (S - 1)] + e2;
-            if (a == 0 || c < best) {
-                best = c;
-                arg = a;
-            }
+            uint32_t key;
+            memcpy(&key, &c, sizeof key);
+            key = (key & ~(K - 1u)) | a;
+            best = key < best ? key : best;
         }
-        next[s] = best;
-        back[s] = (uint8_t)arg;
+        const uint32_t kept = best & ~(K - 1u);
+        memcpy(&next[s], &kept, sizeof kept);
+        back[s] = (uint8_t)(best & (K - 1u));
     }
 }
 

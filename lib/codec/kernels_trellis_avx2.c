@@ -172,7 +172,8 @@ static inline float tkv_trellis_decode_avx2(const tkv_code_layout *L, const tkv_
 _Static_assert(2 * TKV_TRELLIS_WINDOW_2 == 8 && 4 * TKV_TRELLIS_WINDOW_4 == 8,
                "the 2- and 4-bit trellis windows must be one byte (tkv_trellis_decode_lut8)");
 
-/* The step for literal N and P (S = 2^P states, a multiple of 8). */
+/* The step for literal N and P (S = 2^P states, a multiple of 8): the scalar step's
+ * operations (product, then sum, then the unsigned min of the keys, kernels.h). */
 static inline __attribute__((always_inline)) void
 tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, uint8_t *back,
                    const uint32_t N, const uint32_t P) {
@@ -180,23 +181,20 @@ tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, ui
     float pred[64];
     const uint32_t R = tkv_kc_trellis_preds(cost, N, P, pred);
     const __m256 xv = _mm256_set1_ps(x);
+    const __m256i low = _mm256_set1_epi32((int)(K - 1u));
     for (uint32_t s0 = 0; s0 < S; s0 += 8) {
-        __m256 best = _mm256_setzero_ps();
-        __m256i arg = _mm256_setzero_si256();
+        __m256i best = _mm256_set1_epi32(-1);
         for (uint32_t a = 0; a < K; a++) {
             const __m256 pv =
                 R == 1 ? _mm256_set1_ps(pred[a]) : _mm256_loadu_ps(pred + a * R + s0 % R);
             const __m256 e = _mm256_sub_ps(xv, _mm256_loadu_ps(tab + (size_t)a * S + s0));
             const __m256 c = _mm256_add_ps(pv, _mm256_mul_ps(e, e));
-            if (a == 0) {
-                best = c;
-            } else {
-                const __m256i lt = _mm256_castps_si256(_mm256_cmp_ps(c, best, _CMP_LT_OQ));
-                best = _mm256_min_ps(c, best); /* c < best ? c : best */
-                arg = _mm256_blendv_epi8(arg, _mm256_set1_epi32((int)a), lt);
-            }
+            const __m256i key = _mm256_or_si256(_mm256_andnot_si256(low, _mm256_castps_si256(c)),
+                                                _mm256_set1_epi32((int)a));
+            best = _mm256_min_epu32(best, key);
         }
-        _mm256_storeu_ps(next + s0, best);
+        _mm256_storeu_si256((__m256i *)(next + s0), _mm256_andnot_si256(low, best));
+        const __m256i arg = _mm256_and_si256(best, low);
         const __m128i a16 =
             _mm_packus_epi32(_mm256_castsi256_si128(arg), _mm256_extracti128_si256(arg, 1));
         _mm_storel_epi64((__m128i *)(back + s0), _mm_packus_epi16(a16, a16));

@@ -155,47 +155,56 @@ tkv_trellis_run_n(const tkv_code_layout *Lay, const uint8_t *codes, size_t n, in
     }
 }
 
-/* The Viterbi step (kernels.h) for literal N and P, 16 states at a time; the same
- * operations as the scalar step (product, then sum; strict less-than keeps the smallest
- * a), so the same bits. */
+/* The Viterbi step (kernels.h) for literal N and P, 16 states at a time: the scalar
+ * step's operations (product, then sum, then the unsigned min of the keys), so the same
+ * bits. */
 static inline __attribute__((always_inline)) void
 tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, uint8_t *back,
                    const uint32_t N, const uint32_t P) {
     const uint32_t S = 1u << P, K = 1u << N;
-    float pred[64];
-    const uint32_t R = tkv_kc_trellis_preds(cost, N, P, pred);
+    /* new state s drops symbol a from the old state ((s << N) | a) mod S: with R = S / K,
+     * the predecessors of states s = r (mod R) are cost[K r + a] (tkv_kc_trellis_preds),
+     * taken here from registers by permutes (S = 64) or one broadcast (S = K) */
+    const uint32_t R = S > K ? S / K : 1;
+    __m512 cv[4];
+    for (uint32_t i = 0; R > 1 && i < 4; i++) {
+        cv[i] = _mm512_loadu_ps(cost + 16 * i);
+    }
     const __m512 xv = _mm512_set1_ps(x);
+    const __m512i low = _mm512_set1_epi32((int)(K - 1u));
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    /* K (lane mod R): the predecessor index of lane's state without a */
+    const __m512i base = _mm512_mullo_epi32(_mm512_and_si512(lane, _mm512_set1_epi32((int)R - 1)),
+                                            _mm512_set1_epi32((int)K));
     for (uint32_t s0 = 0; s0 < S; s0 += 16) {
-        __m512 best = _mm512_setzero_ps();
-        __m512i arg = _mm512_setzero_si512();
+        __m512i best = _mm512_set1_epi32(-1);
         for (uint32_t a = 0; a < K; a++) {
             __m512 pv;
             if (R == 1) {
-                pv = _mm512_set1_ps(pred[a]);
-            } else if (R == 8) {
-                pv = _mm512_broadcast_f32x8(_mm256_loadu_ps(pred + a * R));
-            } else {
-                pv = _mm512_loadu_ps(pred + a * R + s0 % R);
+                pv = _mm512_set1_ps(cost[a & (S - 1)]);
+            } else { /* S = 64: index K r + a < 64 over four registers */
+                const __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32((int)a));
+                const __mmask16 upper = _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(32));
+                pv = _mm512_mask_blend_ps(upper, _mm512_permutex2var_ps(cv[0], idx, cv[1]),
+                                          _mm512_permutex2var_ps(cv[2], idx, cv[3]));
             }
             const __m512 e = _mm512_sub_ps(xv, _mm512_loadu_ps(tab + (size_t)a * S + s0));
             const __m512 c = _mm512_add_ps(pv, _mm512_mul_ps(e, e));
-            if (a == 0) {
-                best = c;
-            } else {
-                const __mmask16 lt = _mm512_cmp_ps_mask(c, best, _CMP_LT_OQ);
-                best = _mm512_mask_blend_ps(lt, best, c);
-                arg = _mm512_mask_blend_epi32(lt, arg, _mm512_set1_epi32((int)a));
-            }
+            /* (c & ~low) | a: ternary logic B ? C : A (A = c, B = low, C = a) is table 0xb8 */
+            const __m512i key =
+                _mm512_ternarylogic_epi32(_mm512_castps_si512(c), low, _mm512_set1_epi32((int)a),
+                                          0xb8);
+            best = _mm512_min_epu32(best, key);
         }
-        _mm512_storeu_ps(next + s0, best);
-        _mm_storeu_si128((__m128i *)(back + s0), _mm512_cvtepi32_epi8(arg));
+        _mm512_storeu_si512(next + s0, _mm512_andnot_si512(low, best));
+        _mm_storeu_si128((__m128i *)(back + s0), _mm512_cvtepi32_epi8(_mm512_and_si512(best, low)));
     }
 }
 
 void tkv_trellis_step_avx512(const tkv_trellis *t, float x, const float *cost, float *next,
                              uint8_t *back) {
     const uint32_t states = 1u << t->state_bits;
-    if (states % 16 != 0) {
+    if (states % 16 != 0 || (states != 64 && states != (1u << t->bits))) {
         tkv_trellis_step_avx2(t, x, cost, next, back);
         return;
     }

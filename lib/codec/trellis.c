@@ -85,14 +85,17 @@ static void tkv_trellis_search(const tkv_trellis *t, const float *x, uint32_t n,
                                uint8_t *back, uint8_t *sym) {
     const uint32_t N = t->bits, P = t->state_bits;
     const uint32_t S = 1u << P;
-    float cost[TKV_TRELLIS_MAX_STATES], next[TKV_TRELLIS_MAX_STATES];
+    float buf[2][TKV_TRELLIS_MAX_STATES];
+    float *cost = buf[0], *next = buf[1];
     for (uint32_t s = 0; s < S; s++) {
         cost[s] = start_state < 0 || s == (uint32_t)start_state ? 0.0f : FLT_MAX / 4;
     }
     const tkv_codec_kernels *kern = tkv_codec_kernels_active();
     for (uint32_t j = 0; j < n; j++) {
         kern->trellis_step(t, x[j], cost, next, back + (size_t)j * S);
-        memcpy(cost, next, S * sizeof *cost);
+        float *tmp = cost;
+        cost = next;
+        next = tmp;
     }
     uint32_t s = 0;
     if (start_state >= 0) {
@@ -142,12 +145,14 @@ void tkv_trellis_encode(const tkv_trellis *t, const float *u, uint32_t d, uint8_
         }
     }
     /* the reconstruction from the symbols in hand (the bit-wise stream reader is the
-     * tests' reference; its per-bit modulo cost more than the rest of this loop) */
+     * tests' reference): a rolling window, oldest symbol in the low bits, starting from
+     * the last m - 1 symbols (tail-biting) */
+    uint32_t w = 0;
+    for (uint32_t k = 0; k + 1 < m; k++) {
+        w |= (uint32_t)sym[d - (m - 1) + k] << (N * (k + 1));
+    }
     for (uint32_t j = 0; j < d; j++) {
-        uint32_t w = 0;
-        for (uint32_t k = 0; k < m; k++) { /* oldest symbol in the low bits */
-            w |= (uint32_t)sym[(j + d - (m - 1) + k) % d] << (N * k);
-        }
+        w = (w >> N) | ((uint32_t)sym[j] << (N * (m - 1)));
         uhat[j] = t->table[tkv_trellis_slot(t, w)];
     }
 }
