@@ -191,9 +191,8 @@ tkv_trellis_step_n(const float *tab, float x, const float *cost, float *next, ui
             const __m512 e = _mm512_sub_ps(xv, _mm512_loadu_ps(tab + (size_t)a * S + s0));
             const __m512 c = _mm512_add_ps(pv, _mm512_mul_ps(e, e));
             /* (c & ~low) | a: ternary logic B ? C : A (A = c, B = low, C = a) is table 0xb8 */
-            const __m512i key =
-                _mm512_ternarylogic_epi32(_mm512_castps_si512(c), low, _mm512_set1_epi32((int)a),
-                                          0xb8);
+            const __m512i key = _mm512_ternarylogic_epi32(_mm512_castps_si512(c), low,
+                                                          _mm512_set1_epi32((int)a), 0xb8);
             best = _mm512_min_epu32(best, key);
         }
         _mm512_storeu_si512(next + s0, _mm512_andnot_si512(low, best));
