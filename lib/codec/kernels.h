@@ -139,7 +139,12 @@ void tkv_scores_trellis_multi_avx512f(const tkv_code_layout *layout, const float
 void tkv_accum_trellis_multi_avx512f(const tkv_code_layout *layout, const float *const *ws, int nq,
                                      float threshold, const uint8_t *codes, size_t n,
                                      float *const *accs);
-/* kernels_trellis_avx512vbmi.c (int8 tables, byte permutes; the CPU must have VBMI) */
+/* kernels_trellis_avx512vbmi.c (int8 tables, byte permutes; the CPU must have VBMI and
+ * VNNI).  Integer dot products: scores round the rotated query to 23-bit fixed point
+ * (|error| <= max|q| 2^-23 per coordinate), weighted sums round w_i * scale_i to 23-bit
+ * fixed point against the largest of each chunk of 256 rows kept (|error| <= 2^-23 times
+ * that largest per row); both are of the order of float rounding and held to the fp32
+ * tolerance by the kernel tests. */
 void tkv_scores_trellis_multi_avx512vbmi(const tkv_code_layout *layout, const float *const *qs,
                                          int nq, const uint8_t *codes, size_t n,
                                          float *const *outs);
