@@ -14,7 +14,8 @@
  * Options: --rounds N (default 11), --isas avx512,avx2, --codecs a,b (names), --ctx 1024,8192,
  * --dims 64,128, --nq 1,3 (queries per KV head; 1 uses the single-query entries), --split
  * (also time scores and sums alone).
- * Prints the median over rounds of microseconds per step; rounds are interleaved over every
+ * Prints the median over rounds of microseconds of thread CPU time per step (wall time on a
+ * loaded machine counts waits for a core); rounds are interleaved over every
  * (codec, ISA) pair in a rotated order so that drifts of a loaded machine hit each alike.
  * The "x base" column divides the time of the codec's turbo_kv_Nb counterpart (same bits,
  * same ISA, same run) by the codec's time: >= 1 means at least as fast.
@@ -31,9 +32,11 @@
 #define MAXC 16
 #define MAXI 3
 
+/* CPU time of this thread: on a shared machine a step's wall time includes the time the
+ * thread waits for a core, its CPU time does not */
 static double now_s(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -141,7 +144,7 @@ int main(int argc, char **argv) {
     const int ni = split_list(isas_s, isas, MAXI), nc = split_list(codecs_s, codecs, MAXC);
     const int nx = split_list(ctx_s, ctxs, 8), nd = split_list(dims_s, dims, 4);
     const int nn = split_list(nq_s, nqs, 4);
-    printf("bench_attn_kernels: median us per attention step over %d interleaved rounds, 1 "
+    printf("bench_attn_kernels: median CPU us per attention step over %d interleaved rounds, 1 "
            "thread; x base = time of turbo_kv_Nb (same ISA) / time\n",
            rounds);
     for (int di = 0; di < nd; di++) {

@@ -248,14 +248,52 @@ TKV_INLINE void tkv_vbmi_transpose4(const __m512i x[4], __m512i o[4]) {
 
 /* The integer sums of one chunk for block b: accf[q] (64 floats, in transposed order)
  * += the chunk's rows weighted by their digits (dig[q][p][g]: the digits p of rows
- * 4 g .. 4 g + 3, one byte each).  The rows' bytes are decoded and interleaved once into
- * tb (L1-resident), then each query's 12 accumulators stay in registers. */
+ * 4 g .. 4 g + 3, one byte each).  With more than two queries the rows' bytes are decoded
+ * and interleaved once into tb (L1-resident), then each query's 12 accumulators stay in
+ * registers. */
 TKV_INLINE void tkv_vbmi_sum_block(const tkv_vbmi_ctx *c, const tkv_code_layout *Lay,
                                    const uint8_t *const *code, int ng,
                                    const int32_t (*dig)[3][TKV_VBMI_CHUNK / 4],
                                    const int32_t (*bias)[3], const float (*unit)[3], uint32_t b,
                                    __m512i (*tb)[4], float (*accf)[TKV_VBMI_MAX_D], const int NQ,
                                    const uint32_t N, const uint32_t P) {
+    if (NQ <= 2) { /* 12 NQ accumulators fit in registers next to the rows' bytes */
+        __m512i acc[2][3][4];
+        for (int q = 0; q < NQ; q++) {
+            for (int p = 0; p < 3; p++) {
+                for (int r = 0; r < 4; r++) {
+                    acc[q][p][r] = _mm512_set1_epi32(bias[q][p]);
+                }
+            }
+        }
+        for (int g = 0; g < ng; g++) {
+            __m512i x[4], t[4];
+            for (int k = 0; k < 4; k++) {
+                x[k] = tkv_vbmi_block(c, code[4 * g + k] + Lay->payload_off, b, N, P);
+            }
+            tkv_vbmi_transpose4(x, t);
+            for (int q = 0; q < NQ; q++) {
+                for (int p = 0; p < 3; p++) {
+                    const __m512i dv = _mm512_set1_epi32(dig[q][p][g]);
+                    for (int r = 0; r < 4; r++) {
+                        acc[q][p][r] = _mm512_dpbusd_epi32(acc[q][p][r], t[r], dv);
+                    }
+                }
+            }
+        }
+        for (int q = 0; q < NQ; q++) {
+            for (int r = 0; r < 4; r++) {
+                float *dst = accf[q] + 64 * b + 16 * r;
+                __m512 s = _mm512_load_ps(dst);
+                for (int p = 0; p < 3; p++) {
+                    s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[q][p][r]),
+                                        _mm512_set1_ps(unit[q][p]), s);
+                }
+                _mm512_store_ps(dst, s);
+            }
+        }
+        return;
+    }
     for (int g = 0; g < ng; g++) {
         __m512i x[4];
         for (int k = 0; k < 4; k++) {
