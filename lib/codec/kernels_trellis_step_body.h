@@ -20,9 +20,8 @@
  * keys), so every width produces the scalar bits.
  */
 
-TKV_INLINE void TKV_STEP(trellis_step_n)(const float *tab, float x, const float *cost,
-                                          float *next, uint8_t *back, const uint32_t N,
-                                          const uint32_t P) {
+TKV_INLINE void TKV_STEP(trellis_step_n)(const float *tab, float x, const float *cost, float *next,
+                                         uint8_t *back, const uint32_t N, const uint32_t P) {
     const uint32_t S = 1u << P, K = 1u << N;
     float pred[64];
     TKV_PRED_LOCALS
