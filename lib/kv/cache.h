@@ -107,7 +107,9 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
                          const float *v, float *scratch);
 /* Append positions pos0 .. pos0 + n - 1 of one layer (k and v: (n, n_head_kv, head_dim)),
  * the same as n calls of tkv_kv_append -- the same bytes, the same error and the positions
- * before it kept -- with the encodes spread over pool (NULL: this thread).  scratch:
+ * before it kept (except out of memory, checked for the whole batch first) -- with the
+ * encodes spread over pool (NULL: this thread).  With an fp16 window, or a pool of more
+ * than TKV_KV_MAX_PARTS threads, it is those n calls on this thread.  scratch:
  * TKV_KV_SCRATCH_FLOATS(head_dim) floats per pool thread. */
 #define TKV_KV_MAX_PARTS 64
 struct tkv_pool;
