@@ -16,9 +16,9 @@
 #include <string.h>
 
 #include "base/half.h"
-#include "base/threads.h"
 #include "base/rng.h"
 #include "base/status.h"
+#include "base/threads.h"
 
 uint64_t tkv_kv_codec_seed(uint64_t seed, uint32_t layer, uint32_t head, int kind) {
     return tkv_mix64(seed ^ tkv_mix64(((uint64_t)layer << 32) | ((uint64_t)head << 1) | (uint64_t)kind));
@@ -340,11 +340,9 @@ static tkv_status tkv_kv_store_one(tkv_kv_cache *c, uint32_t layer, uint32_t pos
         return TKV_OK;
     }
     TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh,
-                                 hd->k_codes + (size_t)pos * hd->k_codec.layout.stride,
-                                 sc.codec));
+                                 hd->k_codes + (size_t)pos * hd->k_codec.layout.stride, sc.codec));
     return tkv_codec_encode_one(&hd->v_codec, vh,
-                                hd->v_codes + (size_t)pos * hd->v_codec.layout.stride,
-                                sc.codec);
+                                hd->v_codes + (size_t)pos * hd->v_codec.layout.stride, sc.codec);
 }
 
 static void tkv_kv_batch_task(void *ctx, int ith, int nth) {
@@ -411,7 +409,8 @@ tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, u
         }
         TKV_TRY(tkv_kv_grow(c, layer, pos0 + ok));
         if (tkv_kv_has_calibration(c)) {
-            TKV_TRY(tkv_calib_reserve(&c->calib, layer, tkv_kv_calib_block_of(c, pos0 + ok - 1) + 1));
+            TKV_TRY(
+                tkv_calib_reserve(&c->calib, layer, tkv_kv_calib_block_of(c, pos0 + ok - 1) + 1));
         }
         tkv_kv_batch_job job = {c, layer, pos0, ok, k, v, scratch, {0}};
         const int parts = ok * c->n_head_kv > 1 ? nth : 1;
@@ -433,8 +432,10 @@ tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, u
             done = t;
             st = tkv_kv_store_one(c, layer, pos0 + t, h, k + t * KD, v + t * KD, scratch);
             if (st == TKV_OK) {
-                st = tkv_fail(TKV_ERR_INTERNAL, "cache: layer %u position %u head %u: encode "
-                              "refused on a worker, accepted on retry", layer, pos0 + t, h);
+                st = tkv_fail(TKV_ERR_INTERNAL,
+                              "cache: layer %u position %u head %u: encode "
+                              "refused on a worker, accepted on retry",
+                              layer, pos0 + t, h);
             }
         }
         L->n = L->n_comp = pos0 + done;
