@@ -279,7 +279,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.what == "ppl":
         runner = tkv_eval.PerplexityRunner(model, text=args.text, n_ctx=args.ctx_size,
-                                           chunks=args.chunks, n_threads=args.threads,
+                                           chunks=args.chunks, bos=args.bos,
+                                           n_threads=args.threads,
                                            top_k=args.top_k, baseline_file=args.baseline_file,
                                            progress=progress)
         res = [runner.run(c) for c in _eval_configs(args)]
@@ -450,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text name (wikitext-2, moby-dick) or file (ppl/attention; niah filler)")
     p.add_argument("-c", "--ctx-size", type=int, default=512, help="ppl chunk length")
     p.add_argument("--chunks", type=int, default=None, help="ppl: at most N chunks")
+    p.add_argument("--bos", choices=["model", "always"], default="model",
+                   help="ppl: how a chunk starts: 'model' follows the GGUF's add_bos_token "
+                        "(llama-perplexity's rule); 'always' puts BOS first in every chunk "
+                        "(turbokv <= 0.5)")
     p.add_argument("--top-k", type=int, default=4096,
                    help="baseline log-probs kept per token (0 = all; KL over them + a tail bucket)")
     p.add_argument("--baseline-file", default=None, help=".npz to reuse / save the fp32 baseline")

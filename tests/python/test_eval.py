@@ -115,6 +115,30 @@ def test_one_lever_rule_for_every_entry_point(tiny, capsys):
     assert rc == 2 and "error: --sink-tokens: " in err and "65 sink tokens, at most 64" in err, err
 
 
+@pytest.mark.slow
+def test_chunks_follow_the_models_add_bos(tiny, real_model):
+    """llama-perplexity's rule: BOS over each chunk's first token only when the model adds
+    BOS (the tiny model does, the default real model's GGUF says add_bos_token = false);
+    bos="always" puts it there anyway."""
+    model, text = tiny
+    content = open(text).read()
+    toks = model.tokenize(content, add_bos=True)
+    assert toks[0] == model.bos
+    for rule in ("model", "always"):
+        ch = E.chunk_tokens(model, content, 64, 3, bos=rule)
+        assert (ch[:, 0] == model.bos).all()
+        np.testing.assert_array_equal(ch[:, 1:], toks[:192].reshape(3, 64)[:, 1:])
+    wiki = E.text("wikitext-2")[:20000]
+    plain = real_model.tokenize(wiki, add_bos=True)
+    assert plain[0] != real_model.bos and real_model.bos >= 0
+    np.testing.assert_array_equal(E.chunk_tokens(real_model, wiki, 64, 4).ravel(), plain[:256])
+    always = E.chunk_tokens(real_model, wiki, 64, 4, bos="always")
+    assert (always[:, 0] == real_model.bos).all()
+    np.testing.assert_array_equal(always[:, 1:], plain[:256].reshape(4, 64)[:, 1:])
+    with pytest.raises(ValueError, match="bos must be"):
+        E.chunk_tokens(model, content, 64, 1, bos="never")
+
+
 def test_fp32_against_itself_is_exact(tiny):
     model, text = tiny
     r = E.PerplexityRunner(model, text=text, n_ctx=64, chunks=3, progress=False)

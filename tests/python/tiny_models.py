@@ -46,6 +46,7 @@ class TinyConfig:
     extra_kv: tuple = ()
     extra_tensors: tuple = ()
     nan_tensor: str = ""
+    tokenizer_pre: str = "gpt2"  # tokenizer.ggml.pre (llama.cpp does not know "gpt2": "smollm")
 
     @property
     def head_dim(self) -> int:
@@ -99,7 +100,7 @@ def write_tiny_model(path: Path, cfg: TinyConfig) -> dict[str, np.ndarray]:
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.rms_eps)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre(cfg.tokenizer_pre)
     w.add_token_list(tokens)
     w.add_token_merges(merges)
     w.add_token_types(types)

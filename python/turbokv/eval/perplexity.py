@@ -1,9 +1,13 @@
 """Perplexity and KL divergence against an fp32-KV baseline, over chunks of a text.
 
-The llama.cpp convention: the text is tokenized once (with BOS) and cut into chunks of
-``n_ctx`` tokens whose first token is set to BOS; in each chunk the second half is scored
-given the first half (logits at positions n_ctx/2 .. n_ctx-2 predict the next token), so
-every scored token sees at least n_ctx/2 tokens of context.  Every codec runs on the same
+llama-perplexity's convention: the text is tokenized once and cut into consecutive chunks
+of ``n_ctx`` tokens; when the model's ``tokenizer.ggml.add_bos_token`` asks for BOS, the
+text starts with BOS and every chunk's first token is replaced by BOS, otherwise the chunks
+are left as they are (``bos="model"``, the default; ``bos="always"`` replaces the first
+token with BOS even when the model does not ask for one, which was turbokv's rule up to
+0.5).  In each chunk the second half is scored given the first half (logits at positions
+n_ctx/2 .. n_ctx-2 predict the next token), so every scored token sees at least n_ctx/2
+tokens of context.  Every codec runs on the same
 chunks, and the fp32-KV run of the same chunks is the baseline for the deltas and the KL
 divergence.  The whole chunk goes into the cache before attention (prefill attends over
 the compressed cache exactly as decoding does), so batching changes nothing.
@@ -37,12 +41,30 @@ from .data import resolve_text, sha256_file, sha256_text
 DEFAULT_TEXT = "wikitext-2"
 
 
-def chunk_tokens(model: Model, text: str, n_ctx: int, chunks: Optional[int] = None
-                 ) -> npt.NDArray[np.int32]:
-    """(n_chunks, n_ctx) token ids: the text tokenized with BOS, cut into chunks whose
-    first token is BOS (llama.cpp's perplexity convention)."""
+#: how a chunk starts: "model" follows the GGUF's add_bos_token as llama-perplexity does;
+#: "always" puts BOS first in every chunk whatever the model says (turbokv <= 0.5)
+BOS_RULES = ("model", "always")
+
+
+def model_adds_bos(model: Model) -> bool:
+    """True when the model's tokenizer prepends BOS (``tokenizer.ggml.add_bos_token``, or
+    the tokenizer's default when the file does not say)."""
+    return model.bos >= 0 and model.tokenize("", add_bos=True).size == 1
+
+
+def chunk_tokens(model: Model, text: str, n_ctx: int, chunks: Optional[int] = None, *,
+                 bos: str = "model") -> npt.NDArray[np.int32]:
+    """(n_chunks, n_ctx) token ids: the text tokenized once and cut into consecutive chunks.
+
+    bos: "model" (llama-perplexity's rule): when the model adds BOS, the text starts with
+        BOS and every chunk's first token is replaced by BOS; when it does not, nothing is
+        added or replaced.  "always": every chunk's first token is replaced by BOS even
+        when the model does not add one (turbokv's rule up to 0.5)."""
     if n_ctx < 4 or n_ctx % 2:
         raise ValueError(f"n_ctx must be an even number >= 4, got {n_ctx}")
+    if bos not in BOS_RULES:
+        raise ValueError(f"bos must be one of {', '.join(BOS_RULES)}, got {bos!r}")
+    # add_bos=True prepends BOS only when the model asks for it, as llama.cpp's tokenizer
     toks = model.tokenize(text, add_bos=True)
     n = toks.size // n_ctx
     if chunks is not None:
@@ -52,7 +74,7 @@ def chunk_tokens(model: Model, text: str, n_ctx: int, chunks: Optional[int] = No
     if n == 0:
         raise ValueError(f"the text has {toks.size} tokens, fewer than one chunk of {n_ctx}")
     out = toks[: n * n_ctx].reshape(n, n_ctx).copy()
-    if model.bos >= 0:
+    if model.bos >= 0 and (bos == "always" or model_adds_bos(model)):
         out[:, 0] = model.bos
     return out
 
@@ -248,18 +270,21 @@ class PerplexityRunner:
     """
 
     def __init__(self, model: Model, *, text: Optional[str] = None, n_ctx: int = 512,
-                 chunks: Optional[int] = None, n_threads: int = 0, top_k: int = 4096,
-                 baseline_file: Union[str, Path, None] = None, progress: bool = True) -> None:
+                 chunks: Optional[int] = None, bos: str = "model", n_threads: int = 0,
+                 top_k: int = 4096, baseline_file: Union[str, Path, None] = None,
+                 progress: bool = True) -> None:
         self.model = model
         self.text_label, content = resolve_text(text, DEFAULT_TEXT)
         self.n_ctx = int(n_ctx)
-        self.chunks = chunk_tokens(model, content, self.n_ctx, chunks)
+        self.bos = bos
+        self.chunks = chunk_tokens(model, content, self.n_ctx, chunks, bos=bos)
         self.n_threads = n_threads
         self.top_k = int(top_k)
         self.progress = progress
         self.baseline_file = Path(baseline_file) if baseline_file else None
         self.key = {**_model_key(model), "text_sha256": sha256_text(content),
-                    "n_ctx": self.n_ctx, "chunks": int(self.chunks.shape[0]), "top_k": self.top_k}
+                    "n_ctx": self.n_ctx, "chunks": int(self.chunks.shape[0]), "top_k": self.top_k,
+                    "bos": bos}
         self._baseline: Optional[Baseline] = None
 
     @property
@@ -294,7 +319,8 @@ class PerplexityRunner:
 
 def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[str] = None, *,
                text: Optional[str] = None, n_ctx: int = 512, chunks: Optional[int] = None,
-               center_keys: Optional[bool] = None, smooth_keys: Union[None, bool, float] = None,
+               bos: str = "model", center_keys: Optional[bool] = None,
+               smooth_keys: Union[None, bool, float] = None,
                sink_tokens: Optional[int] = None, calibration_block: Optional[int] = UNSET,
                fp16_window: Optional[int] = None,
                layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None,
@@ -310,6 +336,8 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
         text: a shipped text name (``"wikitext-2"``, the default) or a file path.
         n_ctx: chunk length in tokens; the second half of each chunk is scored.
         chunks: evaluate at most this many chunks (default: the whole text).
+        bos: how a chunk starts: "model" (the model's add_bos_token, as llama-perplexity)
+            or "always" (BOS first in every chunk; see ``chunk_tokens``).
         center_keys, smooth_keys, sink_tokens, calibration_block, fp16_window,
             layer_codecs, seed: the cache's settings (CacheConfig; unset levers follow its
             one rule).
@@ -325,8 +353,9 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
                     layer_codecs=layer_codecs, seed=seed)
     spec = isinstance(k, CacheConfig) or "+" in k or "/" in k
     cfg = as_config(k, **settings) if spec and v is None else as_config(None, k=k, v=v, **settings)
-    runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks, n_threads=n_threads,
-                              top_k=top_k, baseline_file=baseline_file, progress=progress)
+    runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks, bos=bos,
+                              n_threads=n_threads, top_k=top_k, baseline_file=baseline_file,
+                              progress=progress)
     if baseline is not None:
         if baseline.n_tokens != runner.chunks.shape[0] * (n_ctx // 2 - 1):
             raise ValueError(f"baseline has {baseline.n_tokens} tokens; these chunks score "
