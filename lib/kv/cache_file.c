@@ -15,10 +15,11 @@
  * LAYR: u32 n, n_comp, n_calib, stat_block, stat_n; when n > 0, per KV head: K sink rows
  *       and V sink rows (s0 x d f32, s0 = min(n_sink, n_comp)), K codes and V codes of
  *       positions [s0, n_comp) (each vector as its codec writes it), K and V fp16 window
- *       rows of positions [n_comp, n) in position order, then with centering n_calib x d
- *       fp16 offsets, with smoothing n_calib x d fp16 scales, and with both a lever and
- *       calibration blocks on 3 x d f64 running sums (k, k^2, q^2 of the block being
- *       filled).  Everything the cache reads again is saved as its bits, so a loaded cache
+ *       rows of positions [n_comp, n) in position order; then the layer's calibration
+ *       (kv/calib.h), block-major: with centering n_calib x n_head_kv x d fp16 offsets,
+ *       with smoothing as many fp16 scales, and with a lever and calibration blocks on
+ *       n_head_kv x 3 x d f64 running sums (k, k^2, q^2 of the block being filled).
+ *       Everything the cache reads again is saved as its bits, so a loaded cache
  *       continues exactly as the saved one would have.
  */
 #include "kv/cache_file.h"
