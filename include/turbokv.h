@@ -86,6 +86,8 @@ typedef int32_t tkv_status;
 #define TKV_ERR_CACHE_FULL (-7)       /* a KV cache reached its capacity */
 #define TKV_ERR_ABI (-8)              /* struct_size or reserved words do not match */
 #define TKV_ERR_INTERNAL (-9)         /* a bug: please report it */
+#define TKV_ERR_MISMATCH (-10)        /* a saved cache or session belongs to another model,
+                                         codec set or configuration (since 0.6) */
 
 /*
  * Name of a status code ("TKV_OK", "TKV_ERR_INVALID_ARGUMENT", ...), or
@@ -588,6 +590,102 @@ TKV_API void tkv_session_reset_timings(tkv_session *session);
 
 /* Tokens in the session's cache (its position).  Since 0.1. */
 TKV_API uint32_t tkv_session_n_tokens(const tkv_session *session);
+
+/* ==================================================================================
+ * Persistence: saved caches and session state
+ *
+ * A cache saves to one file (format: docs/PERSISTENCE.md) holding everything it reads
+ * again: codes, fp32 sink rows, the fp16 window, per-block key offsets and scales and
+ * the running statistics of the block being filled, per-layer codecs, seeds and
+ * settings.  Loading it for the same model (checked by a fingerprint of the GGUF file)
+ * gives a cache that continues exactly as the saved one would have: the same logits,
+ * bit for bit, on the same kernel ISA (TKV_ISA) and library version.  A session file
+ * adds the evaluated tokens, the last logits and the sampler's generator.
+ *
+ * Bad files never crash and never load garbage: TKV_ERR_IO (cannot be read),
+ * TKV_ERR_BAD_FORMAT (not a cache file, truncated, damaged: checksums over the header
+ * and the payload; malformed sections), TKV_ERR_UNSUPPORTED (a newer file version),
+ * TKV_ERR_MISMATCH (saved for another model or with another codec set); the message
+ * names the problem.  Files are written to a temporary name and renamed, so a reader
+ * never sees half a file.
+ *
+ *     tkv_session_save(s, "doc.tkv");                       // after evaluating a prompt
+ *     ...                                                   // later, in any process
+ *     tkv_cache_load(model, "doc.tkv", &cache);
+ *     tkv_session_create(cache, &sp, &s2);
+ *     tkv_session_load_state(s2, "doc.tkv");                // tokens, logits, generator
+ *     tkv_session_sample(s2, &smp, &tok);                   // as s would have
+ * ================================================================================== */
+
+/*
+ * The settings a cache was made with (a loaded one's are the saved cache's): n_ctx is
+ * the capacity, k_codec / v_codec those of most layers (tkv_cache_layer_codecs gives
+ * every layer's), key_smoothing 0 when smoothing is off.  out->struct_size must be set
+ * (start from tkv_cache_default_params()).  Since 0.6.
+ */
+TKV_API tkv_status tkv_cache_get_params(const tkv_cache *cache, tkv_cache_params *out);
+
+/* K and V codec ids of one layer.  Since 0.6. */
+TKV_API tkv_status tkv_cache_layer_codecs(const tkv_cache *cache, uint32_t layer,
+                                          int32_t *k_codec, int32_t *v_codec);
+
+/* Save a cache (any number of tokens) to path.  Returns TKV_OK, TKV_ERR_IO,
+ * TKV_ERR_OUT_OF_MEMORY (the file is built in memory first).  Since 0.6. */
+TKV_API tkv_status tkv_cache_save(const tkv_cache *cache, const char *path);
+
+/*
+ * Load a cache saved by tkv_cache_save or tkv_session_save for this model.  The file is
+ * memory-mapped while it is read; the cache owns copies of its arrays and grows as
+ * usual.  *out is NULL on failure (errors in the section's comment).  Free with
+ * tkv_cache_free; it must not outlive its model.  Since 0.6.
+ */
+TKV_API tkv_status tkv_cache_load(const tkv_model *model, const char *path, tkv_cache **out);
+
+/* Save the session's cache and its state (evaluated tokens, last logits, sampler
+ * generator).  Since 0.6. */
+TKV_API tkv_status tkv_session_save(const tkv_session *session, const char *path);
+
+/*
+ * Restore the state saved by tkv_session_save onto a session whose cache was loaded
+ * from the same file (tkv_cache_load) and not changed since.  Returns
+ * TKV_ERR_INVALID_ARGUMENT when the file holds no session state, TKV_ERR_MISMATCH when
+ * the cache is another one (or was evaluated or truncated since it was loaded), and the
+ * file errors of the section; the session is unchanged on any error.  Since 0.6.
+ */
+TKV_API tkv_status tkv_session_load_state(tkv_session *session, const char *path);
+
+/*
+ * The tokens evaluated into the session's cache, position by position (after a
+ * tkv_session_load_state, those of the saved session).  Two-call protocol: *n_out gets
+ * the count, TKV_ERR_BUFFER_TOO_SMALL when cap is smaller.  Positions evaluated by another
+ * session on the same cache read as 0.  Since 0.6.
+ */
+TKV_API tkv_status tkv_session_tokens(const tkv_session *session, int32_t *tokens, size_t cap,
+                                      size_t *n_out);
+
+/*
+ * Fork a cache: *out holds the same positions and settings and continues exactly as the
+ * original would, but shares its compressed positions with it instead of copying them
+ * (one document, many questions: N forks cost one prefix plus N tails, sinks, fp16
+ * windows and calibration blocks).  Both may then be evaluated, truncated and freed
+ * independently; the shared prefix is freed with the last cache that reads it.  The
+ * attention of a cache whose positions span a shared prefix and its own codes sums
+ * values in two runs, so its logits may differ from an unforked cache's in the last bits
+ * (forks of one cache agree exactly).  Since 0.6.
+ */
+TKV_API tkv_status tkv_cache_fork(tkv_cache *cache, tkv_cache **out);
+
+/*
+ * Give session dst the state of src (evaluated tokens, last logits, sampler generator),
+ * so that a session on a fork of src's cache continues as src would.  dst's cache must be
+ * src's cache or a fork of it made at its current position: TKV_ERR_MISMATCH otherwise.
+ *
+ *     tkv_cache_fork(cache, &c2); tkv_session_create(c2, &sp, &s2);
+ *     tkv_session_copy_state(s2, s);     // s2 answers another question after the document
+ *
+ * Since 0.6.
+ */
+TKV_API tkv_status tkv_session_copy_state(tkv_session *dst, const tkv_session *src);
 
 /* ==================================================================================
  * Utilities: CPU features and kernel selection

@@ -271,6 +271,9 @@ size_t tkv_cache_bytes_allocated(const tkv_cache *c) { return c ? tkv_kv_bytes_a
 
 tkv_status tkv_cache_truncate(tkv_cache *cache, uint32_t n_tokens) {
     TKV_REQUIRE(cache, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_truncate: cache is NULL");
+    if (n_tokens < tkv_kv_n_tokens(&cache->kv)) {
+        cache->loaded_hash = 0; /* no longer what was loaded */
+    }
     tkv_kv_truncate(&cache->kv, n_tokens);
     return TKV_OK;
 }
@@ -377,6 +380,7 @@ tkv_status tkv_session_eval(tkv_session *s, const int32_t *tokens, int64_t n, ui
     TKV_REQUIRE((uint64_t)have + (uint64_t)n <= s->cache->kv.capacity, TKV_ERR_CACHE_FULL,
                 "tkv_session_eval: %lld tokens after %u do not fit the cache capacity %u",
                 (long long)n, have, s->cache->kv.capacity);
+    s->cache->loaded_hash = 0; /* no longer what was loaded */
     tkv_status st = tkv_session_eval_tokens(s, tokens, n, all);
     if (st != TKV_OK) {
         /* leave the cache as it was before the call */

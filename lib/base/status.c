@@ -56,6 +56,7 @@ const char *tkv_status_name(tkv_status status) {
     case TKV_ERR_CACHE_FULL: return "TKV_ERR_CACHE_FULL";
     case TKV_ERR_ABI: return "TKV_ERR_ABI";
     case TKV_ERR_INTERNAL: return "TKV_ERR_INTERNAL";
+    case TKV_ERR_MISMATCH: return "TKV_ERR_MISMATCH";
     default: return "TKV_ERR_UNKNOWN";
     }
 }

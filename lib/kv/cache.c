@@ -12,6 +12,7 @@
 #include "kv/cache.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,6 +23,47 @@
 
 uint64_t tkv_kv_codec_seed(uint64_t seed, uint32_t layer, uint32_t head, int kind) {
     return tkv_mix64(seed ^ tkv_mix64(((uint64_t)layer << 32) | ((uint64_t)head << 1) | (uint64_t)kind));
+}
+
+/* A shared prefix ends this many positions after the sinks, or a multiple of it: where
+ * attention's runs of codes then start, the kernels' blocks of rows start anyway (16 for
+ * the bf16 value sums, which pair rows), so a fork sums in the unforked order. */
+#define TKV_KV_SHARE_ALIGN 64u
+
+/* The compressed prefix forks share: per (layer, head) the K and V codes of positions
+ * [0, n) of that layer (sink slots unused), immutable while shared. */
+struct tkv_kv_shared {
+    atomic_uint refs;     /* caches reading it */
+    size_t n_arrays;      /* n_layer * n_head_kv */
+    uint8_t **codes[2];   /* (n_arrays) K, V arrays indexed by position */
+    size_t bytes;
+};
+
+static void tkv_kv_shared_unref(struct tkv_kv_shared *sh) {
+    if (!sh || atomic_fetch_sub(&sh->refs, 1u) != 1u) {
+        return;
+    }
+    for (int kind = 0; kind < 2; kind++) {
+        for (size_t i = 0; sh->codes[kind] && i < sh->n_arrays; i++) {
+            free(sh->codes[kind][i]);
+        }
+        free(sh->codes[kind]);
+    }
+    free(sh);
+}
+
+const uint8_t *tkv_kv_code_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind,
+                               uint32_t pos, uint32_t end, uint32_t *run) {
+    const tkv_kv_layer *L = &c->layers[layer];
+    const size_t i = (size_t)layer * c->n_head_kv + head;
+    const tkv_kv_head *hd = &c->heads[i];
+    const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
+    if (pos < L->n_shared) {
+        *run = (end < L->n_shared ? end : L->n_shared) - pos;
+        return c->shared->codes[kind][i] + (size_t)pos * stride;
+    }
+    *run = end - pos;
+    return (kind ? hd->v_codes : hd->k_codes) + (size_t)(pos - L->n_shared) * stride;
 }
 
 tkv_status tkv_kv_init(tkv_kv_cache *c, uint32_t n_layer, uint32_t n_head_kv, uint32_t head_dim,
@@ -72,8 +114,10 @@ void tkv_kv_release(tkv_kv_cache *c) {
     tkv_calib_release(&c->calib);
     free(c->heads);
     free(c->layers);
+    tkv_kv_shared_unref(c->shared);
     c->heads = NULL;
     c->layers = NULL;
+    c->shared = NULL;
 }
 
 tkv_status tkv_kv_set_levers(tkv_kv_cache *c, uint32_t n_sink, const tkv_calib_params *calib) {
@@ -164,8 +208,11 @@ static tkv_status tkv_kv_allocate(tkv_kv_cache *c) {
     return TKV_OK;
 }
 
+/* Room in the layer's own code arrays for compressed positions up to `need` (those
+ * before n_shared live in the shared prefix). */
 static tkv_status tkv_kv_grow(tkv_kv_cache *c, uint32_t layer, uint32_t need) {
     tkv_kv_layer *L = &c->layers[layer];
+    need = need > L->n_shared ? need - L->n_shared : 0;
     if (need <= L->n_alloc) {
         return TKV_OK;
     }
@@ -268,10 +315,10 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
         const size_t slot = (size_t)(old % c->window) * d;
         tkv_fp16_to_f32_row(hd->k_window + slot, d, sc.row);
         TKV_TRY(tkv_codec_encode_one(
-            &hd->k_codec, sc.row, hd->k_codes + (size_t)old * hd->k_codec.layout.stride, sc.codec));
+            &hd->k_codec, sc.row, hd->k_codes + (size_t)(old - L->n_shared) * hd->k_codec.layout.stride, sc.codec));
         tkv_fp16_to_f32_row(hd->v_window + slot, d, sc.row);
         TKV_TRY(tkv_codec_encode_one(
-            &hd->v_codec, sc.row, hd->v_codes + (size_t)old * hd->v_codec.layout.stride, sc.codec));
+            &hd->v_codec, sc.row, hd->v_codes + (size_t)(old - L->n_shared) * hd->v_codec.layout.stride, sc.codec));
     }
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
@@ -288,9 +335,9 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
         }
         if (c->window == 0) {
             TKV_TRY(tkv_codec_encode_one(
-                &hd->k_codec, kh, hd->k_codes + (size_t)pos * hd->k_codec.layout.stride, sc.codec));
+                &hd->k_codec, kh, hd->k_codes + (size_t)(pos - L->n_shared) * hd->k_codec.layout.stride, sc.codec));
             TKV_TRY(tkv_codec_encode_one(
-                &hd->v_codec, vh, hd->v_codes + (size_t)pos * hd->v_codec.layout.stride, sc.codec));
+                &hd->v_codec, vh, hd->v_codes + (size_t)(pos - L->n_shared) * hd->v_codec.layout.stride, sc.codec));
             continue;
         }
         const size_t slot = (size_t)(pos % c->window) * d;
@@ -328,6 +375,7 @@ static tkv_status tkv_kv_store_one(tkv_kv_cache *c, uint32_t layer, uint32_t pos
                                    const float *k, const float *v, float *scratch) {
     const uint32_t d = c->head_dim;
     tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+    const tkv_kv_layer *L = &c->layers[layer];
     const float *kh = k + (size_t)h * d, *vh = v + (size_t)h * d;
     const tkv_kv_scratch sc = tkv_kv_carve_scratch(scratch, d);
     if (tkv_kv_has_calibration(c)) {
@@ -340,9 +388,9 @@ static tkv_status tkv_kv_store_one(tkv_kv_cache *c, uint32_t layer, uint32_t pos
         return TKV_OK;
     }
     TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh,
-                                 hd->k_codes + (size_t)pos * hd->k_codec.layout.stride, sc.codec));
+                                 hd->k_codes + (size_t)(pos - L->n_shared) * hd->k_codec.layout.stride, sc.codec));
     return tkv_codec_encode_one(&hd->v_codec, vh,
-                                hd->v_codes + (size_t)pos * hd->v_codec.layout.stride, sc.codec);
+                                hd->v_codes + (size_t)(pos - L->n_shared) * hd->v_codec.layout.stride, sc.codec);
 }
 
 static void tkv_kv_batch_task(void *ctx, int ith, int nth) {
@@ -443,6 +491,31 @@ tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, u
     return st;
 }
 
+/* Truncation to n inside the shared prefix of a layer: the prefix is read up to the
+ * aligned boundary at or below n (tkv_kv_share_end), and positions from there to n are
+ * copied into the own arrays, whose positions were all at or past the old prefix end and
+ * are dropped; so a truncated fork still sums its values in the unforked order.  Without
+ * memory for the copy the prefix is read up to n (still right, maybe not the same bits). */
+static void tkv_kv_unshare_tail(tkv_kv_cache *c, uint32_t layer, uint32_t n) {
+    tkv_kv_layer *L = &c->layers[layer];
+    const uint32_t s0 = n < c->n_sink ? n : c->n_sink;
+    const uint32_t a = s0 + (n - s0) / TKV_KV_SHARE_ALIGN * TKV_KV_SHARE_ALIGN;
+    L->n_shared = a;
+    if (a < n && tkv_kv_grow(c, layer, n) != TKV_OK) {
+        L->n_shared = n;
+        return;
+    }
+    for (uint32_t h = 0; h < c->n_head_kv; h++) {
+        const size_t i = (size_t)layer * c->n_head_kv + h;
+        tkv_kv_head *hd = &c->heads[i];
+        for (int kind = 0; a < n && kind < 2; kind++) {
+            const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
+            memcpy(kind ? hd->v_codes : hd->k_codes, c->shared->codes[kind][i] + (size_t)a * stride,
+                   (size_t)(n - a) * stride);
+        }
+    }
+}
+
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
     for (uint32_t l = 0; l < c->n_layer; l++) {
         tkv_kv_layer *L = &c->layers[l];
@@ -451,6 +524,9 @@ void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
         }
         if (n < L->n_comp) {
             L->n_comp = n; /* window entries after n are dropped with the rest */
+        }
+        if (n < L->n_shared) {
+            tkv_kv_unshare_tail(c, l, n);
         }
         L->n = n;
         tkv_calib_truncate(&c->calib, l, n);
@@ -485,8 +561,10 @@ static void tkv_kv_run_at(const tkv_kv_cache *c, uint32_t layer, uint32_t head, 
         run->store = TKV_KV_STORE_CODES;
         run->codec = codec;
         run->layout = &codec->layout;
-        run->rows = (keys ? hd->k_codes : hd->v_codes) + (size_t)t * codec->layout.stride;
-        end = end < n_comp ? end : n_comp;
+        uint32_t len;
+        run->rows = tkv_kv_code_run(c, layer, head, keys ? 0 : 1, t,
+                                    end < n_comp ? end : n_comp, &len);
+        end = t + len;
     } else {
         const uint32_t slot = t % c->window;
         run->store = TKV_KV_STORE_WINDOW;
@@ -537,6 +615,215 @@ size_t tkv_kv_bytes_used(const tkv_kv_cache *c) {
         total += tkv_calib_bytes_used(&c->calib, l, L->n);
     }
     return total;
+}
+
+size_t tkv_kv_bytes_shared(const tkv_kv_cache *c) { return c->shared ? c->shared->bytes : 0; }
+
+int tkv_kv_shares_prefix(const tkv_kv_cache *a, const tkv_kv_cache *b) {
+    return a->shared != NULL && a->shared == b->shared;
+}
+
+/* Positions a layer's shared prefix ends at when c forks: the compressed positions up to
+ * a multiple of TKV_KV_SHARE_ALIGN after the sinks.  Attention then walks a fork's codes
+ * in runs that start where the kernels' blocks of rows start anyway (16 for the bf16
+ * value sums, which pair rows), so a fork sums in the same order as an unforked cache
+ * and gives the same bits; the few positions past it are copied into each fork. */
+static uint32_t tkv_kv_share_end(const tkv_kv_cache *c, const tkv_kv_layer *L) {
+    const uint32_t s0 = L->n_comp < c->n_sink ? L->n_comp : c->n_sink;
+    const uint32_t m = s0 + (L->n_comp - s0) / TKV_KV_SHARE_ALIGN * TKV_KV_SHARE_ALIGN;
+    return m > L->n_shared ? m : L->n_shared;
+}
+
+static uint32_t tkv_kv_round_grow(uint32_t n) {
+    return (n + TKV_KV_GROW_TOKENS - 1) / TKV_KV_GROW_TOKENS * TKV_KV_GROW_TOKENS;
+}
+
+/* Move c's compressed positions up to tkv_kv_share_end into one shared prefix.  A layer
+ * without a prefix hands its own arrays over (no copy) and gets new ones for the
+ * positions past the prefix; a layer with one gets the old prefix and its own codes up to
+ * the end copied into a new one, and its remaining own codes moved to the front. */
+static tkv_status tkv_kv_share(tkv_kv_cache *c) {
+    int needed = 0;
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        needed |= tkv_kv_share_end(c, &c->layers[l]) > c->layers[l].n_shared;
+    }
+    if (!c->allocated || !needed) {
+        return TKV_OK;
+    }
+    const size_t n_arrays = (size_t)c->n_layer * c->n_head_kv;
+    struct tkv_kv_shared *sh = calloc(1, sizeof *sh);
+    uint8_t **fresh = calloc(2 * n_arrays, sizeof *fresh); /* new own arrays (K, V) */
+    if (sh) {
+        sh->n_arrays = n_arrays;
+        sh->codes[0] = calloc(n_arrays, sizeof *sh->codes[0]);
+        sh->codes[1] = calloc(n_arrays, sizeof *sh->codes[1]);
+        atomic_init(&sh->refs, 1u);
+    }
+    int ok = sh && fresh && sh->codes[0] && sh->codes[1];
+    /* first everything that can fail, leaving c as it was */
+    for (uint32_t l = 0; ok && l < c->n_layer; l++) {
+        const tkv_kv_layer *L = &c->layers[l];
+        const uint32_t m = tkv_kv_share_end(c, L);
+        for (uint32_t h = 0; ok && (m > L->n_shared || L->n_shared > 0) && h < c->n_head_kv; h++) {
+            const size_t i = (size_t)l * c->n_head_kv + h;
+            const tkv_kv_head *hd = &c->heads[i];
+            for (int kind = 0; ok && kind < 2; kind++) {
+                const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
+                const uint8_t *own = kind ? hd->v_codes : hd->k_codes;
+                if (L->n_shared == 0) { /* own [m, n_comp) into a new own array */
+                    uint8_t *o = malloc((size_t)tkv_kv_round_grow(L->n_comp - m) * stride + 1);
+                    ok = o != NULL;
+                    if (ok) {
+                        memcpy(o, own + (size_t)m * stride, (size_t)(L->n_comp - m) * stride);
+                        fresh[2 * i + kind] = o;
+                    }
+                    continue;
+                }
+                uint8_t *dst = malloc((size_t)m * stride + 1);
+                ok = dst != NULL;
+                if (ok) {
+                    memcpy(dst, c->shared->codes[kind][i], (size_t)L->n_shared * stride);
+                    memcpy(dst + (size_t)L->n_shared * stride, own,
+                           (size_t)(m - L->n_shared) * stride);
+                    sh->codes[kind][i] = dst;
+                }
+            }
+        }
+    }
+    if (!ok) {
+        for (size_t i = 0; fresh && i < 2 * n_arrays; i++) {
+            free(fresh[i]);
+        }
+        free(fresh);
+        tkv_kv_shared_unref(sh);
+        return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "cache fork: out of memory");
+    }
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        tkv_kv_layer *L = &c->layers[l];
+        const uint32_t m = tkv_kv_share_end(c, L);
+        for (uint32_t h = 0; h < c->n_head_kv; h++) {
+            const size_t i = (size_t)l * c->n_head_kv + h;
+            tkv_kv_head *hd = &c->heads[i];
+            for (int kind = 0; kind < 2; kind++) {
+                const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
+                uint8_t **own = kind ? &hd->v_codes : &hd->k_codes;
+                if (m > L->n_shared && L->n_shared == 0) {
+                    /* handed over, indexed by position, without its spare capacity (a
+                     * failed shrink keeps the larger block) */
+                    uint8_t *r = realloc(*own, (size_t)m * stride + 1);
+                    sh->codes[kind][i] = r ? r : *own;
+                    *own = fresh[2 * i + kind];
+                } else if (m > L->n_shared) { /* copied into the new prefix above */
+                    memmove(*own, *own + (size_t)(m - L->n_shared) * stride,
+                            (size_t)(L->n_comp - m) * stride);
+                }
+                sh->bytes += (size_t)m * stride;
+            }
+        }
+        if (m > L->n_shared && L->n_shared == 0) {
+            L->n_alloc = tkv_kv_round_grow(L->n_comp - m);
+        }
+        L->n_shared = m;
+    }
+    free(fresh);
+    tkv_kv_shared_unref(c->shared);
+    c->shared = sh;
+    return TKV_OK;
+}
+
+/* dst's calibration: a copy of src's (levers, blocks set, statistics). */
+static tkv_status tkv_kv_copy_calib(const tkv_calib *src, tkv_calib *dst) {
+    const size_t bf = (size_t)src->n_head_kv * src->head_dim;
+    dst->p = src->p;
+    for (uint32_t l = 0; l < src->n_layer; l++) {
+        const tkv_calib_layer *a = &src->layers[l];
+        tkv_calib_layer *b = &dst->layers[l];
+        if (a->n_alloc > 0) {
+            TKV_TRY(tkv_calib_reserve(dst, l, a->n_alloc));
+        }
+        if (a->mu && b->mu) {
+            memcpy(b->mu, a->mu, (size_t)a->n_alloc * bf * sizeof *a->mu);
+        }
+        if (a->scale && b->scale) {
+            memcpy(b->scale, a->scale, (size_t)a->n_alloc * bf * sizeof *a->scale);
+        }
+        if (a->stats && b->stats) {
+            memcpy(b->stats, a->stats, 3 * bf * sizeof *a->stats);
+        }
+        b->n_set = a->n_set;
+        b->stat_block = a->stat_block;
+        b->stat_n = a->stat_n;
+    }
+    return TKV_OK;
+}
+
+tkv_status tkv_kv_fork(tkv_kv_cache *src, tkv_kv_cache *dst) {
+    TKV_TRY(tkv_kv_share(src));
+    if (src->allocated && !src->shared) {
+        /* too few positions to share yet: an empty prefix still marks the two as forks */
+        struct tkv_kv_shared *sh = calloc(1, sizeof *sh);
+        TKV_REQUIRE(sh, TKV_ERR_OUT_OF_MEMORY, "cache fork: out of memory");
+        atomic_init(&sh->refs, 1u);
+        src->shared = sh;
+    }
+    TKV_TRY(tkv_kv_init(dst, src->n_layer, src->n_head_kv, src->head_dim, src->capacity,
+                        TKV_CODEC_FP32, TKV_CODEC_FP32, src->window, src->seed));
+    dst->n_sink = src->n_sink;
+    for (uint32_t l = 0; l < src->n_layer; l++) {
+        tkv_kv_layer *L = &dst->layers[l];
+        *L = src->layers[l];
+        L->n_alloc = 0;
+    }
+    tkv_status st = tkv_kv_copy_calib(&src->calib, &dst->calib);
+    if (st != TKV_OK || !src->allocated) {
+        if (st != TKV_OK) {
+            tkv_kv_release(dst);
+        }
+        return st; /* without a write yet: a fresh cache with the same settings */
+    }
+    const uint32_t d = src->head_dim;
+    st = tkv_kv_allocate(dst);
+    for (uint32_t l = 0; st == TKV_OK && l < src->n_layer; l++) {
+        const tkv_kv_layer *L = &src->layers[l];
+        if (L->n_comp > L->n_shared) { /* the codes past the shared prefix: copied */
+            st = tkv_kv_grow(dst, l, L->n_comp);
+        }
+        for (uint32_t h = 0; st == TKV_OK && h < src->n_head_kv; h++) {
+            const size_t i = (size_t)l * src->n_head_kv + h;
+            const tkv_kv_head *a = &src->heads[i];
+            tkv_kv_head *b = &dst->heads[i];
+            const size_t ns = (size_t)src->n_sink * d, nw = (size_t)src->window * d;
+            if (ns) {
+                memcpy(b->k_sink, a->k_sink, ns * sizeof(float));
+                memcpy(b->v_sink, a->v_sink, ns * sizeof(float));
+            }
+            if (nw) {
+                memcpy(b->k_window, a->k_window, nw * sizeof(uint16_t));
+                memcpy(b->v_window, a->v_window, nw * sizeof(uint16_t));
+            }
+            if (L->n_comp > L->n_shared) {
+                const size_t own = L->n_comp - L->n_shared;
+                memcpy(b->k_codes, a->k_codes, own * a->k_codec.layout.stride);
+                memcpy(b->v_codes, a->v_codes, own * a->v_codec.layout.stride);
+            }
+        }
+    }
+    if (st != TKV_OK) {
+        tkv_kv_release(dst);
+        return st;
+    }
+    if (src->shared) {
+        atomic_fetch_add(&src->shared->refs, 1u);
+        dst->shared = src->shared;
+    }
+    return TKV_OK;
+}
+
+tkv_status tkv_kv_reserve(tkv_kv_cache *c, uint32_t layer, uint32_t positions) {
+    if (!c->allocated) {
+        TKV_TRY(tkv_kv_allocate(c));
+    }
+    return tkv_kv_grow(c, layer, positions);
 }
 
 size_t tkv_kv_bytes_allocated(const tkv_kv_cache *c) {

@@ -39,7 +39,10 @@ typedef struct tkv_kv_layer {
     uint32_t n;          /* positions stored in this layer */
     uint32_t n_comp;     /* positions [0, n_comp) are sinks or compressed, [n_comp, n) in the
                             window; codes are indexed by position (sink slots unused) */
-    uint32_t n_alloc;    /* positions the code arrays can hold */
+    uint32_t n_alloc;    /* positions the own code arrays can hold */
+    uint32_t n_shared;   /* codes of positions [0, n_shared) live in the cache's shared prefix
+                            (forks share them); the heads' own code arrays hold positions
+                            [n_shared, n_comp) at index pos - n_shared */
 } tkv_kv_layer;
 
 typedef struct tkv_kv_cache {
@@ -56,6 +59,7 @@ typedef struct tkv_kv_cache {
     tkv_code_layout window_layout; /* fp16 rows of head_dim */
     tkv_kv_layer *layers; /* (n_layer) */
     tkv_kv_head *heads;   /* (n_layer, n_head_kv) */
+    struct tkv_kv_shared *shared; /* compressed prefix shared with forks, NULL when none */
 } tkv_kv_cache;
 
 /* A cache of n_layer x n_head_kv heads of head_dim, up to capacity positions, K and V
@@ -116,6 +120,28 @@ struct tkv_pool;
 tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, uint32_t n,
                                const float *k, const float *v, struct tkv_pool *pool,
                                float *scratch);
+/* Build the codecs, sinks and window (when not yet built) and make room for `positions`
+ * positions of codes in one layer, storing nothing: for the file reader, which then fills
+ * the arrays (the calibration's room: tkv_calib_reserve). */
+tkv_status tkv_kv_reserve(tkv_kv_cache *c, uint32_t layer, uint32_t positions);
+/* Codes of compressed position pos of (layer, head), K (kind 0) or V (kind 1), and in *run
+ * how many positions from pos up to end (<= the layer's n_comp) follow contiguously (a
+ * fork's shared prefix, then the cache's own codes). */
+const uint8_t *tkv_kv_code_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind,
+                               uint32_t pos, uint32_t end, uint32_t *run);
+/*
+ * Fork: *dst becomes a cache holding what src holds, sharing src's compressed positions
+ * instead of copying them (src's own codes move into a reference-counted prefix both read,
+ * ending a multiple of TKV_KV_SHARE_ALIGN positions after the sinks; sinks, window,
+ * calibration and the few codes past the prefix are copied).  Each then appends its own
+ * positions; a truncation into the prefix only shortens what a cache reads of it.  The
+ * prefix is freed with the last cache that reads it.
+ */
+tkv_status tkv_kv_fork(tkv_kv_cache *src, tkv_kv_cache *dst);
+/* 1 when both caches read the same shared prefix (one was forked from the other). */
+int tkv_kv_shares_prefix(const tkv_kv_cache *a, const tkv_kv_cache *b);
+/* Bytes of the shared prefix this cache reads (0 without one), once however many forks. */
+size_t tkv_kv_bytes_shared(const tkv_kv_cache *c);
 /* Drop every position >= n (all layers), with the calibration rules of tkv_calib_truncate. */
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n);
 uint32_t tkv_kv_n_tokens(const tkv_kv_cache *c);

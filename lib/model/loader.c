@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/hash.h"
 #include "base/status.h"
 #include "tensor/formats.h"
 
@@ -361,6 +362,16 @@ tkv_status tkv_model_open_memory(const void *data, size_t size, struct tkv_model
     struct tkv_model *m = calloc(1, sizeof *m);
     TKV_REQUIRE(m, TKV_ERR_OUT_OF_MEMORY, "model: out of memory");
     return tkv_model_finish(m, tkv_gguf_open_memory(data, size, &m->gguf), out);
+}
+
+uint64_t tkv_model_fingerprint(struct tkv_model *m) {
+    uint64_t fp = atomic_load(&m->fingerprint);
+    if (fp == 0) {
+        fp = tkv_hash64(tkv_gguf_file_data(m->gguf), tkv_gguf_file_size(m->gguf), 0);
+        fp = fp ? fp : 1; /* 0 means "not computed yet" */
+        atomic_store(&m->fingerprint, fp);
+    }
+    return fp;
 }
 
 void tkv_model_close(struct tkv_model *m) {

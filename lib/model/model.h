@@ -68,6 +68,9 @@ struct tkv_model {
     tkv_tokenizer *tokenizer;
     char name[256];
     char arch_name[32];
+    /* XXH64 of the GGUF file, computed on first use (tkv_model_fingerprint); 0 = not yet.
+     * Threads racing to set it store the same value. */
+    _Atomic uint64_t fingerprint;
 };
 
 tkv_status tkv_model_open(const char *path, struct tkv_model **out);
@@ -75,5 +78,8 @@ tkv_status tkv_model_open(const char *path, struct tkv_model **out);
  * tests and fuzzing; no public entry. */
 tkv_status tkv_model_open_memory(const void *data, size_t size, struct tkv_model **out);
 void tkv_model_close(struct tkv_model *m);
+/* Identity of the model's weights and metadata for saved caches: XXH64 of the whole GGUF
+ * file (never 0), hashed once per model on first use (~10 ms per 100 MB). */
+uint64_t tkv_model_fingerprint(struct tkv_model *m);
 
 #endif

@@ -18,6 +18,10 @@ struct tkv_cache {
     struct tkv_model *model; /* holds one of the model's refs */
     tkv_kv_cache kv;
     float sparse_v_threshold;
+    /* Hash of the cache sections of the file this cache was loaded from, while it still
+     * holds exactly what was loaded (0 once it changes): a session state saved with
+     * those sections may be restored onto it (tkv_persist_load_state). */
+    uint64_t loaded_hash;
 };
 
 struct tkv_session {

@@ -16,8 +16,8 @@ Generation on a real model with a compressed cache::
 from __future__ import annotations
 
 from ._errors import (ABIError, BufferTooSmall, CacheFullError, ClosedError, FileAccessError,
-                      FormatError, InternalError, InUseError, InvalidArgument, OutOfMemory,
-                      Status, TurboKVError, UnsupportedError)
+                      FormatError, InternalError, InUseError, InvalidArgument, MismatchError,
+                      OutOfMemory, Status, TurboKVError, UnsupportedError)
 from . import _lib, models
 from .models import ModelChecksumError, ModelNotInstalled
 from .config import CacheConfig
@@ -62,5 +62,5 @@ __all__ = [
     # status codes and every exception the package raises
     "Status", "TurboKVError", "InvalidArgument", "ClosedError", "InUseError", "OutOfMemory",
     "FileAccessError", "FormatError", "UnsupportedError", "BufferTooSmall", "CacheFullError",
-    "ABIError", "InternalError", "ModelNotInstalled", "ModelChecksumError",
+    "ABIError", "InternalError", "MismatchError", "ModelNotInstalled", "ModelChecksumError",
 ]

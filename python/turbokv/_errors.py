@@ -21,6 +21,7 @@ class Status(enum.IntEnum):
     CACHE_FULL = -7
     ABI = -8
     INTERNAL = -9
+    MISMATCH = -10
 
     @property
     def c_name(self) -> str:
@@ -81,6 +82,11 @@ class InternalError(TurboKVError):
     """A bug in turbokv: please report it."""
 
 
+class MismatchError(TurboKVError):
+    """A saved cache or session belongs to another model, another codec set or another
+    cache (``TKV_ERR_MISMATCH``; the message says which)."""
+
+
 STATUS_ERRORS: dict[Status, type[TurboKVError]] = {
     Status.INVALID_ARGUMENT: InvalidArgument,
     Status.OUT_OF_MEMORY: OutOfMemory,
@@ -91,6 +97,7 @@ STATUS_ERRORS: dict[Status, type[TurboKVError]] = {
     Status.CACHE_FULL: CacheFullError,
     Status.ABI: ABIError,
     Status.INTERNAL: InternalError,
+    Status.MISMATCH: MismatchError,
 }
 
 

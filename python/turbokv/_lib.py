@@ -552,6 +552,55 @@ def tkv_session_n_tokens(session: SessionHandle) -> int:
     """uint32_t tkv_session_n_tokens(const tkv_session *session);"""
 
 
+# ---- persistence and fork -----------------------------------------------------------------
+
+@_c_function([c_void_p, POINTER(CacheParams)], c_int32)
+def tkv_cache_get_params(cache: CacheHandle, out: Ref) -> int:
+    """tkv_status tkv_cache_get_params(const tkv_cache *cache, tkv_cache_params *out);"""
+
+
+@_c_function([c_void_p, c_uint32, int32_p, int32_p], c_int32)
+def tkv_cache_layer_codecs(cache: CacheHandle, layer: int, k_codec: Ref, v_codec: Ref) -> int:
+    """tkv_status tkv_cache_layer_codecs(const tkv_cache *cache, uint32_t layer,
+                                         int32_t *k_codec, int32_t *v_codec);"""
+
+
+@_c_function([c_void_p, c_char_p], c_int32)
+def tkv_cache_save(cache: CacheHandle, path: bytes) -> int:
+    """tkv_status tkv_cache_save(const tkv_cache *cache, const char *path);"""
+
+
+@_c_function([c_void_p, c_char_p, POINTER(c_void_p)], c_int32)
+def tkv_cache_load(model: ModelHandle, path: bytes, out: Ref) -> int:
+    """tkv_status tkv_cache_load(const tkv_model *model, const char *path, tkv_cache **out);"""
+
+
+@_c_function([c_void_p, POINTER(c_void_p)], c_int32)
+def tkv_cache_fork(cache: CacheHandle, out: Ref) -> int:
+    """tkv_status tkv_cache_fork(tkv_cache *cache, tkv_cache **out);"""
+
+
+@_c_function([c_void_p, c_char_p], c_int32)
+def tkv_session_save(session: SessionHandle, path: bytes) -> int:
+    """tkv_status tkv_session_save(const tkv_session *session, const char *path);"""
+
+
+@_c_function([c_void_p, c_char_p], c_int32)
+def tkv_session_load_state(session: SessionHandle, path: bytes) -> int:
+    """tkv_status tkv_session_load_state(tkv_session *session, const char *path);"""
+
+
+@_c_function([c_void_p, int32_p, c_size_t, POINTER(c_size_t)], c_int32)
+def tkv_session_tokens(session: SessionHandle, tokens: Any, cap: int, n_out: Ref) -> int:
+    """tkv_status tkv_session_tokens(const tkv_session *session, int32_t *tokens, size_t cap,
+                                     size_t *n_out);"""
+
+
+@_c_function([c_void_p, c_void_p], c_int32)
+def tkv_session_copy_state(dst: SessionHandle, src: SessionHandle) -> int:
+    """tkv_status tkv_session_copy_state(tkv_session *dst, const tkv_session *src);"""
+
+
 # ---- [EXPERIMENTAL] --------------------------------------------------------------------------
 
 @_c_function([c_void_p, int32_p, c_int64, c_uint32, float_p, float_p, float_p], c_int32)

@@ -2,14 +2,40 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Mapping, Optional, Union
 
+import numpy as np
+
 from . import _args, _lib
+from ._errors import InvalidArgument
 from ._handle import Handle
 from ._lib import check
 from .codec import codec_id
-from .config import DEFAULT_CODEC, DEFAULT_V_CODEC, UNSET, CacheConfig, as_config
+from .config import (CACHE_FLAG_CENTER_KEYS, CALIBRATION_ONCE, DEFAULT_CODEC, DEFAULT_V_CODEC,
+                     UNSET, CacheConfig, as_config)
 from .model import Model
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def file_path(path: PathLike, name: str = "path") -> bytes:
+    """A file path argument as the C library takes it (bytes without NUL)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name} must be a str or a path, got {type(path).__name__}")
+    raw = os.fsencode(path)
+    if not raw or b"\0" in raw:
+        raise InvalidArgument(-1, f"{name} must be a non-empty path without NUL bytes")
+    return raw
+
+
+def _codec_name(codec: int) -> str:
+    return _lib.tkv_codec_name(codec).decode()
+
+
+def _f32(x: float) -> float:
+    """A C float as the shortest decimal that reads back to it (0.001, not 0.0010000000475)."""
+    return float(np.format_float_positional(np.float32(x), unique=True, trim="0"))
 
 
 class KVCache(Handle):
@@ -92,6 +118,69 @@ class KVCache(Handle):
         return self.config.calibration_block
 
     _kind = "KVCache"
+
+    @classmethod
+    def _wrap(cls, handle: int, model: Model) -> "KVCache":
+        """A KVCache owning a handle the library made (load, fork), its config read back."""
+        self = cls.__new__(cls)
+        self.model = model
+        self._adopt(handle, model)
+        try:
+            self.config = self._read_config()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _read_config(self) -> CacheConfig:
+        """The CacheConfig of what the C cache holds (a loaded or forked one's)."""
+        p = _lib.tkv_cache_default_params()
+        check(_lib.tkv_cache_get_params(self.handle, ctypes.byref(p)))
+        k, v = ctypes.c_int32(), ctypes.c_int32()
+        layers = {}
+        for layer in range(self.model.n_layer):
+            check(_lib.tkv_cache_layer_codecs(self.handle, layer, ctypes.byref(k),
+                                              ctypes.byref(v)))
+            if (k.value, v.value) != (p.k_codec, p.v_codec):
+                layers[layer] = (_codec_name(k.value), _codec_name(v.value))
+        return CacheConfig(
+            _codec_name(p.k_codec), _codec_name(p.v_codec),
+            center_keys=bool(p.flags & CACHE_FLAG_CENTER_KEYS),
+            smooth_keys=_f32(p.key_smoothing), sink_tokens=int(p.sink_tokens),
+            calibration_block=(None if p.calibration_block == CALIBRATION_ONCE
+                               else int(p.calibration_block)),
+            fp16_window=int(p.fp16_window), sparse_v_threshold=_f32(p.sparse_v_threshold),
+            layer_codecs=layers, seed=int(p.seed))
+
+    @classmethod
+    def load(cls, model: Model, path: PathLike) -> "KVCache":
+        """A cache saved by :meth:`save` (or :meth:`Session.save`) for ``model``, with its
+        configuration (``config``, per-layer codecs included) and every stored position;
+        it continues exactly as the saved cache would have (the same logits, bit for bit,
+        on the same kernel ISA and library version).
+
+        Raises FileAccessError (cannot be read), FormatError (not a cache file, truncated,
+        damaged), UnsupportedError (a newer file version), MismatchError (saved for another
+        model or with another codec set); the message says which (docs/PERSISTENCE.md).
+        """
+        raw = file_path(path)
+        handle = ctypes.c_void_p()
+        check(_lib.tkv_cache_load(model.handle, raw, ctypes.byref(handle)))
+        return cls._wrap(handle.value, model)
+
+    def save(self, path: PathLike) -> None:
+        """Save the cache to ``path`` (written to a temporary name, then renamed over it);
+        load it with :meth:`KVCache.load`.  Format: docs/PERSISTENCE.md."""
+        check(_lib.tkv_cache_save(self.handle, file_path(path)))
+
+    def fork(self) -> "KVCache":
+        """A cache holding the same positions that shares this one's compressed positions
+        instead of copying them (one document, many questions); each then continues on its
+        own, and the shared part is freed with the last cache that reads it.  Bit-identical
+        to an unforked cache except for the trellis codecs on AVX-512 (tkv_cache_fork)."""
+        handle = ctypes.c_void_p()
+        check(_lib.tkv_cache_fork(self.handle, ctypes.byref(handle)))
+        return type(self)._wrap(handle.value, self.model)
 
     def _free(self, handle: int) -> None:
         _lib.tkv_cache_free(handle)

@@ -162,7 +162,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     k, v = cache.k, cache.v
     run = Generation(prompt, model, cache, max_tokens=args.n_predict,
                      sampling=settings["sampling"], chat=args.chat, system=args.system,
-                     n_ctx=args.ctx_size, n_threads=args.threads)
+                     n_ctx=args.ctx_size, n_threads=args.threads,
+                     prompt_cache=args.prompt_cache)
     if not args.json:
         if not args.chat:
             sys.stdout.write(prompt)
@@ -175,6 +176,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         text = "".join(run)
     st = run.stats
     t = st.timings
+    if args.prompt_cache is not None:
+        print(f"turbokv: prompt cache {args.prompt_cache}: reused {st.prompt_cache_tokens} of "
+              f"{st.prompt_tokens} prompt tokens", file=sys.stderr)
     if st.stop_reason == "cache_full":
         print(f"turbokv: stopped after {st.generated_tokens} tokens: the cache is full "
               f"(n_ctx {st.n_ctx}); raise -c", file=sys.stderr)
@@ -415,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "library's; 'once' calibrates on the first batch only)")
     p.add_argument("--fp16-window", type=int, default=None,
                    help="recent tokens kept in fp16 before compression (default 0: none)")
+    p.add_argument("--prompt-cache", default=None, metavar="FILE",
+                   help="reuse the session saved in FILE for the longest prefix of the prompt "
+                        "it matches, then save this prompt's session to FILE (as llama.cpp's "
+                        "--prompt-cache; docs/PERSISTENCE.md)")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template")
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--profile", action="store_true", help="print time per phase")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class GenerationStats:
     timings: SessionTimings
     stop_reason: str
     n_ctx: int = 0  # the cache's capacity in tokens
+    prompt_cache_tokens: int = 0  # prompt tokens taken from the prompt cache (not evaluated)
 
     @property
     def compression_vs_fp32(self) -> float:
@@ -74,7 +76,7 @@ class Generation:
 
     def __init__(self, prompt: str, model: Model, cache: CacheConfig, *, max_tokens: int,
                  sampling: Sampling, chat: bool, system: Optional[str], n_ctx: int,
-                 n_threads: int) -> None:
+                 n_threads: int, prompt_cache: Union[str, Path, None] = None) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if not isinstance(cache, CacheConfig):
@@ -88,18 +90,69 @@ class Generation:
         if self.prompt_tokens.size == 0:
             raise ValueError("the prompt is empty: nothing to condition on")
         n_ctx = n_ctx or model.n_ctx_train
-        self.cache = KVCache(model, cache, n_ctx=n_ctx)
-        try:
-            self.session = Session(self.cache, n_threads=n_threads)
-        except BaseException:
-            self.cache.close()
-            raise
+        self.prompt_cache = None if prompt_cache is None else os.fspath(prompt_cache)
+        self.prompt_cache_tokens = 0
+        self._saved_tokens: list[int] = []
+        loaded = (self._open_prompt_cache(model, cache, n_ctx, n_threads)
+                  if self.prompt_cache is not None and os.path.exists(self.prompt_cache) else None)
+        if loaded is not None:
+            self.session, self.cache = loaded, loaded.cache
+        else:
+            self.cache = KVCache(model, cache, n_ctx=n_ctx)
+            try:
+                self.session = Session(self.cache, n_threads=n_threads)
+            except BaseException:
+                self.cache.close()
+                raise
         self.max_tokens = max_tokens
         self.sampling = sampling
         self.stop = model.stop_tokens()
         self.tokens: list[int] = []
         self.stats: Optional[GenerationStats] = None
         self.stop_reason: Optional[str] = None  # one of turbokv.STOP_REASONS once the run ends
+
+    def _open_prompt_cache(self, model: Model, cfg: CacheConfig, n_ctx: int,
+                           n_threads: int) -> Optional[Session]:
+        """The session saved in the prompt cache file, or None (with a warning) when it was
+        made with another cache configuration or n_ctx: the file is then replaced after
+        this prompt.  A file that is no cache, damaged, or saved for another model raises
+        (it is not overwritten)."""
+        session = Session.load(model, self.prompt_cache, n_threads=n_threads)
+        have, capacity = session.cache.config, session.cache.capacity
+        if have != cfg or capacity != n_ctx:
+            warnings.warn(f"prompt cache {self.prompt_cache}: made with cache {have} and n_ctx "
+                          f"{capacity}, this run asks for {cfg} and n_ctx {n_ctx}; evaluating "
+                          "the prompt afresh and replacing the file", RuntimeWarning,
+                          stacklevel=4)
+            session.cache._close_tree()
+            return None
+        self._saved_tokens = session.tokens()
+        return session
+
+    def _eval_prompt(self) -> None:
+        """Evaluate the prompt, reusing the longest prefix the prompt cache holds (the last
+        prompt token is evaluated again unless the file ends exactly there), then save the
+        session to the prompt cache when anything was evaluated."""
+        s, prompt, saved = self.session, [int(t) for t in self.prompt_tokens], self._saved_tokens
+        common = 0
+        while common < min(len(saved), len(prompt)) and saved[common] == prompt[common]:
+            common += 1
+        if common == len(prompt) == len(saved) and self._has_logits():
+            self.prompt_cache_tokens = common
+            return
+        keep = min(common, len(prompt) - 1)
+        self.cache.truncate(keep)
+        self.prompt_cache_tokens = keep
+        s.eval(prompt[keep:])
+        if self.prompt_cache is not None:
+            s.save(self.prompt_cache)
+
+    def _has_logits(self) -> bool:
+        try:
+            self.session.logits(copy=False)
+            return True
+        except IndexError:
+            return False
 
     def __iter__(self) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -112,7 +165,7 @@ class Generation:
                              f"context of {capacity}")
         reason = "stop"  # unless the loop ends by itself: the caller stopped iterating
         try:
-            s.eval(self.prompt_tokens)
+            self._eval_prompt()
             for i in range(self.max_tokens):
                 tok = s.sample(self.sampling)
                 if tok in self.stop:
@@ -140,7 +193,8 @@ class Generation:
                 k_codec=self.cache.k_codec, v_codec=self.cache.v_codec,
                 kv_bytes_used=self.cache.bytes_used, kv_bytes_per_token=self.cache.bytes_per_token,
                 kv_bytes_per_token_fp32=self.model.kv_bytes_per_token_fp32(),
-                timings=s.timings(), stop_reason=reason, n_ctx=capacity)
+                timings=s.timings(), stop_reason=reason, n_ctx=capacity,
+                prompt_cache_tokens=self.prompt_cache_tokens)
             s.close()
             self.cache.close()
 
@@ -153,7 +207,8 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *,
              system: Optional[str] = None, n_ctx: int = 0, n_threads: int = 0,
              fp16_window: Optional[int] = None, center_keys: Optional[bool] = None,
              smooth_keys: Union[None, bool, float] = None, sink_tokens: Optional[int] = None,
-             calibration_block: Optional[int] = UNSET) -> Union[str, Generation]:
+             calibration_block: Optional[int] = UNSET,
+             prompt_cache: Union[str, Path, None] = None) -> Union[str, Generation]:
     """Generate text after ``prompt`` with a compressed KV cache.
 
     Args:
@@ -175,6 +230,15 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *,
         fp16_window, center_keys, smooth_keys, sink_tokens, calibration_block: the cache's
             settings (CacheConfig); unset levers follow its one rule.  Not with a spec or
             CacheConfig in ``kv`` (TypeError: one source per setting).
+        prompt_cache: a file, as llama.cpp's --prompt-cache: when it exists, the session
+            saved in it is loaded and the longest common prefix of its tokens and the
+            prompt is reused instead of evaluated; after the prompt is evaluated the file
+            is rewritten with this prompt's session.  A file made with another cache
+            configuration or n_ctx is replaced (RuntimeWarning); one that is not a cache,
+            damaged or for another model raises FormatError / UnsupportedError /
+            MismatchError and is left alone.  Reusing the whole prompt continues exactly as
+            evaluating it; a shorter prefix as evaluating the prompt in two batches
+            (docs/PERSISTENCE.md).
     Returns:
         the generated text (without the prompt), or a Generation when ``stream``.
     """
@@ -193,7 +257,8 @@ def generate(prompt: str, model: Union[Model, str, Path, None] = None, *,
     m = load_model(model)
     run = Generation(prompt, m, cfg, max_tokens=max_tokens,
                      sampling=Sampling(temperature, top_k, top_p, min_p, repeat_penalty, 64, seed),
-                     chat=chat, system=system, n_ctx=n_ctx, n_threads=n_threads)
+                     chat=chat, system=system, n_ctx=n_ctx, n_threads=n_threads,
+                     prompt_cache=prompt_cache)
     if stream:
         return run
     text = "".join(run)

@@ -12,7 +12,7 @@ from . import _args, _lib
 from ._errors import InvalidArgument, Status
 from ._handle import Handle
 from ._lib import TOKEN_CALLBACK, Timings, check, int32_p
-from .cache import KVCache
+from .cache import KVCache, PathLike, file_path
 
 EVAL_LOGITS_ALL = 1
 
@@ -144,6 +144,55 @@ class Session(Handle):
     @property
     def n_tokens(self) -> int:
         return int(_lib.tkv_session_n_tokens(self.handle))
+
+    def tokens(self) -> list[int]:
+        """The tokens evaluated into the cache, position by position (those of the saved
+        session after :meth:`load`; positions evaluated by another session on the same
+        cache read as 0)."""
+        n = ctypes.c_size_t()
+        _lib.tkv_session_tokens(self.handle, None, 0, ctypes.byref(n))  # the count
+        if n.value == 0:
+            return []
+        buf = (ctypes.c_int32 * n.value)()
+        check(_lib.tkv_session_tokens(self.handle, buf, n.value, ctypes.byref(n)))
+        return list(buf)
+
+    def save(self, path: PathLike) -> None:
+        """Save the cache and this session's state (evaluated tokens, last logits, the
+        sampler's generator) to ``path``; :meth:`Session.load` continues from it exactly,
+        in this process or another."""
+        check(_lib.tkv_session_save(self.handle, file_path(path)))
+
+    @classmethod
+    def load(cls, model, path: PathLike, *, n_threads: int = 0, n_batch: int = 0) -> "Session":
+        """A session continuing one saved by :meth:`save`: the cache is loaded from the
+        file (``session.cache``, a KVCache the session keeps alive) and the evaluated
+        tokens, last logits and sampler generator are restored, so evaluating and sampling
+        go on bit for bit as in the saved session (same kernel ISA and library version).
+        Raises the file errors of :meth:`KVCache.load`, and InvalidArgument for a file
+        saved by KVCache.save (no session state)."""
+        cache = KVCache.load(model, path)
+        try:
+            session = cls(cache, n_threads=n_threads, n_batch=n_batch)
+            check(_lib.tkv_session_load_state(session.handle, file_path(path)))
+        except BaseException:
+            cache._close_tree()
+            raise
+        return session
+
+    def fork(self, *, n_threads: int = 0, n_batch: int = 0) -> "Session":
+        """A new session on a fork of this session's cache (:meth:`KVCache.fork`: the
+        compressed prefix is shared, not copied) with this session's state (evaluated
+        tokens, last logits, sampler generator): ask another question after the same
+        document.  Its cache is ``fork.cache``, kept alive by the fork."""
+        cache = self.cache.fork()
+        try:
+            session = type(self)(cache, n_threads=n_threads, n_batch=n_batch)
+            check(_lib.tkv_session_copy_state(session.handle, self.handle))
+        except BaseException:
+            cache._close_tree()
+            raise
+        return session
 
     def eval(self, tokens: Union[Sequence[int], npt.NDArray[np.integer]], *,
              all_logits: bool = False) -> None:

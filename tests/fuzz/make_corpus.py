@@ -11,7 +11,9 @@ makes OUT_DIR/{gguf,model,tokenizer,codec}/ with:
                accents, CJK, emoji and invalid UTF-8;
   codec        header bytes (see fuzz_codec.c) + real encodes of Gaussian vectors for every
                codec at a few head_dims, made through the library when TURBOKV_LIBRARY or the
-               installed package is importable, else random bytes.
+               installed package is importable, else random bytes;
+  cache_file   a mode byte (see fuzz_cache_file.c) + saved sessions of a tiny model with
+               several codecs and levers (through the library; without it, one header).
 Needs numpy and gguf (the test venv has both).
 """
 from __future__ import annotations
@@ -122,6 +124,35 @@ def main() -> None:
         (gdir / p.name).write_bytes(p.read_bytes())
     tokenizer(out / "tokenizer")
     codec(out / "codec")
+    cache_file(out / "cache_file")
+
+
+def cache_file(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import turbokv
+    except Exception:  # noqa: BLE001 - no library: one header-only seed
+        (out / "header").write_bytes(b"\x01TKVCACHE" + struct.pack("<II", 1, 64) + bytes(48))
+        return
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tiny.gguf"
+        tm.write_tiny_model(path, tm.TinyConfig(seed=1))
+        configs = [dict(), dict(k="fp16", v="q8_0", fp16_window=4, sink_tokens=2),
+                   dict(k="turbo_kv_3b_tcq", v="turbo_kv_4b_qjl", calibration_block=64),
+                   dict(k="turbo_kv_5b_fast", v="bf16", center_keys=False, smooth_keys=False,
+                        sink_tokens=0, calibration_block=None)]
+        with turbokv.Model(path) as m:
+            for i, cfg in enumerate(configs):
+                for n in (0, 3, 70):
+                    with turbokv.KVCache(m, n_ctx=96, **cfg) as c:
+                        s = turbokv.Session(c, n_threads=1)
+                        if n:
+                            s.eval([(7 * t + 1) % m.n_vocab for t in range(n)])
+                        s.save(Path(tmp) / "s.tkv")
+                        data = (Path(tmp) / "s.tkv").read_bytes()
+                    for mode in (0, 1):
+                        (out / f"c{i}_n{n}_m{mode}").write_bytes(bytes([mode]) + data)
 
 
 if __name__ == "__main__":

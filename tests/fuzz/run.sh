@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one libFuzzer target (or "all") for SECONDS each under ASan+UBSan:
 #     tests/fuzz/run.sh TARGET|all SECONDS [extra libFuzzer args]
-# TARGET: gguf, model, tokenizer, codec (or fuzz_gguf ...).  Builds build-fuzz with clang if
+# TARGET: gguf, model, tokenizer, codec, cache_file (or fuzz_gguf ...).  Builds build-fuzz with clang if
 # needed (BUILD_DIR overrides), writes the seed corpus (make_corpus.py) into
 # $BUILD_DIR/corpus/<target>/seeds, grows $BUILD_DIR/corpus/<target>/work, uses
 # tests/fuzz/<target>.dict, and leaves crash files in $BUILD_DIR/findings/<target>/.
@@ -24,7 +24,7 @@ if [ ! -f "$build/corpus/.done" ]; then
     rm -rf "$build/corpus.tmp"
     "$python" "$here/make_corpus.py" "$build/corpus.tmp"
     mkdir -p "$build/corpus"
-    for t in gguf model tokenizer codec; do
+    for t in gguf model tokenizer codec cache_file; do
         rm -rf "$build/corpus/$t/seeds"
         mkdir -p "$build/corpus/$t"
         mv "$build/corpus.tmp/$t" "$build/corpus/$t/seeds"
@@ -34,7 +34,7 @@ if [ ! -f "$build/corpus/.done" ]; then
 fi
 
 if [ "$target" = all ]; then
-    targets=(gguf model tokenizer codec)
+    targets=(gguf model tokenizer codec cache_file)
 else
     targets=("${target#fuzz_}")
 fi

@@ -1,0 +1,39 @@
+/*
+ * cache_file.h - a cache's contents as sections of a saved-cache file (kv_file.h):
+ * MODL (the model it belongs to), CODC (the codecs it uses), CONF (configuration and
+ * per-layer codecs) and one LAYR per layer (positions, sinks, codes, window,
+ * calibration blocks and statistics).  Layout in docs/PERSISTENCE.md.
+ */
+#ifndef TKV_KV_CACHE_FILE_H
+#define TKV_KV_CACHE_FILE_H
+
+#include <stdint.h>
+
+#include "kv/cache.h"
+#include "kv/kv_file.h"
+
+/* What a file must match to be loaded for a model (the kv layer knows no model). */
+typedef struct tkv_kv_model_id {
+    uint64_t fingerprint; /* XXH64 of the model's GGUF file */
+    uint32_t n_layer;
+    uint32_t n_head_kv;
+    uint32_t head_dim;
+    uint32_t n_vocab;
+    const char *name;
+} tkv_kv_model_id;
+
+/* Append the cache's sections to w (failures of w show in w->failed).  sparse_v: the
+ * cache handle's sparse-V threshold, saved with the configuration. */
+void tkv_kv_write(const tkv_kv_cache *c, const tkv_kv_model_id *model, float sparse_v,
+                  tkv_wbuf *w);
+/*
+ * Read them from the payload cursor into *c (initialized here; tkv_kv_release it on
+ * success, nothing to release on failure).  file_fingerprint: the header's.  Returns
+ * TKV_ERR_MISMATCH for another model, codec set or a configuration the model cannot
+ * have, TKV_ERR_BAD_FORMAT for anything malformed (sizes, counts, non-finite values,
+ * codes the encoders never write), each naming the section and field.
+ */
+tkv_status tkv_kv_read(tkv_rbuf *payload, const tkv_kv_model_id *model,
+                       uint64_t file_fingerprint, tkv_kv_cache *c, float *sparse_v);
+
+#endif
