@@ -12,6 +12,22 @@
 
 #define TKV_MM_PANEL_BYTES 32768
 
+/* How far ahead of the rows being computed the driver asks for weight bytes, into L2.  A
+ * kernel's loads sit behind its arithmetic in the out-of-order window, so on its own it has
+ * too few misses in flight to stream from DRAM at the memory's speed; prefetches issued
+ * this far ahead (hundreds of ns of compute) keep the memory busy. */
+#ifndef TKV_MM_PREFETCH_BYTES
+#define TKV_MM_PREFETCH_BYTES 32768
+#endif
+
+/* Prefetch [p, p + n) of the weights into L2, clipped to `end`. */
+static void tkv_prefetch_l2(const char *p, size_t n, const char *end) {
+    const char *stop = p + n < end ? p + n : end;
+    for (; p < stop; p += 64) {
+        __builtin_prefetch(p, 0, 2);
+    }
+}
+
 size_t tkv_q8_row_stride(int64_t n_cols) {
     const size_t bytes = (size_t)n_cols + 2 * sizeof(float) * (size_t)(n_cols / TKV_QK);
     return (bytes + 63) & ~(size_t)63;
@@ -50,6 +66,7 @@ void tkv_matmul_rows(const tkv_matmul_kernels *k, int32_t type, const void *W, s
     const char *xs = q8 ? (const char *)scratch : (const char *)X;
     const size_t x_stride = q8 ? tkv_q8_row_stride(n_cols) : (size_t)n_cols * sizeof(float);
     const char *w = (const char *)W;
+    const char *w_end = w + (size_t)row_end * row_bytes;
     /* rows per kernel call: a tile kernel shares each activation load among TKV_MM_NW rows */
     const int64_t step = tile ? TKV_MM_NW : 1;
     int64_t panel = (int64_t)(TKV_MM_PANEL_BYTES / (row_bytes ? row_bytes : 1));
@@ -64,6 +81,11 @@ void tkv_matmul_rows(const tkv_matmul_kernels *k, int32_t type, const void *W, s
             const char *x = xs + (size_t)t0 * x_stride;
             float *y = Y + t0 * n_rows_w;
             for (int64_t r = r0; r < r1; r += step) {
+                if (t0 == 0) { /* the first token group brings the panel in */
+                    const int64_t nr = r1 - r < step ? r1 - r : step;
+                    tkv_prefetch_l2(w + (size_t)r * row_bytes + TKV_MM_PREFETCH_BYTES,
+                                    (size_t)nr * row_bytes, w_end);
+                }
                 if (tile) {
                     const int nw = (int)(r1 - r < step ? r1 - r : step);
                     tile(n_cols, w + (size_t)r * row_bytes, row_bytes, nw, x, x_stride, nx,

@@ -29,6 +29,12 @@
 #define TKV5_INLINE static inline __attribute__((always_inline)) TKV_ATTR
 #define TKV5_GROUP 16 /* blocks per scale group */
 #define TKV5_MAX_R 4  /* weight rows per tile */
+#ifndef TKV5_PF
+#define TKV5_PF 2
+#endif
+#ifndef TKV5_HINT
+#define TKV5_HINT _MM_HINT_T0
+#endif
 #define TKV5_UNROLL _Pragma("GCC unroll 16")
 
 /* 16 dwords: lane i < ng holds in its low 16 bits the fp16 at byte 0 of block i of the
@@ -237,7 +243,7 @@ TKV5_INLINE __m512i TKV_FN(q8x2)(const uint8_t *q0, const uint8_t *q1, const int
                 const uint8_t *gb = wr[r] + g * TKV5_##F##_BB;                                \
                 /* the same group two tiles ahead: decode streams W from DRAM */             \
                 TKV5_UNROLL for (int c = 0; c < TKV5_GROUP * TKV5_##F##_BB; c += 64) {        \
-                    _mm_prefetch((const char *)gb + 2 * R * rb + c, _MM_HINT_T0);              \
+                    _mm_prefetch((const char *)gb + TKV5_PF * R * rb + c, TKV5_HINT);              \
                 }                                                                             \
                 const __m512i dm = ng == TKV5_GROUP                                           \
                                        ? TKV_FN(fields16)(gb, TKV5_##F##_BB, TKV5_GROUP)      \
