@@ -139,14 +139,20 @@ typedef struct {
     const void *scratch;
     float *Y;
     uint64_t sink[2];
+    const void *Wp; /* packed copy, or NULL */
 } mm_job;
 
 static void mm_task(void *p, int ith, int nth) {
     mm_job *j = p;
     int64_t b, e;
     tkv_split_range(j->rows, ith, nth, &b, &e);
-    tkv_matmul_rows(j->k, j->type, j->W, j->rb, j->rows, j->cols, NULL, j->n_tok, j->scratch,
-                    j->Y, b, e);
+    if (j->Wp) {
+        tkv_matmul_rows_packed(j->k, j->type, j->Wp, j->rows, j->cols, j->n_tok, j->scratch,
+                               j->Y, b, e);
+    } else {
+        tkv_matmul_rows(j->k, j->type, j->W, j->rb, j->rows, j->cols, NULL, j->n_tok,
+                        j->scratch, j->Y, b, e);
+    }
 }
 
 /* The bandwidth bound: each part sums its share of the weight bytes as 64-bit words in eight
@@ -233,8 +239,16 @@ static void stream_mode(int rounds) {
             x[i] = (float)tkv_rng_gaussian(&rng);
         }
         tkv_matmul_prepare(k, type, cols, x, 1, scratch);
-        mm_job job = {k, type, W, rb, rows, cols, 1, scratch, Y, {0, 0}};
-        double t_mm[2][64], t_rd[2][64];
+        /* the packed layout (matmul.h) when the kernels have one: rows rounded down to 16 */
+        const int64_t prows = rows / TKV_MM_PACK_ROWS * TKV_MM_PACK_ROWS;
+        const size_t pbytes = tkv_matmul_packed_bytes(k, type, prows, cols);
+        void *Wp = pbytes ? tkv_calloc_aligned(pbytes, 1) : NULL;
+        if (Wp) {
+            tkv_matmul_pack(type, W, rb, prows, cols, Wp);
+        }
+        mm_job job = {k, type, W, rb, rows, cols, 1, scratch, Y, {0, 0}, NULL};
+        mm_job pjob = {k, type, Wp, rb, prows, cols, 1, scratch, Y, {0, 0}, Wp};
+        double t_mm[2][64], t_rd[2][64], t_pk[2][64], t_prd[2][64];
         for (int r = 0; r < rounds; r++) {
             for (int nt = 0; nt < 2; nt++) {
                 double (*clock)(void) = nt == 0 ? cpu_s : now_s;
@@ -244,16 +258,29 @@ static void stream_mode(int rounds) {
                 t0 = clock();
                 tkv_pool_run(pools[nt], mm_task, &job);
                 t_mm[nt][r] = clock() - t0;
+                if (Wp) {
+                    t0 = clock();
+                    tkv_pool_run(pools[nt], read_task, &pjob);
+                    t_prd[nt][r] = clock() - t0;
+                    t0 = clock();
+                    tkv_pool_run(pools[nt], mm_task, &pjob);
+                    t_pk[nt][r] = clock() - t0;
+                }
             }
         }
-        const double bytes = (double)rows * (double)rb;
-        for (int nt = 0; nt < 2; nt++) {
-            qsort(t_mm[nt], (size_t)rounds, sizeof(double), cmp_double);
-            qsort(t_rd[nt], (size_t)rounds, sizeof(double), cmp_double);
-            const double tm = t_mm[nt][rounds / 2], tr = t_rd[nt][rounds / 2];
-            printf("%-5s %3d %8.2f ms %7.2f ms %10.2f %7.0f%%\n", tkv_type_get(type)->name,
-                   nt + 1, tm * 1e3, tr * 1e3, bytes / tm * 1e-9, 100.0 * tr / tm);
+        for (int pass = 0; pass < (Wp ? 2 : 1); pass++) {
+            const double bytes = (double)(pass ? prows : rows) * (double)rb;
+            for (int nt = 0; nt < 2; nt++) {
+                double *tmv = pass ? t_pk[nt] : t_mm[nt], *trv = pass ? t_prd[nt] : t_rd[nt];
+                qsort(tmv, (size_t)rounds, sizeof(double), cmp_double);
+                qsort(trv, (size_t)rounds, sizeof(double), cmp_double);
+                const double tm = tmv[rounds / 2], tr = trv[rounds / 2];
+                printf("%-5s%s %3d %8.2f ms %7.2f ms %10.2f %7.0f%%\n", tkv_type_get(type)->name,
+                       pass ? "p" : " ", nt + 1, tm * 1e3, tr * 1e3, bytes / tm * 1e-9,
+                       100.0 * tr / tm);
+            }
         }
+        tkv_free_aligned(Wp);
         if (job.sink[0] == 42) {
             fprintf(stderr, "!");
         }
@@ -339,26 +366,38 @@ static void gemm_mode(int rounds) {
                 for (int64_t i = 0; i < n_tok * cols; i++) {
                     X[i] = (float)tkv_rng_gaussian(&rng);
                 }
-                mm_job job = {k, type, W, rb, rows, cols, n_tok, scratch, Y, {0, 0}};
-                double t[2][64];
+                const size_t pbytes = tkv_matmul_packed_bytes(k, type, rows, cols);
+                void *Wp = pbytes ? tkv_calloc_aligned(pbytes, 1) : NULL;
+                if (Wp) {
+                    tkv_matmul_pack(type, W, rb, rows, cols, Wp);
+                }
+                double t[2][2][64];
                 for (int r = 0; r < rounds; r++) {
-                    for (int nt = 0; nt < 2; nt++) {
-                        double (*clock)(void) = nt == 0 ? cpu_s : now_s;
-                        const double t0 = clock();
-                        tkv_matmul_prepare(k, type, cols, X, n_tok, scratch);
-                        tkv_pool_run(pools[nt], mm_task, &job);
-                        t[nt][r] = clock() - t0;
+                    for (int pass = 0; pass < (Wp ? 2 : 1); pass++) {
+                        mm_job job = {k,     type, W, rb, rows, cols, n_tok, scratch, Y, {0, 0},
+                                      pass ? Wp : NULL};
+                        for (int nt = 0; nt < 2; nt++) {
+                            double (*clock)(void) = nt == 0 ? cpu_s : now_s;
+                            const double t0 = clock();
+                            tkv_matmul_prepare(k, type, cols, X, n_tok, scratch);
+                            tkv_pool_run(pools[nt], mm_task, &job);
+                            t[pass][nt][r] = clock() - t0;
+                        }
                     }
                 }
                 const double flop = 2.0 * (double)rows * (double)cols * (double)n_tok;
-                for (int nt = 0; nt < 2; nt++) {
-                    qsort(t[nt], (size_t)rounds, sizeof(double), cmp_double);
-                    const double tm = t[nt][rounds / 2];
-                    printf("%-5s %5lldx%-5lld %5lld %3d %7.0f us %9.1f %7.0f%%\n",
-                           tkv_type_get(type)->name, (long long)rows, (long long)cols,
-                           (long long)n_tok, nt + 1, tm * 1e6, flop / tm * 1e-9,
-                           peak > 0 ? 100.0 * flop / tm * 1e-9 / (peak * (nt + 1)) : 0.0);
+                for (int pass = 0; pass < (Wp ? 2 : 1); pass++) {
+                    for (int nt = 0; nt < 2; nt++) {
+                        qsort(t[pass][nt], (size_t)rounds, sizeof(double), cmp_double);
+                        const double tm = t[pass][nt][rounds / 2];
+                        printf("%-5s%s %5lldx%-5lld %5lld %3d %7.0f us %9.1f %7.0f%%\n",
+                               tkv_type_get(type)->name, pass ? "p" : " ", (long long)rows,
+                               (long long)cols, (long long)n_tok, nt + 1, tm * 1e6,
+                               flop / tm * 1e-9,
+                               peak > 0 ? 100.0 * flop / tm * 1e-9 / (peak * (nt + 1)) : 0.0);
+                    }
                 }
+                tkv_free_aligned(Wp);
                 tkv_free_aligned(X);
                 tkv_free_aligned(Y);
                 tkv_free_aligned(scratch);

@@ -9,6 +9,7 @@
 #include "tensor/matmul.h"
 
 #include <assert.h>
+#include <string.h>
 
 #define TKV_MM_PANEL_BYTES 32768
 
@@ -111,4 +112,68 @@ void tkv_matvec(const tkv_matmul_kernels *k, int32_t type, const void *W, size_t
                 int64_t n_rows_w, int64_t n_cols, const float *x, float *y, int64_t row_begin,
                 int64_t row_end, void *scratch) {
     tkv_matmul(k, type, W, row_bytes, n_rows_w, n_cols, x, 1, y, row_begin, row_end, scratch);
+}
+
+/* ---- packed weights ---------------------------------------------------------------------- */
+
+size_t tkv_matmul_packed_bytes(const tkv_matmul_kernels *k, int32_t type, int64_t n_rows,
+                               int64_t n_cols) {
+    const tkv_type_info *ti = tkv_type_get(type);
+    if (ti == NULL || k->packed[type] == NULL || n_rows % TKV_MM_PACK_ROWS != 0 ||
+        n_cols % TKV_QK != 0) {
+        return 0;
+    }
+    return (size_t)n_rows * (size_t)(n_cols / TKV_QK) * (size_t)ti->block_bytes;
+}
+
+void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_rows,
+                     int64_t n_cols, void *out) {
+    const size_t bb = (size_t)tkv_type_get(type)->block_bytes;
+    const int64_t nb = n_cols / TKV_QK;
+    const int R = TKV_MM_PACK_ROWS;
+    /* header bytes (scales, mins) and code offset inside an original block */
+    const size_t head = type == TKV_TYPE_Q4_1 ? 4 : 2;
+    const size_t ncode = bb - head; /* 16 nibble bytes or 32 codes */
+    uint8_t *o = out;
+    for (int64_t g = 0; g < n_rows / R; g++) {
+        for (int64_t b = 0; b < nb; b++) {
+            for (int r = 0; r < R; r++) {
+                const uint8_t *blk = (const uint8_t *)W + (size_t)(g * R + r) * row_bytes + (size_t)b * bb;
+                memcpy(o + 2 * r, blk, 2);                     /* d */
+                if (head == 4) {
+                    memcpy(o + 2 * R + 2 * r, blk + 2, 2);     /* m */
+                }
+                for (size_t k = 0; k < ncode / 4; k++) {
+                    uint8_t *dst = o + head / 2 * 2 * R + (k * R + (size_t)r) * 4;
+                    for (int j = 0; j < 4; j++) {
+                        const uint8_t c = blk[head + 4 * k + (size_t)j];
+                        dst[j] = type == TKV_TYPE_Q8_0 ? (uint8_t)(c ^ 0x80) : c;
+                    }
+                }
+            }
+            o += (size_t)R * bb;
+        }
+    }
+}
+
+void tkv_matmul_rows_packed(const tkv_matmul_kernels *k, int32_t type, const void *Wp,
+                            int64_t n_rows_w, int64_t n_cols, int64_t n_tok, const void *scratch,
+                            float *Y, int64_t row_begin, int64_t row_end) {
+    const tkv_packdot_fn fn = k->packed[type];
+    assert(fn != NULL && n_rows_w % TKV_MM_PACK_ROWS == 0);
+    const int64_t R = TKV_MM_PACK_ROWS;
+    const size_t group_bytes = (size_t)R * (size_t)(n_cols / TKV_QK) *
+                               (size_t)tkv_type_get(type)->block_bytes;
+    const size_t x_stride = tkv_q8_row_stride(n_cols);
+    const char *w = Wp;
+    for (int64_t g = row_begin / R; g * R < row_end; g++) {
+        const int rb = (int)(g * R < row_begin ? row_begin - g * R : 0);
+        const int re = (int)((g + 1) * R > row_end ? row_end - g * R : R);
+        const char *wg = w + (size_t)g * group_bytes; /* the kernels prefetch */
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TKV_MM_NX) {
+            const int nx = (int)(n_tok - t0 < TKV_MM_NX ? n_tok - t0 : TKV_MM_NX);
+            fn(n_cols, wg, (const char *)scratch + (size_t)t0 * x_stride, x_stride, nx,
+               Y + t0 * n_rows_w + g * R, (size_t)n_rows_w, rb, re);
+        }
+    }
 }

@@ -39,7 +39,15 @@
 #undef TKV_DP512
 #undef TKV_Q8_BIASED
 
-#define TKV_TABLE(suffix, name)                                  \
+#define TKV_PACKED_NONE {0}
+#define TKV_PACKED_VNNI                                          \
+    {                                                            \
+        [TKV_TYPE_Q4_0] = tkv_pk_q4_0_avx512vnni,                \
+        [TKV_TYPE_Q4_1] = tkv_pk_q4_1_avx512vnni,                \
+        [TKV_TYPE_Q8_0] = tkv_pk_q8_0_avx512vnni,                \
+    }
+
+#define TKV_TABLE(suffix, name, packed_kernels)                  \
     {                                                            \
         .isa = name,                                             \
         .quantize_q8 = tkv_quantize_q8_##suffix,                 \
@@ -63,7 +71,8 @@
             [TKV_TYPE_Q5_0] = tkv_tile_q5_0_##suffix,            \
             [TKV_TYPE_Q5_1] = tkv_tile_q5_1_##suffix,            \
         },                                                       \
+        .packed = packed_kernels,                                \
     }
 
-const tkv_matmul_kernels tkv_matmul_kernels_avx512 = TKV_TABLE(avx512, "avx512");
-const tkv_matmul_kernels tkv_matmul_kernels_avx512vnni = TKV_TABLE(avx512vnni, "avx512vnni");
+const tkv_matmul_kernels tkv_matmul_kernels_avx512 = TKV_TABLE(avx512, "avx512", TKV_PACKED_NONE);
+const tkv_matmul_kernels tkv_matmul_kernels_avx512vnni = TKV_TABLE(avx512vnni, "avx512vnni", TKV_PACKED_VNNI);

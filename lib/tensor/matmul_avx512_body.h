@@ -513,6 +513,95 @@ TKV5_INLINE void TKV_FN(dot5_q6_k_t)(int64_t n, const void *w, const void *x, si
 TKV5_T_DISPATCH(dot5_q6_k)
 #undef TKV5_T_DISPATCH
 
+#if TKV_Q8_BIASED
+#ifndef TKV5_PK_PREFETCH
+#define TKV5_PK_PREFETCH 16384
+#endif
+/* ---- packed Q4_0 / Q4_1 / Q8_0 (layout in matmul.h), dpbusd only ------------------------ */
+
+/* One group of 16 rows against T tokens.  Per block: the 16 rows' codes are 8 registers of 4
+ * codes per row (nibbles split in place); 8 dpbusd against 4 broadcast activation codes
+ * each leave row r's block sum in lane r, in two chains of 4 to halve the latency.  Then one
+ * float fma per block scales 16 sums by d_w(row) * d_x, and one adds the min / offset term
+ * m_w(row) * ds_x (Q4_0: m = -8 d, Q8_0: -128 d for the +128 of the stored codes). */
+TKV5_INLINE void TKV_FN(pk_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
+                              float *y, size_t ys, int rb, int re, const int fmt) {
+    const int64_t nb = n / TKV_QK;
+    const size_t bbytes = fmt == 0 ? 18 * 16 : fmt == 1 ? 20 * 16 : 34 * 16;
+    const size_t coff = fmt == 1 ? 64 : 32;
+    const int8_t *xq[TKV_MM_NX];
+    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
+    __m512 acc[TKV_MM_NX], macc[TKV_MM_NX];
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        const char *xt = (const char *)x + (size_t)t * xs;
+        xq[t] = (const int8_t *)xt;
+        xd[t] = (const float *)(xt + n);
+        xds[t] = xd[t] + nb;
+        acc[t] = macc[t] = _mm512_setzero_ps();
+    }
+    const __m512i m4 = _mm512_set1_epi8(15);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = (const uint8_t *)wg + (size_t)b * bbytes;
+        /* the bytes TKV5_PK_PREFETCH ahead (the next groups follow in memory), into L2:
+         * spread over the blocks, so the memory sees a steady stream of requests */
+        TKV5_UNROLL for (size_t c = 0; c < bbytes; c += 64) {
+            _mm_prefetch((const char *)p + TKV5_PK_PREFETCH + c, _MM_HINT_T1);
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+        const __m512 mw = fmt == 1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)))
+                                   : _mm512_mul_ps(dw, _mm512_set1_ps(fmt == 0 ? -8.0f : -128.0f));
+        __m512i c[8];
+        int e[8]; /* first activation element of each code register */
+        if (fmt < 2) {
+            TKV5_UNROLL for (int k = 0; k < 4; k++) {
+                const __m512i z = _mm512_loadu_si512(p + coff + 64 * k);
+                c[k] = _mm512_and_si512(z, m4);
+                c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+                e[k] = 4 * k;
+                e[4 + k] = 16 + 4 * k;
+            }
+        } else {
+            TKV5_UNROLL for (int k = 0; k < 8; k++) {
+                c[k] = _mm512_loadu_si512(p + coff + 64 * k);
+                e[k] = 4 * k;
+            }
+        }
+        TKV5_UNROLL for (int t = 0; t < T; t++) {
+            const int8_t *xb = xq[t] + b * TKV_QK;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            TKV5_UNROLL for (int j = 0; j < 8; j += 2) {
+                int32_t x0, x1;
+                memcpy(&x0, xb + e[j], 4);
+                memcpy(&x1, xb + e[j + 1], 4);
+                s0 = _mm512_dpbusd_epi32(s0, c[j], _mm512_set1_epi32(x0));
+                s1 = _mm512_dpbusd_epi32(s1, c[j + 1], _mm512_set1_epi32(x1));
+            }
+            const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            acc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b])), acc[t]);
+            macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xds[t][b]), macc[t]);
+        }
+    }
+    const __mmask16 keep = (__mmask16)(((1u << re) - 1u) & ~((1u << rb) - 1u));
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        _mm512_mask_storeu_ps(y + (size_t)t * ys, keep, _mm512_add_ps(acc[t], macc[t]));
+    }
+}
+#define TKV5_PK(name, fmt)                                                                    \
+    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *wg, const void *x, size_t xs,    \
+                                      int nx, float *y, size_t ys, int rb, int re) {          \
+        switch (nx) {                                                                         \
+        case 1: TKV_FN(pk_t)(n, wg, x, xs, 1, y, ys, rb, re, fmt); break;                     \
+        case 2: TKV_FN(pk_t)(n, wg, x, xs, 2, y, ys, rb, re, fmt); break;                     \
+        case 3: TKV_FN(pk_t)(n, wg, x, xs, 3, y, ys, rb, re, fmt); break;                     \
+        default: TKV_FN(pk_t)(n, wg, x, xs, 4, y, ys, rb, re, fmt); break;                    \
+        }                                                                                     \
+    }
+TKV5_PK(pk_q4_0, 0)
+TKV5_PK(pk_q4_1, 1)
+TKV5_PK(pk_q8_0, 2)
+#undef TKV5_PK
+#endif
+
 #undef TKV5_INLINE
 #undef TKV5_GROUP
 #undef TKV5_MAX_R
