@@ -29,8 +29,8 @@
 #endif
 
 #include "base/alloc.h"
-#include "base/threads.h"
 #include "base/rng.h"
+#include "base/threads.h"
 #include "tensor/formats.h"
 #include "tensor/matmul.h"
 
@@ -147,11 +147,11 @@ static void mm_task(void *p, int ith, int nth) {
     int64_t b, e;
     tkv_split_range(j->rows, ith, nth, &b, &e);
     if (j->Wp) {
-        tkv_matmul_rows_packed(j->k, j->type, j->Wp, j->rows, j->cols, j->n_tok, j->scratch,
-                               j->Y, b, e);
+        tkv_matmul_rows_packed(j->k, j->type, j->Wp, j->rows, j->cols, j->n_tok, j->scratch, j->Y,
+                               b, e);
     } else {
-        tkv_matmul_rows(j->k, j->type, j->W, j->rb, j->rows, j->cols, NULL, j->n_tok,
-                        j->scratch, j->Y, b, e);
+        tkv_matmul_rows(j->k, j->type, j->W, j->rb, j->rows, j->cols, NULL, j->n_tok, j->scratch,
+                        j->Y, b, e);
     }
 }
 
@@ -228,7 +228,8 @@ static void stream_mode(int rounds) {
         /* TKV_BENCH_MB overrides the size (e.g. 1 for an L2-resident matrix) */
         const char *mb = getenv("TKV_BENCH_MB");
         const double bytes_want = (mb ? atof(mb) : 192.0) * 1048576.0;
-        const int64_t rows = (int64_t)(bytes_want / (double)rb) < 64 ? 64 : (int64_t)(bytes_want / (double)rb);
+        const int64_t rows =
+            (int64_t)(bytes_want / (double)rb) < 64 ? 64 : (int64_t)(bytes_want / (double)rb);
         uint8_t *W = random_matrix(type, rows, cols, &rb);
         float *x = tkv_calloc_aligned((size_t)cols, sizeof(float));
         float *Y = tkv_calloc_aligned((size_t)rows, sizeof(float));
@@ -375,7 +376,16 @@ static void gemm_mode(int rounds) {
                 double t[2][2][64];
                 for (int r = 0; r < rounds; r++) {
                     for (int pass = 0; pass < (Wp ? 2 : 1); pass++) {
-                        mm_job job = {k,     type, W, rb, rows, cols, n_tok, scratch, Y, {0, 0},
+                        mm_job job = {k,
+                                      type,
+                                      W,
+                                      rb,
+                                      rows,
+                                      cols,
+                                      n_tok,
+                                      scratch,
+                                      Y,
+                                      {0, 0},
                                       pass ? Wp : NULL};
                         for (int nt = 0; nt < 2; nt++) {
                             double (*clock)(void) = nt == 0 ? cpu_s : now_s;

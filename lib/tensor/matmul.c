@@ -126,8 +126,8 @@ size_t tkv_matmul_packed_bytes(const tkv_matmul_kernels *k, int32_t type, int64_
     return (size_t)n_rows * (size_t)(n_cols / TKV_QK) * (size_t)ti->block_bytes;
 }
 
-void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_rows,
-                     int64_t n_cols, void *out) {
+void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_rows, int64_t n_cols,
+                     void *out) {
     const size_t bb = (size_t)tkv_type_get(type)->block_bytes;
     const int64_t nb = n_cols / TKV_QK;
     const int R = TKV_MM_PACK_ROWS;
@@ -138,10 +138,11 @@ void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_ro
     for (int64_t g = 0; g < n_rows / R; g++) {
         for (int64_t b = 0; b < nb; b++) {
             for (int r = 0; r < R; r++) {
-                const uint8_t *blk = (const uint8_t *)W + (size_t)(g * R + r) * row_bytes + (size_t)b * bb;
-                memcpy(o + 2 * r, blk, 2);                     /* d */
+                const uint8_t *blk =
+                    (const uint8_t *)W + (size_t)(g * R + r) * row_bytes + (size_t)b * bb;
+                memcpy(o + 2 * r, blk, 2); /* d */
                 if (head == 4) {
-                    memcpy(o + 2 * R + 2 * r, blk + 2, 2);     /* m */
+                    memcpy(o + 2 * R + 2 * r, blk + 2, 2); /* m */
                 }
                 for (size_t k = 0; k < ncode / 4; k++) {
                     uint8_t *dst = o + head / 2 * 2 * R + (k * R + (size_t)r) * 4;
@@ -162,8 +163,8 @@ void tkv_matmul_rows_packed(const tkv_matmul_kernels *k, int32_t type, const voi
     const tkv_packdot_fn fn = k->packed[type];
     assert(fn != NULL && n_rows_w % TKV_MM_PACK_ROWS == 0);
     const int64_t R = TKV_MM_PACK_ROWS;
-    const size_t group_bytes = (size_t)R * (size_t)(n_cols / TKV_QK) *
-                               (size_t)tkv_type_get(type)->block_bytes;
+    const size_t group_bytes =
+        (size_t)R * (size_t)(n_cols / TKV_QK) * (size_t)tkv_type_get(type)->block_bytes;
     const size_t x_stride = tkv_q8_row_stride(n_cols);
     const char *w = Wp;
     for (int64_t g = row_begin / R; g * R < row_end; g++) {

@@ -96,8 +96,8 @@ size_t tkv_matmul_packed_bytes(const tkv_matmul_kernels *k, int32_t type, int64_
                                int64_t n_cols);
 
 /* Write the packed copy of W (rows row_bytes apart) to out (tkv_matmul_packed_bytes). */
-void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_rows,
-                     int64_t n_cols, void *out);
+void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_rows, int64_t n_cols,
+                     void *out);
 
 /* tkv_matmul_rows on a packed copy Wp (k->packed[type] must exist). */
 void tkv_matmul_rows_packed(const tkv_matmul_kernels *k, int32_t type, const void *Wp,

@@ -492,8 +492,8 @@ static void test_packed_case(const tkv_matmul_kernels *kern, int32_t type, int64
         }
     }
     gaussian(X, n_tok * n_cols, 1.0f);
-    tkv_matmul(&tkv_matmul_kernels_scalar, type, W, rb, n_rows, n_cols, X, n_tok, Yref, 0,
-               n_rows, scratch);
+    tkv_matmul(&tkv_matmul_kernels_scalar, type, W, rb, n_rows, n_cols, X, n_tok, Yref, 0, n_rows,
+               scratch);
     /* sum |terms| of each output, for the tolerance (as test_matmul_case) */
     for (int64_t r = 0; r < n_rows; r++) {
         tkv_dequantize_row(type, W + r * rb, Wd, n_cols);
