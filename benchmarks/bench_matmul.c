@@ -214,9 +214,10 @@ static void stream_mode(int rounds) {
     tkv_pool_create(1, &pools[0]);
     tkv_pool_create(2, &pools[1]);
     const int64_t cols = 1536;
-    printf("decode from DRAM: one matvec over a (rows, %lld) matrix of ~192 MB, isa %s; median "
-           "of %d interleaved rounds\n",
-           (long long)cols, k->isa, rounds);
+    const char *mb_env = getenv("TKV_BENCH_MB");
+    printf("decode from DRAM: one matvec over a (rows, %lld) matrix of ~%.0f MB, isa %s; median "
+           "of %d interleaved rounds; p = packed layout\n",
+           (long long)cols, mb_env ? atof(mb_env) : 192.0, k->isa, rounds);
     printf("%-5s %3s %10s %10s %10s %8s\n", "type", "thr", "kernel", "read", "GB/s", "of bound");
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const int32_t type = types[ti];
