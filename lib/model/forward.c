@@ -136,7 +136,10 @@ static void tkv_mm_task(void *p, int ith, int nth) {
         const tkv_weight *w = j->w[i];
         const int64_t lo = b > base ? b - base : 0;
         const int64_t hi = e - base < w->rows ? e - base : w->rows;
-        if (lo < hi) {
+        if (lo < hi && w->packed) {
+            tkv_matmul_rows_packed(j->k, w->type, w->packed, w->rows, w->cols, j->n_tok, j->scratch,
+                                   j->Y[i], lo, hi);
+        } else if (lo < hi) {
             tkv_matmul_rows(j->k, w->type, w->data, w->row_bytes, w->rows, w->cols, j->X, j->n_tok,
                             j->scratch, j->Y[i], lo, hi);
         }

@@ -13,9 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/alloc.h"
 #include "base/hash.h"
 #include "base/status.h"
 #include "tensor/formats.h"
+#include "tensor/matmul.h"
 
 static tkv_status tkv_meta_u32(const tkv_gguf *g, const char *arch, const char *suffix,
                                uint32_t *out, int required, uint32_t fallback) {
@@ -324,6 +326,30 @@ static tkv_status tkv_check_unsupported_tensors(const struct tkv_model *m) {
 }
 
 /* Shared by the file and the memory entries: m->gguf is open (or st says why not). */
+/* The packed copy of a weight for the chosen matmul kernels (tensor/matmul.h), when they
+ * have one for its type and shape.  The products read only the copy afterwards; the file's
+ * pages of the matrix are read once here.  The copy is an optimization: without memory for
+ * it the weight stays unpacked (same results up to float summation order). */
+static void tkv_pack_weight(tkv_weight *w) {
+    const tkv_matmul_kernels *k = tkv_matmul_kernels_get();
+    const size_t bytes = tkv_matmul_packed_bytes(k, w->type, w->rows, w->cols);
+    if (bytes == 0 || (w->packed = tkv_calloc_aligned(bytes, 1)) == NULL) {
+        return;
+    }
+    tkv_matmul_pack(w->type, w->data, w->row_bytes, w->rows, w->cols, w->packed);
+}
+
+static void tkv_pack_weights(struct tkv_model *m) {
+    for (uint32_t l = 0; l < m->hp.n_layer; l++) {
+        tkv_layer_weights *L = &m->layers[l];
+        tkv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
+            tkv_pack_weight(ws[i]);
+        }
+    }
+    tkv_pack_weight(&m->output); /* not tok_embd: the embedding lookup reads the file */
+}
+
 static tkv_status tkv_model_finish(struct tkv_model *m, tkv_status st, struct tkv_model **out) {
     if (st == TKV_OK) {
         st = tkv_load_hparams(m);
@@ -340,6 +366,9 @@ static tkv_status tkv_model_finish(struct tkv_model *m, tkv_status st, struct tk
     }
     if (st == TKV_OK) {
         st = tkv_load_weights(m);
+    }
+    if (st == TKV_OK) {
+        tkv_pack_weights(m);
     }
     if (st != TKV_OK) {
         tkv_model_close(m);
@@ -386,8 +415,13 @@ void tkv_model_close(struct tkv_model *m) {
             free(L->bq);
             free(L->bk);
             free(L->bv);
+            tkv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
+                tkv_free_aligned(ws[i]->packed);
+            }
         }
     }
+    tkv_free_aligned(m->output.packed);
     free(m->layers);
     free(m->output_norm);
     tkv_tokenizer_free(m->tokenizer);

@@ -38,6 +38,8 @@ typedef struct tkv_weight {
     int64_t cols;
     size_t row_bytes;
     const void *data; /* inside the mapping */
+    void *packed;     /* owned copy in the matmul kernels' packed layout (tensor/matmul.h),
+                         made at load when the chosen kernels have one; NULL otherwise */
 } tkv_weight;
 
 typedef struct tkv_layer_weights {

@@ -9,8 +9,25 @@
 #include "tensor/matmul.h"
 
 #include <assert.h>
+#include <string.h>
 
 #define TKV_MM_PANEL_BYTES 32768
+
+/* How far ahead of the rows being computed the driver asks for weight bytes, into L2.  A
+ * kernel's loads sit behind its arithmetic in the out-of-order window, so on its own it has
+ * too few misses in flight to stream from DRAM at the memory's speed; prefetches issued
+ * this far ahead (hundreds of ns of compute) keep the memory busy. */
+#ifndef TKV_MM_PREFETCH_BYTES
+#define TKV_MM_PREFETCH_BYTES 32768
+#endif
+
+/* Prefetch [p, p + n) of the weights into L2, clipped to `end`. */
+static void tkv_prefetch_l2(const char *p, size_t n, const char *end) {
+    const char *stop = p + n < end ? p + n : end;
+    for (; p < stop; p += 64) {
+        __builtin_prefetch(p, 0, 2);
+    }
+}
 
 size_t tkv_q8_row_stride(int64_t n_cols) {
     const size_t bytes = (size_t)n_cols + 2 * sizeof(float) * (size_t)(n_cols / TKV_QK);
@@ -50,6 +67,7 @@ void tkv_matmul_rows(const tkv_matmul_kernels *k, int32_t type, const void *W, s
     const char *xs = q8 ? (const char *)scratch : (const char *)X;
     const size_t x_stride = q8 ? tkv_q8_row_stride(n_cols) : (size_t)n_cols * sizeof(float);
     const char *w = (const char *)W;
+    const char *w_end = w + (size_t)row_end * row_bytes;
     /* rows per kernel call: a tile kernel shares each activation load among TKV_MM_NW rows */
     const int64_t step = tile ? TKV_MM_NW : 1;
     int64_t panel = (int64_t)(TKV_MM_PANEL_BYTES / (row_bytes ? row_bytes : 1));
@@ -64,6 +82,11 @@ void tkv_matmul_rows(const tkv_matmul_kernels *k, int32_t type, const void *W, s
             const char *x = xs + (size_t)t0 * x_stride;
             float *y = Y + t0 * n_rows_w;
             for (int64_t r = r0; r < r1; r += step) {
+                if (t0 == 0) { /* the first token group brings the panel in */
+                    const int64_t nr = r1 - r < step ? r1 - r : step;
+                    tkv_prefetch_l2(w + (size_t)r * row_bytes + TKV_MM_PREFETCH_BYTES,
+                                    (size_t)nr * row_bytes, w_end);
+                }
                 if (tile) {
                     const int nw = (int)(r1 - r < step ? r1 - r : step);
                     tile(n_cols, w + (size_t)r * row_bytes, row_bytes, nw, x, x_stride, nx,
@@ -89,4 +112,69 @@ void tkv_matvec(const tkv_matmul_kernels *k, int32_t type, const void *W, size_t
                 int64_t n_rows_w, int64_t n_cols, const float *x, float *y, int64_t row_begin,
                 int64_t row_end, void *scratch) {
     tkv_matmul(k, type, W, row_bytes, n_rows_w, n_cols, x, 1, y, row_begin, row_end, scratch);
+}
+
+/* ---- packed weights ---------------------------------------------------------------------- */
+
+size_t tkv_matmul_packed_bytes(const tkv_matmul_kernels *k, int32_t type, int64_t n_rows,
+                               int64_t n_cols) {
+    const tkv_type_info *ti = tkv_type_get(type);
+    if (ti == NULL || k->packed[type] == NULL || n_rows % TKV_MM_PACK_ROWS != 0 ||
+        n_cols % TKV_QK != 0) {
+        return 0;
+    }
+    return (size_t)n_rows * (size_t)(n_cols / TKV_QK) * (size_t)ti->block_bytes;
+}
+
+void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_rows, int64_t n_cols,
+                     void *out) {
+    const size_t bb = (size_t)tkv_type_get(type)->block_bytes;
+    const int64_t nb = n_cols / TKV_QK;
+    const int R = TKV_MM_PACK_ROWS;
+    /* header bytes (scales, mins) and code offset inside an original block */
+    const size_t head = type == TKV_TYPE_Q4_1 ? 4 : 2;
+    const size_t ncode = bb - head; /* 16 nibble bytes or 32 codes */
+    uint8_t *o = out;
+    for (int64_t g = 0; g < n_rows / R; g++) {
+        for (int64_t b = 0; b < nb; b++) {
+            for (int r = 0; r < R; r++) {
+                const uint8_t *blk =
+                    (const uint8_t *)W + (size_t)(g * R + r) * row_bytes + (size_t)b * bb;
+                memcpy(o + 2 * r, blk, 2); /* d */
+                if (head == 4) {
+                    memcpy(o + 2 * R + 2 * r, blk + 2, 2); /* m */
+                }
+                for (size_t k = 0; k < ncode / 4; k++) {
+                    uint8_t *dst = o + head / 2 * 2 * R + (k * R + (size_t)r) * 4;
+                    for (int j = 0; j < 4; j++) {
+                        const uint8_t c = blk[head + 4 * k + (size_t)j];
+                        dst[j] = type == TKV_TYPE_Q8_0 ? (uint8_t)(c ^ 0x80) : c;
+                    }
+                }
+            }
+            o += (size_t)R * bb;
+        }
+    }
+}
+
+void tkv_matmul_rows_packed(const tkv_matmul_kernels *k, int32_t type, const void *Wp,
+                            int64_t n_rows_w, int64_t n_cols, int64_t n_tok, const void *scratch,
+                            float *Y, int64_t row_begin, int64_t row_end) {
+    const tkv_packdot_fn fn = k->packed[type];
+    assert(fn != NULL && n_rows_w % TKV_MM_PACK_ROWS == 0);
+    const int64_t R = TKV_MM_PACK_ROWS;
+    const size_t group_bytes =
+        (size_t)R * (size_t)(n_cols / TKV_QK) * (size_t)tkv_type_get(type)->block_bytes;
+    const size_t x_stride = tkv_q8_row_stride(n_cols);
+    const char *w = Wp;
+    for (int64_t g = row_begin / R; g * R < row_end; g++) {
+        const int rb = (int)(g * R < row_begin ? row_begin - g * R : 0);
+        const int re = (int)((g + 1) * R > row_end ? row_end - g * R : R);
+        const char *wg = w + (size_t)g * group_bytes; /* the kernels prefetch */
+        for (int64_t t0 = 0; t0 < n_tok; t0 += TKV_MM_NX) {
+            const int nx = (int)(n_tok - t0 < TKV_MM_NX ? n_tok - t0 : TKV_MM_NX);
+            fn(n_cols, wg, (const char *)scratch + (size_t)t0 * x_stride, x_stride, nx,
+               Y + t0 * n_rows_w + g * R, (size_t)n_rows_w, rb, re);
+        }
+    }
 }

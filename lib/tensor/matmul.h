@@ -59,12 +59,50 @@ typedef void (*tkv_tiledot_fn)(int64_t n_cols, const void *w, size_t row_bytes, 
 
 #define TKV_MM_NW 4 /* weight rows per tile call: each activation load serves them all */
 
+/*
+ * Packed weights: a copy of a Q4_0 / Q4_1 / Q8_0 matrix (rows a multiple of 16) made once at
+ * load (tkv_matmul_pack) in a layout where one 512-bit register holds 4 codes of each of 16
+ * rows, so an integer dot-product instruction against 4 broadcast activation codes
+ * advances 16 rows at once and each row's block sum ends in its own lane (one float scale
+ * per 16 block sums instead of per 2).  Same bytes as the original.  Group g (rows 16g ..
+ * 16g + 15), block b (elements 32b .. 32b + 31) is, at offset (g * n_blocks + b) * 16 *
+ * block_bytes:
+ *   uint16_t d[16]        fp16 scales of the 16 rows
+ *   uint16_t m[16]        fp16 mins (Q4_1 only)
+ *   Q4_0/Q4_1: uint8_t qs[4][16][4]  [k][row] = bytes 4k .. 4k+3 of the row's qs (low
+ *                                    nibbles: elements 4k.., high: 16 + 4k..)
+ *   Q8_0:      uint8_t qs[8][16][4]  [k][row] = codes 4k .. 4k+3 of the row, stored as
+ *                                    code + 128 (u8)
+ * Kernel of one group of 16 rows against n_x <= TKV_MM_NX activation rows, writing only
+ * rows [r_begin, r_end) of the group: y[t * y_stride + r] = dot(w_r, x_t).  The result
+ * of a row does not depend on r_begin / r_end, so a thread split inside a group changes
+ * no bits.
+ */
+#define TKV_MM_PACK_ROWS 16
+typedef void (*tkv_packdot_fn)(int64_t n_cols, const void *wg, const void *x, size_t x_stride,
+                               int n_x, float *y, size_t y_stride, int r_begin, int r_end);
+
 typedef struct tkv_matmul_kernels {
     const char *isa;                /* "scalar", "avx2", "avx512", "avx512vnni" */
     tkv_quantize_q8_fn quantize_q8; /* activations -> Q8 */
     tkv_rowdot_fn dot[TKV_TYPE_COUNT]; /* by TKV_TYPE_*; NULL for unsupported types */
     tkv_tiledot_fn tile[TKV_TYPE_COUNT]; /* faster multi-row kernels; NULL: use dot */
+    tkv_packdot_fn packed[TKV_TYPE_COUNT]; /* kernels on packed weights; NULL: no packing */
 } tkv_matmul_kernels;
+
+/* Bytes of the packed copy of a (n_rows, n_cols) matrix for these kernels, or 0 when they
+ * have no packed kernel for the type or n_rows is not a multiple of TKV_MM_PACK_ROWS. */
+size_t tkv_matmul_packed_bytes(const tkv_matmul_kernels *k, int32_t type, int64_t n_rows,
+                               int64_t n_cols);
+
+/* Write the packed copy of W (rows row_bytes apart) to out (tkv_matmul_packed_bytes). */
+void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_rows, int64_t n_cols,
+                     void *out);
+
+/* tkv_matmul_rows on a packed copy Wp (k->packed[type] must exist). */
+void tkv_matmul_rows_packed(const tkv_matmul_kernels *k, int32_t type, const void *Wp,
+                            int64_t n_rows_w, int64_t n_cols, int64_t n_tok, const void *scratch,
+                            float *Y, int64_t row_begin, int64_t row_end);
 
 /* 1 if the type's kernels take Q8 activations (all quantized types), 0 for float types. */
 int tkv_matmul_uses_q8(int32_t type);

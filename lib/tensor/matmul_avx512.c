@@ -1,12 +1,15 @@
 /*
  * matmul_avx512.c - AVX-512 kernels in two variants: "avx512" (F/BW/VL/DQ: maddubs) and
  * "avx512vnni" (dpbusd: u8 x s8 products summed straight into int32).  The 256-bit bodies
- * of matmul_x86_body.h serve every format.
+ * of matmul_x86_body.h serve the float and 32-element formats' row kernels; the tile kernels
+ * and the K-quant kernels are 512-bit (matmul_avx512_body.h).
  */
 #include <string.h>
 
 #include "base/half.h"
 #include "tensor/matmul.h"
+
+#define TKV_X86_SKIP_KQUANTS /* 512-bit K-quant kernels in matmul_avx512_body.h */
 
 #define TKV_FN(name) tkv_##name##_avx512
 #define TKV_ATTR
@@ -36,7 +39,15 @@
 #undef TKV_DP512
 #undef TKV_Q8_BIASED
 
-#define TKV_TABLE(suffix, name)                                  \
+#define TKV_PACKED_NONE {0}
+#define TKV_PACKED_VNNI                                          \
+    {                                                            \
+        [TKV_TYPE_Q4_0] = tkv_pk_q4_0_avx512vnni,                \
+        [TKV_TYPE_Q4_1] = tkv_pk_q4_1_avx512vnni,                \
+        [TKV_TYPE_Q8_0] = tkv_pk_q8_0_avx512vnni,                \
+    }
+
+#define TKV_TABLE(suffix, name, packed_kernels)                  \
     {                                                            \
         .isa = name,                                             \
         .quantize_q8 = tkv_quantize_q8_##suffix,                 \
@@ -49,9 +60,9 @@
             [TKV_TYPE_Q4_1] = tkv_dot_q4_1_##suffix,             \
             [TKV_TYPE_Q5_0] = tkv_dot_q5_0_##suffix,             \
             [TKV_TYPE_Q5_1] = tkv_dot_q5_1_##suffix,             \
-            [TKV_TYPE_Q4_K] = tkv_dot_q4_k_##suffix,             \
-            [TKV_TYPE_Q5_K] = tkv_dot_q5_k_##suffix,             \
-            [TKV_TYPE_Q6_K] = tkv_dot_q6_k_##suffix,             \
+            [TKV_TYPE_Q4_K] = tkv_dot5_q4_k_##suffix,            \
+            [TKV_TYPE_Q5_K] = tkv_dot5_q5_k_##suffix,            \
+            [TKV_TYPE_Q6_K] = tkv_dot5_q6_k_##suffix,            \
         },                                                       \
         .tile = {                                                \
             [TKV_TYPE_Q8_0] = tkv_tile_q8_0_##suffix,            \
@@ -60,7 +71,8 @@
             [TKV_TYPE_Q5_0] = tkv_tile_q5_0_##suffix,            \
             [TKV_TYPE_Q5_1] = tkv_tile_q5_1_##suffix,            \
         },                                                       \
+        .packed = packed_kernels,                                \
     }
 
-const tkv_matmul_kernels tkv_matmul_kernels_avx512 = TKV_TABLE(avx512, "avx512");
-const tkv_matmul_kernels tkv_matmul_kernels_avx512vnni = TKV_TABLE(avx512vnni, "avx512vnni");
+const tkv_matmul_kernels tkv_matmul_kernels_avx512 = TKV_TABLE(avx512, "avx512", TKV_PACKED_NONE);
+const tkv_matmul_kernels tkv_matmul_kernels_avx512vnni = TKV_TABLE(avx512vnni, "avx512vnni", TKV_PACKED_VNNI);

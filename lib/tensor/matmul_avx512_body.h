@@ -29,6 +29,12 @@
 #define TKV5_INLINE static inline __attribute__((always_inline)) TKV_ATTR
 #define TKV5_GROUP 16 /* blocks per scale group */
 #define TKV5_MAX_R 4  /* weight rows per tile */
+#ifndef TKV5_PF
+#define TKV5_PF 2
+#endif
+#ifndef TKV5_HINT
+#define TKV5_HINT _MM_HINT_T0
+#endif
 #define TKV5_UNROLL _Pragma("GCC unroll 16")
 
 /* 16 dwords: lane i < ng holds in its low 16 bits the fp16 at byte 0 of block i of the
@@ -237,7 +243,7 @@ TKV5_INLINE __m512i TKV_FN(q8x2)(const uint8_t *q0, const uint8_t *q1, const int
                 const uint8_t *gb = wr[r] + g * TKV5_##F##_BB;                                \
                 /* the same group two tiles ahead: decode streams W from DRAM */             \
                 TKV5_UNROLL for (int c = 0; c < TKV5_GROUP * TKV5_##F##_BB; c += 64) {        \
-                    _mm_prefetch((const char *)gb + 2 * R * rb + c, _MM_HINT_T0);              \
+                    _mm_prefetch((const char *)gb + TKV5_PF * R * rb + c, TKV5_HINT);              \
                 }                                                                             \
                 const __m512i dm = ng == TKV5_GROUP                                           \
                                        ? TKV_FN(fields16)(gb, TKV5_##F##_BB, TKV5_GROUP)      \
@@ -302,6 +308,299 @@ TKV5_TILE(Q4_0, tile_q4_0)
 TKV5_TILE(Q4_1, tile_q4_1)
 TKV5_TILE(Q5_0, tile_q5_0)
 TKV5_TILE(Q5_1, tile_q5_1)
+
+/* ---- K-quants, 512-bit: one row against 1..TKV_MM_NX activation rows -------------------- */
+
+/* The per-token loop of the K-quant kernels is written once per token count (constant T after
+ * inlining) so the accumulators stay in registers. */
+#define TKV5_T_DISPATCH(name)                                                                 \
+    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *w, const void *x, size_t xs,     \
+                                      int nx, float *y, size_t ys) {                          \
+        switch (nx) {                                                                         \
+        case 1: TKV_FN(name##_t)(n, w, x, xs, 1, y, ys); break;                               \
+        case 2: TKV_FN(name##_t)(n, w, x, xs, 2, y, ys); break;                               \
+        case 3: TKV_FN(name##_t)(n, w, x, xs, 3, y, ys); break;                               \
+        default: TKV_FN(name##_t)(n, w, x, xs, 4, y, ys); break;                              \
+        }                                                                                     \
+    }
+
+/* The 8 six-bit scales (low 8 bytes) and 8 mins (high 8 bytes) of a Q4_K/Q5_K super-block
+ * from its 12 packed bytes (layout in formats.c), as 16 bytes. */
+TKV5_INLINE __m128i TKV_FN(qk_scales)(const uint8_t *s) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, s, 4);
+    memcpy(&u1, s + 4, 4);
+    memcpy(&u2, s + 8, 4);
+    const uint32_t sc_lo = u0 & 0x3f3f3f3fu, m_lo = u1 & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
+    const uint32_t m_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
+    return _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi);
+}
+
+/* Q4_K / Q5_K.  Chunk c (0..3) of a super-block is 32 bytes of qs: low nibbles are sub-block
+ * 2c, high nibbles sub-block 2c+1, which sit next to each other in the activations.  The 32
+ * bytes are broadcast to both halves of a zmm; the low half keeps the low nibbles, the high
+ * half the high ones: with dpbusd left in place (16 x code, exact in int32; the lane scale
+ * carries the 1/16), otherwise shifted down (maddubs would saturate).  Q5_K adds the fifth
+ * bit (bit j of qh[l] for element 32 j + l) with a masked byte add.  Lane sums 0..7 belong
+ * to sub-block 2c, 8..15 to 2c+1; a lane permute spreads the 8 sub-block scales
+ * d * sc_j * d_x(j) over them.  The min term is 8 mins against the 8 activation sums. */
+TKV5_INLINE void TKV_FN(qk5_t)(int64_t n, const void *w, const void *x, size_t xs, const int T,
+                               float *y, size_t ys, const int five) {
+    const int in_place = TKV_Q8_BIASED && !five;
+    const int8_t *xq[TKV_MM_NX];
+    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
+    __m512 acc0[TKV_MM_NX], acc1[TKV_MM_NX];
+    __m256 macc[TKV_MM_NX];
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        const char *xt = (const char *)x + (size_t)t * xs;
+        xq[t] = (const int8_t *)xt;
+        xd[t] = (const float *)(xt + n);
+        xds[t] = xd[t] + n / TKV_QK;
+        acc0[t] = acc1[t] = _mm512_setzero_ps();
+        macc[t] = _mm256_setzero_ps();
+    }
+    const long long lo = 0x0F0F0F0F0F0F0F0FLL, hi = (long long)0xF0F0F0F0F0F0F0F0ULL;
+    const __m512i nib_mask = in_place ? _mm512_setr_epi64(lo, lo, lo, lo, hi, hi, hi, hi)
+                                      : _mm512_set1_epi8(15);
+    const __m512i nib_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+    const float hi_scale = in_place ? 1.0f / 16.0f : 1.0f;
+    const size_t bb = five ? sizeof(tkv_block_q5_k) : sizeof(tkv_block_q4_k);
+    const int64_t nsb = n / TKV_QK_K;
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *b = (const uint8_t *)w + (size_t)i * bb;
+        const uint8_t *qs = b + 16 + (five ? 32 : 0);
+        uint16_t dh, dmh;
+        memcpy(&dh, b, 2);
+        memcpy(&dmh, b + 2, 2);
+        const __m128i scm = TKV_FN(qk_scales)(b + 4);
+        const __m256 scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(scm));
+        const __m256 mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(scm, 8)));
+        const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(dh)), scf);
+        const __m256 dm = _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(dmh)), mf);
+        __m512 S[TKV_MM_NX];
+        TKV5_UNROLL for (int t = 0; t < T; t++) {
+            const __m256 s8 = _mm256_mul_ps(dsc, _mm256_loadu_ps(xd[t] + 8 * i));
+            S[t] = _mm512_insertf32x8(_mm512_castps256_ps512(s8),
+                                      _mm256_mul_ps(s8, _mm256_set1_ps(hi_scale)), 1);
+            macc[t] = _mm256_fmadd_ps(dm, _mm256_loadu_ps(xds[t] + 8 * i), macc[t]);
+        }
+        __m512i qh = _mm512_setzero_si512();
+        if (five) {
+            qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
+        }
+        TKV5_UNROLL for (int c = 0; c < 4; c++) {
+            __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+            if (!in_place) {
+                v = _mm512_srlv_epi64(v, nib_shift);
+            }
+            v = _mm512_and_si512(v, nib_mask);
+            if (five) {
+                const __m512i bit = _mm512_setr_epi64(
+                    0x0101010101010101LL << (2 * c), 0x0101010101010101LL << (2 * c),
+                    0x0101010101010101LL << (2 * c), 0x0101010101010101LL << (2 * c),
+                    0x0101010101010101LL << (2 * c + 1), 0x0101010101010101LL << (2 * c + 1),
+                    0x0101010101010101LL << (2 * c + 1), 0x0101010101010101LL << (2 * c + 1));
+                v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(qh, bit), v,
+                                         _mm512_set1_epi8(16));
+            }
+            const __m512i idx = _mm512_setr_epi32(2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c,
+                                                  2 * c, 9 + 2 * c, 9 + 2 * c, 9 + 2 * c, 9 + 2 * c,
+                                                  9 + 2 * c, 9 + 2 * c, 9 + 2 * c, 9 + 2 * c);
+            TKV5_UNROLL for (int t = 0; t < T; t++) {
+                const __m512i xv = _mm512_loadu_si512(xq[t] + (8 * i + 2 * c) * TKV_QK);
+                const __m512 p = _mm512_cvtepi32_ps(TKV_DP512(v, xv));
+                const __m512 sc = _mm512_permutexvar_ps(idx, S[t]);
+                if (c & 1) {
+                    acc1[t] = _mm512_fmadd_ps(p, sc, acc1[t]);
+                } else {
+                    acc0[t] = _mm512_fmadd_ps(p, sc, acc0[t]);
+                }
+            }
+        }
+    }
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        const __m256 m = macc[t];
+        __m128 m4 = _mm_add_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_add_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_add_ss(m4, _mm_movehdup_ps(m4));
+        y[(size_t)t * ys] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t])) -
+                            _mm_cvtss_f32(m4);
+    }
+}
+TKV5_INLINE void TKV_FN(dot5_q4_k_t)(int64_t n, const void *w, const void *x, size_t xs,
+                                     const int T, float *y, size_t ys) {
+    TKV_FN(qk5_t)(n, w, x, xs, T, y, ys, 0);
+}
+TKV5_INLINE void TKV_FN(dot5_q5_k_t)(int64_t n, const void *w, const void *x, size_t xs,
+                                     const int T, float *y, size_t ys) {
+    TKV_FN(qk5_t)(n, w, x, xs, T, y, ys, 1);
+}
+TKV5_T_DISPATCH(dot5_q4_k)
+TKV5_T_DISPATCH(dot5_q5_k)
+
+/* Q6_K.  Half h (128 elements) of a super-block has 64 bytes of ql and 32 of qh; sub-blocks
+ * (g, g+1) = (0, 1) are the low nibbles of those 64 bytes, (2, 3) the high ones, and the two
+ * high bits of element l of sub-block g are bits 2g, 2g+1 of qh[l].  Codes q in 0..63 stand
+ * for q - 32: the lane sums are dot(q, x) - dot(32, x), exact in int32.  Scales are int8 per
+ * 16 elements, i.e. per 4 lanes: one vector of the 16 floats d * sc_k * d_x(k / 2) per
+ * super-block and token, spread over the lanes by a permute. */
+TKV5_INLINE void TKV_FN(dot5_q6_k_t)(int64_t n, const void *w, const void *x, size_t xs,
+                                     const int T, float *y, size_t ys) {
+    const int8_t *xq[TKV_MM_NX];
+    const float *xd[TKV_MM_NX];
+    __m512 acc0[TKV_MM_NX], acc1[TKV_MM_NX];
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        const char *xt = (const char *)x + (size_t)t * xs;
+        xq[t] = (const int8_t *)xt;
+        xd[t] = (const float *)(xt + n);
+        acc0[t] = acc1[t] = _mm512_setzero_ps();
+    }
+    const __m512i m4 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __m512i c32 = _mm512_set1_epi8(32);
+    /* d_x of sub-block k / 2 for scale k */
+    const __m512i dx_idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const int64_t nsb = n / TKV_QK_K;
+    for (int64_t i = 0; i < nsb; i++) {
+        const tkv_block_q6_k *b = (const tkv_block_q6_k *)w + i;
+        const __m512 dsc = _mm512_mul_ps(
+            _mm512_set1_ps(_cvtsh_ss(b->d)),
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->scales))));
+        __m512 S[TKV_MM_NX];
+        TKV5_UNROLL for (int t = 0; t < T; t++) {
+            const __m512 dx = _mm512_permutexvar_ps(
+                dx_idx, _mm512_castps256_ps512(_mm256_loadu_ps(xd[t] + 8 * i)));
+            S[t] = _mm512_mul_ps(dsc, dx);
+        }
+        TKV5_UNROLL for (int h = 0; h < 2; h++) {
+            const __m512i ql = _mm512_loadu_si512(b->ql + 64 * h);
+            const __m512i qh =
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
+            TKV5_UNROLL for (int gp = 0; gp < 2; gp++) { /* sub-blocks g = 2gp, 2gp + 1 */
+                const __m512i low = gp ? _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4)
+                                       : _mm512_and_si512(ql, m4);
+                /* bits 2g, 2g+1 of qh moved to bits 4, 5 */
+                const long long s0 = 4 * gp, s1 = 4 * gp + 2;
+                const __m512i hb = _mm512_and_si512(
+                    _mm512_sllv_epi64(
+                        _mm512_srlv_epi64(qh, _mm512_setr_epi64(s0, s0, s0, s0, s1, s1, s1, s1)),
+                        _mm512_set1_epi64(4)),
+                    m30);
+                const __m512i q = _mm512_or_si512(low, hb);
+                const int j = 4 * h + 2 * gp; /* first sub-block of the pair */
+                /* lanes 4k..4k+3 take scale 2j + k */
+                const __m512i idx = _mm512_setr_epi32(
+                    2 * j, 2 * j, 2 * j, 2 * j, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
+                    2 * j + 2, 2 * j + 2, 2 * j + 2, 2 * j + 2, 2 * j + 3, 2 * j + 3, 2 * j + 3,
+                    2 * j + 3);
+                TKV5_UNROLL for (int t = 0; t < T; t++) {
+                    const __m512i xv = _mm512_loadu_si512(xq[t] + (8 * i + j) * TKV_QK);
+                    const __m512i p = _mm512_sub_epi32(TKV_DP512(q, xv), TKV_DP512(c32, xv));
+                    const __m512 sc = _mm512_permutexvar_ps(idx, S[t]);
+                    if (gp) {
+                        acc1[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc1[t]);
+                    } else {
+                        acc0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc0[t]);
+                    }
+                }
+            }
+        }
+    }
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        y[(size_t)t * ys] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+    }
+}
+TKV5_T_DISPATCH(dot5_q6_k)
+#undef TKV5_T_DISPATCH
+
+#if TKV_Q8_BIASED
+#ifndef TKV5_PK_PREFETCH
+#define TKV5_PK_PREFETCH 16384
+#endif
+/* ---- packed Q4_0 / Q4_1 / Q8_0 (layout in matmul.h), dpbusd only ------------------------ */
+
+/* One group of 16 rows against T tokens.  Per block: the 16 rows' codes are 8 registers of 4
+ * codes per row (nibbles split in place); 8 dpbusd against 4 broadcast activation codes
+ * each leave row r's block sum in lane r, in two chains of 4 to halve the latency.  Then one
+ * float fma per block scales 16 sums by d_w(row) * d_x, and one adds the min / offset term
+ * m_w(row) * ds_x (Q4_0: m = -8 d, Q8_0: -128 d for the +128 of the stored codes). */
+TKV5_INLINE void TKV_FN(pk_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
+                              float *y, size_t ys, int rb, int re, const int fmt) {
+    const int64_t nb = n / TKV_QK;
+    const size_t bbytes = fmt == 0 ? 18 * 16 : fmt == 1 ? 20 * 16 : 34 * 16;
+    const size_t coff = fmt == 1 ? 64 : 32;
+    const int8_t *xq[TKV_MM_NX];
+    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
+    __m512 acc[TKV_MM_NX], macc[TKV_MM_NX];
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        const char *xt = (const char *)x + (size_t)t * xs;
+        xq[t] = (const int8_t *)xt;
+        xd[t] = (const float *)(xt + n);
+        xds[t] = xd[t] + nb;
+        acc[t] = macc[t] = _mm512_setzero_ps();
+    }
+    const __m512i m4 = _mm512_set1_epi8(15);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = (const uint8_t *)wg + (size_t)b * bbytes;
+        /* the bytes TKV5_PK_PREFETCH ahead (the next groups follow in memory), into L2:
+         * spread over the blocks, so the memory sees a steady stream of requests */
+        TKV5_UNROLL for (size_t c = 0; c < bbytes; c += 64) {
+            _mm_prefetch((const char *)p + TKV5_PK_PREFETCH + c, _MM_HINT_T1);
+        }
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+        const __m512 mw = fmt == 1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)))
+                                   : _mm512_mul_ps(dw, _mm512_set1_ps(fmt == 0 ? -8.0f : -128.0f));
+        __m512i c[8];
+        int e[8]; /* first activation element of each code register */
+        if (fmt < 2) {
+            TKV5_UNROLL for (int k = 0; k < 4; k++) {
+                const __m512i z = _mm512_loadu_si512(p + coff + 64 * k);
+                c[k] = _mm512_and_si512(z, m4);
+                c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+                e[k] = 4 * k;
+                e[4 + k] = 16 + 4 * k;
+            }
+        } else {
+            TKV5_UNROLL for (int k = 0; k < 8; k++) {
+                c[k] = _mm512_loadu_si512(p + coff + 64 * k);
+                e[k] = 4 * k;
+            }
+        }
+        TKV5_UNROLL for (int t = 0; t < T; t++) {
+            const int8_t *xb = xq[t] + b * TKV_QK;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            TKV5_UNROLL for (int j = 0; j < 8; j += 2) {
+                int32_t x0, x1;
+                memcpy(&x0, xb + e[j], 4);
+                memcpy(&x1, xb + e[j + 1], 4);
+                s0 = _mm512_dpbusd_epi32(s0, c[j], _mm512_set1_epi32(x0));
+                s1 = _mm512_dpbusd_epi32(s1, c[j + 1], _mm512_set1_epi32(x1));
+            }
+            const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            acc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b])), acc[t]);
+            macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xds[t][b]), macc[t]);
+        }
+    }
+    const __mmask16 keep = (__mmask16)(((1u << re) - 1u) & ~((1u << rb) - 1u));
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        _mm512_mask_storeu_ps(y + (size_t)t * ys, keep, _mm512_add_ps(acc[t], macc[t]));
+    }
+}
+#define TKV5_PK(name, fmt)                                                                    \
+    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *wg, const void *x, size_t xs,    \
+                                      int nx, float *y, size_t ys, int rb, int re) {          \
+        switch (nx) {                                                                         \
+        case 1: TKV_FN(pk_t)(n, wg, x, xs, 1, y, ys, rb, re, fmt); break;                     \
+        case 2: TKV_FN(pk_t)(n, wg, x, xs, 2, y, ys, rb, re, fmt); break;                     \
+        case 3: TKV_FN(pk_t)(n, wg, x, xs, 3, y, ys, rb, re, fmt); break;                     \
+        default: TKV_FN(pk_t)(n, wg, x, xs, 4, y, ys, rb, re, fmt); break;                    \
+        }                                                                                     \
+    }
+TKV5_PK(pk_q4_0, 0)
+TKV5_PK(pk_q4_1, 1)
+TKV5_PK(pk_q8_0, 2)
+#undef TKV5_PK
+#endif
 
 #undef TKV5_INLINE
 #undef TKV5_GROUP

@@ -6,6 +6,7 @@
  *   TKV_ATTR         function attributes (a target("...") for VNNI, or nothing)
  *   TKV_MULSUM(u, s) 8 int32 sums of 4 adjacent products of 32 u8 codes u and s8 codes s
  *                    (maddubs + madd, or one dpbusd); |u| <= 128 on the maddubs path
+ * and optionally TKV_X86_SKIP_KQUANTS (leave out the K-quant kernels).
  *
  * Every kernel handles one weight row against 1..TKV_MM_NX activation rows; the row loop
  * is written once per row count (always_inline + constant nx) so accumulators stay in
@@ -231,6 +232,9 @@ TKV_Q32_KERNEL(dot_q5_1, tkv_block_q5_1, TKV_UNPACK_Q5_1, 0)
 
 /* ---- K-quants ---------------------------------------------------------------------------- */
 
+/* (the AVX-512 files define TKV_X86_SKIP_KQUANTS: matmul_avx512_body.h has 512-bit ones) */
+#if !defined(TKV_X86_SKIP_KQUANTS)
+
 /* Q4_K/Q5_K: chunk c of 64 elements is sub-blocks 2c (low nibbles) and 2c+1 (high). */
 TKV_INLINE void TKV_FN(dot_qk_asym_n)(int64_t n, const void *w, const void *x, size_t xs,
                                       const int nx, float *y, size_t ys, const int five) {
@@ -347,6 +351,7 @@ TKV_INLINE void TKV_FN(dot_q6_k_n)(int64_t n, const void *w, const void *x, size
     }
 }
 TKV_NX_DISPATCH(dot_q6_k)
+#endif
 
 #undef TKV_XQ
 #undef TKV_XD

@@ -465,6 +465,102 @@ static void test_dispatch(void) {
     }
 }
 
+/* Packed weights (matmul.h): every ISA with a packed kernel against the scalar reference on
+ * the original layout, and row ranges inside a 16-row group giving the same bits as the
+ * whole group (what makes the thread split invisible). */
+static void test_packed_case(const tkv_matmul_kernels *kern, int32_t type, int64_t n_cols,
+                             int64_t n_tok, int random_bytes) {
+    const int64_t n_rows = 48;
+    const size_t rb = row_bytes_of(type, n_cols);
+    const size_t pb = tkv_matmul_packed_bytes(kern, type, n_rows, n_cols);
+    CHECK(pb == (size_t)n_rows * rb);
+    CHECK(tkv_matmul_packed_bytes(kern, type, n_rows - 1, n_cols) == 0);
+    uint8_t *W = malloc((size_t)n_rows * rb), *Wp = tkv_calloc_aligned(pb, 1);
+    float *X = malloc((size_t)(n_tok * n_cols) * sizeof(float));
+    float *Yref = malloc((size_t)(n_tok * n_rows) * sizeof(float));
+    float *Y = malloc((size_t)(n_tok * n_rows) * sizeof(float));
+    float *Y2 = malloc((size_t)(n_tok * n_rows) * sizeof(float));
+    double *absref = malloc((size_t)(n_tok * n_rows) * sizeof(double));
+    float *Wd = malloc((size_t)n_cols * sizeof(float));
+    void *scratch = tkv_calloc_aligned(tkv_matmul_scratch_bytes(type, n_cols, n_tok), 1);
+    if (random_bytes) {
+        random_blocks(type, W, n_rows, rb);
+    } else {
+        for (int64_t r = 0; r < n_rows; r++) {
+            gaussian(Wd, n_cols, 0.05f);
+            tkv_quantize_row(type, Wd, W + r * rb, n_cols);
+        }
+    }
+    gaussian(X, n_tok * n_cols, 1.0f);
+    tkv_matmul(&tkv_matmul_kernels_scalar, type, W, rb, n_rows, n_cols, X, n_tok, Yref, 0, n_rows,
+               scratch);
+    /* sum |terms| of each output, for the tolerance (as test_matmul_case) */
+    for (int64_t r = 0; r < n_rows; r++) {
+        tkv_dequantize_row(type, W + r * rb, Wd, n_cols);
+        for (int64_t t = 0; t < n_tok; t++) {
+            double a = 0;
+            for (int64_t i = 0; i < n_cols; i++) {
+                a += fabs((double)Wd[i] * X[t * n_cols + i]);
+            }
+            absref[t * n_rows + r] = a;
+        }
+    }
+    tkv_matmul_pack(type, W, rb, n_rows, n_cols, Wp);
+    tkv_matmul_prepare(kern, type, n_cols, X, n_tok, scratch);
+    for (int64_t i = 0; i < n_tok * n_rows; i++) {
+        Y[i] = Y2[i] = NAN;
+    }
+    tkv_matmul_rows_packed(kern, type, Wp, n_rows, n_cols, n_tok, scratch, Y, 0, n_rows);
+    /* three "threads" with boundaries inside groups */
+    tkv_matmul_rows_packed(kern, type, Wp, n_rows, n_cols, n_tok, scratch, Y2, 0, 5);
+    tkv_matmul_rows_packed(kern, type, Wp, n_rows, n_cols, n_tok, scratch, Y2, 5, 37);
+    tkv_matmul_rows_packed(kern, type, Wp, n_rows, n_cols, n_tok, scratch, Y2, 37, n_rows);
+    int bad = 0;
+    double worst = 0;
+    for (int64_t i = 0; i < n_tok * n_rows; i++) {
+        const double e = fabs((double)Y[i] - Yref[i]);
+        const double tol = 1e-5 * absref[i] + 1e-6;
+        bad += !(e <= tol);
+        worst = fmax(worst, e / tol);
+    }
+    CHECK_MSG(bad == 0, "packed %s %s %s cols %lld tok %lld: %d mismatches (worst %.2f x tol)",
+              kern->isa, tkv_type_get(type)->name, random_bytes ? "random" : "gauss",
+              (long long)n_cols, (long long)n_tok, bad, worst);
+    CHECK(memcmp(Y, Y2, (size_t)(n_tok * n_rows) * sizeof(float)) == 0);
+    tkv_free_aligned(scratch);
+    tkv_free_aligned(Wp);
+    free(W);
+    free(X);
+    free(Yref);
+    free(Y);
+    free(Y2);
+    free(absref);
+    free(Wd);
+}
+
+static void test_packed(void) {
+    static const int32_t types[] = {TKV_TYPE_Q4_0, TKV_TYPE_Q4_1, TKV_TYPE_Q8_0};
+    static const int64_t cols[] = {32, 96, 576, 1536};
+    static const int64_t toks[] = {1, 2, 3, 4, 5, 9};
+    int tested = 0;
+    for (int k = 0; tkv_matmul_isa_names[k]; k++) {
+        const tkv_matmul_kernels *kern = tkv_matmul_kernels_for_isa(tkv_matmul_isa_names[k]);
+        for (int ti = 0; kern && ti < 3; ti++) {
+            if (!kern->packed[types[ti]]) {
+                continue;
+            }
+            tested++;
+            for (int c = 0; c < 4; c++) {
+                for (int t = 0; t < 6; t++) {
+                    test_packed_case(kern, types[ti], cols[c], toks[t], (c + t) % 2);
+                }
+            }
+        }
+    }
+    CHECK(tkv_matmul_packed_bytes(&tkv_matmul_kernels_scalar, TKV_TYPE_Q4_1, 48, 576) == 0);
+    printf("packed kernels tested: %d (format, isa) pairs\n", tested);
+}
+
 int main(void) {
     tkv_rng_init(&rng, 20240611);
     test_sizes();
@@ -474,5 +570,6 @@ int main(void) {
     test_dispatch();
     test_matmul();
     test_rows_and_lookup();
+    test_packed();
     CHECK_MAIN_END();
 }

@@ -38,10 +38,10 @@ def _hp(cfg: TinyConfig) -> dict:
                 neox=cfg.arch == "qwen2")
 
 
-def _c_logits(path, tokens, kv="fp32", n_batch=0, one_by_one=False):
+def _c_logits(path, tokens, kv="fp32", n_batch=0, one_by_one=False, n_threads=2):
     model = turbokv.Model(path)
     with turbokv.KVCache(model, k=kv, v=kv, n_ctx=64) as cache, \
-            turbokv.Session(cache, n_threads=2, n_batch=n_batch) as s:
+            turbokv.Session(cache, n_threads=n_threads, n_batch=n_batch) as s:
         if one_by_one:
             rows = []
             for t in tokens:
@@ -86,6 +86,28 @@ def test_kquant_logits_match_numpy_reference(tmp_path, arch, wtype):
     got = _c_logits(path, tokens)
     assert _rel_err(got, reference_forward(weights, _hp(cfg), tokens, act_quant=True)) < ACT_Q
     assert _rel_err(got, reference_forward(weights, _hp(cfg), tokens)) < 0.2
+
+
+THREAD_TYPES = [T.F32, T.Q8_0, T.Q4_0, T.Q4_1, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+@pytest.mark.parametrize("wtype", THREAD_TYPES, ids=[t.name for t in THREAD_TYPES])
+def test_logits_do_not_depend_on_thread_count(tmp_path, wtype):
+    """Matmuls split by output rows and attention by head: every logit is computed by the
+    same operations whatever the thread count.  3 threads put the row boundaries of the
+    fused Q/K/V product (512 rows) at 171 and 342, inside the kernels' 4-row tiles."""
+    cfg = TinyConfig(weight_type=wtype, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, seed=9,
+                     tied=(wtype != T.Q8_0))
+    path = tmp_path / "tiny_t.gguf"
+    write_tiny_model(path, cfg)
+    tokens = np.array([1, 2, 3, 100, 200, 255, 10, 7, 7, 42], dtype=np.int32)
+    for kv in ("fp32", "turbo_kv_4b"):
+        prefill = [_c_logits(path, tokens, kv=kv, n_threads=n) for n in (1, 2, 3)]
+        decode = [_c_logits(path, tokens, kv=kv, n_threads=n, one_by_one=True) for n in (1, 2, 3)]
+        for got in prefill[1:]:
+            np.testing.assert_array_equal(got, prefill[0])
+        for got in decode[1:]:
+            np.testing.assert_array_equal(got, decode[0])
 
 
 def test_batched_prefill_equals_token_by_token(tmp_path):

