@@ -96,7 +96,6 @@ class Generation:
             raise
         self.max_tokens = max_tokens
         self.sampling = sampling
-        self.stop = model.stop_tokens()
         self.tokens: list[int] = []
         self.stats: Optional[GenerationStats] = None
         self.stop_reason: Optional[str] = None  # one of turbokv.STOP_REASONS once the run ends
@@ -115,7 +114,7 @@ class Generation:
             s.eval(self.prompt_tokens)
             for i in range(self.max_tokens):
                 tok = s.sample(self.sampling)
-                if tok in self.stop:
+                if self.model.is_end_token(tok):
                     reason = "eos"
                     break
                 self.tokens.append(tok)
