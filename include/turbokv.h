@@ -27,11 +27,17 @@ extern "C" {
  * Version
  * ================================================================================== */
 
+/* The project's one version: CMakeLists.txt and pyproject.toml read these three lines,
+ * the Python package carries what pyproject read (turbokv.__version__). */
 #define TKV_VERSION_MAJOR 0
 #define TKV_VERSION_MINOR 5
 #define TKV_VERSION_PATCH 0
 #define TKV_VERSION_NUMBER (TKV_VERSION_MAJOR * 10000 + TKV_VERSION_MINOR * 100 + TKV_VERSION_PATCH)
-#define TKV_VERSION_STRING "0.5.0"
+#define TKV_VERSION_STR_(x) #x
+#define TKV_VERSION_STR(x) TKV_VERSION_STR_(x)
+#define TKV_VERSION_STRING                                                                         \
+    TKV_VERSION_STR(TKV_VERSION_MAJOR)                                                             \
+    "." TKV_VERSION_STR(TKV_VERSION_MINOR) "." TKV_VERSION_STR(TKV_VERSION_PATCH)
 
 /* ==================================================================================
  * Export and deprecation macros
