@@ -27,11 +27,17 @@ extern "C" {
  * Version
  * ================================================================================== */
 
+/* The project's one version: CMakeLists.txt and pyproject.toml read these three lines,
+ * the Python package carries what pyproject read (turbokv.__version__). */
 #define TKV_VERSION_MAJOR 0
 #define TKV_VERSION_MINOR 5
 #define TKV_VERSION_PATCH 0
 #define TKV_VERSION_NUMBER (TKV_VERSION_MAJOR * 10000 + TKV_VERSION_MINOR * 100 + TKV_VERSION_PATCH)
-#define TKV_VERSION_STRING "0.5.0"
+#define TKV_VERSION_STR_(x) #x
+#define TKV_VERSION_STR(x) TKV_VERSION_STR_(x)
+#define TKV_VERSION_STRING                                                                         \
+    TKV_VERSION_STR(TKV_VERSION_MAJOR)                                                             \
+    "." TKV_VERSION_STR(TKV_VERSION_MINOR) "." TKV_VERSION_STR(TKV_VERSION_PATCH)
 
 /* ==================================================================================
  * Export and deprecation macros
@@ -362,6 +368,13 @@ TKV_API int32_t tkv_model_token_bos(const tkv_model *model);
 TKV_API int32_t tkv_model_token_eos(const tkv_model *model);
 /* Id of the token whose text is exactly `text` (e.g. "<|im_end|>"), -1 if none. */
 TKV_API int32_t tkv_model_token_find(const tkv_model *model, const char *text);
+/*
+ * 1 when generation ends at `token`, else 0 (also for a NULL model or an id out of range):
+ * EOS, the end-of-turn token of the metadata (tokenizer.ggml.eot_token_id), and the
+ * end-of-turn markers "<|im_end|>" (ChatML), "<|eot_id|>" (Llama 3) and "<|endoftext|>"
+ * when the vocabulary has them.  tkv_session_generate stops by this rule.  Since 0.5.
+ */
+TKV_API int32_t tkv_model_token_is_end(const tkv_model *model, int32_t token);
 
 #define TKV_TOKENIZE_ADD_BOS (1u << 0)       /* prepend BOS when the model asks for it */
 #define TKV_TOKENIZE_PARSE_SPECIAL (1u << 1) /* match control tokens like <|im_start|> */
@@ -495,7 +508,8 @@ TKV_API tkv_status tkv_cache_truncate(tkv_cache *cache, uint32_t n_tokens);
  * time; free it before its cache.
  *
  *     tkv_session_eval(s, prompt, n, 0);            // prefill
- *     for (;;) { tkv_session_sample(s, &sp, &tok); if (tok == eos) break;
+ *     for (;;) { tkv_session_sample(s, &sp, &tok);
+ *                if (tkv_model_token_is_end(model, tok)) break;
  *                tkv_session_eval(s, &tok, 1, 0); }  // decode
  * ================================================================================== */
 
@@ -576,9 +590,12 @@ typedef int32_t (*tkv_token_callback)(int32_t token, void *user_data);
 
 /*
  * Generate up to max_tokens tokens after the evaluated ones: sample, call back, eval,
- * until EOS (not passed to the callback), the callback asks to stop, or the cache is
- * full (TKV_ERR_CACHE_FULL).  The prompt must have been evaluated first.
- * *n_generated (may be NULL) counts tokens passed to the callback.  Since 0.1.
+ * until an end token (tkv_model_token_is_end; not passed to the callback; before 0.5 EOS
+ * only), the callback asks to stop, or the cache is full: TKV_ERR_CACHE_FULL then, after
+ * the token sampled at the last position was passed to the callback (it is not
+ * evaluated).  The last of max_tokens tokens is not evaluated either.  The prompt must
+ * have been evaluated first.  *n_generated (may be NULL) counts tokens passed to the
+ * callback.  Since 0.1.
  */
 TKV_API tkv_status tkv_session_generate(tkv_session *session, const tkv_sampler_params *params,
                                         int64_t max_tokens, tkv_token_callback callback,

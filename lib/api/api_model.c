@@ -1,6 +1,7 @@
 /*
  * api_model.c - public model, cache and session functions: argument and ABI checks,
- * then the model / kv / session layers.
+ * then one call into the model / kv / session layers (which trust what was checked
+ * here: the generate loop does not re-check each token it feeds back).
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -66,6 +67,9 @@ const char *tkv_model_arch(const tkv_model *m) { return m ? m->arch_name : ""; }
 const char *tkv_model_name(const tkv_model *m) { return m ? m->name : ""; }
 int32_t tkv_model_token_bos(const tkv_model *m) { return m ? tkv_tokenizer_bos(m->tokenizer) : -1; }
 int32_t tkv_model_token_eos(const tkv_model *m) { return m ? tkv_tokenizer_eos(m->tokenizer) : -1; }
+int32_t tkv_model_token_is_end(const tkv_model *m, int32_t token) {
+    return m ? tkv_tokenizer_is_end(m->tokenizer, token) : 0;
+}
 
 int32_t tkv_model_token_find(const tkv_model *m, const char *text) {
     if (!m || !text) {
@@ -376,16 +380,9 @@ tkv_status tkv_session_eval(tkv_session *s, const int32_t *tokens, int64_t n, ui
                     "tkv_session_eval: token %d at index %lld outside the vocabulary (0..%d)",
                     (int)tokens[i], (long long)i, n_vocab - 1);
     }
-    const uint32_t have = tkv_kv_n_tokens(&s->cache->kv);
-    TKV_REQUIRE((uint64_t)have + (uint64_t)n <= s->cache->kv.capacity, TKV_ERR_CACHE_FULL,
-                "tkv_session_eval: %lld tokens after %u do not fit the cache capacity %u",
-                (long long)n, have, s->cache->kv.capacity);
-    s->cache->loaded_hash = 0; /* no longer what was loaded */
     tkv_status st = tkv_session_eval_tokens(s, tokens, n, all);
-    if (st != TKV_OK) {
-        /* leave the cache as it was before the call */
-        tkv_kv_truncate(&s->cache->kv, have);
-        s->n_logits = 0;
+    if (st == TKV_ERR_CACHE_FULL) {
+        tkv_error_prefix("tkv_session_eval");
     }
     return st;
 }
@@ -417,21 +414,11 @@ static tkv_status tkv_check_sampler(const tkv_sampler_params *p) {
     return TKV_OK;
 }
 
-static int32_t tkv_sample_now(tkv_session *s, const tkv_sampler_params *p) {
-    const uint64_t t0 = tkv_session_now_ns();
-    if (!s->rng_seeded || s->rng_seed != p->seed) {
-        tkv_rng_init(&s->rng, p->seed);
-        s->rng_seed = p->seed;
-        s->rng_seeded = 1;
-    }
+/* The sampler settings of the session layer, from checked public params. */
+static tkv_sampling tkv_sampling_of(const tkv_sampler_params *p) {
     tkv_sampling sp = {p->temperature, p->top_k, p->top_p, p->min_p, p->repeat_penalty,
                        p->repeat_last_n};
-    int32_t tok = tkv_sample(&sp, tkv_session_logits(s, -1), (int32_t)s->model->hp.n_vocab,
-                             s->history, tkv_kv_n_tokens(&s->cache->kv), &s->rng, s->sample_probs,
-                             s->sample_ids);
-    s->sample_ns += tkv_session_now_ns() - t0;
-    s->sampled_since_eval = 1;
-    return tok;
+    return sp;
 }
 
 tkv_status tkv_session_sample(tkv_session *s, const tkv_sampler_params *params, int32_t *out) {
@@ -440,7 +427,8 @@ tkv_status tkv_session_sample(tkv_session *s, const tkv_sampler_params *params, 
     TKV_TRY(tkv_check_sampler(params));
     TKV_REQUIRE(s->n_logits > 0, TKV_ERR_INVALID_ARGUMENT,
                 "tkv_session_sample: no logits: evaluate tokens first");
-    *out = tkv_sample_now(s, params);
+    const tkv_sampling sp = tkv_sampling_of(params);
+    *out = tkv_session_sample_next(s, &sp, params->seed);
     return TKV_OK;
 }
 
@@ -456,47 +444,26 @@ tkv_status tkv_session_generate(tkv_session *s, const tkv_sampler_params *params
     TKV_REQUIRE(max_tokens >= 0, TKV_ERR_INVALID_ARGUMENT, "tkv_session_generate: max_tokens < 0");
     TKV_REQUIRE(s->n_logits > 0, TKV_ERR_INVALID_ARGUMENT,
                 "tkv_session_generate: evaluate the prompt first");
-    const int32_t eos = tkv_tokenizer_eos(s->model->tokenizer);
-    for (int64_t i = 0; i < max_tokens; i++) {
-        int32_t tok = tkv_sample_now(s, params);
-        if (tok == eos) {
-            break;
-        }
-        if (n_generated) {
-            (*n_generated)++;
-        }
-        if (callback && callback(tok, user_data) != 0) {
-            break;
-        }
-        if (i + 1 < max_tokens) {
-            TKV_TRY(tkv_session_eval(s, &tok, 1, 0));
-        }
+    const tkv_sampling sp = tkv_sampling_of(params);
+    int64_t n = 0;
+    tkv_status st =
+        tkv_session_generate_tokens(s, &sp, params->seed, max_tokens, callback, user_data, &n);
+    if (n_generated) {
+        *n_generated = n;
     }
-    return TKV_OK;
+    return st;
 }
 
 tkv_status tkv_session_timings(const tkv_session *s, tkv_timings *out) {
     TKV_REQUIRE(s && out, TKV_ERR_INVALID_ARGUMENT, "tkv_session_timings: NULL argument");
-    memset(out, 0, sizeof *out);
-    out->struct_size = sizeof *out;
-    out->prefill_tokens = s->prefill_tokens;
-    out->decode_tokens = s->decode_tokens;
-    out->prefill_seconds = (double)s->prefill_ns * 1e-9;
-    out->decode_seconds = (double)s->decode_ns * 1e-9;
-    out->matmul_seconds = (double)(s->fs.times.matmul_ns - s->base_times.matmul_ns) * 1e-9;
-    out->attention_seconds = (double)(s->fs.times.attention_ns - s->base_times.attention_ns) * 1e-9;
-    out->other_seconds = (double)(s->fs.times.other_ns - s->base_times.other_ns) * 1e-9;
-    out->sample_seconds = (double)s->sample_ns * 1e-9;
+    tkv_session_get_timings(s, out);
     return TKV_OK;
 }
 
 void tkv_session_reset_timings(tkv_session *s) {
-    if (!s) {
-        return;
+    if (s) {
+        tkv_session_clear_timings(s);
     }
-    s->prefill_tokens = s->decode_tokens = 0;
-    s->prefill_ns = s->decode_ns = s->sample_ns = 0;
-    s->base_times = s->fs.times;
 }
 
 uint32_t tkv_session_n_tokens(const tkv_session *s) {

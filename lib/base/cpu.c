@@ -9,6 +9,8 @@
 #include "base/cpu.h"
 
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "turbokv.h"
 
@@ -97,3 +99,21 @@ int tkv_cpu_has_avx512bf16(void) {
 }
 
 uint32_t tkv_cpu_features(void) { return tkv_cpu_detect(); }
+
+const void *tkv_isa_choose(const char *const *isas, size_t n,
+                           const void *(*table_for)(const char *isa)) {
+    const char *want = getenv("TKV_ISA");
+    size_t start = 0;
+    for (size_t i = 0; want && i < n; i++) {
+        if (strcmp(want, isas[i]) == 0) {
+            start = i;
+        }
+    }
+    for (size_t i = start; i < n; i++) {
+        const void *table = table_for(isas[i]);
+        if (table) {
+            return table;
+        }
+    }
+    return NULL;
+}

@@ -2,15 +2,13 @@
  * dispatch.c - picks the codec kernel table once per process.
  *
  * The best table the CPU (and OS) can run wins; TKV_ISA=scalar|avx2|avx512 asks
- * for a lower one (a request above what the CPU supports falls back to the best
- * it can run, so a test environment never crashes on an illegal instruction).
+ * for a lower one (tkv_isa_choose in lib/base/cpu.c, shared with the matmul dispatch).
  *
  * The avx2 / avx512 tables handed out are copies of the per-ISA tables with the entries
  * that need a finer feature check or live in their own files swapped in once: turbo scores
  * on int8 queries (kernels_turbo_avx2.c, and kernels_turbo_avx512.c on CPUs with VNNI).
  */
 #include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "base/cpu.h"
@@ -62,25 +60,13 @@ const tkv_codec_kernels *tkv_codec_kernels_for_isa(const char *isa) {
     return NULL;
 }
 
+static const void *tkv_codec_table_for(const char *isa) {
+    return tkv_codec_kernels_for_isa(isa);
+}
+
 static void tkv_kernels_choose(void) {
-    static const char *const order[] = {"avx512", "avx2", "scalar"};
-    const char *want = getenv("TKV_ISA");
-    size_t start = 0;
-    if (want) {
-        for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
-            if (strcmp(want, order[i]) == 0) {
-                start = i;
-            }
-        }
-    }
-    for (size_t i = start; i < sizeof order / sizeof order[0]; i++) {
-        const tkv_codec_kernels *k = tkv_codec_kernels_for_isa(order[i]);
-        if (k) {
-            tkv_active_kernels = k;
-            return;
-        }
-    }
-    tkv_active_kernels = &tkv_codec_kernels_scalar;
+    static const char *const isas[] = {"avx512", "avx2", "scalar"};
+    tkv_active_kernels = tkv_isa_choose(isas, sizeof isas / sizeof isas[0], tkv_codec_table_for);
 }
 
 const tkv_codec_kernels *tkv_codec_kernels_active(void) {

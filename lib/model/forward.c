@@ -19,19 +19,13 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "attn/attn.h"
 #include "base/alloc.h"
+#include "base/clock.h"
 #include "base/status.h"
 #include "tensor/formats.h"
 #include "tensor/matmul.h"
-
-static uint64_t tkv_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *m,
                                   uint32_t n_batch, uint32_t n_threads, uint32_t capacity) {

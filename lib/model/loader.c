@@ -233,9 +233,10 @@ static tkv_status tkv_load_tokenizer(struct tkv_model *m) {
         desc.merges = merge_ptr;
         desc.merge_lens = merge_len;
         const char *ids[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-                             "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id"};
-        int32_t *dst[] = {&desc.bos_id, &desc.eos_id, &desc.unk_id, &desc.pad_id};
-        for (int k = 0; k < 4 && st == TKV_OK; k++) {
+                             "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id",
+                             "tokenizer.ggml.eot_token_id"};
+        int32_t *dst[] = {&desc.bos_id, &desc.eos_id, &desc.unk_id, &desc.pad_id, &desc.eot_id};
+        for (int k = 0; k < 5 && st == TKV_OK; k++) {
             uint32_t v;
             if (tkv_gguf_find_key(g, ids[k]) >= 0) {
                 st = tkv_gguf_get_u32(g, ids[k], &v);

@@ -45,9 +45,31 @@ struct tkv_session {
     tkv_phase_times base_times;
 };
 
-/* Evaluate tokens (already validated) in chunks of n_batch. */
+/*
+ * Evaluate n tokens (ids already checked against the vocabulary; n <= n_batch when
+ * all_logits) in chunks of n_batch at the end of the cache.  TKV_ERR_CACHE_FULL when they
+ * do not fit; on any error the cache is left as it was and no logits are kept.
+ */
 tkv_status tkv_session_eval_tokens(struct tkv_session *s, const int32_t *tokens, int64_t n,
                                    int all_logits);
-uint64_t tkv_session_now_ns(void);
+
+/* The next token from the last eval's last logits (there must be some), with the
+ * generator (re)started from seed when the seed differs from the one it runs on. */
+int32_t tkv_session_sample_next(struct tkv_session *s, const tkv_sampling *p, uint64_t seed);
+
+/*
+ * Sample, call back, evaluate, up to max_tokens tokens after the evaluated ones (there must
+ * be logits).  Stops at an end token (tkv_tokenizer_is_end; not passed to the callback),
+ * when the callback returns non-zero, after max_tokens, or when the cache has no room for
+ * the token just passed to the callback: TKV_ERR_CACHE_FULL then, that token stays
+ * unevaluated.  *n_generated counts the tokens passed to the callback.
+ */
+tkv_status tkv_session_generate_tokens(struct tkv_session *s, const tkv_sampling *p, uint64_t seed,
+                                       int64_t max_tokens, tkv_token_callback callback,
+                                       void *user_data, int64_t *n_generated);
+
+/* Timings since creation or the last reset. */
+void tkv_session_get_timings(const struct tkv_session *s, tkv_timings *out);
+void tkv_session_clear_timings(struct tkv_session *s);
 
 #endif

@@ -1,9 +1,9 @@
 /*
  * dispatch_tensor.c - picks the matmul kernel table once per process from the CPU features
- * (tkv_cpu_detect, which also checks that the OS saves the vector state) and TKV_ISA.
+ * (tkv_cpu_detect, which also checks that the OS saves the vector state) and TKV_ISA, by
+ * the rule the codec dispatch uses (tkv_isa_choose).
  */
 #include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "base/cpu.h"
@@ -36,14 +36,13 @@ const tkv_matmul_kernels *tkv_matmul_kernels_for_isa(const char *isa) {
 static const tkv_matmul_kernels *tkv_matmul_chosen;
 static pthread_once_t tkv_matmul_once = PTHREAD_ONCE_INIT;
 
+static const void *tkv_matmul_table_for(const char *isa) {
+    return tkv_matmul_kernels_for_isa(isa);
+}
+
 static void tkv_matmul_choose(void) {
-    const tkv_matmul_kernels *k = tkv_matmul_kernels_for_isa(getenv("TKV_ISA"));
-    /* best first; for_isa returns NULL for whatever this CPU lacks */
-    static const char *const order[] = {"avx512vnni", "avx512", "avx2"};
-    for (size_t i = 0; k == NULL && i < sizeof order / sizeof order[0]; i++) {
-        k = tkv_matmul_kernels_for_isa(order[i]);
-    }
-    tkv_matmul_chosen = k ? k : &tkv_matmul_kernels_scalar;
+    static const char *const isas[] = {"avx512vnni", "avx512", "avx2", "scalar"};
+    tkv_matmul_chosen = tkv_isa_choose(isas, sizeof isas / sizeof isas[0], tkv_matmul_table_for);
 }
 
 const tkv_matmul_kernels *tkv_matmul_kernels_get(void) {

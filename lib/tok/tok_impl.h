@@ -17,6 +17,8 @@ struct tkv_tokenizer {
     int32_t pre;  /* TKV_PRE_* (BPE) */
     int32_t n_vocab;
     int32_t bos, eos, unk, pad; /* -1 when absent */
+    int32_t end[5];             /* tokens that end a generation (tkv_tokenizer_is_end) */
+    int n_end;
     int add_bos;
     int add_space_prefix; /* SPM */
     int ignore_merges;    /* BPE: a piece that is a whole token is emitted as is */

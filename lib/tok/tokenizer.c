@@ -16,7 +16,7 @@
 
 void tkv_tokenizer_desc_init(tkv_tokenizer_desc *desc) {
     memset(desc, 0, sizeof *desc);
-    desc->bos_id = desc->eos_id = desc->unk_id = desc->pad_id = -1;
+    desc->bos_id = desc->eos_id = desc->unk_id = desc->pad_id = desc->eot_id = -1;
     desc->add_space_prefix = 1;
 }
 
@@ -160,6 +160,32 @@ static tkv_status check_id(int32_t id, int32_t n, const char *what) {
     return TKV_OK;
 }
 
+static void add_end_token(tkv_tokenizer *tok, int32_t id) {
+    if (id < 0) {
+        return;
+    }
+    for (int i = 0; i < tok->n_end; i++) {
+        if (tok->end[i] == id) {
+            return;
+        }
+    }
+    tok->end[tok->n_end++] = id;
+}
+
+/* A model's EOS is one of its end markers, not always the one it emits: a ChatML model
+ * may end a turn with <|im_end|> and a text with <|endoftext|> whichever of them the
+ * metadata names EOS, and Llama 3 ends a turn with <|eot_id|>.  A generator that stopped
+ * at EOS alone would run past the end of the answer. */
+static void build_end_tokens(tkv_tokenizer *tok, int32_t eot_id) {
+    static const char *const markers[] = {"<|im_end|>", "<|eot_id|>", "<|endoftext|>"};
+    tok->n_end = 0;
+    add_end_token(tok, tok->eos);
+    add_end_token(tok, eot_id);
+    for (size_t i = 0; i < sizeof markers / sizeof markers[0]; i++) {
+        add_end_token(tok, tkv_tok_lookup(tok, markers[i], strlen(markers[i])));
+    }
+}
+
 static tkv_status create(const tkv_tokenizer_desc *d, tkv_tokenizer *tok) {
     TKV_REQUIRE(d->model != NULL, TKV_ERR_INVALID_ARGUMENT, "tokenizer: model name is NULL");
     if (strcmp(d->model, "gpt2") == 0) {
@@ -186,6 +212,7 @@ static tkv_status create(const tkv_tokenizer_desc *d, tkv_tokenizer *tok) {
     TKV_TRY(check_id(d->eos_id, tok->n_vocab, "eos"));
     TKV_TRY(check_id(d->unk_id, tok->n_vocab, "unk"));
     TKV_TRY(check_id(d->pad_id, tok->n_vocab, "pad"));
+    TKV_TRY(check_id(d->eot_id, tok->n_vocab, "eot"));
     tok->bos = d->bos_id;
     tok->eos = d->eos_id;
     tok->unk = d->unk_id;
@@ -195,6 +222,7 @@ static tkv_status create(const tkv_tokenizer_desc *d, tkv_tokenizer *tok) {
 
     TKV_TRY(build_vocab(tok, d));
     TKV_TRY(build_specials(tok));
+    build_end_tokens(tok, d->eot_id);
     if (tok->kind == TKV_TOK_BPE) {
         TKV_TRY(tkv_bpe_init(tok, d));
     } else {
@@ -459,6 +487,15 @@ int32_t tkv_tokenizer_pad(const tkv_tokenizer *tok) {
 }
 int tkv_tokenizer_add_bos(const tkv_tokenizer *tok) {
     return tok->add_bos;
+}
+
+int tkv_tokenizer_is_end(const tkv_tokenizer *tok, int32_t id) {
+    for (int i = 0; i < tok->n_end; i++) {
+        if (tok->end[i] == id) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 int32_t tkv_tokenizer_token_type(const tkv_tokenizer *tok, int32_t id) {

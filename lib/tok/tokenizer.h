@@ -48,6 +48,7 @@ typedef struct tkv_tokenizer_desc {
     int32_t eos_id;             /* -1 when absent */
     int32_t unk_id;             /* -1 when absent */
     int32_t pad_id;             /* -1 when absent */
+    int32_t eot_id;             /* tokenizer.ggml.eot_token_id (end of turn); -1 when absent */
     int32_t add_bos;            /* tokenizer.ggml.add_bos_token: callers prepend BOS */
     int32_t add_space_prefix;   /* SPM: tokenizer.ggml.add_space_prefix (GGUF default 1) */
 } tkv_tokenizer_desc;
@@ -112,6 +113,11 @@ int32_t tkv_tokenizer_eos(const tkv_tokenizer *tok);
 int32_t tkv_tokenizer_unk(const tkv_tokenizer *tok);
 int32_t tkv_tokenizer_pad(const tkv_tokenizer *tok);
 int tkv_tokenizer_add_bos(const tkv_tokenizer *tok);
+
+/* 1 when generation ends at id: EOS, the end-of-turn id of the metadata, or the end-of-turn
+ * marker of a chat form the library knows (ChatML "<|im_end|>", Llama 3 "<|eot_id|>", and
+ * "<|endoftext|>") when the vocabulary has it.  The one stop rule of every generator. */
+int tkv_tokenizer_is_end(const tkv_tokenizer *tok, int32_t id);
 
 /* TKV_TOKEN_* type of id, 0 when out of range. */
 int32_t tkv_tokenizer_token_type(const tkv_tokenizer *tok, int32_t id);

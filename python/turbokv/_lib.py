@@ -348,6 +348,11 @@ def tkv_model_token_find(model: ModelHandle, text: bytes) -> int:
     """int32_t tkv_model_token_find(const tkv_model *model, const char *text);"""
 
 
+@_c_function([c_void_p, c_int32], c_int32)
+def tkv_model_token_is_end(model: ModelHandle, token: int) -> int:
+    """int32_t tkv_model_token_is_end(const tkv_model *model, int32_t token);"""
+
+
 @_c_function([c_void_p, c_char_p, c_size_t, c_uint32, int32_p, c_size_t, POINTER(c_size_t)],
              c_int32)
 def tkv_model_tokenize(model: ModelHandle, text: bytes, len: int, flags: int, tokens: Ref,

@@ -106,7 +106,6 @@ class Generation:
                 raise
         self.max_tokens = max_tokens
         self.sampling = sampling
-        self.stop = model.stop_tokens()
         self.tokens: list[int] = []
         self.stats: Optional[GenerationStats] = None
         self.stop_reason: Optional[str] = None  # one of turbokv.STOP_REASONS once the run ends
@@ -168,7 +167,7 @@ class Generation:
             self._eval_prompt()
             for i in range(self.max_tokens):
                 tok = s.sample(self.sampling)
-                if tok in self.stop:
+                if self.model.is_end_token(tok):
                     reason = "eos"
                     break
                 self.tokens.append(tok)

@@ -169,12 +169,8 @@ class Model(Handle):
             pieces.append(self.tokenize(text, add_bos=add_bos and i == 0, special=marker))
         return np.concatenate(pieces).astype(np.int32) if pieces else np.empty(0, np.int32)
 
-    def stop_tokens(self) -> set[int]:
-        """EOS plus the end-of-turn markers of the chat templates."""
-        ids = {self.eos}
-        for text in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-            tid = self.token_id(text)
-            if tid >= 0:
-                ids.add(tid)
-        ids.discard(-1)
-        return ids
+    def is_end_token(self, token: int) -> bool:
+        """Whether generation ends at ``token`` (EOS or an end-of-turn marker): the
+        library's one stop rule (``tkv_model_token_is_end``), which Session.generate and
+        turbokv.generate both follow."""
+        return bool(_lib.tkv_model_token_is_end(self.handle, int(token)))

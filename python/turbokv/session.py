@@ -239,7 +239,8 @@ class Session(Handle):
                  callback: Optional[Callable[[int], bool]] = None) -> GeneratedTokens:
         """Generate after the evaluated prompt (the C loop: sample, call back, evaluate).
 
-        Stops at the model's EOS token (not returned), after ``max_tokens`` tokens, when
+        Stops at an end token of the model (EOS or an end-of-turn marker,
+        Model.is_end_token; not returned), after ``max_tokens`` tokens, when
         ``callback(token)`` returns True (that token is returned), or when the cache is
         full: the token sampled from the last position that fits is returned but not
         evaluated, and generation stops there without raising (the same as

@@ -294,6 +294,12 @@ static void test_bpe(void) {
     CHECK_EQ_INT(tkv_tokenizer_unk(tok), -1);
     CHECK_EQ_INT(tkv_tokenizer_pad(tok), -1);
     CHECK_EQ_INT(tkv_tokenizer_add_bos(tok), 0);
+    /* the stop rule: EOS (here also the ChatML end of turn), nothing else of this vocab */
+    CHECK_EQ_INT(tkv_tokenizer_is_end(tok, T_IM_END), 1);
+    CHECK_EQ_INT(tkv_tokenizer_is_end(tok, T_IM_START), 0);
+    CHECK_EQ_INT(tkv_tokenizer_is_end(tok, T_TOOL), 0);
+    CHECK_EQ_INT(tkv_tokenizer_is_end(tok, -1), 0);
+    CHECK_EQ_INT(tkv_tokenizer_is_end(tok, T_NVOCAB), 0);
     CHECK_EQ_INT(tkv_tokenizer_find(tok, "<|im_start|>", 12), T_IM_START);
     CHECK_EQ_INT(tkv_tokenizer_find(tok, sym("hello"), 5), T_HELLO);
     CHECK_EQ_INT(tkv_tokenizer_find(tok, "nope", 4), -1);
@@ -509,6 +515,29 @@ static tkv_tokenizer *make_spm(int add_space_prefix) {
     tkv_tokenizer *tok = NULL;
     CHECK_OK(tkv_tokenizer_create(&d, &tok));
     return tok;
+}
+
+/* Which tokens end a generation: the metadata's EOS and end-of-turn ids and the known
+ * end-of-turn markers, whatever the EOS is. */
+static void test_end_tokens(void) {
+    const char *texts[] = {"a", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>", "<|im_start|>"};
+    tkv_tokenizer_desc d;
+    tkv_tokenizer_desc_init(&d);
+    d.model = "gpt2";
+    d.n_tokens = 5;
+    d.tokens = texts;
+    d.eot_id = 2;
+    tkv_tokenizer *tok = NULL;
+    CHECK_OK(tkv_tokenizer_create(&d, &tok));
+    if (tok) {
+        const int want[] = {0, 1, 1, 1, 0};
+        for (int i = 0; i < 5; i++) {
+            CHECK_EQ_INT(tkv_tokenizer_is_end(tok, i), want[i]);
+        }
+        tkv_tokenizer_free(tok);
+    }
+    d.eot_id = 5;
+    CHECK_STATUS(tkv_tokenizer_create(&d, &tok), TKV_ERR_BAD_FORMAT);
 }
 
 static void test_spm(void) {
@@ -816,6 +845,7 @@ int main(void) {
     test_pretokenizers();
     test_bpe();
     test_create_errors();
+    test_end_tokens();
     test_spm();
     test_reference();
     CHECK_MAIN_END();

@@ -41,6 +41,10 @@ def test_model_properties(real_model):
     assert (m.n_embd, m.n_vocab, m.n_ctx_train) == (576, 49152, 8192)
     assert m.kv_bytes_per_token_fp32() == 46080
     assert m.token_id("<|im_end|>") == m.eos
+    # the library's stop rule: EOS (<|im_end|>) and <|endoftext|>, nothing else
+    ends = [t for t in range(m.n_vocab) if m.is_end_token(t)]
+    assert ends == sorted({m.eos, m.token_id("<|endoftext|>")})
+    assert not m.is_end_token(m.token_id("<|im_start|>")) and not m.is_end_token(-1)
 
 
 def test_tokenizer_matches_hf_tokenizers(real_model, reader):

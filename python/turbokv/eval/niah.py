@@ -157,7 +157,6 @@ def niah(model: Model, configs: Union[str, CacheConfig, Sequence[Union[str, Cach
         raise ValueError("depths are fractions in [0, 1]")
     _, content = resolve_text(filler, DEFAULT_FILLER)
     prompts = _Prompts(model, content, answer_prefix)
-    stops = model.stop_tokens()
     greedy = Sampling(temperature=0.0)
     results = []
     cells = [(i, j, t) for i in range(len(lengths)) for j in range(len(depths)) for t in range(trials)]
@@ -171,8 +170,7 @@ def niah(model: Model, configs: Union[str, CacheConfig, Sequence[Union[str, Cach
             with cfg.cache(model, toks.size + max_new_tokens + 1) as cache, \
                     Session(cache, n_threads=n_threads, n_batch=512) as s:
                 s.eval(toks)
-                out = s.generate(max_new_tokens, greedy, callback=lambda tok: tok in stops)
-            out = [x for x in out if x not in stops]
+                out = s.generate(max_new_tokens, greedy)  # stops at the end tokens
             answer = model.detokenize(out).decode("utf-8", "replace")
             ok = score_answer(answer, key)
             grid[i, j] += ok / trials
