@@ -81,8 +81,9 @@ typedef struct tkv_codec_kernels {
     void (*matvec)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
     /* y = M^T x, M (rows, cols) row-major, x has rows elements */
     void (*matvec_t)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
-    /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1 */
-    void (*softmax)(float *x, size_t n, float scale);
+    /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1; returns
+     * log sum_j exp(scale * x[j]) (the max plus the log of that sum) */
+    float (*softmax)(float *x, size_t n, float scale);
     /* One Viterbi step of the trellis encoder (trellis.c) over coordinate x: for every
      * new state s < S = 2^P, the candidates c_a = cost[((s << N) | a) mod S] +
      * (x - table[a S + s])^2 for a < K = 2^N (a product, then a sum) are compared as
@@ -248,7 +249,7 @@ void tkv_accum_scalar(const tkv_code_layout *layout, const float *w, float thres
 void tkv_fwht_scalar(float *x, uint32_t d, float scale);
 void tkv_matvec_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
-void tkv_softmax_scalar(float *x, size_t n, float scale);
+float tkv_softmax_scalar(float *x, size_t n, float scale);
 void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, float *next,
                              uint8_t *back);
 void tkv_scores_multi_scalar(const tkv_code_layout *layout, const float *const *qs, int nq,

@@ -356,11 +356,20 @@ static void test_softmax(const tkv_codec_kernels *K, const tkv_codec_kernels *S)
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         for (size_t si = 0; si < 3; si++) {
             const size_t n = lens[li];
+            double mx = -INFINITY, sum = 0;
             for (size_t i = 0; i < n; i++) {
                 a[i] = b[i] = spreads[si] * (float)tkv_rng_gaussian(&rng);
+                mx = fmax(mx, 0.7 * a[i]);
             }
-            S->softmax(a, n, 0.7f);
-            K->softmax(b, n, 0.7f);
+            for (size_t i = 0; i < n; i++) {
+                sum += exp(0.7 * a[i] - mx);
+            }
+            const double lse = mx + log(sum); /* the log-sum-exp both return */
+            const float lse_s = S->softmax(a, n, 0.7f), lse_k = K->softmax(b, n, 0.7f);
+            CHECK_MSG(fabs(lse_s - lse) <= 1e-5 * (fabs(lse) + 1) &&
+                          fabs(lse_k - lse) <= 1e-5 * (fabs(lse) + 1),
+                      "%s softmax n=%zu: log-sum-exp %g, scalar %g, exact %g", K->isa, n,
+                      (double)lse_k, (double)lse_s, lse);
             double worst = 0, total = 0;
             for (size_t i = 0; i < n; i++) {
                 worst = fmax(worst, fabs(a[i] - b[i]) / (fabs(a[i]) + 1e-12 / 2e-6));
