@@ -230,9 +230,9 @@ static inline int tkv_turbo_accum_i8(const tkv_codec_kernels *K, const tkv_code_
  * rounding of each pair's product sum (fuzz_codec found 1.03 x 2^-8). */
 static inline int tkv_turbo_accum_bf16(const tkv_codec_kernels *K, const tkv_code_layout *L) {
 #if defined(TKV_HAVE_X86_KERNELS)
-    const int bf16 = K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_bf16 ||
-                     (K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_i8_bf16 &&
-                      !tkv_turbo_scores_i8(K, L));
+    const int bf16 =
+        K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_bf16 ||
+        (K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_i8_bf16 && !tkv_turbo_scores_i8(K, L));
     return bf16 && L->format == TKV_FMT_TURBO && L->bits == 4 && !L->has_qjl && L->d % 32 == 0;
 #else
     (void)K;

@@ -38,9 +38,8 @@ TKV_I8_ATTR void tkv_scores_turbo_multi_i8_vnni(const tkv_code_layout *L, const 
     tkv_i8_vnni_run(L, qs, nq, codes, n, outs);
 }
 
-TKV_I8_ATTR void tkv_accum_turbo_i8_vnni(const tkv_code_layout *L, const float *w,
-                                         float threshold, const uint8_t *codes, size_t n,
-                                         float *acc) {
+TKV_I8_ATTR void tkv_accum_turbo_i8_vnni(const tkv_code_layout *L, const float *w, float threshold,
+                                         const uint8_t *codes, size_t n, float *acc) {
     if (!tkv_i8_vnni_supported(L)) {
         tkv_codec_kernels_avx512.accum[TKV_FMT_TURBO](L, w, threshold, codes, n, acc);
         return;

@@ -47,8 +47,8 @@
  */
 
 #define TKV_I8_MAX_D 1024
-#define TKV_I8_BLOCK 32  /* value sums: keys per weight quantization step */
-#define TKV_I8_SPAN 256  /* value sums: keys per walk of the halves (L1-resident codes) */
+#define TKV_I8_BLOCK 32 /* value sums: keys per weight quantization step */
+#define TKV_I8_SPAN 256 /* value sums: keys per walk of the halves (L1-resident codes) */
 
 /* Round to nearest, halves away from zero (lrintf is a libm call in this build: it showed
  * in the decode profile, as fmaxf did). */
@@ -86,30 +86,29 @@ static TKV_I8_ATTR void TKV_I8_NAME(make_tab)(const tkv_code_layout *L, int offs
 }
 
 /* Byte masks (0xFF where set) of the P1 bits of half h of the chunk at element c. */
-static inline TKV_I8_ATTR __m256i TKV_I8_NAME(p1_mask)(uint32_t bits, const uint8_t *p1,
-                                                       uint32_t c, uint32_t h) {
-    const __m256i bit = _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64,
-                                         -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32,
-                                         64, -128);
+static inline TKV_I8_ATTR __m256i TKV_I8_NAME(p1_mask)(uint32_t bits, const uint8_t *p1, uint32_t c,
+                                                       uint32_t h) {
+    const __m256i bit =
+        _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16,
+                         32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
     __m256i src, sel;
     if (bits == 3) { /* half h: elements c + 32 h + b, bits of 4 bytes */
         int32_t w;
         memcpy(&w, p1 + c / 8 + 4 * h, 4);
         src = _mm256_set1_epi32(w);
-        sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2,
-                               2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+        sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+                               2, 3, 3, 3, 3, 3, 3, 3, 3);
     } else { /* 5 bits: lane 0 elements c + 16 h + b, lane 1 c + 32 + 16 h + b */
         int64_t w;
         memcpy(&w, p1 + c / 8, 8);
         src = _mm256_set1_epi64x(w);
         const char o = (char)(2 * h);
-        sel = _mm256_setr_epi8(o, o, o, o, o, o, o, o, (char)(o + 1), (char)(o + 1), (char)(o + 1),
-                               (char)(o + 1), (char)(o + 1), (char)(o + 1), (char)(o + 1),
-                               (char)(o + 1), (char)(o + 4), (char)(o + 4), (char)(o + 4),
-                               (char)(o + 4), (char)(o + 4), (char)(o + 4), (char)(o + 4),
-                               (char)(o + 4), (char)(o + 5), (char)(o + 5), (char)(o + 5),
-                               (char)(o + 5), (char)(o + 5), (char)(o + 5), (char)(o + 5),
-                               (char)(o + 5));
+        sel = _mm256_setr_epi8(
+            o, o, o, o, o, o, o, o, (char)(o + 1), (char)(o + 1), (char)(o + 1), (char)(o + 1),
+            (char)(o + 1), (char)(o + 1), (char)(o + 1), (char)(o + 1), (char)(o + 4),
+            (char)(o + 4), (char)(o + 4), (char)(o + 4), (char)(o + 4), (char)(o + 4),
+            (char)(o + 4), (char)(o + 4), (char)(o + 5), (char)(o + 5), (char)(o + 5),
+            (char)(o + 5), (char)(o + 5), (char)(o + 5), (char)(o + 5), (char)(o + 5));
     }
     return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(src, sel), bit), bit);
 }
@@ -131,8 +130,8 @@ TKV_I8_NAME(half)(const uint32_t bits, uint32_t d, const uint8_t *pl, uint32_t c
                                   TKV_I8_NAME(p1_mask)(5, pl + d / 2, c, h));
     }
     const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(pl + c / 4)));
-    const __m256i sh = h ? _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6)
-                         : _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
+    const __m256i sh =
+        h ? _mm256_setr_epi32(4, 4, 4, 4, 6, 6, 6, 6) : _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);
     __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(b, sh), _mm256_set1_epi8(3));
     if (bits == 3) {
         const __m256i m = TKV_I8_NAME(p1_mask)(3, pl + (d / 64) * 16, c, h);
@@ -262,33 +261,64 @@ TKV_I8_NAME(scores_nq)(const int NQ, const uint32_t BITS, const tkv_code_layout 
 
 /* 1 if the layout is one these kernels handle. */
 static int TKV_I8_NAME(supported)(const tkv_code_layout *L) {
-    return L->bits >= 2 && L->bits <= 5 && !L->has_qjl && L->d % 64 == 0 &&
-           L->d <= TKV_I8_MAX_D;
+    return L->bits >= 2 && L->bits <= 5 && !L->has_qjl && L->d % 64 == 0 && L->d <= TKV_I8_MAX_D;
 }
 
-#define TKV_I8_BITS_NQ(F, bits, nq, ...)                                                     \
-    do {                                                                                     \
-        switch ((bits) * 8 + (nq)) {                                                         \
-        case 17: F(1, 2, __VA_ARGS__); break;                                                \
-        case 18: F(2, 2, __VA_ARGS__); break;                                                \
-        case 19: F(3, 2, __VA_ARGS__); break;                                                \
-        case 20: F(4, 2, __VA_ARGS__); break;                                                \
-        case 25: F(1, 3, __VA_ARGS__); break;                                                \
-        case 26: F(2, 3, __VA_ARGS__); break;                                                \
-        case 27: F(3, 3, __VA_ARGS__); break;                                                \
-        case 28: F(4, 3, __VA_ARGS__); break;                                                \
-        case 33: F(1, 4, __VA_ARGS__); break;                                                \
-        case 34: F(2, 4, __VA_ARGS__); break;                                                \
-        case 35: F(3, 4, __VA_ARGS__); break;                                                \
-        case 36: F(4, 4, __VA_ARGS__); break;                                                \
-        case 41: F(1, 5, __VA_ARGS__); break;                                                \
-        case 42: F(2, 5, __VA_ARGS__); break;                                                \
-        case 43: F(3, 5, __VA_ARGS__); break;                                                \
-        default: F(4, 5, __VA_ARGS__); break;                                                \
-        }                                                                                    \
+#define TKV_I8_BITS_NQ(F, bits, nq, ...)                                                           \
+    do {                                                                                           \
+        switch ((bits)*8 + (nq)) {                                                                 \
+        case 17:                                                                                   \
+            F(1, 2, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 18:                                                                                   \
+            F(2, 2, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 19:                                                                                   \
+            F(3, 2, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 20:                                                                                   \
+            F(4, 2, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 25:                                                                                   \
+            F(1, 3, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 26:                                                                                   \
+            F(2, 3, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 27:                                                                                   \
+            F(3, 3, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 28:                                                                                   \
+            F(4, 3, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 33:                                                                                   \
+            F(1, 4, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 34:                                                                                   \
+            F(2, 4, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 35:                                                                                   \
+            F(3, 4, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 36:                                                                                   \
+            F(4, 4, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 41:                                                                                   \
+            F(1, 5, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 42:                                                                                   \
+            F(2, 5, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        case 43:                                                                                   \
+            F(3, 5, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        default:                                                                                   \
+            F(4, 5, __VA_ARGS__);                                                                  \
+            break;                                                                                 \
+        }                                                                                          \
     } while (0)
 
-#define TKV_I8_SCORES(NQ, BITS, L, P, codes, n, outs)                                        \
+#define TKV_I8_SCORES(NQ, BITS, L, P, codes, n, outs)                                              \
     TKV_I8_NAME(scores_nq)(NQ, BITS, L, P, codes, n, outs)
 
 static TKV_I8_ATTR void TKV_I8_NAME(run)(const tkv_code_layout *L, const float *const *qs, int nq,
@@ -360,11 +390,13 @@ static TKV_I8_ATTR void TKV_I8_NAME(span_weights)(const tkv_code_layout *L, cons
             for (int r = 0; r < 4; r++) { /* |v| * inv <= 127 up to rounding: no clamp needed */
                 q[r] = _mm256_cvtps_epi32(_mm256_mul_ps(v[r], inv));
             }
-            const __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-            const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]),
-                                                 _mm256_packs_epi32(q[2], q[3]));
-            _mm256_storeu_si256((__m256i *)(S->w8[k] + b0),
-                                _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+            const __m256i s =
+                _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            const __m256i p =
+                _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256(
+                (__m256i *)(S->w8[k] + b0),
+                _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
             S->step[k][b0 / TKV_I8_BLOCK] = step;
             S->corr[k][b0 / TKV_I8_BLOCK] = TKV_I8_VNNI ? 128 * TKV_I8_NAME(hsum)(s) : 0;
         }
@@ -421,10 +453,13 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const tkv_code_layout 
                     const __m256i vb = TKV_I8_NAME(half)(BITS, d, S->code[i + 1] + po, c, h, T);
                     const __m256i vc = TKV_I8_NAME(half)(BITS, d, S->code[i + 2] + po, c, h, T);
                     const __m256i vd = TKV_I8_NAME(half)(BITS, d, S->code[i + 3] + po, c, h, T);
-                    const __m256i ab0 = _mm256_unpacklo_epi8(va, vb), ab1 = _mm256_unpackhi_epi8(va, vb);
-                    const __m256i cd0 = _mm256_unpacklo_epi8(vc, vd), cd1 = _mm256_unpackhi_epi8(vc, vd);
-                    __m256i X[4] = {_mm256_unpacklo_epi16(ab0, cd0), _mm256_unpackhi_epi16(ab0, cd0),
-                                    _mm256_unpacklo_epi16(ab1, cd1), _mm256_unpackhi_epi16(ab1, cd1)};
+                    const __m256i ab0 = _mm256_unpacklo_epi8(va, vb),
+                                  ab1 = _mm256_unpackhi_epi8(va, vb);
+                    const __m256i cd0 = _mm256_unpacklo_epi8(vc, vd),
+                                  cd1 = _mm256_unpackhi_epi8(vc, vd);
+                    __m256i X[4] = {
+                        _mm256_unpacklo_epi16(ab0, cd0), _mm256_unpackhi_epi16(ab0, cd0),
+                        _mm256_unpacklo_epi16(ab1, cd1), _mm256_unpackhi_epi16(ab1, cd1)};
 #if !TKV_I8_VNNI
                     for (int r = 0; r < 4; r++) { /* |c| here, its sign moves to the weights */
                         const __m256i sgn = X[r];
@@ -432,9 +467,10 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const tkv_code_layout 
                         for (int k = 0; k < NQ; k++) {
                             int32_t wq;
                             memcpy(&wq, S->w8[k] + i, 4);
-                            const __m256i p =
-                                _mm256_maddubs_epi16(X[r], _mm256_sign_epi8(_mm256_set1_epi32(wq), sgn));
-                            A[k][r] = _mm256_add_epi32(A[k][r], _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                            const __m256i p = _mm256_maddubs_epi16(
+                                X[r], _mm256_sign_epi8(_mm256_set1_epi32(wq), sgn));
+                            A[k][r] = _mm256_add_epi32(A[k][r],
+                                                       _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
                         }
                     }
 #else
@@ -452,8 +488,8 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const tkv_code_layout 
                     const __m256 st = _mm256_set1_ps(S->step[k][b0 / TKV_I8_BLOCK]);
                     const __m256i corr = _mm256_set1_epi32(S->corr[k][b0 / TKV_I8_BLOCK]);
                     for (int r = 0; r < 4; r++) {
-                        F[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(A[k][r], corr)),
-                                                  st, F[k][r]);
+                        F[k][r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(_mm256_sub_epi32(A[k][r], corr)), st, F[k][r]);
                     }
                 }
             }

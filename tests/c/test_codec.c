@@ -453,8 +453,8 @@ static void test_scores(void) {
                    "(relative to mean exact^2: %.2e vs %.2e), worst %.2e of sum|terms|\n",
                    tkv_codec_name(id), d, ae / n, 100.0 * ae / ce, ce / n, ae / ee, ce / ee, worst);
             CHECK_MSG(ae < (cc->layout.bits == 5 ? 0.05 : 0.02) * ce,
-                      "%s: int8 score error %.3g vs the codec's %.3g",
-                      tkv_codec_name(id), ae / n, ce / n);
+                      "%s: int8 score error %.3g vs the codec's %.3g", tkv_codec_name(id), ae / n,
+                      ce / n);
             CHECK_MSG(worst < 0.02, "%s: int8 scores differ from decoded dot by %g (relative)",
                       tkv_codec_name(id), worst);
         } else {

@@ -197,7 +197,8 @@ static void test_codec_dim(const tkv_codec_kernels *K, const tkv_codec_kernels *
             }
             if (!near_rel(acc_k[j], acc_s[j], mag) &&
                 !(fabs(acc_k[j] - acc_s[j]) <=
-                  bf16_bound(K, L, w, thresholds[t], codes, dec, width, N_VEC, j) + REL_TOL * mag)) {
+                  bf16_bound(K, L, w, thresholds[t], codes, dec, width, N_VEC, j) +
+                      REL_TOL * mag)) {
                 if (bad++ < 3) {
                     fprintf(stderr, "  %s %s d=%u thr=%g acc[%u]: %.9g vs scalar %.9g\n", K->isa,
                             c.desc->name, d, (double)thresholds[t], j, (double)acc_k[j],

@@ -113,7 +113,8 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
                 mag += fabsf(w[i]) >= threshold ? fabs((double)w[i] * dec[i][j]) : 0.0;
             }
             const double extra = a8 ? tkv_turbo_accum_i8_bound(L, w, threshold, codes, n, j) : 0.0;
-            REQUIRE(fabs(a_isa[j] - a_ref[j]) <= (TOL + (b16 ? 1.0 / 128 : 0.0)) * mag + extra + 1e-30);
+            REQUIRE(fabs(a_isa[j] - a_ref[j]) <=
+                    (TOL + (b16 ? 1.0 / 128 : 0.0)) * mag + extra + 1e-30);
         }
         if (K->scores_multi[L->format] && K->accum_multi[L->format]) {
             /* the same query and weights in every slot: each must match the single one */
