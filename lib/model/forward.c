@@ -320,15 +320,25 @@ static void tkv_attn_task(void *p, int ith, int nth) {
     float *scores = j->s->scores + (size_t)ith * TKV_MAX_QUERIES * j->s->capacity;
     float *work = j->s->work + (size_t)ith * TKV_MAX_QUERIES * TKV_ATTN_WORK_FLOATS(a.d);
     int64_t b, e;
-    if (j->split) { /* items (token, run, chunk), each into its slot of attn_part */
-        tkv_split_range((int64_t)j->n * a.items_per_token * a.max_chunks, ith, nth, &b, &e);
+    if (j->split) { /* items (token, run, chunk) of the chunks that exist, each into its slot
+                     * of attn_part, spread evenly over the threads */
+        int64_t total = 0;
+        for (uint32_t t = 0; t < j->n; t++) {
+            total += (int64_t)a.items_per_token * tkv_attn_n_chunks(j->pos0 + t);
+        }
+        tkv_split_range(total, ith, nth, &b, &e);
+        uint32_t t = 0;
+        int64_t first = 0; /* flat index of token t's first item */
         for (int64_t i = b; i < e; i++) {
-            const uint32_t c = (uint32_t)(i % a.max_chunks);
-            const uint32_t ti = (uint32_t)(i / a.max_chunks);
-            const uint32_t t = ti / a.items_per_token, item = ti % a.items_per_token;
-            if (c < tkv_attn_n_chunks(j->pos0 + t)) {
-                tkv_attn_chunk(j, &a, t, item, c, j->s->attn_part + (size_t)i * ps, scores, work);
+            uint32_t nc = tkv_attn_n_chunks(j->pos0 + t);
+            while (i - first >= (int64_t)a.items_per_token * nc) {
+                first += (int64_t)a.items_per_token * nc;
+                nc = tkv_attn_n_chunks(j->pos0 + ++t);
             }
+            const uint32_t item = (uint32_t)((i - first) / nc), c = (uint32_t)((i - first) % nc);
+            float *slot = j->s->attn_part +
+                          (((size_t)t * a.items_per_token + item) * a.max_chunks + c) * ps;
+            tkv_attn_chunk(j, &a, t, item, c, slot, scores, work);
         }
         return;
     }
