@@ -103,9 +103,10 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
                                      TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
     s->kv_scratch = tkv_calloc_aligned((size_t)n_threads * TKV_KV_SCRATCH_FLOATS(hp->head_dim),
                                        sizeof(float)); /* one per pool part */
-    {   /* chunk results: one item's chunks per thread, or every item's of a split batch */
+    { /* chunk results: one item's chunks per thread, or every item's of a split batch */
         const uint32_t group = hp->n_head / hp->n_head_kv;
-        const size_t items = (size_t)hp->n_head_kv * ((group + TKV_MAX_QUERIES - 1) / TKV_MAX_QUERIES);
+        const size_t items =
+            (size_t)hp->n_head_kv * ((group + TKV_MAX_QUERIES - 1) / TKV_MAX_QUERIES);
         const size_t per_thread = n_threads, split = TKV_ATTN_SPLIT_TOKENS * items;
         s->attn_part = tkv_calloc_aligned((per_thread > split ? per_thread : split) *
                                               tkv_attn_n_chunks(capacity ? capacity - 1 : 0) *
@@ -126,8 +127,8 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     }
     s->mm_scratch_bytes = mm;
     s->mm_scratch = tkv_calloc_aligned(mm ? mm : 64, 1);
-    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up ||
-        !s->logits || !s->scores || !s->work || !s->attn_part || !s->kv_scratch || !s->rope_inv_freq ||
+    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up || !s->logits ||
+        !s->scores || !s->work || !s->attn_part || !s->kv_scratch || !s->rope_inv_freq ||
         !s->mm_scratch) {
         tkv_forward_state_release(s);
         return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "session: out of memory for activations "
@@ -155,8 +156,9 @@ tkv_status tkv_forward_reserve_logits(tkv_forward_state *s, const struct tkv_mod
 }
 
 void tkv_forward_state_release(tkv_forward_state *s) {
-    float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->gate, s->up, s->logits,
-                     s->scores, s->work, s->attn_part, s->kv_scratch, s->rope_inv_freq};
+    float *bufs[] = {s->x,          s->xn,           s->q,      s->k,      s->v,    s->att,
+                     s->gate,       s->up,           s->logits, s->scores, s->work, s->attn_part,
+                     s->kv_scratch, s->rope_inv_freq};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         tkv_free_aligned(bufs[i]);
     }
@@ -292,8 +294,8 @@ static tkv_attn_shape tkv_attn_shape_of(const tkv_attn_job *j) {
 }
 
 /* The KV head and query heads [h0, h1) of item `item` of a token. */
-static void tkv_attn_item_heads(const tkv_attn_shape *a, uint32_t item, uint32_t *kvh,
-                                uint32_t *h0, uint32_t *h1) {
+static void tkv_attn_item_heads(const tkv_attn_shape *a, uint32_t item, uint32_t *kvh, uint32_t *h0,
+                                uint32_t *h1) {
     *kvh = item / a->runs_per_group;
     *h0 = *kvh * a->group + item % a->runs_per_group * a->run_len;
     const uint32_t end = (*kvh + 1) * a->group;
@@ -336,8 +338,8 @@ static void tkv_attn_task(void *p, int ith, int nth) {
                 nc = tkv_attn_n_chunks(j->pos0 + ++t);
             }
             const uint32_t item = (uint32_t)((i - first) / nc), c = (uint32_t)((i - first) % nc);
-            float *slot = j->s->attn_part +
-                          (((size_t)t * a.items_per_token + item) * a.max_chunks + c) * ps;
+            float *slot =
+                j->s->attn_part + (((size_t)t * a.items_per_token + item) * a.max_chunks + c) * ps;
             tkv_attn_chunk(j, &a, t, item, c, slot, scores, work);
         }
         return;
@@ -380,8 +382,8 @@ static void tkv_attention(tkv_pool *pool, tkv_attn_job *j) {
             uint32_t kvh, h0, h1;
             tkv_attn_item_heads(&a, item, &kvh, &h0, &h1);
             float *out = j->s->att + ((size_t)t * a.H + h0) * a.d;
-            const float *part = j->s->attn_part +
-                                ((size_t)t * a.items_per_token + item) * a.max_chunks * ps;
+            const float *part =
+                j->s->attn_part + ((size_t)t * a.items_per_token + item) * a.max_chunks * ps;
             if (nc == 1) { /* the whole range: the same bits as tkv_attn_group */
                 memcpy(out, part, (size_t)(h1 - h0) * a.d * sizeof *out);
             } else {
