@@ -125,15 +125,9 @@ void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t he
         }
     }
     for (int k = 0; k < nq; k++) {
-        float *x = row[k] + t0;
-        size_t imax = 0;
-        for (size_t i = 1; lse && i < t1 - t0; i++) {
-            imax = x[i] > x[imax] ? i : imax;
-        }
-        const float xmax = x[imax];
-        kern->softmax(x, t1 - t0, scale);
-        if (lse) { /* the maximum's weight is exp(0) / sum: log sum = -log(weight) */
-            lse[k] = scale * xmax - logf(x[imax]);
+        const float l = kern->softmax(row[k] + t0, t1 - t0, scale);
+        if (lse) {
+            lse[k] = l;
         }
         memset(out + (size_t)k * d, 0, d * sizeof *out);
     }

@@ -6,7 +6,9 @@
  *
  * The avx2 / avx512 tables handed out are copies of the per-ISA tables with the entries
  * that need a finer feature check or live in their own files swapped in once: turbo scores
- * on int8 queries (kernels_turbo_avx2.c, and kernels_turbo_avx512.c on CPUs with VNNI).
+ * on int8 queries and value sums with int8 weights (kernels_turbo_avx2.c, and
+ * kernels_turbo_avx512.c on CPUs with VNNI), bf16 value sums with AVX512_BF16 for the
+ * layouts the int8 ones do not take.
  */
 #include <pthread.h>
 #include <string.h>
@@ -27,13 +29,21 @@ static void tkv_tuned_init(void) {
     tkv_tuned_avx2 = tkv_codec_kernels_avx2;
     tkv_tuned_avx2.scores[TKV_FMT_TURBO] = tkv_scores_turbo_i8_avx2;
     tkv_tuned_avx2.scores_multi[TKV_FMT_TURBO] = tkv_scores_turbo_multi_i8_avx2;
+    tkv_tuned_avx2.accum[TKV_FMT_TURBO] = tkv_accum_turbo_i8_avx2;
+    tkv_tuned_avx2.accum_multi[TKV_FMT_TURBO] = tkv_accum_turbo_multi_i8_avx2;
     tkv_tuned_avx512 = tkv_codec_kernels_avx512;
     const int vnni = (f & TKV_CPU_AVX512) && (f & TKV_CPU_AVX512VNNI);
     tkv_tuned_avx512.scores[TKV_FMT_TURBO] =
         vnni ? tkv_scores_turbo_i8_vnni : tkv_scores_turbo_i8_avx2;
     tkv_tuned_avx512.scores_multi[TKV_FMT_TURBO] =
         vnni ? tkv_scores_turbo_multi_i8_vnni : tkv_scores_turbo_multi_i8_avx2;
-    if (tkv_cpu_has_avx512bf16()) {
+    if (vnni && tkv_cpu_has_avx512bf16()) {
+        tkv_tuned_avx512.accum[TKV_FMT_TURBO] = tkv_accum_turbo_i8_bf16;
+        tkv_tuned_avx512.accum_multi[TKV_FMT_TURBO] = tkv_accum_turbo_multi_i8_bf16;
+    } else if (vnni) {
+        tkv_tuned_avx512.accum[TKV_FMT_TURBO] = tkv_accum_turbo_i8_vnni;
+        tkv_tuned_avx512.accum_multi[TKV_FMT_TURBO] = tkv_accum_turbo_multi_i8_vnni;
+    } else if (tkv_cpu_has_avx512bf16()) {
         tkv_tuned_avx512.accum[TKV_FMT_TURBO] = tkv_accum_turbo_bf16;
         tkv_tuned_avx512.accum_multi[TKV_FMT_TURBO] = tkv_accum_turbo_multi_bf16;
     }

@@ -81,8 +81,9 @@ typedef struct tkv_codec_kernels {
     void (*matvec)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
     /* y = M^T x, M (rows, cols) row-major, x has rows elements */
     void (*matvec_t)(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
-    /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1 */
-    void (*softmax)(float *x, size_t n, float scale);
+    /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1; returns
+     * log sum_j exp(scale * x[j]) (the max plus the log of that sum) */
+    float (*softmax)(float *x, size_t n, float scale);
     /* One Viterbi step of the trellis encoder (trellis.c) over coordinate x: for every
      * new state s < S = 2^P, the candidates c_a = cost[((s << N) | a) mod S] +
      * (x - table[a S + s])^2 for a < K = 2^N (a product, then a sum) are compared as
@@ -166,6 +167,23 @@ void tkv_scores_turbo_i8_vnni(const tkv_code_layout *layout, const float *q, con
                               size_t n, float *out);
 void tkv_scores_turbo_multi_i8_vnni(const tkv_code_layout *layout, const float *const *qs, int nq,
                                     const uint8_t *codes, size_t n, float *const *outs);
+void tkv_accum_turbo_i8_avx2(const tkv_code_layout *layout, const float *w, float threshold,
+                             const uint8_t *codes, size_t n, float *acc);
+void tkv_accum_turbo_multi_i8_avx2(const tkv_code_layout *layout, const float *const *ws, int nq,
+                                   float threshold, const uint8_t *codes, size_t n,
+                                   float *const *accs);
+void tkv_accum_turbo_i8_vnni(const tkv_code_layout *layout, const float *w, float threshold,
+                             const uint8_t *codes, size_t n, float *acc);
+void tkv_accum_turbo_multi_i8_vnni(const tkv_code_layout *layout, const float *const *ws, int nq,
+                                   float threshold, const uint8_t *codes, size_t n,
+                                   float *const *accs);
+/* kernels_turbo_avx512.c: the int8 value sums above where they apply, else the bf16 ones
+ * below (CPUs with VNNI and AVX512_BF16) */
+void tkv_accum_turbo_i8_bf16(const tkv_code_layout *layout, const float *w, float threshold,
+                             const uint8_t *codes, size_t n, float *acc);
+void tkv_accum_turbo_multi_i8_bf16(const tkv_code_layout *layout, const float *const *ws, int nq,
+                                   float threshold, const uint8_t *codes, size_t n,
+                                   float *const *accs);
 /* kernels_turbo_avx512.c: weighted value sums of 4-bit codes by bf16 dot products
  * (AVX512_BF16; d % 32 == 0, other layouts fall back to the fp32 entries). */
 void tkv_accum_turbo_bf16(const tkv_code_layout *layout, const float *w, float threshold,
@@ -180,8 +198,29 @@ void tkv_accum_turbo_multi_bf16(const tkv_code_layout *layout, const float *cons
  * the query and the codebook, |error| <= scale * (max|q| sum|c_j| + max|c| sum|q_j|) / 254
  * up to float rounding, c the centroids of the key, scale its fp16 norm factor. */
 static inline int tkv_turbo_scores_i8(const tkv_codec_kernels *K, const tkv_code_layout *L) {
-    return K != &tkv_codec_kernels_scalar && L->format == TKV_FMT_TURBO && L->bits == 4 &&
-           !L->has_qjl && L->d % 64 == 0 && L->d <= 1024;
+    return K != &tkv_codec_kernels_scalar && L->format == TKV_FMT_TURBO && L->bits >= 2 &&
+           L->bits <= 5 && !L->has_qjl && L->d % 64 == 0 && L->d <= 1024;
+}
+
+/* 1 if table K sums the values of layout L with int8 weights and an int8 codebook
+ * (kernels_turbo_*.c): per block of 32 rows and query, w_i times the row's scale is rounded
+ * to int8 on the block's largest |w s| (step <= M / 127, M the largest |w_i s_i| of the rows
+ * kept) and the centroids to int8 (step cstep = max|c| / 127), so accumulator element j may
+ * differ from the fp32 sum by up to
+ *   (cstep / 2) sum_i |w_i s_i| + (M / 254) sum_i (|c_ij| + cstep / 2)
+ * over the rows kept, c_ij the centroid of element j of row i (tkv_turbo_accum_i8_bound in
+ * kernels_common.h), up to float rounding. */
+static inline int tkv_turbo_accum_i8(const tkv_codec_kernels *K, const tkv_code_layout *L) {
+#if defined(TKV_HAVE_X86_KERNELS)
+    return (K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_i8_avx2 ||
+            K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_i8_vnni ||
+            K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_i8_bf16) &&
+           tkv_turbo_scores_i8(K, L);
+#else
+    (void)K;
+    (void)L;
+    return 0;
+#endif
 }
 
 /* 1 if table K sums the values of layout L by bf16 dot products (tkv_accum_turbo_bf16):
@@ -191,8 +230,10 @@ static inline int tkv_turbo_scores_i8(const tkv_codec_kernels *K, const tkv_code
  * rounding of each pair's product sum (fuzz_codec found 1.03 x 2^-8). */
 static inline int tkv_turbo_accum_bf16(const tkv_codec_kernels *K, const tkv_code_layout *L) {
 #if defined(TKV_HAVE_X86_KERNELS)
-    return K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_bf16 && L->format == TKV_FMT_TURBO &&
-           L->bits == 4 && !L->has_qjl && L->d % 32 == 0;
+    const int bf16 =
+        K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_bf16 ||
+        (K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_i8_bf16 && !tkv_turbo_scores_i8(K, L));
+    return bf16 && L->format == TKV_FMT_TURBO && L->bits == 4 && !L->has_qjl && L->d % 32 == 0;
 #else
     (void)K;
     (void)L;
@@ -208,7 +249,7 @@ void tkv_accum_scalar(const tkv_code_layout *layout, const float *w, float thres
 void tkv_fwht_scalar(float *x, uint32_t d, float scale);
 void tkv_matvec_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
-void tkv_softmax_scalar(float *x, size_t n, float scale);
+float tkv_softmax_scalar(float *x, size_t n, float scale);
 void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, float *next,
                              uint8_t *back);
 void tkv_scores_multi_scalar(const tkv_code_layout *layout, const float *const *qs, int nq,

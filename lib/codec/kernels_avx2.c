@@ -621,7 +621,7 @@ static float tkv_hmax8(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
-static void tkv_softmax_avx2(float *x, size_t n, float scale) {
+static float tkv_softmax_avx2(float *x, size_t n, float scale) {
     const __m256 vs = _mm256_set1_ps(scale);
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     size_t i = 0;
@@ -655,6 +655,7 @@ static void tkv_softmax_avx2(float *x, size_t n, float scale) {
     for (; i < n; i++) {
         x[i] *= inv;
     }
+    return mx + logf(sum);
 }
 
 /* Grouped queries: one pass per query (the AVX2 lookups cost little next to the FMAs). */

@@ -783,7 +783,7 @@ static inline __m512 tkv_exp_avx512(__m512 x) {
     return _mm512_scalef_ps(p, k);
 }
 
-static void tkv_softmax_avx512(float *x, size_t n, float scale) {
+static float tkv_softmax_avx512(float *x, size_t n, float scale) {
     const __m512 vs = _mm512_set1_ps(scale);
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     size_t i = 0;
@@ -810,7 +810,8 @@ static void tkv_softmax_avx512(float *x, size_t n, float scale) {
         _mm512_mask_storeu_ps(x + i, k, e);
         vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(k, e));
     }
-    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    const float sum = _mm512_reduce_add_ps(vsum);
+    const __m512 inv = _mm512_set1_ps(1.0f / sum);
     for (i = 0; i + 16 <= n; i += 16) {
         _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
     }
@@ -818,6 +819,7 @@ static void tkv_softmax_avx512(float *x, size_t n, float scale) {
         const __mmask16 k = tkv_m16((uint32_t)(n - i));
         _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
     }
+    return mx + logf(sum);
 }
 
 const tkv_codec_kernels tkv_codec_kernels_avx512 = {

@@ -7,8 +7,11 @@
 #ifndef TKV_CODEC_KERNELS_COMMON_H
 #define TKV_CODEC_KERNELS_COMMON_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "codec/kernels.h"
 
 static inline uint16_t tkv_kc_u16(const uint8_t *p) {
     return (uint16_t)(p[0] | (p[1] << 8));
@@ -67,6 +70,33 @@ static inline uint32_t tkv_kc_index(uint32_t bits, uint32_t d, const uint8_t *pl
     default:
         return pl[j] & 31u;
     }
+}
+
+/* The rounding bound of element j of an int8 value sum (kernels.h, tkv_turbo_accum_i8) of
+ * the n turbo rows `codes` weighted by w, rows below threshold skipped; for tests. */
+static inline double tkv_turbo_accum_i8_bound(const tkv_code_layout *L, const float *w,
+                                              float threshold, const uint8_t *codes, size_t n,
+                                              uint32_t j) {
+    double cmax = 0, m = 0, sws = 0, sc = 0;
+    for (uint32_t i = 0; i < (1u << L->bits); i++) {
+        cmax = cmax > fabs(L->centroids[i]) ? cmax : fabs(L->centroids[i]);
+    }
+    const double cstep = cmax / 127.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!(w[i] >= threshold || -w[i] >= threshold)) {
+            continue;
+        }
+        const uint8_t *code = codes + i * L->stride;
+        const uint16_t h = tkv_kc_u16(code + L->scale_off);
+        /* the fp16 scale, decoded here without the ISA helpers */
+        const int e = (h >> 10) & 31, f = h & 1023;
+        const double s = e ? ldexp(1024 + f, e - 25) : ldexp(f, -24);
+        const double ws = fabs((double)w[i] * s);
+        m = m > ws ? m : ws;
+        sws += ws;
+        sc += fabs(L->centroids[tkv_kc_index(L->bits, L->d, code + L->payload_off, j)]) + cstep / 2;
+    }
+    return 1.001 * (cstep / 2 * sws + m / 254.0 * sc) + 1e-30;
 }
 
 /* 1 if any of the nq queries weights row i at least threshold (sparse V: rows below it

@@ -157,7 +157,7 @@ void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t
     }
 }
 
-void tkv_softmax_scalar(float *x, size_t n, float scale) {
+float tkv_softmax_scalar(float *x, size_t n, float scale) {
     float mx = -INFINITY;
     for (size_t i = 0; i < n; i++) {
         x[i] *= scale;
@@ -172,6 +172,7 @@ void tkv_softmax_scalar(float *x, size_t n, float scale) {
     for (size_t i = 0; i < n; i++) {
         x[i] *= inv;
     }
+    return mx + (float)log(sum);
 }
 
 void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, float *next,

@@ -38,6 +38,25 @@ TKV_I8_ATTR void tkv_scores_turbo_multi_i8_vnni(const tkv_code_layout *L, const 
     tkv_i8_vnni_run(L, qs, nq, codes, n, outs);
 }
 
+TKV_I8_ATTR void tkv_accum_turbo_i8_vnni(const tkv_code_layout *L, const float *w, float threshold,
+                                         const uint8_t *codes, size_t n, float *acc) {
+    if (!tkv_i8_vnni_supported(L)) {
+        tkv_codec_kernels_avx512.accum[TKV_FMT_TURBO](L, w, threshold, codes, n, acc);
+        return;
+    }
+    tkv_i8_vnni_accum_run(L, &w, 1, threshold, codes, n, &acc);
+}
+
+TKV_I8_ATTR void tkv_accum_turbo_multi_i8_vnni(const tkv_code_layout *L, const float *const *ws,
+                                               int nq, float threshold, const uint8_t *codes,
+                                               size_t n, float *const *accs) {
+    if (!tkv_i8_vnni_supported(L)) {
+        tkv_codec_kernels_avx512.accum_multi[TKV_FMT_TURBO](L, ws, nq, threshold, codes, n, accs);
+        return;
+    }
+    tkv_i8_vnni_accum_run(L, ws, nq, threshold, codes, n, accs);
+}
+
 /* ---------------------------------------------------------------------------------
  * Weighted value sums of 4-bit codes with bf16 dot products (AVX512_BF16, vdpbf16ps: 32
  * multiply-adds per instruction where an fp32 FMA does 16).  The value sum is FMA-bound
@@ -228,5 +247,28 @@ TKV_BF_ATTR void tkv_accum_turbo_multi_bf16(const tkv_code_layout *L, const floa
     default:
         tkv_bf_run(4, L, ws, threshold, codes, n, accs);
         break;
+    }
+}
+
+/* int8 value sums where they apply (kernels_turbo_i8_body.h), bf16 ones for the other
+ * layouts they cover (d % 32 == 0 at 4 bits): the entries of CPUs with VNNI and BF16. */
+TKV_I8_ATTR TKV_BF_ATTR void tkv_accum_turbo_i8_bf16(const tkv_code_layout *L, const float *w,
+                                                     float threshold, const uint8_t *codes,
+                                                     size_t n, float *acc) {
+    if (tkv_i8_vnni_supported(L)) {
+        tkv_i8_vnni_accum_run(L, &w, 1, threshold, codes, n, &acc);
+    } else {
+        tkv_accum_turbo_bf16(L, w, threshold, codes, n, acc);
+    }
+}
+
+TKV_I8_ATTR TKV_BF_ATTR void tkv_accum_turbo_multi_i8_bf16(const tkv_code_layout *L,
+                                                           const float *const *ws, int nq,
+                                                           float threshold, const uint8_t *codes,
+                                                           size_t n, float *const *accs) {
+    if (tkv_i8_vnni_supported(L)) {
+        tkv_i8_vnni_accum_run(L, ws, nq, threshold, codes, n, accs);
+    } else {
+        tkv_accum_turbo_multi_bf16(L, ws, nq, threshold, codes, n, accs);
     }
 }

@@ -27,6 +27,52 @@
 #include "tensor/formats.h"
 #include "tensor/matmul.h"
 
+/* Positions split into chunks of this many for attention: a fixed size, so the chunks of a
+ * token, their partial results and the order they merge in depend only on its position, and
+ * the logits are the same bits for any thread count. */
+#define TKV_ATTN_CHUNK 1024
+/* Batches of at most this many tokens also split each query head's positions over the pool
+ * (decode: a few heads alone would leave threads idle); larger batches split by head. */
+#define TKV_ATTN_SPLIT_TOKENS 4
+
+static uint32_t tkv_attn_n_chunks(uint32_t pos) {
+    return pos / TKV_ATTN_CHUNK + 1; /* positions 0..pos */
+}
+
+/* Floats of one chunk's partial result of a run of query heads: out (TKV_MAX_QUERIES, d)
+ * then lse (TKV_MAX_QUERIES). */
+static size_t tkv_attn_part_floats(uint32_t d) {
+    return (size_t)TKV_MAX_QUERIES * (d + 1);
+}
+
+/* out (nq, d) = the nc chunk results of part merged in chunk order:
+ * sum_c exp(lse_c - L) out_c / sum_c exp(lse_c - L), L the largest lse. */
+static void tkv_attn_merge(const float *part, uint32_t nc, int nq, uint32_t d, float *out) {
+    const size_t ps = tkv_attn_part_floats(d);
+    const float *lse0 = part + (size_t)TKV_MAX_QUERIES * d;
+    for (int k = 0; k < nq; k++) {
+        float L = lse0[k];
+        for (uint32_t c = 1; c < nc; c++) {
+            const float l = part[c * ps + (size_t)TKV_MAX_QUERIES * d + k];
+            L = l > L ? l : L;
+        }
+        float sum = 0.0f;
+        for (uint32_t c = 0; c < nc; c++) {
+            sum += expf(part[c * ps + (size_t)TKV_MAX_QUERIES * d + k] - L);
+        }
+        const float inv = 1.0f / sum;
+        float *o = out + (size_t)k * d;
+        memset(o, 0, d * sizeof *o);
+        for (uint32_t c = 0; c < nc; c++) {
+            const float f = expf(part[c * ps + (size_t)TKV_MAX_QUERIES * d + k] - L) * inv;
+            const float *oc = part + c * ps + (size_t)k * d;
+            for (uint32_t j = 0; j < d; j++) {
+                o[j] += f * oc[j];
+            }
+        }
+    }
+}
+
 tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *m,
                                   uint32_t n_batch, uint32_t n_threads, uint32_t capacity) {
     memset(s, 0, sizeof *s);
@@ -51,6 +97,16 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
                                      TKV_ATTN_WORK_FLOATS(hp->head_dim), sizeof(float));
     s->kv_scratch = tkv_calloc_aligned((size_t)n_threads * TKV_KV_SCRATCH_FLOATS(hp->head_dim),
                                        sizeof(float)); /* one per pool part */
+    { /* chunk results: one item's chunks per thread, or every item's of a split batch */
+        const uint32_t group = hp->n_head / hp->n_head_kv;
+        const size_t items =
+            (size_t)hp->n_head_kv * ((group + TKV_MAX_QUERIES - 1) / TKV_MAX_QUERIES);
+        const size_t per_thread = n_threads, split = TKV_ATTN_SPLIT_TOKENS * items;
+        s->attn_part = tkv_calloc_aligned((per_thread > split ? per_thread : split) *
+                                              tkv_attn_n_chunks(capacity ? capacity - 1 : 0) *
+                                              tkv_attn_part_floats(hp->head_dim),
+                                          sizeof(float));
+    }
     s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
     /* the largest quantized-activation scratch over every matmul of the model (the output
      * layer included); each weight's own type and width decide its size */
@@ -65,8 +121,8 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
     }
     s->mm_scratch_bytes = mm;
     s->mm_scratch = tkv_calloc_aligned(mm ? mm : 64, 1);
-    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up ||
-        !s->logits || !s->scores || !s->work || !s->kv_scratch || !s->rope_inv_freq ||
+    if (!s->x || !s->xn || !s->q || !s->k || !s->v || !s->att || !s->gate || !s->up || !s->logits ||
+        !s->scores || !s->work || !s->attn_part || !s->kv_scratch || !s->rope_inv_freq ||
         !s->mm_scratch) {
         tkv_forward_state_release(s);
         return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "session: out of memory for activations "
@@ -94,8 +150,9 @@ tkv_status tkv_forward_reserve_logits(tkv_forward_state *s, const struct tkv_mod
 }
 
 void tkv_forward_state_release(tkv_forward_state *s) {
-    float *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->gate, s->up, s->logits,
-                     s->scores, s->work, s->kv_scratch, s->rope_inv_freq};
+    float *bufs[] = {s->x,          s->xn,           s->q,      s->k,      s->v,    s->att,
+                     s->gate,       s->up,           s->logits, s->scores, s->work, s->attn_part,
+                     s->kv_scratch, s->rope_inv_freq};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         tkv_free_aligned(bufs[i]);
     }
@@ -209,32 +266,127 @@ typedef struct {
     uint32_t n;
     uint32_t pos0;
     float sparse_threshold;
+    uint32_t split; /* 1: work items are (token, run, chunk), merged after the pool run */
 } tkv_attn_job;
 
 /* Work items are (token, run of up to TKV_MAX_QUERIES query heads of one KV head): the
  * query heads of a GQA group are adjacent in q, so a run is one contiguous block. */
+typedef struct {
+    uint32_t d, H, group, runs_per_group, run_len, items_per_token, max_chunks;
+    float scale;
+} tkv_attn_shape;
+
+static tkv_attn_shape tkv_attn_shape_of(const tkv_attn_job *j) {
+    const tkv_hparams *hp = &j->m->hp;
+    tkv_attn_shape a;
+    a.d = hp->head_dim;
+    a.H = hp->n_head;
+    a.group = hp->n_head / hp->n_head_kv;
+    a.runs_per_group = (a.group + TKV_MAX_QUERIES - 1) / TKV_MAX_QUERIES;
+    a.run_len = (a.group + a.runs_per_group - 1) / a.runs_per_group;
+    a.items_per_token = hp->n_head_kv * a.runs_per_group;
+    a.max_chunks = tkv_attn_n_chunks(j->s->capacity - 1);
+    a.scale = 1.0f / sqrtf((float)a.d);
+    return a;
+}
+
+/* The KV head and query heads [h0, h1) of item `item` of a token. */
+static void tkv_attn_item_heads(const tkv_attn_shape *a, uint32_t item, uint32_t *kvh, uint32_t *h0,
+                                uint32_t *h1) {
+    *kvh = item / a->runs_per_group;
+    *h0 = *kvh * a->group + item % a->runs_per_group * a->run_len;
+    const uint32_t end = (*kvh + 1) * a->group;
+    *h1 = *h0 + a->run_len < end ? *h0 + a->run_len : end;
+}
+
+/* Chunk c of the positions of token t for one item into its partial-result slot. */
+static void tkv_attn_chunk(const tkv_attn_job *j, const tkv_attn_shape *a, uint32_t t,
+                           uint32_t item, uint32_t c, float *part, float *scores, float *work) {
+    uint32_t kvh, h0, h1;
+    tkv_attn_item_heads(a, item, &kvh, &h0, &h1);
+    const uint32_t pos = j->pos0 + t, t0 = c * TKV_ATTN_CHUNK;
+    const uint32_t t1 = pos + 1 - t0 > TKV_ATTN_CHUNK ? t0 + TKV_ATTN_CHUNK : pos + 1;
+    const float *q = j->s->q + ((size_t)t * a->H + h0) * a->d;
+    tkv_attn_group_range(j->cache, j->layer, kvh, q, (int)(h1 - h0), pos, t0, t1, a->scale,
+                         j->sparse_threshold, part, part + (size_t)TKV_MAX_QUERIES * a->d, scores,
+                         j->s->capacity, work);
+}
+
 static void tkv_attn_task(void *p, int ith, int nth) {
     tkv_attn_job *j = p;
-    const tkv_hparams *hp = &j->m->hp;
-    const uint32_t d = hp->head_dim, H = hp->n_head, group = hp->n_head / hp->n_head_kv;
-    const uint32_t runs_per_group = (group + TKV_MAX_QUERIES - 1) / TKV_MAX_QUERIES;
-    const uint32_t run_len = (group + runs_per_group - 1) / runs_per_group;
-    const uint32_t items_per_token = hp->n_head_kv * runs_per_group;
-    const float scale = 1.0f / sqrtf((float)d);
+    const tkv_attn_shape a = tkv_attn_shape_of(j);
+    const size_t ps = tkv_attn_part_floats(a.d);
     float *scores = j->s->scores + (size_t)ith * TKV_MAX_QUERIES * j->s->capacity;
-    float *work = j->s->work + (size_t)ith * TKV_MAX_QUERIES * TKV_ATTN_WORK_FLOATS(d);
+    float *work = j->s->work + (size_t)ith * TKV_MAX_QUERIES * TKV_ATTN_WORK_FLOATS(a.d);
     int64_t b, e;
-    tkv_split_range((int64_t)j->n * items_per_token, ith, nth, &b, &e);
+    if (j->split) { /* items (token, run, chunk) of the chunks that exist, each into its slot
+                     * of attn_part, spread evenly over the threads */
+        int64_t total = 0;
+        for (uint32_t t = 0; t < j->n; t++) {
+            total += (int64_t)a.items_per_token * tkv_attn_n_chunks(j->pos0 + t);
+        }
+        tkv_split_range(total, ith, nth, &b, &e);
+        uint32_t t = 0;
+        int64_t first = 0; /* flat index of token t's first item */
+        for (int64_t i = b; i < e; i++) {
+            uint32_t nc = tkv_attn_n_chunks(j->pos0 + t);
+            while (i - first >= (int64_t)a.items_per_token * nc) {
+                first += (int64_t)a.items_per_token * nc;
+                nc = tkv_attn_n_chunks(j->pos0 + ++t);
+            }
+            const uint32_t item = (uint32_t)((i - first) / nc), c = (uint32_t)((i - first) % nc);
+            float *slot =
+                j->s->attn_part + (((size_t)t * a.items_per_token + item) * a.max_chunks + c) * ps;
+            tkv_attn_chunk(j, &a, t, item, c, slot, scores, work);
+        }
+        return;
+    }
+    float *part = j->s->attn_part + (size_t)ith * a.max_chunks * ps;
+    tkv_split_range((int64_t)j->n * a.items_per_token, ith, nth, &b, &e);
     for (int64_t i = b; i < e; i++) {
-        const uint32_t t = (uint32_t)(i / items_per_token);
-        const uint32_t item = (uint32_t)(i % items_per_token);
-        const uint32_t kvh = item / runs_per_group, r = item % runs_per_group;
-        const uint32_t h0 = kvh * group + r * run_len;
-        const uint32_t h1 = h0 + run_len < (kvh + 1) * group ? h0 + run_len : (kvh + 1) * group;
-        const float *q = j->s->q + ((size_t)t * H + h0) * d;
-        float *out = j->s->att + ((size_t)t * H + h0) * d;
-        tkv_attn_group(j->cache, j->layer, kvh, q, (int)(h1 - h0), j->pos0 + t, scale,
-                       j->sparse_threshold, out, scores, j->s->capacity, work);
+        const uint32_t t = (uint32_t)(i / a.items_per_token);
+        const uint32_t item = (uint32_t)(i % a.items_per_token);
+        const uint32_t nc = tkv_attn_n_chunks(j->pos0 + t);
+        uint32_t kvh, h0, h1;
+        tkv_attn_item_heads(&a, item, &kvh, &h0, &h1);
+        float *out = j->s->att + ((size_t)t * a.H + h0) * a.d;
+        if (nc == 1) {
+            const float *q = j->s->q + ((size_t)t * a.H + h0) * a.d;
+            tkv_attn_group(j->cache, j->layer, kvh, q, (int)(h1 - h0), j->pos0 + t, a.scale,
+                           j->sparse_threshold, out, scores, j->s->capacity, work);
+            continue;
+        }
+        for (uint32_t c = 0; c < nc; c++) {
+            tkv_attn_chunk(j, &a, t, item, c, part + c * ps, scores, work);
+        }
+        tkv_attn_merge(part, nc, (int)(h1 - h0), a.d, out);
+    }
+}
+
+/* Attention of the n tokens of a layer over the pool; a small batch (decode) splits the
+ * positions of each head too, then merges each head's chunks here, in chunk order. */
+static void tkv_attention(tkv_pool *pool, tkv_attn_job *j) {
+    const tkv_attn_shape a = tkv_attn_shape_of(j);
+    j->split = j->n <= TKV_ATTN_SPLIT_TOKENS && tkv_pool_size(pool) > 1;
+    tkv_pool_run(pool, tkv_attn_task, j);
+    if (!j->split) {
+        return;
+    }
+    const size_t ps = tkv_attn_part_floats(a.d);
+    for (uint32_t t = 0; t < j->n; t++) {
+        const uint32_t nc = tkv_attn_n_chunks(j->pos0 + t);
+        for (uint32_t item = 0; item < a.items_per_token; item++) {
+            uint32_t kvh, h0, h1;
+            tkv_attn_item_heads(&a, item, &kvh, &h0, &h1);
+            float *out = j->s->att + ((size_t)t * a.H + h0) * a.d;
+            const float *part =
+                j->s->attn_part + ((size_t)t * a.items_per_token + item) * a.max_chunks * ps;
+            if (nc == 1) { /* the whole range: the same bits as tkv_attn_group */
+                memcpy(out, part, (size_t)(h1 - h0) * a.d * sizeof *out);
+            } else {
+                tkv_attn_merge(part, nc, (int)(h1 - h0), a.d, out);
+            }
+        }
     }
 }
 
@@ -302,8 +454,8 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
         TKV_TRY(tkv_kv_calibrate(cache, l, pos0, s->q, H, s->k, n));
         TKV_TRY(tkv_kv_append_batch(cache, l, pos0, n, s->k, s->v, pool, s->kv_scratch));
         uint64_t ta = tkv_now_ns();
-        tkv_attn_job job = {m, cache, s, l, n, pos0, sparse_threshold};
-        tkv_pool_run(pool, tkv_attn_task, &job);
+        tkv_attn_job job = {m, cache, s, l, n, pos0, sparse_threshold, 0};
+        tkv_attention(pool, &job);
         s->times.attention_ns += tkv_now_ns() - ta;
         tkv_linear(pool, s, &L->wo, s->att, n, s->xn); /* xn reused as the projection output */
         for (size_t i = 0; i < (size_t)n * E; i++) {

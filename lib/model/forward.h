@@ -35,6 +35,7 @@ typedef struct tkv_forward_state {
     uint32_t logits_rows;   /* 1 until a call keeps every token's logits, then n_batch */
     float *scores;          /* (n_threads, capacity) */
     float *work;            /* (n_threads, attention work) */
+    float *attn_part;       /* attention chunk results to merge (forward.c) */
     float *kv_scratch;      /* (n_threads, TKV_KV_SCRATCH_FLOATS(head_dim)) codec scratch for cache
                                appends */
     void *mm_scratch;       /* quantized activations */

@@ -225,7 +225,8 @@ static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uin
         const tkv_codec_kernels *K = tkv_codec_kernels_active();
         const tkv_kv_head *hd0 = &c.heads[(size_t)l * NKV + h];
         const int approx_kernels = c.allocated && (tkv_turbo_scores_i8(K, &hd0->k_codec.layout) ||
-                                                   tkv_turbo_accum_bf16(K, &hd0->v_codec.layout));
+                                                   tkv_turbo_accum_bf16(K, &hd0->v_codec.layout) ||
+                                                   tkv_turbo_accum_i8(K, &hd0->v_codec.layout));
         double vmax = 0;
         for (size_t i = 0; i < (size_t)n * d; i++) {
             vmax = fmax(vmax, fabs(vd[i]));

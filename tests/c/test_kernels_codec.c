@@ -27,6 +27,7 @@
 #include "check.h"
 #include "codec/codec.h"
 #include "codec/kernels.h"
+#include "codec/kernels_common.h"
 #include "codec/pack.h"
 #include "turbokv.h"
 
@@ -70,10 +71,14 @@ static int near_rel(double a, double b, double mag) {
     return fabs(a - b) <= REL_TOL * mag + 1e-30;
 }
 
-/* The bf16 rounding bound of accumulator element j (kernels.h), 0 when the table sums
- * this layout in fp32.  dec: the rows' scalar decodes, `width` floats apart. */
+/* The bf16 (or int8) rounding bound of accumulator element j (kernels.h), 0 when the table
+ * sums this layout in fp32.  dec: the rows' scalar decodes, `width` floats apart. */
 static double bf16_bound(const tkv_codec_kernels *K, const tkv_code_layout *L, const float *w,
-                         float threshold, const float *dec, size_t width, size_t n, uint32_t j) {
+                         float threshold, const uint8_t *codes, const float *dec, size_t width,
+                         size_t n, uint32_t j) {
+    if (tkv_turbo_accum_i8(K, L)) { /* int8 weights and codebook instead */
+        return tkv_turbo_accum_i8_bound(L, w, threshold, codes, n, j);
+    }
     if (!tkv_turbo_accum_bf16(K, L)) {
         return 0.0;
     }
@@ -192,7 +197,8 @@ static void test_codec_dim(const tkv_codec_kernels *K, const tkv_codec_kernels *
             }
             if (!near_rel(acc_k[j], acc_s[j], mag) &&
                 !(fabs(acc_k[j] - acc_s[j]) <=
-                  bf16_bound(K, L, w, thresholds[t], dec, width, N_VEC, j) + REL_TOL * mag)) {
+                  bf16_bound(K, L, w, thresholds[t], codes, dec, width, N_VEC, j) +
+                      REL_TOL * mag)) {
                 if (bad++ < 3) {
                     fprintf(stderr, "  %s %s d=%u thr=%g acc[%u]: %.9g vs scalar %.9g\n", K->isa,
                             c.desc->name, d, (double)thresholds[t], j, (double)acc_k[j],
@@ -301,7 +307,7 @@ static void test_multi_query(const tkv_codec_kernels *K, int32_t id, uint32_t d)
                 amag += fabs(acc_s[j]);
                 /* bf16 value sums: the excess over their rounding bound (kernels.h) */
                 aworst = fmax(aworst, fabs(acc_s[j] - acc_k[k][j]) -
-                                          bf16_bound(K, L, w[k], 0.3f, dec, width, n, j));
+                                          bf16_bound(K, L, w[k], 0.3f, codes, dec, width, n, j));
             }
             CHECK_MSG(aworst <= 1e-5 * amag, "%s %s d=%u nq=%d query %d: accum differs by %g",
                       K->isa, tkv_codec_name(id), d, nq, k, aworst);
@@ -351,11 +357,20 @@ static void test_softmax(const tkv_codec_kernels *K, const tkv_codec_kernels *S)
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
         for (size_t si = 0; si < 3; si++) {
             const size_t n = lens[li];
+            double mx = -INFINITY, sum = 0;
             for (size_t i = 0; i < n; i++) {
                 a[i] = b[i] = spreads[si] * (float)tkv_rng_gaussian(&rng);
+                mx = fmax(mx, 0.7 * a[i]);
             }
-            S->softmax(a, n, 0.7f);
-            K->softmax(b, n, 0.7f);
+            for (size_t i = 0; i < n; i++) {
+                sum += exp(0.7 * a[i] - mx);
+            }
+            const double lse = mx + log(sum); /* the log-sum-exp both return */
+            const float lse_s = S->softmax(a, n, 0.7f), lse_k = K->softmax(b, n, 0.7f);
+            CHECK_MSG(fabs(lse_s - lse) <= 1e-5 * (fabs(lse) + 1) &&
+                          fabs(lse_k - lse) <= 1e-5 * (fabs(lse) + 1),
+                      "%s softmax n=%zu: log-sum-exp %g, scalar %g, exact %g", K->isa, n,
+                      (double)lse_k, (double)lse_s, lse);
             double worst = 0, total = 0;
             for (size_t i = 0; i < n; i++) {
                 worst = fmax(worst, fabs(a[i] - b[i]) / (fabs(a[i]) + 1e-12 / 2e-6));

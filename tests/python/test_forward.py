@@ -378,3 +378,30 @@ def test_calibration_blocks_keep_attention_exact(tmp_path):
         with pytest.raises((ValueError, turbokv.InvalidArgument)):
             turbokv.KVCache(model, calibration_block=bad)
     model.close()
+
+
+@pytest.mark.parametrize("kv", ["fp32", "turbo_kv_4b"])
+def test_logits_do_not_depend_on_thread_count(tmp_path, kv):
+    """Attention splits positions into fixed chunks merged in a fixed order, by (token, head)
+    in prefill and by (token, head, chunk) in decode: past 1024 positions, where the chunks
+    begin, every thread count must give the same bits, in prefill and in decode."""
+    cfg = TinyConfig(n_ctx=4096, seed=11)
+    path = tmp_path / "tiny.gguf"
+    write_tiny_model(path, cfg)
+    rng = np.random.default_rng(5)
+    tokens = rng.integers(3, 250, size=2304).astype(np.int32)
+    model = turbokv.Model(path)
+    runs = []
+    for threads in (1, 2, 3):
+        with turbokv.KVCache(model, k=kv, v=kv, n_ctx=2400) as cache, \
+                turbokv.Session(cache, n_threads=threads, n_batch=256) as s:
+            s.eval(tokens[:2300])
+            rows = [s.logits()]
+            for t in tokens[2300:]:
+                s.eval([int(t)])
+                rows.append(s.logits())
+            runs.append(np.stack(rows))
+    model.close()
+    assert np.all(np.isfinite(runs[0]))
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
