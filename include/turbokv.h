@@ -687,8 +687,9 @@ TKV_API tkv_status tkv_session_tokens(const tkv_session *session, int32_t *token
  * windows and calibration blocks).  Both may then be evaluated, truncated and freed
  * independently; the shared prefix is freed with the last cache that reads it.  The
  * attention of a cache whose positions span a shared prefix and its own codes sums
- * values in two runs, so its logits may differ from an unforked cache's in the last bits
- * (forks of one cache agree exactly).  Since 0.6.
+ * values in two kernel calls, so with the SIMD kernels its logits round differently from
+ * an unforked cache's (like another batch split; identical with TKV_ISA=scalar, and forks
+ * of one cache agree exactly).  Since 0.6.
  */
 TKV_API tkv_status tkv_cache_fork(tkv_cache *cache, tkv_cache **out);
 
