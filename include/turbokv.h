@@ -30,7 +30,7 @@ extern "C" {
 /* The project's one version: CMakeLists.txt and pyproject.toml read these three lines,
  * the Python package carries what pyproject read (turbokv.__version__). */
 #define TKV_VERSION_MAJOR 0
-#define TKV_VERSION_MINOR 5
+#define TKV_VERSION_MINOR 6
 #define TKV_VERSION_PATCH 0
 #define TKV_VERSION_NUMBER (TKV_VERSION_MAJOR * 10000 + TKV_VERSION_MINOR * 100 + TKV_VERSION_PATCH)
 #define TKV_VERSION_STR_(x) #x
