@@ -28,10 +28,23 @@ def test_readme_c_example_compiles_and_runs(tmp_path):
     prog = tmp_path / "example.c"
     prog.write_text(src, encoding="utf-8")
     lib = Path(_lib._dll._name).resolve()
+    # an installed wheel holds the library under one name only, without the soname link the
+    # program asks the loader for: give it that name next to the program
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    soname = "libturbokv.so.0"
+    readelf = shutil.which("readelf")
+    if readelf:
+        m = re.search(r"SONAME\)\s+Library soname: \[([^\]]+)\]",
+                      subprocess.run([readelf, "-d", str(lib)], capture_output=True,
+                                     text=True).stdout)
+        soname = m.group(1) if m else soname
+    (libdir / soname).symlink_to(lib)
+    (libdir / "libturbokv.so").symlink_to(lib)
     exe = tmp_path / "example"
     build = subprocess.run(
         [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'include'}", str(prog),
-         str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(exe)],
+         f"-L{libdir}", "-lturbokv", f"-Wl,-rpath,{libdir}", "-o", str(exe)],
         capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     model = tmp_path / "tiny.gguf"
