@@ -396,11 +396,11 @@ TKV5_INLINE void TKV_FN(qk5_t)(int64_t n, const void *w, const void *x, size_t x
             }
             v = _mm512_and_si512(v, nib_mask);
             if (five) {
-                const __m512i bit = _mm512_setr_epi64(
-                    0x0101010101010101LL << (2 * c), 0x0101010101010101LL << (2 * c),
-                    0x0101010101010101LL << (2 * c), 0x0101010101010101LL << (2 * c),
-                    0x0101010101010101LL << (2 * c + 1), 0x0101010101010101LL << (2 * c + 1),
-                    0x0101010101010101LL << (2 * c + 1), 0x0101010101010101LL << (2 * c + 1));
+                /* shifted unsigned: bit 7 of each byte would overflow a signed shift */
+                const long long bit_lo = (long long)(0x0101010101010101ULL << (2 * c));
+                const long long bit_hi = (long long)(0x0101010101010101ULL << (2 * c + 1));
+                const __m512i bit =
+                    _mm512_setr_epi64(bit_lo, bit_lo, bit_lo, bit_lo, bit_hi, bit_hi, bit_hi, bit_hi);
                 v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(qh, bit), v,
                                          _mm512_set1_epi8(16));
             }
