@@ -13,6 +13,15 @@
  *   Q5_1  32 elems, 24 B: fp16 d | fp16 m | qh[4] | qs[16]            x = d*q + m
  *
  *   K-quants: 256-element super-blocks of 8 sub-blocks of 32 (Q4_K, Q5_K) or 16 of 16 (Q6_K).
+ *   Q2_K   84 B: scales[16] | qs[64] | fp16 d | fp16 dmin.  16 sub-blocks of 16; sub-block
+ *         j = e/16 has scale scales[j] & 15 and min scales[j] >> 4.  The 2-bit code of element
+ *         e in half h = e/128, group g = (e%128)/32, l = e%32 is bits 2g..2g+1 of qs[32h + l].
+ *                                                    x = d*sc[j]*q - dmin*m[j]
+ *   Q3_K  110 B: hmask[32] | qs[64] | scales[12] | fp16 d.  Low 2 bits of the code as Q2_K;
+ *         the third bit b is bit e/32 of hmask[e%32], and the value is q = low2 - (b ? 0 : 4).
+ *         6-bit scale j (0..15): low 4 bits are the low nibble of scales[j] (j < 8) or the
+ *         high nibble of scales[j-8]; high 2 bits are bits 2(j/4)..2(j/4)+1 of
+ *         scales[8 + j%4].                            x = d*(scale[j] - 32)*q
  *   Q4_K  144 B: fp16 d | fp16 dmin | scales[12] | qs[128].
  *         6-bit scale sc[j] and min m[j] of sub-block j (0..7) are packed in scales[12]:
  *           j < 4:  sc = scales[j] & 63,  m = scales[j+4] & 63
@@ -42,6 +51,8 @@ _Static_assert(sizeof(tkv_block_q4_0) == 18, "q4_0 block");
 _Static_assert(sizeof(tkv_block_q4_1) == 20, "q4_1 block");
 _Static_assert(sizeof(tkv_block_q5_0) == 22, "q5_0 block");
 _Static_assert(sizeof(tkv_block_q5_1) == 24, "q5_1 block");
+_Static_assert(sizeof(tkv_block_q2_k) == 84, "q2_k block");
+_Static_assert(sizeof(tkv_block_q3_k) == 110, "q3_k block");
 _Static_assert(sizeof(tkv_block_q4_k) == 144, "q4_k block");
 _Static_assert(sizeof(tkv_block_q5_k) == 176, "q5_k block");
 _Static_assert(sizeof(tkv_block_q6_k) == 210, "q6_k block");
@@ -54,6 +65,8 @@ static const tkv_type_info tkv_types[] = {
     {TKV_TYPE_Q5_0, "q5_0", TKV_QK, (int32_t)sizeof(tkv_block_q5_0)},
     {TKV_TYPE_Q5_1, "q5_1", TKV_QK, (int32_t)sizeof(tkv_block_q5_1)},
     {TKV_TYPE_Q8_0, "q8_0", TKV_QK, (int32_t)sizeof(tkv_block_q8_0)},
+    {TKV_TYPE_Q2_K, "q2_k", TKV_QK_K, (int32_t)sizeof(tkv_block_q2_k)},
+    {TKV_TYPE_Q3_K, "q3_k", TKV_QK_K, (int32_t)sizeof(tkv_block_q3_k)},
     {TKV_TYPE_Q4_K, "q4_k", TKV_QK_K, (int32_t)sizeof(tkv_block_q4_k)},
     {TKV_TYPE_Q5_K, "q5_k", TKV_QK_K, (int32_t)sizeof(tkv_block_q5_k)},
     {TKV_TYPE_Q6_K, "q6_k", TKV_QK_K, (int32_t)sizeof(tkv_block_q6_k)},
@@ -152,6 +165,26 @@ static void tkv_dequant_q5_1(const tkv_block_q5_1 *b, float *y, int64_t nb) {
     }
 }
 
+static void tkv_dequant_q2_k(const tkv_block_q2_k *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, y += TKV_QK_K) {
+        const float d = tkv_fp16_to_f32(b[i].d);
+        const float dmin = tkv_fp16_to_f32(b[i].dmin);
+        for (int e = 0; e < TKV_QK_K; e++) {
+            const uint8_t sm = b[i].scales[e / 16];
+            y[e] = d * (float)(sm & 15) * (float)tkv_q23_k_low2(b[i].qs, e) - dmin * (float)(sm >> 4);
+        }
+    }
+}
+
+static void tkv_dequant_q3_k(const tkv_block_q3_k *b, float *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, y += TKV_QK_K) {
+        const float d = tkv_fp16_to_f32(b[i].d);
+        for (int e = 0; e < TKV_QK_K; e++) {
+            y[e] = d * (float)tkv_q3_k_scale(b[i].scales, e / 16) * (float)tkv_q3_k_value(&b[i], e);
+        }
+    }
+}
+
 static void tkv_dequant_q4_k(const tkv_block_q4_k *b, float *y, int64_t nb) {
     for (int64_t i = 0; i < nb; i++, y += TKV_QK_K) {
         const float d = tkv_fp16_to_f32(b[i].d);
@@ -219,6 +252,8 @@ void tkv_dequantize_row(int32_t type, const void *src, float *dst, int64_t n) {
     case TKV_TYPE_Q4_1: tkv_dequant_q4_1(src, dst, n / TKV_QK); break;
     case TKV_TYPE_Q5_0: tkv_dequant_q5_0(src, dst, n / TKV_QK); break;
     case TKV_TYPE_Q5_1: tkv_dequant_q5_1(src, dst, n / TKV_QK); break;
+    case TKV_TYPE_Q2_K: tkv_dequant_q2_k(src, dst, n / TKV_QK_K); break;
+    case TKV_TYPE_Q3_K: tkv_dequant_q3_k(src, dst, n / TKV_QK_K); break;
     case TKV_TYPE_Q4_K: tkv_dequant_q4_k(src, dst, n / TKV_QK_K); break;
     case TKV_TYPE_Q5_K: tkv_dequant_q5_k(src, dst, n / TKV_QK_K); break;
     case TKV_TYPE_Q6_K: tkv_dequant_q6_k(src, dst, n / TKV_QK_K); break;
@@ -351,6 +386,68 @@ static void tkv_quant_k_asym(const float *x, int top, uint16_t *dh, uint16_t *dm
     tkv_q_k_pack_scales(sc, m, scales);
 }
 
+/* Q2_K: per 16-element sub-block, x ~ s_j * q - m_j with q in 0..3, s_j = (max - lo) / 3,
+ * m_j = -lo, lo = min(min x, 0); s_j and m_j are then coded as 4-bit multiples of d, dmin. */
+static void tkv_quant_q2_k(const float *x, tkv_block_q2_k *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += TKV_QK_K) {
+        float s[16], m[16], smax = 0.0f, mmax = 0.0f;
+        for (int j = 0; j < 16; j++) {
+            float mn, mx;
+            tkv_minmax(x + 16 * j, 16, &mn, &mx);
+            mn = fminf(mn, 0.0f);
+            s[j] = (mx - mn) / 3.0f;
+            m[j] = -mn;
+            smax = fmaxf(smax, s[j]);
+            mmax = fmaxf(mmax, m[j]);
+        }
+        b[i].d = tkv_f32_to_fp16(smax / 15.0f);
+        b[i].dmin = tkv_f32_to_fp16(mmax / 15.0f);
+        const float d = tkv_fp16_to_f32(b[i].d), dmin = tkv_fp16_to_f32(b[i].dmin);
+        memset(b[i].qs, 0, sizeof b[i].qs);
+        for (int j = 0; j < 16; j++) {
+            const int sc = d > 0.0f ? tkv_qround(s[j] / d, 0, 15) : 0;
+            const int mq = dmin > 0.0f ? tkv_qround(m[j] / dmin, 0, 15) : 0;
+            b[i].scales[j] = (uint8_t)(sc | mq << 4);
+            const float step = d * (float)sc, off = dmin * (float)mq;
+            for (int k = 0; k < 16; k++) {
+                const int e = 16 * j + k;
+                const int q = step > 0.0f ? tkv_qround((x[e] + off) / step, 0, 3) : 0;
+                b[i].qs[32 * (e / 128) + e % 32] |= (uint8_t)(q << (2 * ((e % 128) / 32)));
+            }
+        }
+    }
+}
+
+/* Q3_K: per 16-element sub-block, x ~ s_j * q with q in -4..3, s_j = max|x| / 4 coded as a
+ * signed 6-bit multiple of d (the far side clamps at +3, as Q4_0's at +7). */
+static void tkv_quant_q3_k(const float *x, tkv_block_q3_k *b, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++, x += TKV_QK_K) {
+        float s[16], smax = 0.0f;
+        for (int j = 0; j < 16; j++) {
+            s[j] = tkv_absmax_signed(x + 16 * j, 16) / -4.0f;
+            smax = fmaxf(smax, fabsf(s[j]));
+        }
+        b[i].d = tkv_f32_to_fp16(smax / 31.0f);
+        const float d = tkv_fp16_to_f32(b[i].d);
+        memset(b[i].hmask, 0, sizeof b[i].hmask);
+        memset(b[i].qs, 0, sizeof b[i].qs);
+        memset(b[i].scales, 0, sizeof b[i].scales);
+        for (int j = 0; j < 16; j++) {
+            const int sc = d > 0.0f ? tkv_qround(s[j] / d, -32, 31) : 0;
+            const int v = sc + 32;
+            b[i].scales[j % 8] |= (uint8_t)((v & 15) << (j < 8 ? 0 : 4));
+            b[i].scales[8 + j % 4] |= (uint8_t)((v >> 4) << (2 * (j / 4)));
+            const float step = d * (float)sc;
+            for (int k = 0; k < 16; k++) {
+                const int e = 16 * j + k;
+                const int u = (step != 0.0f ? tkv_qround(x[e] / step, -4, 3) : 0) + 4;
+                b[i].qs[32 * (e / 128) + e % 32] |= (uint8_t)((u & 3) << (2 * ((e % 128) / 32)));
+                b[i].hmask[e % 32] |= (uint8_t)((u >> 2) << (e / 32));
+            }
+        }
+    }
+}
+
 static void tkv_quant_q4_k(const float *x, tkv_block_q4_k *b, int64_t nb) {
     int q[TKV_QK_K];
     for (int64_t i = 0; i < nb; i++, x += TKV_QK_K) {
@@ -462,6 +559,8 @@ void tkv_quantize_row(int32_t type, const float *src, void *dst, int64_t n) {
         }
         break;
     }
+    case TKV_TYPE_Q2_K: tkv_quant_q2_k(src, dst, n / TKV_QK_K); break;
+    case TKV_TYPE_Q3_K: tkv_quant_q3_k(src, dst, n / TKV_QK_K); break;
     case TKV_TYPE_Q4_K: tkv_quant_q4_k(src, dst, n / TKV_QK_K); break;
     case TKV_TYPE_Q5_K: tkv_quant_q5_k(src, dst, n / TKV_QK_K); break;
     case TKV_TYPE_Q6_K: tkv_quant_q6_k(src, dst, n / TKV_QK_K); break;

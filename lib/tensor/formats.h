@@ -21,6 +21,8 @@
 #define TKV_TYPE_Q5_0 6
 #define TKV_TYPE_Q5_1 7
 #define TKV_TYPE_Q8_0 8
+#define TKV_TYPE_Q2_K 10
+#define TKV_TYPE_Q3_K 11
 #define TKV_TYPE_Q4_K 12
 #define TKV_TYPE_Q5_K 13
 #define TKV_TYPE_Q6_K 14
@@ -57,6 +59,19 @@ typedef struct {
     uint8_t qh[4];
     uint8_t qs[TKV_QK / 2];
 } tkv_block_q5_1; /* 24 bytes */
+
+typedef struct {
+    uint8_t scales[TKV_QK_K / 16]; /* low nibble: scale, high nibble: min, per 16 elements */
+    uint8_t qs[TKV_QK_K / 4];      /* 2-bit codes */
+    uint16_t d, dmin;
+} tkv_block_q2_k; /* 84 bytes */
+
+typedef struct {
+    uint8_t hmask[TKV_QK_K / 8]; /* third bit of each code */
+    uint8_t qs[TKV_QK_K / 4];    /* low 2 bits of each code */
+    uint8_t scales[12];          /* 16 six-bit scales (offset 32), packed */
+    uint16_t d;
+} tkv_block_q3_k; /* 110 bytes */
 
 typedef struct {
     uint16_t d, dmin;
@@ -102,6 +117,21 @@ static inline void tkv_q_k_scale_min(const uint8_t *scales, int j, uint8_t *sc, 
         *sc = (uint8_t)((scales[j + 4] & 15) | ((scales[j - 4] >> 6) << 4));
         *m = (uint8_t)((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
     }
+}
+
+/* The low-bit K-quants (layout in formats.c): the 2-bit code of element e (0..255) of a
+ * Q2_K / Q3_K super-block, Q3_K's signed 3-bit value (-4..3), and Q3_K's signed 6-bit
+ * scale j (0..15).  Inline: the matmul reference calls them per element. */
+static inline int tkv_q23_k_low2(const uint8_t *qs, int e) {
+    return (qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+}
+static inline int tkv_q3_k_value(const tkv_block_q3_k *b, int e) {
+    return tkv_q23_k_low2(b->qs, e) - (((b->hmask[e % 32] >> (e / 32)) & 1) ? 0 : 4);
+}
+static inline int tkv_q3_k_scale(const uint8_t *scales, int j) {
+    const int lo = j < 8 ? (scales[j] & 15) : (scales[j - 8] >> 4);
+    const int hi = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+    return (lo | hi << 4) - 32;
 }
 
 /* Reference dequantization of one row of n elements (type supported, n whole blocks). */

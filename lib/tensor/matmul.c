@@ -43,8 +43,9 @@ void tkv_matmul_prepare(const tkv_matmul_kernels *k, int32_t type, int64_t n_col
 void tkv_matmul_rows(const tkv_matmul_kernels *k, int32_t type, const void *W, size_t row_bytes,
                      int64_t n_rows_w, int64_t n_cols, const float *X, int64_t n_tok,
                      const void *scratch, float *Y, int64_t row_begin, int64_t row_end) {
-    const tkv_rowdot_fn dot = k->dot[type];
-    const tkv_tiledot_fn tile = k->tile[type];
+    /* a type without a kernel in this ISA's table (Q2_K, Q3_K) runs the scalar reference */
+    const tkv_rowdot_fn dot = k->dot[type] ? k->dot[type] : tkv_matmul_kernels_scalar.dot[type];
+    const tkv_tiledot_fn tile = k->dot[type] ? k->tile[type] : NULL;
     assert(dot != NULL);
     const int q8 = tkv_matmul_uses_q8(type);
     const char *xs = q8 ? (const char *)scratch : (const char *)X;

@@ -62,7 +62,7 @@ typedef void (*tkv_tiledot_fn)(int64_t n_cols, const void *w, size_t row_bytes, 
 typedef struct tkv_matmul_kernels {
     const char *isa;                /* "scalar", "avx2", "avx512", "avx512vnni" */
     tkv_quantize_q8_fn quantize_q8; /* activations -> Q8 */
-    tkv_rowdot_fn dot[TKV_TYPE_COUNT]; /* by TKV_TYPE_*; NULL for unsupported types */
+    tkv_rowdot_fn dot[TKV_TYPE_COUNT]; /* by TKV_TYPE_*; NULL: the scalar table's (or none) */
     tkv_tiledot_fn tile[TKV_TYPE_COUNT]; /* faster multi-row kernels; NULL: use dot */
 } tkv_matmul_kernels;
 

@@ -230,6 +230,53 @@ static void tkv_dot_q5_k_scalar(int64_t n, const void *w, const void *x, size_t 
     tkv_dot_qk_asym_scalar(1, n, w, x, xs, nx, y, ys);
 }
 
+/* Q2_K / Q3_K: 16 sub-blocks of 16, two per 32-element activation block; per sub-block
+ * d*sc*d_x*isum (Q3_K: signed scale, signed codes), and for Q2_K the min term
+ * -dmin*m*d_x*(sum of the 16 activation codes). */
+static void tkv_dot_q23_k_scalar(int three, int64_t n, const void *w, const void *x, size_t xs,
+                                 int nx, float *y, size_t ys) {
+    double acc[TKV_MM_NX] = {0};
+    int q[TKV_QK_K];
+    for (int64_t i = 0; i < n / TKV_QK_K; i++) {
+        const tkv_block_q2_k *b2 = (const tkv_block_q2_k *)w + i;
+        const tkv_block_q3_k *b3 = (const tkv_block_q3_k *)w + i;
+        for (int e = 0; e < TKV_QK_K; e++) {
+            q[e] = three ? tkv_q3_k_value(b3, e) : tkv_q23_k_low2(b2->qs, e);
+        }
+        const float d = tkv_fp16_to_f32(three ? b3->d : b2->d);
+        const float dmin = three ? 0.0f : tkv_fp16_to_f32(b2->dmin);
+        for (int j = 0; j < 16; j++) {
+            const int sc = three ? tkv_q3_k_scale(b3->scales, j) : b2->scales[j] & 15;
+            const int m = three ? 0 : b2->scales[j] >> 4;
+            const int64_t xb = i * 8 + j / 2; /* activation block */
+            for (int t = 0; t < nx; t++) {
+                const void *xt = (const char *)x + t * xs;
+                const int8_t *xq = XQ(xt) + xb * TKV_QK + 16 * (j % 2);
+                int32_t isum = 0, xsum = 0;
+                for (int k = 0; k < 16; k++) {
+                    isum += q[16 * j + k] * xq[k];
+                    xsum += xq[k];
+                }
+                const double dx = XD(xt, n)[xb];
+                acc[t] += (double)d * sc * dx * isum - (double)dmin * m * dx * xsum;
+            }
+        }
+    }
+    for (int t = 0; t < nx; t++) {
+        y[t * ys] = (float)acc[t];
+    }
+}
+
+static void tkv_dot_q2_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
+                                float *y, size_t ys) {
+    tkv_dot_q23_k_scalar(0, n, w, x, xs, nx, y, ys);
+}
+
+static void tkv_dot_q3_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
+                                float *y, size_t ys) {
+    tkv_dot_q23_k_scalar(1, n, w, x, xs, nx, y, ys);
+}
+
 /* Q6_K: per 32-element activation block, d * d_x * (sc[2j]*isum_lo16 + sc[2j+1]*isum_hi16). */
 static void tkv_dot_q6_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
                                 float *y, size_t ys) {
@@ -275,6 +322,8 @@ const tkv_matmul_kernels tkv_matmul_kernels_scalar = {
         [TKV_TYPE_Q4_1] = tkv_dot_q4_1_scalar,
         [TKV_TYPE_Q5_0] = tkv_dot_q5_0_scalar,
         [TKV_TYPE_Q5_1] = tkv_dot_q5_1_scalar,
+        [TKV_TYPE_Q2_K] = tkv_dot_q2_k_scalar,
+        [TKV_TYPE_Q3_K] = tkv_dot_q3_k_scalar,
         [TKV_TYPE_Q4_K] = tkv_dot_q4_k_scalar,
         [TKV_TYPE_Q5_K] = tkv_dot_q5_k_scalar,
         [TKV_TYPE_Q6_K] = tkv_dot_q6_k_scalar,

@@ -29,7 +29,8 @@ CASES = [
     ("qwen2", T.F32, FLOAT),
     ("qwen2", T.Q4_1, ACT_Q),
 ]
-KQUANT_CASES = [("llama", T.Q4_K), ("llama", T.Q5_K), ("llama", T.Q6_K)]
+KQUANT_CASES = [("llama", T.Q2_K), ("llama", T.Q3_K), ("llama", T.Q4_K), ("llama", T.Q5_K),
+                ("llama", T.Q6_K)]
 
 
 def _hp(cfg: TinyConfig) -> dict:

@@ -66,15 +66,19 @@ def _vocab() -> tuple[list[str], list[str], list[int]]:
 
 def _quantize(w: np.ndarray, t: T, rng: np.random.Generator) -> np.ndarray:
     """Raw GGUF bytes (or floats) of w in type t; K-quants get random valid blocks."""
-    if t in (T.Q4_K, T.Q5_K, T.Q6_K):
+    if t in (T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K):
         rows, cols = w.shape
         nb = cols // 256
-        size = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}[t]
+        size = {T.Q2_K: 84, T.Q3_K: 110, T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}[t]
         raw = rng.integers(0, 256, size=(rows, nb, size), dtype=np.uint8)
         d = np.float16(0.0005).view(np.uint16)
-        if t == T.Q6_K:
-            raw[:, :, 208] = d & 0xFF
-            raw[:, :, 209] = d >> 8
+        if t in (T.Q6_K, T.Q3_K):  # fp16 d last
+            raw[:, :, size - 2] = d & 0xFF
+            raw[:, :, size - 1] = d >> 8
+        elif t == T.Q2_K:  # fp16 d, dmin last; 2-bit codes need a larger step
+            d2, dmin = np.float16(0.004).view(np.uint16), np.float16(0.002).view(np.uint16)
+            raw[:, :, 80], raw[:, :, 81] = d2 & 0xFF, d2 >> 8
+            raw[:, :, 82], raw[:, :, 83] = dmin & 0xFF, dmin >> 8
         else:
             dmin = np.float16(0.0002).view(np.uint16)
             raw[:, :, 0], raw[:, :, 1] = d & 0xFF, d >> 8
