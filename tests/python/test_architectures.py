@@ -24,7 +24,7 @@ ARCHS = {
     "llama-fused-qkv": dict(arch="llama", fused=True),
     "mistral-sliding": dict(arch="llama", sliding_window=7),
     "qwen2": dict(arch="qwen2"),
-    "qwen2-yarn": dict(arch="qwen2", key_length=32, rope_scaling="yarn", rope_factor=4.0,
+    "qwen2-yarn": dict(arch="qwen2", n_embd=128, rope_scaling="yarn", rope_factor=4.0,
                        rope_orig_ctx=64, rope_theta=1000.0),
     "qwen3": dict(arch="qwen3", key_length=32),
     "phi3": dict(arch="phi3", fused=True),
@@ -40,7 +40,7 @@ TOKENS = np.array([262, 5, 17, 200, 3, 99, 42, 7, 7, 150, 11, 260, 33, 64, 65, 6
 
 
 def _model(tmp_path, name, **extra):
-    cfg = TinyConfig(seed=21, **ARCHS[name], **extra)
+    cfg = TinyConfig(seed=21, **{**ARCHS[name], **extra})
     path = tmp_path / f"{name}.gguf"
     weights = write_tiny_model(path, cfg)
     return cfg, path, weights

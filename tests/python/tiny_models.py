@@ -59,6 +59,7 @@ class TinyConfig:
     swa_pattern: int = 0         # Gemma 3 attention.sliding_window_pattern (period)
     rope_theta_swa: float = 0.0  # Gemma 3 rope.freq_base_swa
     final_softcap: float = 0.0   # final_logit_softcapping
+    tokenizer_pre: str = "gpt2"  # tokenizer.ggml.pre (llama.cpp does not know "gpt2": "smollm")
     fused: bool = False          # one attn_qkv tensor (Phi-3; llama may); phi3 always fuses gate|up
 
     @property
@@ -117,7 +118,7 @@ def write_tiny_model(path: Path, cfg: TinyConfig) -> dict[str, np.ndarray]:
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.rms_eps)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre(cfg.tokenizer_pre)
     w.add_token_list(tokens)
     w.add_token_merges(merges)
     w.add_token_types(types)
