@@ -189,16 +189,16 @@ def write_tiny_model(path: Path, cfg: TinyConfig) -> dict[str, np.ndarray]:
         p = f"blk.{l}."
         add(p + "attn_norm.weight", norm(E), T.F32)
         add(p + "ffn_norm.weight", norm(E), T.F32)
-        wq, wk, wv = linear(QD, E), linear(KD, E), linear(KD, E)
         if cfg.fused:
+            wq, wk, wv = linear(QD, E), linear(KD, E), linear(KD, E)
             add(p + "attn_qkv.weight", np.concatenate([wq, wk, wv]), cfg.weight_type)
             qkv = ref.pop(p + "attn_qkv.weight")
             ref[p + "attn_q.weight"], ref[p + "attn_k.weight"], ref[p + "attn_v.weight"] = \
                 qkv[:QD], qkv[QD:QD + KD], qkv[QD + KD:]
-        else:
-            add(p + "attn_q.weight", wq, cfg.weight_type)
-            add(p + "attn_k.weight", wk, cfg.weight_type)
-            add(p + "attn_v.weight", wv, cfg.weight_type)
+        else:  # (one add per draw: the random stream of the llama/qwen2 tests stays as it was)
+            add(p + "attn_q.weight", linear(QD, E), cfg.weight_type)
+            add(p + "attn_k.weight", linear(KD, E), cfg.weight_type)
+            add(p + "attn_v.weight", linear(KD, E), cfg.weight_type)
         add(p + "attn_output.weight", linear(E, QD), cfg.weight_type)
         if cfg.arch == "qwen2":
             add(p + "attn_q.bias", 0.1 * rng.standard_normal(QD).astype(np.float32), T.F32)
@@ -210,14 +210,14 @@ def write_tiny_model(path: Path, cfg: TinyConfig) -> dict[str, np.ndarray]:
         if cfg.arch == "gemma3":
             add(p + "post_attention_norm.weight", norm(E), T.F32)
             add(p + "post_ffw_norm.weight", norm(E), T.F32)
-        wg, wu = linear(F, E), linear(F, E)
         if cfg.arch == "phi3":
+            wg, wu = linear(F, E), linear(F, E)
             add(p + "ffn_up.weight", np.concatenate([wg, wu]), cfg.weight_type)
             gu = ref.pop(p + "ffn_up.weight")
             ref[p + "ffn_gate.weight"], ref[p + "ffn_up.weight"] = gu[:F], gu[F:]
         else:
-            add(p + "ffn_gate.weight", wg, cfg.weight_type)
-            add(p + "ffn_up.weight", wu, cfg.weight_type)
+            add(p + "ffn_gate.weight", linear(F, E), cfg.weight_type)
+            add(p + "ffn_up.weight", linear(F, E), cfg.weight_type)
         add(p + "ffn_down.weight", linear(E, F), cfg.weight_type)
     for name, arr in cfg.extra_tensors:
         add(name, np.asarray(arr, np.float32), T.F32)
