@@ -1,15 +1,19 @@
 /*
  * forward.c - the llama-family transformer forward pass, read top to bottom:
  *
- *   x = embed(tokens)
+ *   x = embed(tokens) * embd_scale                      (Gemma: sqrt(n_embd))
  *   for each layer:
  *       h = rmsnorm(x) * attn_norm
- *       q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv);  rope(q, k)
- *       cache.append(k, v);  a = attention(q, cache)   (GQA: n_head / n_head_kv per group)
- *       x += a Wo
+ *       q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv)
+ *       q, k = rmsnorm per head * q_norm, k_norm         (Qwen3, Gemma 3)
+ *       rope(q, k)                                       (global or sliding-window table)
+ *       cache.append(k, v);  a = attention(q, cache)     (GQA: n_head / n_head_kv per group;
+ *                                                          sliding layers: last n_swa only)
+ *       x += [rmsnorm](a Wo) [* attn_post_norm]          (Gemma 3: post norm)
  *       h = rmsnorm(x) * ffn_norm
- *       x += (silu(h Wgate) * (h Wup)) Wdown
- *   logits = (rmsnorm(x) * output_norm) Wout
+ *       x += [rmsnorm](act(h Wgate) * (h Wup)) Wdown [* ffn_post_norm]
+ *                                                        (act: SiLU, Gemma: tanh GELU)
+ *   logits = (rmsnorm(x) * output_norm) Wout  [softcap c: c tanh(logits / c)]
  *
  * Matmuls split weight rows over the thread pool; attention splits (token, head)
  * pairs.  Nothing here allocates: buffers live in tkv_forward_state.
@@ -73,6 +77,40 @@ static void tkv_attn_merge(const float *part, uint32_t nc, int nq, uint32_t d, f
     }
 }
 
+/* YaRN's correction dimension of `n_rot` rotations over the original context (ggml). */
+static double tkv_yarn_corr_dim(const tkv_hparams *hp, double base, double rotations) {
+    const double pi = 3.14159265358979323846;
+    return hp->n_rot * log(hp->n_ctx_orig / (rotations * 2.0 * pi)) / (2.0 * log(base));
+}
+
+/* The angle per position of each of the n_rot / 2 pairs, as ggml's rope computes it:
+ * theta_i = base^(-2i/n_rot) / factor_i (extrapolated), freq_scale times that (interpolated),
+ * mixed by YaRN's ramp between the correction dimensions when ext_factor != 0.  The angle
+ * is linear in the position, so one number per pair holds it. */
+static void tkv_rope_table(const tkv_rope_params *r, const tkv_hparams *hp, const float *factors,
+                           float *inv_freq) {
+    double lo = 0.0, hi = 0.0;
+    if (r->ext_factor != 0.0f) {
+        lo = floor(tkv_yarn_corr_dim(hp, r->base, hp->yarn_beta_fast));
+        hi = ceil(tkv_yarn_corr_dim(hp, r->base, hp->yarn_beta_slow));
+        lo = lo > 0.0 ? lo : 0.0;
+        hi = hi < hp->n_rot - 1 ? hi : hp->n_rot - 1;
+    }
+    for (uint32_t i = 0; i < hp->n_rot / 2; i++) {
+        const double extrap = pow((double)r->base, -2.0 * i / (double)hp->n_rot) /
+                              (factors ? (double)factors[i] : 1.0);
+        const double interp = r->freq_scale * extrap;
+        double theta = interp;
+        if (r->ext_factor != 0.0f) {
+            double y = (i - lo) / (hi - lo > 0.001 ? hi - lo : 0.001);
+            y = y < 0.0 ? 0.0 : (y > 1.0 ? 1.0 : y);
+            const double mix = (1.0 - y) * r->ext_factor;
+            theta = interp * (1.0 - mix) + extrap * mix;
+        }
+        inv_freq[i] = (float)theta;
+    }
+}
+
 tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *m,
                                   uint32_t n_batch, uint32_t n_threads, uint32_t capacity) {
     memset(s, 0, sizeof *s);
@@ -107,7 +145,7 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
                                               tkv_attn_part_floats(hp->head_dim),
                                           sizeof(float));
     }
-    s->rope_inv_freq = tkv_calloc_aligned(hp->head_dim / 2, sizeof(float));
+    s->rope_inv_freq = tkv_calloc_aligned(hp->n_rot, sizeof(float));
     /* the largest quantized-activation scratch over every matmul of the model (the output
      * layer included); each weight's own type and width decide its size */
     size_t mm = tkv_matmul_scratch_bytes(m->output.type, m->output.cols, (int64_t)B);
@@ -128,10 +166,14 @@ tkv_status tkv_forward_state_init(tkv_forward_state *s, const struct tkv_model *
         return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "session: out of memory for activations "
                         "(n_batch %u, capacity %u)", n_batch, capacity);
     }
-    for (uint32_t i = 0; i < hp->head_dim / 2; i++) {
-        s->rope_inv_freq[i] = hp->rope_freq_scale *
-                              (float)pow((double)hp->rope_theta, -2.0 * i / (double)hp->head_dim);
-    }
+    /* LongRoPE: the long factors when the context exceeds the original one (llama.cpp's
+     * rule, by the context size the session is made for) */
+    const float *factors = m->rope_freqs ? m->rope_freqs
+                           : m->rope_long
+                               ? (capacity > hp->n_ctx_orig ? m->rope_long : m->rope_short)
+                               : NULL;
+    tkv_rope_table(&hp->rope, hp, factors, s->rope_inv_freq);
+    tkv_rope_table(&hp->rope_swa, hp, factors, s->rope_inv_freq + hp->n_rot / 2);
     return TKV_OK;
 }
 
@@ -238,21 +280,34 @@ static void tkv_rmsnorm(float *out, const float *x, const float *w, uint32_t n, 
     }
 }
 
-/* Rotate each head's pairs by pos * inv_freq[i]: adjacent pairs (2i, 2i+1), or
- * (i, i + d/2) in NeoX order. */
-static void tkv_rope(float *v, uint32_t n_heads, uint32_t d, uint32_t pos, const float *inv_freq,
-                     int neox) {
+/* Rotate the first n_rot dimensions of each head by pos * inv_freq[i], cos and sin times
+ * mscale: adjacent pairs (2i, 2i+1), or (i, i + n_rot/2) in NeoX order; the other
+ * dimensions pass unchanged (partial RoPE). */
+static void tkv_rope(float *v, uint32_t n_heads, uint32_t d, uint32_t n_rot, uint32_t pos,
+                     const float *inv_freq, int neox, float mscale) {
     for (uint32_t h = 0; h < n_heads; h++) {
         float *x = v + (size_t)h * d;
-        for (uint32_t i = 0; i < d / 2; i++) {
+        for (uint32_t i = 0; i < n_rot / 2; i++) {
             const float angle = (float)pos * inv_freq[i];
-            const float c = cosf(angle), sn = sinf(angle);
+            const float c = cosf(angle) * mscale, sn = sinf(angle) * mscale;
             const uint32_t a = neox ? i : 2 * i;
-            const uint32_t b = neox ? i + d / 2 : 2 * i + 1;
+            const uint32_t b = neox ? i + n_rot / 2 : 2 * i + 1;
             const float x0 = x[a], x1 = x[b];
             x[a] = x0 * c - x1 * sn;
             x[b] = x0 * sn + x1 * c;
         }
+    }
+}
+
+/* x += y for n rows of E, y first RMS-normed and scaled by post_norm when given (Gemma 3's
+ * norms of the attention and FFN outputs). */
+static void tkv_add_residual(float *x, float *y, const float *post_norm, uint32_t n, uint32_t E,
+                             float eps) {
+    for (uint32_t t = 0; post_norm && t < n; t++) {
+        tkv_rmsnorm(y + (size_t)t * E, y + (size_t)t * E, post_norm, E, eps);
+    }
+    for (size_t i = 0; i < (size_t)n * E; i++) {
+        x[i] += y[i];
     }
 }
 
@@ -273,6 +328,7 @@ typedef struct {
  * query heads of a GQA group are adjacent in q, so a run is one contiguous block. */
 typedef struct {
     uint32_t d, H, group, runs_per_group, run_len, items_per_token, max_chunks;
+    uint32_t window; /* a sliding-window layer's n_swa, 0 for a global layer */
     float scale;
 } tkv_attn_shape;
 
@@ -286,8 +342,19 @@ static tkv_attn_shape tkv_attn_shape_of(const tkv_attn_job *j) {
     a.run_len = (a.group + a.runs_per_group - 1) / a.runs_per_group;
     a.items_per_token = hp->n_head_kv * a.runs_per_group;
     a.max_chunks = tkv_attn_n_chunks(j->s->capacity - 1);
-    a.scale = 1.0f / sqrtf((float)a.d);
+    a.window = j->m->layers[j->layer].sliding ? hp->n_swa : 0;
+    a.scale = hp->attn_scale;
     return a;
+}
+
+/* The first position a query at pos sees: pos - window + 1 in a sliding-window layer. */
+static uint32_t tkv_attn_first(const tkv_attn_shape *a, uint32_t pos) {
+    return a->window && pos + 1 > a->window ? pos + 1 - a->window : 0;
+}
+
+/* Chunks of the fixed grid that hold the positions a query at pos sees. */
+static uint32_t tkv_attn_chunks_of(const tkv_attn_shape *a, uint32_t pos) {
+    return pos / TKV_ATTN_CHUNK - tkv_attn_first(a, pos) / TKV_ATTN_CHUNK + 1;
 }
 
 /* The KV head and query heads [h0, h1) of item `item` of a token. */
@@ -299,13 +366,16 @@ static void tkv_attn_item_heads(const tkv_attn_shape *a, uint32_t item, uint32_t
     *h1 = *h0 + a->run_len < end ? *h0 + a->run_len : end;
 }
 
-/* Chunk c of the positions of token t for one item into its partial-result slot. */
+/* Chunk c of the positions token t sees (counted from the grid chunk of the first of them)
+ * for one item into its partial-result slot. */
 static void tkv_attn_chunk(const tkv_attn_job *j, const tkv_attn_shape *a, uint32_t t,
                            uint32_t item, uint32_t c, float *part, float *scores, float *work) {
     uint32_t kvh, h0, h1;
     tkv_attn_item_heads(a, item, &kvh, &h0, &h1);
-    const uint32_t pos = j->pos0 + t, t0 = c * TKV_ATTN_CHUNK;
-    const uint32_t t1 = pos + 1 - t0 > TKV_ATTN_CHUNK ? t0 + TKV_ATTN_CHUNK : pos + 1;
+    const uint32_t pos = j->pos0 + t, first = tkv_attn_first(a, pos);
+    const uint32_t grid = (first / TKV_ATTN_CHUNK + c) * TKV_ATTN_CHUNK;
+    const uint32_t t0 = grid > first ? grid : first;
+    const uint32_t t1 = pos + 1 - grid > TKV_ATTN_CHUNK ? grid + TKV_ATTN_CHUNK : pos + 1;
     const float *q = j->s->q + ((size_t)t * a->H + h0) * a->d;
     tkv_attn_group_range(j->cache, j->layer, kvh, q, (int)(h1 - h0), pos, t0, t1, a->scale,
                          j->sparse_threshold, part, part + (size_t)TKV_MAX_QUERIES * a->d, scores,
@@ -323,16 +393,16 @@ static void tkv_attn_task(void *p, int ith, int nth) {
                      * of attn_part, spread evenly over the threads */
         int64_t total = 0;
         for (uint32_t t = 0; t < j->n; t++) {
-            total += (int64_t)a.items_per_token * tkv_attn_n_chunks(j->pos0 + t);
+            total += (int64_t)a.items_per_token * tkv_attn_chunks_of(&a, j->pos0 + t);
         }
         tkv_split_range(total, ith, nth, &b, &e);
         uint32_t t = 0;
         int64_t first = 0; /* flat index of token t's first item */
         for (int64_t i = b; i < e; i++) {
-            uint32_t nc = tkv_attn_n_chunks(j->pos0 + t);
+            uint32_t nc = tkv_attn_chunks_of(&a, j->pos0 + t);
             while (i - first >= (int64_t)a.items_per_token * nc) {
                 first += (int64_t)a.items_per_token * nc;
-                nc = tkv_attn_n_chunks(j->pos0 + ++t);
+                nc = tkv_attn_chunks_of(&a, j->pos0 + ++t);
             }
             const uint32_t item = (uint32_t)((i - first) / nc), c = (uint32_t)((i - first) % nc);
             float *slot =
@@ -346,14 +416,16 @@ static void tkv_attn_task(void *p, int ith, int nth) {
     for (int64_t i = b; i < e; i++) {
         const uint32_t t = (uint32_t)(i / a.items_per_token);
         const uint32_t item = (uint32_t)(i % a.items_per_token);
-        const uint32_t nc = tkv_attn_n_chunks(j->pos0 + t);
+        const uint32_t nc = tkv_attn_chunks_of(&a, j->pos0 + t);
         uint32_t kvh, h0, h1;
         tkv_attn_item_heads(&a, item, &kvh, &h0, &h1);
         float *out = j->s->att + ((size_t)t * a.H + h0) * a.d;
         if (nc == 1) {
             const float *q = j->s->q + ((size_t)t * a.H + h0) * a.d;
-            tkv_attn_group(j->cache, j->layer, kvh, q, (int)(h1 - h0), j->pos0 + t, a.scale,
-                           j->sparse_threshold, out, scores, j->s->capacity, work);
+            const uint32_t pos = j->pos0 + t;
+            tkv_attn_group_range(j->cache, j->layer, kvh, q, (int)(h1 - h0), pos,
+                                 tkv_attn_first(&a, pos), pos + 1, a.scale, j->sparse_threshold,
+                                 out, NULL, scores, j->s->capacity, work);
             continue;
         }
         for (uint32_t c = 0; c < nc; c++) {
@@ -374,14 +446,14 @@ static void tkv_attention(tkv_pool *pool, tkv_attn_job *j) {
     }
     const size_t ps = tkv_attn_part_floats(a.d);
     for (uint32_t t = 0; t < j->n; t++) {
-        const uint32_t nc = tkv_attn_n_chunks(j->pos0 + t);
+        const uint32_t nc = tkv_attn_chunks_of(&a, j->pos0 + t);
         for (uint32_t item = 0; item < a.items_per_token; item++) {
             uint32_t kvh, h0, h1;
             tkv_attn_item_heads(&a, item, &kvh, &h0, &h1);
             float *out = j->s->att + ((size_t)t * a.H + h0) * a.d;
             const float *part =
                 j->s->attn_part + ((size_t)t * a.items_per_token + item) * a.max_chunks * ps;
-            if (nc == 1) { /* the whole range: the same bits as tkv_attn_group */
+            if (nc == 1) { /* one chunk: the same bits as the unsplit path */
                 memcpy(out, part, (size_t)(h1 - h0) * a.d * sizeof *out);
             } else {
                 tkv_attn_merge(part, nc, (int)(h1 - h0), a.d, out);
@@ -418,8 +490,12 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
     tkv_phase_times before = s->times;
 
     for (uint32_t t = 0; t < n; t++) {
+        float *x = s->x + (size_t)t * E;
         tkv_embedding_row(m->tok_embd.type, m->tok_embd.data, m->tok_embd.row_bytes, E, tokens[t],
-                          s->x + (size_t)t * E);
+                          x);
+        for (uint32_t i = 0; hp->embd_scale != 1.0f && i < E; i++) {
+            x[i] *= hp->embd_scale;
+        }
     }
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const tkv_layer_weights *L = &m->layers[l];
@@ -440,8 +516,16 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
             for (uint32_t i = 0; L->bv && i < KD; i++) {
                 v[i] += L->bv[i];
             }
-            tkv_rope(q, H, d, pos0 + t, s->rope_inv_freq, hp->rope_neox);
-            tkv_rope(k, HK, d, pos0 + t, s->rope_inv_freq, hp->rope_neox);
+            for (uint32_t h = 0; L->attn_q_norm && h < H; h++) {
+                tkv_rmsnorm(q + (size_t)h * d, q + (size_t)h * d, L->attn_q_norm, d, hp->rms_eps);
+            }
+            for (uint32_t h = 0; L->attn_k_norm && h < HK; h++) {
+                tkv_rmsnorm(k + (size_t)h * d, k + (size_t)h * d, L->attn_k_norm, d, hp->rms_eps);
+            }
+            const tkv_rope_params *rp = L->sliding ? &hp->rope_swa : &hp->rope;
+            const float *inv_freq = s->rope_inv_freq + (L->sliding ? hp->n_rot / 2 : 0);
+            tkv_rope(q, H, d, hp->n_rot, pos0 + t, inv_freq, hp->rope_neox, rp->mscale);
+            tkv_rope(k, HK, d, hp->n_rot, pos0 + t, inv_freq, hp->rope_neox, rp->mscale);
             if (s->capture_q) {
                 const size_t row = (size_t)t * hp->n_layer + l;
                 memcpy(s->capture_q + row * QD, q, QD * sizeof *q);
@@ -458,23 +542,27 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
         tkv_attention(pool, &job);
         s->times.attention_ns += tkv_now_ns() - ta;
         tkv_linear(pool, s, &L->wo, s->att, n, s->xn); /* xn reused as the projection output */
-        for (size_t i = 0; i < (size_t)n * E; i++) {
-            s->x[i] += s->xn[i];
-        }
+        tkv_add_residual(s->x, s->xn, L->attn_post_norm, n, E, hp->rms_eps);
         for (uint32_t t = 0; t < n; t++) {
             tkv_rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
         }
         const tkv_weight *gu_w[2] = {&L->w_gate, &L->w_up};
         float *gu_y[2] = {s->gate, s->up};
         tkv_linear_multi(pool, s, gu_w, gu_y, 2, s->xn, n);
-        for (size_t i = 0; i < (size_t)n * F; i++) {
-            const float g = s->gate[i];
-            s->gate[i] = g / (1.0f + expf(-g)) * s->up[i]; /* SwiGLU */
+        if (hp->ffn_act == TKV_FFN_GELU_TANH) { /* GeGLU */
+            for (size_t i = 0; i < (size_t)n * F; i++) {
+                const float g = s->gate[i];
+                const float inner = 0.7978845608f * (g + 0.044715f * g * g * g); /* sqrt(2/pi) */
+                s->gate[i] = 0.5f * g * (1.0f + tanhf(inner)) * s->up[i];
+            }
+        } else {
+            for (size_t i = 0; i < (size_t)n * F; i++) {
+                const float g = s->gate[i];
+                s->gate[i] = g / (1.0f + expf(-g)) * s->up[i]; /* SwiGLU */
+            }
         }
         tkv_linear(pool, s, &L->w_down, s->gate, n, s->xn);
-        for (size_t i = 0; i < (size_t)n * E; i++) {
-            s->x[i] += s->xn[i];
-        }
+        tkv_add_residual(s->x, s->xn, L->ffn_post_norm, n, E, hp->rms_eps);
     }
     const uint32_t first = all_logits ? 0 : n - 1;
     const uint32_t n_out = n - first;
@@ -483,6 +571,12 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
                     hp->rms_eps);
     }
     tkv_linear(pool, s, &m->output, s->xn, n_out, s->logits);
+    if (hp->final_softcap > 0.0f) {
+        const float c = hp->final_softcap;
+        for (size_t i = 0; i < (size_t)n_out * hp->n_vocab; i++) {
+            s->logits[i] = c * tanhf(s->logits[i] / c);
+        }
+    }
     uint64_t total = tkv_now_ns() - t_start;
     uint64_t counted = (s->times.matmul_ns - before.matmul_ns) +
                        (s->times.attention_ns - before.attention_ns);

@@ -40,7 +40,8 @@ typedef struct tkv_forward_state {
                                appends */
     void *mm_scratch;       /* quantized activations */
     size_t mm_scratch_bytes;
-    float *rope_inv_freq;   /* (head_dim / 2) */
+    float *rope_inv_freq; /* (2, n_rot / 2): angle per position of each pair, global layers
+                             then sliding-window layers (their own RoPE base) */
     /* optional capture of post-RoPE vectors (research harnesses), NULL when off:
      * q (n, n_layer, n_head, head_dim), k and v (n, n_layer, n_head_kv, head_dim) */
     float *capture_q, *capture_k, *capture_v;

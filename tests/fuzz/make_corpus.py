@@ -4,7 +4,7 @@
     python3 tests/fuzz/make_corpus.py OUT_DIR
 
 makes OUT_DIR/{gguf,model,tokenizer,codec}/ with:
-  gguf, model  tiny random-weight llama/qwen2 GGUF files (tests/python/tiny_models.py), one
+  gguf, model  tiny random-weight llama/qwen2/qwen3/phi3/gemma3 GGUF files (tests/python/tiny_models.py), one
                per tokenizer kind (byte-level BPE with each pre-tokenizer, SentencePiece) and
                weight type, each well under the fuzz_model size limit;
   tokenizer    a selector byte (see fuzz_tokenizer.c) + texts with specials, digits, spaces,
@@ -56,6 +56,17 @@ def models(out: Path) -> None:
             tm.write_tiny_model(p, tm.TinyConfig(arch=arch, weight_type=wt, **small))
         finally:
             gguf.GGUFWriter.add_tokenizer_pre = orig
+    # every architecture feature the loader reads: RoPE variants, fused tensors, windows
+    for name, extra in [("qwen3", dict(arch="qwen3", key_length=32)),
+                        ("phi3", dict(arch="phi3", fused=True, n_rot=8, long_short_factors=True,
+                                      rope_orig_ctx=32, rope_attn_factor=1.2)),
+                        ("gemma3", dict(arch="gemma3", n_layer=2, sliding_window=4,
+                                        swa_pattern=2, final_softcap=30.0)),
+                        ("llama3", dict(arch="llama", rope_freqs=True, sliding_window=8)),
+                        ("qwen2-yarn", dict(arch="qwen2", rope_scaling="yarn", rope_factor=4.0,
+                                            rope_orig_ctx=32))]:
+        cfg = {**small, "n_layer": extra.pop("n_layer", 1)}
+        tm.write_tiny_model(out / f"{name}.gguf", tm.TinyConfig(**cfg, **extra))
     # SentencePiece: a llama model with an SPM vocabulary, written directly
     toks, scores, types = _spm_vocab()
     rng = np.random.default_rng(1)

@@ -6,7 +6,8 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import turbokv
-from tiny_models import TinyConfig, mean_kl, reference_forward, write_tiny_model
+from tiny_models import (TinyConfig, mean_kl, reference_forward, reference_hparams,
+                         write_tiny_model)
 
 # Max logit error relative to the logits' standard deviation.  Float weights are checked
 # against the exact reference.  Quantized weights multiply 8-bit quantized activations

@@ -39,17 +39,26 @@ def tiny(arch: str, **kw) -> TinyConfig:
     return TinyConfig(arch=arch, tokenizer_pre="smollm", **kw)
 
 
-# One entry per architecture: a tiny random-weight model with float weights, written by
-# tiny_models.write_tiny_model.  Adding an architecture is one line here.
-ARCHITECTURES = {
-    "llama": tiny("llama", seed=7),
-    "qwen2": tiny("qwen2", seed=7),
-}
-
-# Max |logit difference| relative to the standard deviation of llama.cpp's logits, and the
-# top-1 token at every position must agree.  F32 weights: both engines compute in float32
-# with different summation orders (measured 1.6e-6 / 1.7e-6 for llama / qwen2, 2026-12-04).
+# One entry per architecture or RoPE variant: a tiny random-weight model with float weights,
+# written by tiny_models.write_tiny_model, and the bound of max |logit difference| relative to
+# the standard deviation of llama.cpp's logits; the top-1 token must agree at every position.
+# F32 weights: both engines compute in float32 with different summation orders (measured
+# 1.6e-6 / 1.7e-6 for llama / qwen2, 2026-12-04), except that llama.cpp's GELU reads an fp16
+# table (Gemma 3's GeGLU).  Sequences run past the sliding windows and the YaRN ramp.
+# Adding an architecture is one line here.  Not phi3: llama.cpp's phi3 loader needs special
+# tokens this tiny vocabulary lacks; it is checked against the NumPy reference only
+# (test_architectures.py).
 FLOAT_TOL = 1e-4
+ARCHITECTURES = {
+    "llama": (tiny("llama", seed=7), FLOAT_TOL),
+    "qwen2": (tiny("qwen2", seed=7), FLOAT_TOL),
+    "llama3-rope_freqs": (tiny("llama", rope_freqs=True, seed=7), FLOAT_TOL),
+    "qwen2-yarn": (tiny("qwen2", n_embd=128, rope_scaling="yarn", rope_factor=4.0,
+                        rope_orig_ctx=64, rope_theta=1000.0, seed=7), FLOAT_TOL),
+    "qwen3": (tiny("qwen3", key_length=32, seed=7), FLOAT_TOL),
+    "gemma3": (tiny("gemma3", key_length=32, n_layer=3, sliding_window=5, swa_pattern=3,
+                    rope_theta=1e6, rope_scaling="linear", rope_factor=8.0, seed=7), 2e-3),
+}
 
 # Weight formats.  llama.cpp multiplies F16 weights by fp16-rounded activations (measured
 # 2.9e-3) and quantized weights by Q8 activations whose block scale it stores as fp16, where
@@ -116,8 +125,9 @@ def _compare_tiny(tmp_path, cfg: TinyConfig):
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_tiny_model_matches_llama_cpp(tmp_path, arch):
-    ours, ref, diff, rel = _compare_tiny(tmp_path, ARCHITECTURES[arch])
-    assert rel < FLOAT_TOL, f"{arch}: max |logit diff| / std = {rel:.3g}"
+    cfg, tol = ARCHITECTURES[arch]
+    ours, ref, diff, rel = _compare_tiny(tmp_path, cfg)
+    assert rel < tol, f"{arch}: max |logit diff| / std = {rel:.3g}"
     mismatched = np.flatnonzero(ours.argmax(axis=1) != ref.argmax(axis=1))
     assert mismatched.size == 0, f"{arch}: top-1 differs at positions {mismatched.tolist()}"
 

@@ -43,8 +43,13 @@ def test_rope_base_out_of_range(tmp_path, theta):
 
 @pytest.mark.parametrize("dims", [0, 1, 8, 1000])
 def test_rope_dimension_count_not_head_dim(tmp_path, dims):
-    with pytest.raises(turbokv.UnsupportedError, match="rope.dimension_count"):
+    # llama rotates whole heads (llama.cpp refuses a partial count for it too); phi3 may
+    # rotate part of the head, but never an odd count or more than the head
+    with pytest.raises(turbokv.FormatError, match="rope.dimension_count"):
         _load(tmp_path, extra_kv=(("llama.rope.dimension_count", dims, U32),))
+    if dims != 8:
+        with pytest.raises(turbokv.FormatError, match="rope.dimension_count"):
+            _load(tmp_path, arch="phi3", extra_kv=(("phi3.rope.dimension_count", dims, U32),))
 
 
 def test_rope_dimension_count_equal_head_dim_is_fine(tmp_path):
@@ -64,9 +69,56 @@ def test_nan_norm_weights(tmp_path, name):
         _load(tmp_path, nan_tensor=name)
 
 
-def test_rope_freqs_is_not_silently_ignored(tmp_path):
-    with pytest.raises(turbokv.UnsupportedError, match="rope_freqs"):
-        _load(tmp_path, extra_tensors=(("rope_freqs.weight", np.ones(8)),))
+def test_rope_freqs_shape_and_values_are_checked(tmp_path):
+    with pytest.raises(turbokv.FormatError, match="rope_freqs"):
+        _load(tmp_path, extra_tensors=(("rope_freqs.weight", np.ones(5)),))
+    with pytest.raises(turbokv.FormatError, match="rope_freqs"):
+        _load(tmp_path, extra_tensors=(("rope_freqs.weight", np.zeros(8)),))
+
+
+@pytest.mark.parametrize("tensor", ["blk.0.attn_output.bias", "blk.1.ffn_gate_inp.weight",
+                                    "token_embd_norm.weight", "blk.0.attn_q_norm.weight"])
+def test_unimplemented_tensor_is_an_error_naming_it(tmp_path, tensor):
+    # (attn_q_norm is Qwen3's and Gemma 3's; a llama file carrying one is not computed)
+    with pytest.raises(turbokv.UnsupportedError, match=tensor.replace(".", r"\.")):
+        _load(tmp_path, extra_tensors=((tensor, np.ones(16)),))
+
+
+def test_known_irrelevant_tensor_loads(tmp_path):
+    with _load(tmp_path, extra_tensors=(("blk.0.attn_rot_embd", np.ones(8)),)) as m:
+        assert m.n_layer == 2
+
+
+@pytest.mark.parametrize("key,value,vtype", [
+    ("llama.attention.clamp_kqv", 8.0, gguf.GGUFValueType.FLOAT32),
+    ("llama.logit_scale", 0.5, gguf.GGUFValueType.FLOAT32),
+    ("llama.final_logit_softcapping", 30.0, gguf.GGUFValueType.FLOAT32),
+    ("llama.rope.freq_base_swa", 10000.0, gguf.GGUFValueType.FLOAT32),
+    ("llama.expert_count", 8, U32),
+])
+def test_unimplemented_metadata_key_is_an_error_naming_it(tmp_path, key, value, vtype):
+    with pytest.raises(turbokv.UnsupportedError, match=key.replace(".", r"\.")):
+        _load(tmp_path, extra_kv=((key, value, vtype),))
+
+
+def test_irrelevant_metadata_keys_load(tmp_path):
+    kv = (("llama.rope.scaling.finetuned", True, gguf.GGUFValueType.BOOL),
+          ("llama.expert_count", 0, U32), ("general.some_note", "x", gguf.GGUFValueType.STRING))
+    with _load(tmp_path, extra_kv=kv) as m:
+        assert m.n_layer == 2
+
+
+def test_rope_scaling_type_unknown_is_refused(tmp_path):
+    with pytest.raises(turbokv.UnsupportedError, match="rope.scaling.type"):
+        _load(tmp_path, extra_kv=(("llama.rope.scaling.type", "su", gguf.GGUFValueType.STRING),))
+
+
+def test_qwen_sliding_window_shorter_than_context_is_refused(tmp_path):
+    with pytest.raises(turbokv.UnsupportedError, match="sliding_window"):
+        _load(tmp_path, arch="qwen2", extra_kv=(("qwen2.attention.sliding_window", 64, U32),))
+    with _load(tmp_path, arch="qwen2",
+               extra_kv=(("qwen2.attention.sliding_window", 4096, U32),)) as m:
+        assert m.n_layer == 2
 
 
 @pytest.mark.parametrize("tensor,what", [("blk.0.attn_v.weight", "non-finite value"),
