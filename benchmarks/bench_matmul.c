@@ -249,7 +249,8 @@ static void stream_mode(int rounds) {
             tkv_matmul_pack(type, W, rb, prows, cols, Wp);
         }
         mm_job job = {k, type, W, rb, rows, cols, 1, scratch, Y, {0, 0}, NULL};
-        mm_job pjob = {k, type, Wp, rb, prows, cols, 1, scratch, Y, {0, 0}, Wp};
+        /* the packed copy's own bytes (the K-quants': 4 more per super-block) */
+        mm_job pjob = {k, type, Wp, pbytes / (prows ? prows : 1), prows, cols, 1, scratch, Y, {0, 0}, Wp};
         double t_mm[2][64], t_rd[2][64], t_pk[2][64], t_prd[2][64];
         for (int r = 0; r < rounds; r++) {
             for (int nt = 0; nt < 2; nt++) {
@@ -271,7 +272,7 @@ static void stream_mode(int rounds) {
             }
         }
         for (int pass = 0; pass < (Wp ? 2 : 1); pass++) {
-            const double bytes = (double)(pass ? prows : rows) * (double)rb;
+            const double bytes = pass ? (double)pbytes : (double)rows * (double)rb;
             for (int nt = 0; nt < 2; nt++) {
                 double *tmv = pass ? t_pk[nt] : t_mm[nt], *trv = pass ? t_prd[nt] : t_rd[nt];
                 qsort(tmv, (size_t)rounds, sizeof(double), cmp_double);

@@ -117,25 +117,83 @@ void tkv_matvec(const tkv_matmul_kernels *k, int32_t type, const void *W, size_t
 
 /* ---- packed weights ---------------------------------------------------------------------- */
 
+/* Elements and packed bytes per row of one packed block of the type (layouts in matmul.h). */
+static void tkv_packed_block(int32_t type, int64_t *elems, size_t *bytes) {
+    if (type == TKV_TYPE_Q4_K || type == TKV_TYPE_Q5_K) {
+        *elems = TKV_QK_K;
+        /* d, dmin, 8 scales, 8 mins, (Q5_K: 32 qh bytes,) 128 code bytes */
+        *bytes = type == TKV_TYPE_Q5_K ? 180 : 148;
+        return;
+    }
+    *elems = TKV_QK;
+    *bytes = (size_t)tkv_type_get(type)->block_bytes;
+}
+
 size_t tkv_matmul_packed_bytes(const tkv_matmul_kernels *k, int32_t type, int64_t n_rows,
                                int64_t n_cols) {
     const tkv_type_info *ti = tkv_type_get(type);
-    if (ti == NULL || k->packed[type] == NULL || n_rows % TKV_MM_PACK_ROWS != 0 ||
-        n_cols % TKV_QK != 0) {
+    if (ti == NULL || k->packed[type] == NULL || n_rows % TKV_MM_PACK_ROWS != 0) {
         return 0;
     }
-    return (size_t)n_rows * (size_t)(n_cols / TKV_QK) * (size_t)ti->block_bytes;
+    int64_t elems;
+    size_t bytes;
+    tkv_packed_block(type, &elems, &bytes);
+    if (n_cols % elems != 0) {
+        return 0;
+    }
+    return (size_t)n_rows * (size_t)(n_cols / elems) * bytes;
+}
+
+/* Q4_K / Q5_K: one super-block of 16 rows (layout in matmul.h). */
+static void tkv_pack_qk(int32_t type, const uint8_t *W, size_t row_bytes, int64_t g, int64_t i,
+                        uint8_t *o) {
+    const int R = TKV_MM_PACK_ROWS;
+    const int five = type == TKV_TYPE_Q5_K;
+    const size_t bb = five ? sizeof(tkv_block_q5_k) : sizeof(tkv_block_q4_k);
+    for (int r = 0; r < R; r++) {
+        const uint8_t *blk = W + (size_t)(g * R + r) * row_bytes + (size_t)i * bb;
+        /* both block types start d, dmin, scales[12]; Q5_K then has qh[32] before qs */
+        const uint8_t *scales = blk + 4, *qh = blk + 16, *qs = blk + (five ? 48 : 16);
+        memcpy(o + 2 * r, blk, 2);
+        memcpy(o + 2 * R + 2 * r, blk + 2, 2);
+        for (int j = 0; j < 8; j++) {
+            tkv_q_k_scale_min(scales, j, o + 4 * R + j * R + r, o + 12 * R + j * R + r);
+        }
+        if (five) {
+            for (int k = 0; k < 8; k++) {
+                memcpy(o + 20 * R + ((size_t)k * R + (size_t)r) * 4, qh + 4 * k, 4);
+            }
+        }
+        uint8_t *oq = o + (five ? 52 : 20) * R;
+        for (int c = 0; c < 4; c++) {
+            for (int k = 0; k < 8; k++) {
+                memcpy(oq + ((size_t)(c * 8 + k) * R + (size_t)r) * 4, qs + 32 * c + 4 * k, 4);
+            }
+        }
+    }
 }
 
 void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_rows, int64_t n_cols,
                      void *out) {
     const size_t bb = (size_t)tkv_type_get(type)->block_bytes;
-    const int64_t nb = n_cols / TKV_QK;
     const int R = TKV_MM_PACK_ROWS;
+    uint8_t *o = out;
+    if (type == TKV_TYPE_Q4_K || type == TKV_TYPE_Q5_K) {
+        int64_t elems;
+        size_t bytes;
+        tkv_packed_block(type, &elems, &bytes);
+        for (int64_t g = 0; g < n_rows / R; g++) {
+            for (int64_t i = 0; i < n_cols / TKV_QK_K; i++) {
+                tkv_pack_qk(type, W, row_bytes, g, i, o);
+                o += (size_t)R * bytes;
+            }
+        }
+        return;
+    }
+    const int64_t nb = n_cols / TKV_QK;
     /* header bytes (scales, mins) and code offset inside an original block */
     const size_t head = type == TKV_TYPE_Q4_1 ? 4 : 2;
     const size_t ncode = bb - head; /* 16 nibble bytes or 32 codes */
-    uint8_t *o = out;
     for (int64_t g = 0; g < n_rows / R; g++) {
         for (int64_t b = 0; b < nb; b++) {
             for (int r = 0; r < R; r++) {
@@ -164,8 +222,10 @@ void tkv_matmul_rows_packed(const tkv_matmul_kernels *k, int32_t type, const voi
     const tkv_packdot_fn fn = k->packed[type];
     assert(fn != NULL && n_rows_w % TKV_MM_PACK_ROWS == 0);
     const int64_t R = TKV_MM_PACK_ROWS;
-    const size_t group_bytes =
-        (size_t)R * (size_t)(n_cols / TKV_QK) * (size_t)tkv_type_get(type)->block_bytes;
+    int64_t elems;
+    size_t bytes;
+    tkv_packed_block(type, &elems, &bytes);
+    const size_t group_bytes = (size_t)R * (size_t)(n_cols / elems) * bytes;
     const size_t x_stride = tkv_q8_row_stride(n_cols);
     const char *w = Wp;
     for (int64_t g = row_begin / R; g * R < row_end; g++) {

@@ -45,6 +45,8 @@
         [TKV_TYPE_Q4_0] = tkv_pk_q4_0_avx512vnni,                \
         [TKV_TYPE_Q4_1] = tkv_pk_q4_1_avx512vnni,                \
         [TKV_TYPE_Q8_0] = tkv_pk_q8_0_avx512vnni,                \
+        [TKV_TYPE_Q4_K] = tkv_pk_q4_k_avx512vnni,                \
+        [TKV_TYPE_Q5_K] = tkv_pk_q5_k_avx512vnni,                \
     }
 
 #define TKV_TABLE(suffix, name, packed_kernels)                  \

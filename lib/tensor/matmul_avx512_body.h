@@ -600,6 +600,106 @@ TKV5_PK(pk_q4_0, 0)
 TKV5_PK(pk_q4_1, 1)
 TKV5_PK(pk_q8_0, 2)
 #undef TKV5_PK
+
+/* Packed Q4_K / Q5_K: one group of 16 rows against T tokens.  Per sub-block pair c the 16
+ * rows' codes are 8 registers of 4 bytes per row, sub-block 2c in their low nibbles and
+ * 2c + 1 in their high ones (Q5_K: the fifth bit of sub-block j is bit j of the qh bytes of
+ * the same elements, moved to bit 4); 8 dpbusd per sub-block leave each row's integer sum
+ * in its lane.  Within a super-block the sums are scaled by sc_j * d_x(j) and the mins m_j by
+ * ds_x(j); the row's d and d_min multiply the two totals once per super-block. */
+TKV5_INLINE void TKV_FN(pk_qk_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
+                                 float *y, size_t ys, int rb, int re, const int five) {
+    const int R = TKV_MM_PACK_ROWS;
+    const int64_t nsb = n / TKV_QK_K;
+    const size_t sbytes = (size_t)R * (five ? 180 : 148);
+    const size_t qs_off = (size_t)(five ? 52 : 20) * R; /* after d, dmin, sc, m (and qh) */
+    const int8_t *xq[TKV_MM_NX];
+    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
+    __m512 acc[TKV_MM_NX], macc[TKV_MM_NX];
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        const char *xt = (const char *)x + (size_t)t * xs;
+        xq[t] = (const int8_t *)xt;
+        xd[t] = (const float *)(xt + n);
+        xds[t] = xd[t] + n / TKV_QK;
+        acc[t] = macc[t] = _mm512_setzero_ps();
+    }
+    const __m512i m4 = _mm512_set1_epi8(15), bit4 = _mm512_set1_epi8(16);
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
+        TKV5_UNROLL for (size_t c = 0; c < sbytes; c += 64) {
+            _mm_prefetch((const char *)p + TKV5_PK_PREFETCH + c, _MM_HINT_T1);
+        }
+        __m512 sacc[TKV_MM_NX], sm[TKV_MM_NX]; /* this super-block's scaled sums and mins */
+        TKV5_UNROLL for (int t = 0; t < T; t++) {
+            sacc[t] = sm[t] = _mm512_setzero_ps();
+        }
+        TKV5_UNROLL for (int c = 0; c < 4; c++) {
+            const uint8_t *q = p + qs_off + (size_t)c * 8 * 4 * R;
+            __m512i lo[8], hi[8];
+            TKV5_UNROLL for (int k = 0; k < 8; k++) {
+                const __m512i z = _mm512_loadu_si512(q + 64 * k);
+                lo[k] = _mm512_and_si512(z, m4);
+                hi[k] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
+                if (five) { /* bit 2c (2c + 1) of each qh byte to bit 4, or'ed in (0xF8) */
+                    const __m512i h = _mm512_loadu_si512(p + 20 * R + 64 * k);
+                    const __m512i h_lo = 2 * c <= 4 ? _mm512_slli_epi16(h, 4 - 2 * c)
+                                                    : _mm512_srli_epi16(h, 2 * c - 4);
+                    const __m512i h_hi = 2 * c + 1 <= 4 ? _mm512_slli_epi16(h, 3 - 2 * c)
+                                                        : _mm512_srli_epi16(h, 2 * c - 3);
+                    lo[k] = _mm512_ternarylogic_epi32(lo[k], h_lo, bit4, 0xF8);
+                    hi[k] = _mm512_ternarylogic_epi32(hi[k], h_hi, bit4, 0xF8);
+                }
+            }
+            TKV5_UNROLL for (int h = 0; h < 2; h++) {
+                const int j = 2 * c + h;
+                const __m512i *cv = h ? hi : lo;
+                const __m512 scf = _mm512_cvtepi32_ps(
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4 * R + j * R))));
+                const __m512 mf = _mm512_cvtepi32_ps(
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 12 * R + j * R))));
+                const int64_t xb = 8 * i + j; /* activation block */
+                TKV5_UNROLL for (int t = 0; t < T; t++) {
+                    const int8_t *xv = xq[t] + xb * TKV_QK;
+                    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                    TKV5_UNROLL for (int k = 0; k < 8; k += 2) {
+                        int32_t x0, x1;
+                        memcpy(&x0, xv + 4 * k, 4);
+                        memcpy(&x1, xv + 4 * k + 4, 4);
+                        s0 = _mm512_dpbusd_epi32(s0, cv[k], _mm512_set1_epi32(x0));
+                        s1 = _mm512_dpbusd_epi32(s1, cv[k + 1], _mm512_set1_epi32(x1));
+                    }
+                    const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                    sacc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(scf, _mm512_set1_ps(xd[t][xb])),
+                                              sacc[t]);
+                    sm[t] = _mm512_fmadd_ps(mf, _mm512_set1_ps(xds[t][xb]), sm[t]);
+                }
+            }
+        }
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+        const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * R)));
+        TKV5_UNROLL for (int t = 0; t < T; t++) {
+            acc[t] = _mm512_fmadd_ps(d, sacc[t], acc[t]);
+            macc[t] = _mm512_fmadd_ps(dmin, sm[t], macc[t]);
+        }
+    }
+    const __mmask16 keep = (__mmask16)(((1u << re) - 1u) & ~((1u << rb) - 1u));
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        _mm512_mask_storeu_ps(y + (size_t)t * ys, keep, _mm512_sub_ps(acc[t], macc[t]));
+    }
+}
+#define TKV5_PKK(name, five)                                                                  \
+    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *wg, const void *x, size_t xs,    \
+                                      int nx, float *y, size_t ys, int rb, int re) {          \
+        switch (nx) {                                                                         \
+        case 1: TKV_FN(pk_qk_t)(n, wg, x, xs, 1, y, ys, rb, re, five); break;                 \
+        case 2: TKV_FN(pk_qk_t)(n, wg, x, xs, 2, y, ys, rb, re, five); break;                 \
+        case 3: TKV_FN(pk_qk_t)(n, wg, x, xs, 3, y, ys, rb, re, five); break;                 \
+        default: TKV_FN(pk_qk_t)(n, wg, x, xs, 4, y, ys, rb, re, five); break;                \
+        }                                                                                     \
+    }
+TKV5_PKK(pk_q4_k, 0)
+TKV5_PKK(pk_q5_k, 1)
+#undef TKV5_PKK
 #endif
 
 #undef TKV5_INLINE
