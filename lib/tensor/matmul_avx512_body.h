@@ -517,13 +517,54 @@ TKV5_T_DISPATCH(dot5_q6_k)
 #ifndef TKV5_PK_PREFETCH
 #define TKV5_PK_PREFETCH 16384
 #endif
-/* ---- packed Q4_0 / Q4_1 / Q8_0 (layout in matmul.h), dpbusd only ------------------------ */
+/* ---- packed Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K (layouts in matmul.h), dpbusd only -------- */
 
-/* One group of 16 rows against T tokens.  Per block: the 16 rows' codes are 8 registers of 4
- * codes per row (nibbles split in place); 8 dpbusd against 4 broadcast activation codes
- * each leave row r's block sum in lane r, in two chains of 4 to halve the latency.  Then one
- * float fma per block scales 16 sums by d_w(row) * d_x, and one adds the min / offset term
- * m_w(row) * ds_x (Q4_0: m = -8 d, Q8_0: -128 d for the +128 of the stored codes). */
+/* The activation rows of T tokens: codes, block scales d_x and block sums ds_x. */
+TKV5_INLINE void TKV_FN(pk_rows)(int64_t n, const void *x, size_t xs, const int T,
+                                 const int8_t **xq, const float **xd, const float **xds) {
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        const char *xt = (const char *)x + (size_t)t * xs;
+        xq[t] = (const int8_t *)xt;
+        xd[t] = (const float *)(xt + n);
+        xds[t] = xd[t] + n / TKV_QK;
+    }
+}
+
+/* The bytes TKV5_PK_PREFETCH ahead of p (the next groups follow in memory), into L2: spread
+ * over the blocks, so the memory sees a steady stream of requests. */
+TKV5_INLINE void TKV_FN(pk_prefetch)(const uint8_t *p, const size_t bytes) {
+    TKV5_UNROLL for (size_t c = 0; c < bytes; c += 64) {
+        _mm_prefetch((const char *)p + TKV5_PK_PREFETCH + c, _MM_HINT_T1);
+    }
+}
+
+/* Row r's integer dot product with one activation block xv in lane r: register k holds
+ * codes 4k .. 4k+3 of the 16 rows; two chains of 4 dpbusd halve the latency. */
+TKV5_INLINE __m512 TKV_FN(pk_block)(const __m512i c[8], const int8_t *xv) {
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    TKV5_UNROLL for (int k = 0; k < 8; k += 2) {
+        int32_t x0, x1;
+        memcpy(&x0, xv + 4 * k, 4);
+        memcpy(&x1, xv + 4 * k + 4, 4);
+        s0 = _mm512_dpbusd_epi32(s0, c[k], _mm512_set1_epi32(x0));
+        s1 = _mm512_dpbusd_epi32(s1, c[k + 1], _mm512_set1_epi32(x1));
+    }
+    return _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+}
+
+/* y rows [rb, re) of the group: acc + macc of each token. */
+TKV5_INLINE void TKV_FN(pk_store)(const __m512 *acc, const __m512 *macc, const int T, float *y,
+                                  size_t ys, int rb, int re) {
+    const __mmask16 keep = (__mmask16)(((1u << re) - 1u) & ~((1u << rb) - 1u));
+    TKV5_UNROLL for (int t = 0; t < T; t++) {
+        _mm512_mask_storeu_ps(y + (size_t)t * ys, keep, _mm512_add_ps(acc[t], macc[t]));
+    }
+}
+
+/* Q4_0 / Q4_1 / Q8_0, one group of 16 rows against T tokens.  Per block the 16 rows' codes
+ * are 8 registers of 4 codes per row (nibbles split in place); then one float fma per block
+ * scales 16 sums by d_w(row) * d_x, and one adds the min / offset term m_w(row) * ds_x
+ * (Q4_0: m = -8 d, Q8_0: -128 d for the +128 of the stored codes). */
 TKV5_INLINE void TKV_FN(pk_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
                               float *y, size_t ys, int rb, int re, const int fmt) {
     const int64_t nb = n / TKV_QK;
@@ -532,81 +573,44 @@ TKV5_INLINE void TKV_FN(pk_t)(int64_t n, const void *wg, const void *x, size_t x
     const int8_t *xq[TKV_MM_NX];
     const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
     __m512 acc[TKV_MM_NX], macc[TKV_MM_NX];
+    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
     TKV5_UNROLL for (int t = 0; t < T; t++) {
-        const char *xt = (const char *)x + (size_t)t * xs;
-        xq[t] = (const int8_t *)xt;
-        xd[t] = (const float *)(xt + n);
-        xds[t] = xd[t] + nb;
         acc[t] = macc[t] = _mm512_setzero_ps();
     }
     const __m512i m4 = _mm512_set1_epi8(15);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)b * bbytes;
-        /* the bytes TKV5_PK_PREFETCH ahead (the next groups follow in memory), into L2:
-         * spread over the blocks, so the memory sees a steady stream of requests */
-        TKV5_UNROLL for (size_t c = 0; c < bbytes; c += 64) {
-            _mm_prefetch((const char *)p + TKV5_PK_PREFETCH + c, _MM_HINT_T1);
-        }
+        TKV_FN(pk_prefetch)(p, bbytes);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
         const __m512 mw = fmt == 1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)))
                                    : _mm512_mul_ps(dw, _mm512_set1_ps(fmt == 0 ? -8.0f : -128.0f));
-        __m512i c[8];
-        int e[8]; /* first activation element of each code register */
+        __m512i c[8]; /* register k: elements 4k .. 4k+3 */
         if (fmt < 2) {
             TKV5_UNROLL for (int k = 0; k < 4; k++) {
                 const __m512i z = _mm512_loadu_si512(p + coff + 64 * k);
                 c[k] = _mm512_and_si512(z, m4);
                 c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
-                e[k] = 4 * k;
-                e[4 + k] = 16 + 4 * k;
             }
         } else {
             TKV5_UNROLL for (int k = 0; k < 8; k++) {
                 c[k] = _mm512_loadu_si512(p + coff + 64 * k);
-                e[k] = 4 * k;
             }
         }
         TKV5_UNROLL for (int t = 0; t < T; t++) {
-            const int8_t *xb = xq[t] + b * TKV_QK;
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-            TKV5_UNROLL for (int j = 0; j < 8; j += 2) {
-                int32_t x0, x1;
-                memcpy(&x0, xb + e[j], 4);
-                memcpy(&x1, xb + e[j + 1], 4);
-                s0 = _mm512_dpbusd_epi32(s0, c[j], _mm512_set1_epi32(x0));
-                s1 = _mm512_dpbusd_epi32(s1, c[j + 1], _mm512_set1_epi32(x1));
-            }
-            const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            const __m512 sum = TKV_FN(pk_block)(c, xq[t] + b * TKV_QK);
             acc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b])), acc[t]);
             macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xds[t][b]), macc[t]);
         }
     }
-    const __mmask16 keep = (__mmask16)(((1u << re) - 1u) & ~((1u << rb) - 1u));
-    TKV5_UNROLL for (int t = 0; t < T; t++) {
-        _mm512_mask_storeu_ps(y + (size_t)t * ys, keep, _mm512_add_ps(acc[t], macc[t]));
-    }
+    TKV_FN(pk_store)(acc, macc, T, y, ys, rb, re);
 }
-#define TKV5_PK(name, fmt)                                                                    \
-    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *wg, const void *x, size_t xs,    \
-                                      int nx, float *y, size_t ys, int rb, int re) {          \
-        switch (nx) {                                                                         \
-        case 1: TKV_FN(pk_t)(n, wg, x, xs, 1, y, ys, rb, re, fmt); break;                     \
-        case 2: TKV_FN(pk_t)(n, wg, x, xs, 2, y, ys, rb, re, fmt); break;                     \
-        case 3: TKV_FN(pk_t)(n, wg, x, xs, 3, y, ys, rb, re, fmt); break;                     \
-        default: TKV_FN(pk_t)(n, wg, x, xs, 4, y, ys, rb, re, fmt); break;                    \
-        }                                                                                     \
-    }
-TKV5_PK(pk_q4_0, 0)
-TKV5_PK(pk_q4_1, 1)
-TKV5_PK(pk_q8_0, 2)
-#undef TKV5_PK
 
-/* Packed Q4_K / Q5_K: one group of 16 rows against T tokens.  Per sub-block pair c the 16
- * rows' codes are 8 registers of 4 bytes per row, sub-block 2c in their low nibbles and
- * 2c + 1 in their high ones (Q5_K: the fifth bit of sub-block j is bit j of the qh bytes of
- * the same elements, moved to bit 4); 8 dpbusd per sub-block leave each row's integer sum
- * in its lane.  Within a super-block the sums are scaled by sc_j * d_x(j) and the mins m_j by
- * ds_x(j); the row's d and d_min multiply the two totals once per super-block. */
+/* Q4_K / Q5_K, one group of 16 rows against T tokens.  Per sub-block pair c the 16 rows'
+ * codes are 8 registers of 4 bytes per row, sub-block 2c in their low nibbles and 2c + 1 in
+ * their high ones (Q5_K: the fifth bit of sub-block j is bit j of the qh bytes of the same
+ * elements, moved to bit 4).  Within a super-block the sums are scaled by sc_j * d_x(j) and
+ * the mins m_j by ds_x(j); the row's d and -d_min multiply the two totals once per
+ * super-block. */
 TKV5_INLINE void TKV_FN(pk_qk_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
                                  float *y, size_t ys, int rb, int re, const int five) {
     const int R = TKV_MM_PACK_ROWS;
@@ -616,19 +620,14 @@ TKV5_INLINE void TKV_FN(pk_qk_t)(int64_t n, const void *wg, const void *x, size_
     const int8_t *xq[TKV_MM_NX];
     const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
     __m512 acc[TKV_MM_NX], macc[TKV_MM_NX];
+    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
     TKV5_UNROLL for (int t = 0; t < T; t++) {
-        const char *xt = (const char *)x + (size_t)t * xs;
-        xq[t] = (const int8_t *)xt;
-        xd[t] = (const float *)(xt + n);
-        xds[t] = xd[t] + n / TKV_QK;
         acc[t] = macc[t] = _mm512_setzero_ps();
     }
     const __m512i m4 = _mm512_set1_epi8(15), bit4 = _mm512_set1_epi8(16);
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
-        TKV5_UNROLL for (size_t c = 0; c < sbytes; c += 64) {
-            _mm_prefetch((const char *)p + TKV5_PK_PREFETCH + c, _MM_HINT_T1);
-        }
+        TKV_FN(pk_prefetch)(p, sbytes);
         __m512 sacc[TKV_MM_NX], sm[TKV_MM_NX]; /* this super-block's scaled sums and mins */
         TKV5_UNROLL for (int t = 0; t < T; t++) {
             sacc[t] = sm[t] = _mm512_setzero_ps();
@@ -652,23 +651,13 @@ TKV5_INLINE void TKV_FN(pk_qk_t)(int64_t n, const void *wg, const void *x, size_
             }
             TKV5_UNROLL for (int h = 0; h < 2; h++) {
                 const int j = 2 * c + h;
-                const __m512i *cv = h ? hi : lo;
                 const __m512 scf = _mm512_cvtepi32_ps(
                     _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4 * R + j * R))));
                 const __m512 mf = _mm512_cvtepi32_ps(
                     _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 12 * R + j * R))));
                 const int64_t xb = 8 * i + j; /* activation block */
                 TKV5_UNROLL for (int t = 0; t < T; t++) {
-                    const int8_t *xv = xq[t] + xb * TKV_QK;
-                    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-                    TKV5_UNROLL for (int k = 0; k < 8; k += 2) {
-                        int32_t x0, x1;
-                        memcpy(&x0, xv + 4 * k, 4);
-                        memcpy(&x1, xv + 4 * k + 4, 4);
-                        s0 = _mm512_dpbusd_epi32(s0, cv[k], _mm512_set1_epi32(x0));
-                        s1 = _mm512_dpbusd_epi32(s1, cv[k + 1], _mm512_set1_epi32(x1));
-                    }
-                    const __m512 sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                    const __m512 sum = TKV_FN(pk_block)(h ? hi : lo, xq[t] + xb * TKV_QK);
                     sacc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(scf, _mm512_set1_ps(xd[t][xb])),
                                               sacc[t]);
                     sm[t] = _mm512_fmadd_ps(mf, _mm512_set1_ps(xds[t][xb]), sm[t]);
@@ -679,27 +668,29 @@ TKV5_INLINE void TKV_FN(pk_qk_t)(int64_t n, const void *wg, const void *x, size_
         const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * R)));
         TKV5_UNROLL for (int t = 0; t < T; t++) {
             acc[t] = _mm512_fmadd_ps(d, sacc[t], acc[t]);
-            macc[t] = _mm512_fmadd_ps(dmin, sm[t], macc[t]);
+            macc[t] = _mm512_fnmadd_ps(dmin, sm[t], macc[t]);
         }
     }
-    const __mmask16 keep = (__mmask16)(((1u << re) - 1u) & ~((1u << rb) - 1u));
-    TKV5_UNROLL for (int t = 0; t < T; t++) {
-        _mm512_mask_storeu_ps(y + (size_t)t * ys, keep, _mm512_sub_ps(acc[t], macc[t]));
-    }
+    TKV_FN(pk_store)(acc, macc, T, y, ys, rb, re);
 }
-#define TKV5_PKK(name, five)                                                                  \
+
+/* The kernel of a format: its body with the token count a constant. */
+#define TKV5_PK(name, body, arg)                                                              \
     static TKV_ATTR void TKV_FN(name)(int64_t n, const void *wg, const void *x, size_t xs,    \
                                       int nx, float *y, size_t ys, int rb, int re) {          \
         switch (nx) {                                                                         \
-        case 1: TKV_FN(pk_qk_t)(n, wg, x, xs, 1, y, ys, rb, re, five); break;                 \
-        case 2: TKV_FN(pk_qk_t)(n, wg, x, xs, 2, y, ys, rb, re, five); break;                 \
-        case 3: TKV_FN(pk_qk_t)(n, wg, x, xs, 3, y, ys, rb, re, five); break;                 \
-        default: TKV_FN(pk_qk_t)(n, wg, x, xs, 4, y, ys, rb, re, five); break;                \
+        case 1: TKV_FN(body)(n, wg, x, xs, 1, y, ys, rb, re, arg); break;                     \
+        case 2: TKV_FN(body)(n, wg, x, xs, 2, y, ys, rb, re, arg); break;                     \
+        case 3: TKV_FN(body)(n, wg, x, xs, 3, y, ys, rb, re, arg); break;                     \
+        default: TKV_FN(body)(n, wg, x, xs, 4, y, ys, rb, re, arg); break;                    \
         }                                                                                     \
     }
-TKV5_PKK(pk_q4_k, 0)
-TKV5_PKK(pk_q5_k, 1)
-#undef TKV5_PKK
+TKV5_PK(pk_q4_0, pk_t, 0)
+TKV5_PK(pk_q4_1, pk_t, 1)
+TKV5_PK(pk_q8_0, pk_t, 2)
+TKV5_PK(pk_q4_k, pk_qk_t, 0)
+TKV5_PK(pk_q5_k, pk_qk_t, 1)
+#undef TKV5_PK
 #endif
 
 #undef TKV5_INLINE
