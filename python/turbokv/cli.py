@@ -314,6 +314,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     fanned_out = _eval_client(args)  # flags checked now, the cluster started below
     model = load_model(args.model)
     with fanned_out as client:
+        if client is not None and not args.no_progress:
+            from .eval.fanout import thread_plan
+
+            plan = thread_plan(client)
+            threads = args.threads or min(plan.values(), default=1)
+            print(f"turbokv: Dask: {len(plan)} workers, {threads} threads per task"
+                  + (f"; dashboard {client.dashboard_link}" if client.dashboard_link else ""),
+                  file=sys.stderr)
         return _eval(args, model, client)
 
 
