@@ -319,7 +319,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
             plan = thread_plan(client)
             threads = args.threads or min(plan.values(), default=1)
-            print(f"turbokv: Dask: {len(plan)} workers, {threads} threads per task"
+            print(f"turbokv: Dask: {len(plan)} workers, threads per task: {threads}"
                   + (f"; dashboard {client.dashboard_link}" if client.dashboard_link else ""),
                   file=sys.stderr)
         return _eval(args, model, client)

@@ -171,7 +171,8 @@ def _run_task(fn: Callable[..., Any], ref: ModelRef, plan: Union[int, Mapping[st
 def dask_client(workers: Optional[int] = None, scheduler: Optional[str] = None
                 ) -> Iterator[Any]:
     """A ``dask.distributed.Client``: of the cluster at ``scheduler`` (an address), or of
-    a local cluster of ``workers`` processes of one task slot each (closed on exit)."""
+    a local cluster of ``workers`` processes of one task slot each (closed on exit; its
+    logs silenced: task errors are recorded per configuration instead)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
@@ -183,7 +184,7 @@ def dask_client(workers: Optional[int] = None, scheduler: Optional[str] = None
     if not workers or workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
     with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+                      dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, \
             Client(cluster) as client:
         yield client
 
