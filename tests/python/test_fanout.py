@@ -178,7 +178,7 @@ def test_real_model_two_chunks_and_niah_on_two_workers(real_model, client):
     fanned = E.PerplexityRunner(m, n_ctx=256, chunks=2, progress=False, client=client)
     for a, b in zip([serial.run(c) for c in specs], fanned.run_many(specs)):
         _same(a, b)
-    grid = dict(lengths=[256], depths=[0.0, 1.0], trials=2, progress=False)
+    grid = dict(lengths=[256], depths=[0.0, 1.0], trials=1, progress=False)
     for a, b in zip(E.niah(m, ["fp32", "turbo_kv_3b"], **grid),
                     E.niah(m, ["fp32", "turbo_kv_3b"], client=client, **grid)):
         assert a.to_dict() == b.to_dict()
