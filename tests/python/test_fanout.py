@@ -202,3 +202,21 @@ def test_lost_worker_is_retried(tiny, client):
     t = fan.add("die once", die_once, str(marker))
     fan.run()
     assert marker.exists() and t.state == "done" and t.result == model.n_layer
+
+
+def test_workers_find_the_model_by_path_or_manifest_name(tiny, real_model_path):
+    """A worker uses the client's path when it holds the same file, else the manifest
+    model of the same sha256 (installed from PyPI when missing: here it is installed),
+    else refuses with a message saying where to put the file."""
+    from dataclasses import replace
+
+    from turbokv.eval.fanout import ModelRef
+    model, _ = tiny
+    ref = ModelRef.of(model)
+    assert ref.manifest is None and ref.resolve() == model.path
+    with pytest.raises(FileNotFoundError, match="a path every worker sees"):
+        replace(ref, path=str(model.path) + ".elsewhere").resolve()
+    real = ModelRef.of(turbokv.Model(real_model_path))
+    assert real.manifest == turbokv.models.default_model()
+    moved = replace(real, path="/nonexistent/model.gguf")
+    assert moved.resolve() == turbokv.models.path(real.manifest)
