@@ -45,6 +45,10 @@ class TurboKVError(Exception):
             self.status = status
         self.message = message
 
+    def __reduce__(self) -> tuple:
+        # pickled with both arguments, so the error crosses processes (Dask workers) intact
+        return type(self), (int(self.status), self.message)
+
 
 class InvalidArgument(TurboKVError, ValueError):
     """An argument was rejected (NULL, out of range, unknown name, bad shape)."""

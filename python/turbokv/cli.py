@@ -274,63 +274,122 @@ def _write_json_file(args: argparse.Namespace, results: list) -> None:
             json.dump([r.to_dict() for r in results], f, indent=2)
 
 
+def _eval_client(args: argparse.Namespace):
+    """The Dask client of --workers / --scheduler (a context manager; None without them)."""
+    import contextlib
+
+    if args.workers is None and args.scheduler is None:
+        return contextlib.nullcontext(None)
+    if args.workers is not None and args.scheduler is not None:
+        args.parser.error("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
+    if args.workers is not None and args.workers < 1:
+        args.parser.error(f"--workers must be >= 1, got {args.workers}")
+    from .eval.fanout import DASK_MISSING, cores, dask_client
+
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        args.parser.error(DASK_MISSING)
+    if args.workers is not None:
+        per = args.threads or max(1, cores() // args.workers)
+        if args.workers * per > cores():
+            print(f"turbokv: warning: {args.workers} workers x {per} threads is more than the "
+                  f"{cores()} cores of this machine; they will share cores", file=sys.stderr)
+    return dask_client(workers=args.workers, scheduler=args.scheduler)
+
+
+def _report_failures(results: list) -> int:
+    """Print each failed configuration to stderr; the exit status (1 if any failed)."""
+    failed = [r for r in results if getattr(r, "error", None)]
+    for r in failed:
+        name = r.config if isinstance(r.config, str) else r.config.name
+        print(f"turbokv: eval: {name} failed: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from . import eval as tkv_eval
     from .generate import load_model
 
     _check_threads(args, args.parser)
+    fanned_out = _eval_client(args)  # flags checked now, the cluster started below
     model = load_model(args.model)
+    with fanned_out as client:
+        if client is not None and not args.no_progress:
+            from .eval.fanout import thread_plan
+
+            plan = thread_plan(client)
+            threads = args.threads or min(plan.values(), default=1)
+            print(f"turbokv: Dask: {len(plan)} workers, threads per task: {threads}"
+                  + (f"; dashboard {client.dashboard_link}" if client.dashboard_link else ""),
+                  file=sys.stderr)
+        return _eval(args, model, client)
+
+
+def _eval(args: argparse.Namespace, model, client) -> int:
+    from . import eval as tkv_eval
+
     progress = not args.no_progress
+    fan = dict(client=client, results=args.results)
     if args.what == "ppl":
         runner = tkv_eval.PerplexityRunner(model, text=args.text, n_ctx=args.ctx_size,
                                            chunks=args.chunks, bos=args.bos,
                                            n_threads=args.threads,
                                            top_k=args.top_k, baseline_file=args.baseline_file,
-                                           progress=progress)
-        res = [runner.run(c) for c in _eval_configs(args)]
+                                           progress=progress, **fan)
+        res = runner.run_many(_eval_configs(args))
         _write_json_file(args, res)
         if args.json:
             print(json.dumps([r.to_dict() for r in res], indent=2))
-            return 0
+            return _report_failures(res)
+        good = [r for r in res if isinstance(r, tkv_eval.PerplexityResult)]
+        n_tokens, base = (good[0].n_tokens, f"{good[0].ppl_base:.4f}") if good else ("?", "?")
         print(f"{runner.text_label}: {runner.chunks.shape[0]} chunks of {runner.n_ctx} tokens, "
-              f"{res[0].n_tokens} scored; fp32-KV PPL {res[0].ppl_base:.4f}")
+              f"{n_tokens} scored; fp32-KV PPL {base}")
         print(f"{'cache':<34} {'bits':>6} {'PPL':>16} {'delta':>18} {'KLD mean':>9} "
               f"{'KLD p99':>8} {'top-1':>6}")
         for r in res:
+            if not isinstance(r, tkv_eval.PerplexityResult):
+                print(f"{r.config.name:<34} failed: {r.error}")
+                continue
             print(f"{r.config.name:<34} {r.bits_per_element:>6.3f} {r.ppl:>8.4f} ± {r.ppl_se:<6.4f}"
                   f" {r.delta_ppl:>+8.4f} ({r.delta_ppl_pct:>+6.2f}%) {r.kld_mean:>9.5f} "
                   f"{r.kld_p99:>8.4f} {r.top1:>6.3f}")
-        return 0
+        return _report_failures(res)
     if args.what == "attention":
         res = tkv_eval.attention_eval(model, _eval_configs(args), text=args.text,
                                       n_tokens=args.tokens, stride=args.stride,
-                                      n_threads=args.threads, progress=progress)
+                                      n_threads=args.threads, progress=progress, **fan)
         _write_json_file(args, res)
         if args.json:
             print(json.dumps([r.to_dict() for r in res], indent=2))
-            return 0
+            return _report_failures(res)
         for r in res:
+            if not isinstance(r, tkv_eval.AttentionResult):
+                print(f"{r.config.name}: failed: {r.error}")
+                continue
             print(f"{r.config.name}: output cosine mean {r.mean:.5f} worst {r.worst:.4f}; "
                   f"score cosine mean {r.score_mean:.5f} worst {r.score_worst:.4f}")
             print("  worst layers (mean output cosine): " + ", ".join(
                 f"{l}: {r.per_layer[l]:.4f}" for l in r.worst_layers(5)))
-        return 0
+        return _report_failures(res)
     if args.what == "niah":
         lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
         depths = [d / 100 for d in _floats(args.depths)]
         res = tkv_eval.niah(model, _eval_configs(args), lengths=lengths, depths=depths,
                             trials=args.trials, seed=args.seed, filler=args.text,
-                            n_threads=args.threads, progress=progress)
+                            n_threads=args.threads, progress=progress, **fan)
         _write_json_file(args, res)
-        if args.heatmap and tkv_eval.heatmap(res, args.heatmap) is None:
+        good = [r for r in res if isinstance(r, tkv_eval.NiahResult)]
+        if args.heatmap and good and tkv_eval.heatmap(good, args.heatmap) is None:
             print("turbokv: matplotlib is not installed (pip install 'turbokv[plot]'): "
                   "no heatmap", file=sys.stderr)
         if args.json:
             print(json.dumps([r.to_dict() for r in res], indent=2))
-            return 0
+            return _report_failures(res)
         for r in res:
-            print(r.table())
-        return 0
+            print(r.table() if isinstance(r, tkv_eval.NiahResult)
+                  else f"{r.config.name}: failed: {r.error}")
+        return _report_failures(res)
     # sweep
     rows = tkv_eval.sweep(model, k_codecs=args.k.split(",") if args.k else [],
                           v_codecs=args.v.split(",") if args.v else None,
@@ -343,7 +402,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           chunks=args.chunks, top_k=args.top_k, baseline_file=args.baseline_file,
                           niah_lengths=[int(x) for x in (args.lengths or "512,1024").split(",")],
                           niah_depths=[d / 100 for d in _floats(args.depths)],
-                          n_threads=args.threads, progress=progress)
+                          niah_trials=args.trials, n_threads=args.threads, progress=progress,
+                          **fan)
     if args.csv:
         tkv_eval.write_csv(rows, args.csv)
     if args.json_file:
@@ -355,7 +415,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     else:
         print(tkv_eval.markdown_table(rows))
-    return 0
+    return _report_failures(rows)
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
@@ -476,7 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, help="sweep: write rows as CSV")
     p.add_argument("--json-file", default=None, help="write the results (sweep: rows) as JSON")
     p.add_argument("--plot", default=None, help="sweep: Pareto plot PNG (quality vs bits)")
-    p.add_argument("-t", "--threads", type=int, default=0)
+    p.add_argument("-t", "--threads", type=int, default=0,
+                   help="threads (0 = all cores; with --workers / --scheduler: per task, "
+                        "0 = each host's cores over its workers' task slots)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the tasks on a local Dask cluster of N worker processes "
+                        "(pip install 'turbokv[dask]'; docs/DISTRIBUTED.md)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the tasks on the Dask cluster at ADDRESS (tcp://host:8786)")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="results store: finished tasks are recorded in DIR/results.jsonl and "
+                        "skipped when the evaluation runs again (resume, extend)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(func=_cmd_eval, parser=p)

@@ -13,7 +13,7 @@ storage; a lever set explicitly is taken as set.
 A spec string names a configuration (the command line and gate files use them)::
 
     K[/V][+plain][+center|+nocenter][+smooth[=ALPHA]|+nosmooth][+sink=N][+cb=N|+once][+w=N]
-        [+sparse=T][+L=LAYERS:K/V]...
+        [+sparse=T][+L=LAYERS:K/V]...[+seed=N]
 
     "turbo_kv_4b"                     K and V turbo_kv_4b, levers by the rule (all on)
     "turbo_kv_4b+plain"               the bare codec: centering, smoothing and sinks off
@@ -26,6 +26,7 @@ A spec string names a configuration (the command line and gate files use them)::
     "turbo_kv_3b+cb=128"              ... recalibrated every 128 positions
     "turbo_kv_4b+L=0,29:q8_0/q8_0"    layers 0 and 29 in q8_0
     "turbo_kv_3b+w=64"                the 64 most recent tokens kept in fp16
+    "turbo_kv_3b+seed=7"              rotation seeds derived from 7 (default: the library's)
     "fp32"                            exact storage: levers off by the rule
     "fp32+center"                     ... with key centering explicitly on
 """
@@ -204,6 +205,8 @@ class CacheConfig:
                     kw["fp16_window"] = int(p[2:])
                 elif p.startswith("sparse="):
                     kw["sparse_v_threshold"] = float(p[7:])
+                elif p.startswith("seed="):
+                    kw["seed"] = int(p[5:])
                 elif p.startswith("L="):
                     which, _, codecs = p[2:].partition(":")
                     lk, _, lv = codecs.partition("/")
@@ -213,7 +216,7 @@ class CacheConfig:
                 else:
                     raise ValueError(
                         f"unknown option {p!r} (known: plain, center, nocenter, smooth[=ALPHA], "
-                        "nosmooth, sink=N, cb=N, once, w=N, sparse=T, L=LAYERS:K/V)")
+                        "nosmooth, sink=N, cb=N, once, w=N, sparse=T, L=LAYERS:K/V, seed=N)")
             return cls(k, v or None, layer_codecs=tuple(layers), **kw)
         except ValueError as exc:  # InvalidArgument is a ValueError too
             message = getattr(exc, "message", None) or str(exc)
@@ -255,6 +258,8 @@ class CacheConfig:
             groups.setdefault((a, b), []).append(l)
         for (a, b), ls in groups.items():
             s += f"+L={','.join(map(str, ls))}:{a}" + (f"/{b}" if b != a else "")
+        if self.seed != _C_DEFAULTS.seed:
+            s += f"+seed={self.seed}"
         return s
 
     def __str__(self) -> str:

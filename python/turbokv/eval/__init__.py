@@ -7,6 +7,10 @@ activations, needle in a haystack, speed, sweeps with tables and plots, quality 
     r = tkv_eval.perplexity(model, "turbo_kv_4b", n_ctx=512, chunks=10)
     rows = tkv_eval.sweep(model, k_codecs=["turbo_kv_4b", "turbo_kv_3b"], metrics=["ppl", "kld"])
 
+    # the same on Dask workers (pip install 'turbokv[dask]'), resumable (docs/DISTRIBUTED.md)
+    with tkv_eval.dask_client(workers=2) as client:
+        rows = tkv_eval.sweep(model, k_codecs=["turbo_kv_4b"], client=client, results="runs/a")
+
 The harness modules are imported on first use of one of their names (PEP 562), so
 ``import turbokv.eval`` costs nothing until a harness runs.  ``perplexity``, ``niah``
 and ``sweep`` are both a submodule and the function of that name: the attribute is
@@ -25,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "AttentionResult": "attention", "attention_cosine_eval": "attention",
     "attention_eval": "attention", "capture": "attention",
     "FP32": "config", "CacheConfig": "config",
+    "EvalTaskError": "fanout", "TaskFailure": "fanout", "dask_client": "fanout",
+    "ResultsStore": "store",
     "text": "data",
     "GateCheck": "gates", "GateReport": "gates", "assert_gates": "gates", "check_rows": "gates",
     "load_config": "gates", "run_gates": "gates",

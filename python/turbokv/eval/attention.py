@@ -20,7 +20,8 @@ score vectors).  The first ``sink_tokens`` positions stay exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +38,9 @@ from .data import resolve_text
 DEFAULT_TEXT = "wikitext-2"
 
 
-def capture(model: Model, *, text: Optional[str] = None, n_tokens: int = 512, offset: int = 0,
-            n_threads: int = 0) -> CapturedQKV:
-    """Q/K/V of every layer for ``n_tokens`` tokens of ``text`` (BOS first), fp32 cache."""
+def capture_tokens(model: Model, *, text: Optional[str] = None, n_tokens: int = 512,
+                   offset: int = 0) -> npt.NDArray[np.int32]:
+    """The tokens ``capture`` evaluates: ``n_tokens`` of ``text`` (BOS first)."""
     _, content = resolve_text(text, DEFAULT_TEXT)
     toks = model.tokenize(content, add_bos=True)
     if model.bos >= 0 and offset:
@@ -47,6 +48,15 @@ def capture(model: Model, *, text: Optional[str] = None, n_tokens: int = 512, of
     toks = toks[:n_tokens]
     if toks.size < 2:
         raise ValueError("need at least 2 tokens to capture")
+    return toks
+
+
+def capture(model: Model, *, text: Optional[str] = None, n_tokens: int = 512, offset: int = 0,
+            n_threads: int = 0, tokens: Optional[npt.NDArray[np.int32]] = None) -> CapturedQKV:
+    """Q/K/V of every layer for ``n_tokens`` tokens of ``text`` (BOS first), fp32 cache
+    (or of ``tokens`` when given)."""
+    toks = capture_tokens(model, text=text, n_tokens=n_tokens, offset=offset) \
+        if tokens is None else tokens
     with KVCache(model, k="fp32", v="fp32", n_ctx=int(toks.size)) as cache, \
             Session(cache, n_threads=n_threads, n_batch=int(toks.size)) as s:
         return eval_capture(s, toks)
@@ -92,6 +102,16 @@ class AttentionResult:
     per_layer_worst: npt.NDArray[np.float64]
     per_head: npt.NDArray[np.float64]
     score_per_layer: npt.NDArray[np.float64]
+
+    @classmethod
+    def from_dict(cls, config: CacheConfig, d: Mapping[str, Any]) -> "AttentionResult":
+        """The result ``to_dict`` wrote (the same bits: floats round-trip through JSON)."""
+        return cls(config=config, n_tokens=int(d["n_tokens"]), n_queries=int(d["n_queries"]),
+                   mean=d["mean"], worst=d["worst"], score_mean=d["score_mean"],
+                   score_worst=d["score_worst"], per_layer=np.array(d["per_layer"]),
+                   per_layer_worst=np.array(d["per_layer_worst"]),
+                   per_head=np.array(d["per_head"]),
+                   score_per_layer=np.array(d["score_per_layer"]))
 
     def worst_layers(self, n: int = 5) -> list[int]:
         """The n layers with the lowest mean output cosine, worst first."""
@@ -177,13 +197,25 @@ def attention_cosine_eval(qkv: CapturedQKV, config: Union[str, CacheConfig], *, 
 
 def attention_eval(model: Model, configs: Union[str, CacheConfig, Sequence[Union[str, CacheConfig]]],
                    *, text: Optional[str] = None, n_tokens: int = 512, stride: int = 16,
-                   n_threads: int = 0, qkv: Optional[CapturedQKV] = None, progress: bool = True
-                   ) -> list[AttentionResult]:
+                   n_threads: int = 0, qkv: Optional[CapturedQKV] = None, progress: bool = True,
+                   client: Any = None, results: Union[None, str, Path] = None) -> list[Any]:
     """Capture real Q/K/V once (or use ``qkv``) and compare each configuration with fp32.
 
     Returns one AttentionResult per configuration (mean / worst / per-layer cosines of the
-    attention output and of the score vectors)."""
+    attention output and of the score vectors).  With ``client`` (a
+    ``dask.distributed.Client``) the capture is one task and each configuration another,
+    on its workers; with ``results`` (a directory) finished configurations are recorded
+    and skipped when run again.  A configuration that failed there is a ``TaskFailure``."""
+    cfgs = as_configs(configs)
+    if client is not None or results is not None:
+        from .fanout import FanOut, plan_attention
+        if qkv is not None:
+            raise ValueError("qkv is captured by the fan-out itself: pass text / n_tokens")
+        fan = FanOut(model, client=client, results=results, n_threads=n_threads,
+                     progress=progress, desc="attention")
+        done = plan_attention(fan, cfgs, text=text, n_tokens=n_tokens, stride=stride)
+        fan.run()
+        return done()
     if qkv is None:
         qkv = capture(model, text=text, n_tokens=n_tokens, n_threads=n_threads)
-    return [attention_cosine_eval(qkv, c, stride=stride, progress=progress)
-            for c in as_configs(configs)]
+    return [attention_cosine_eval(qkv, c, stride=stride, progress=progress) for c in cfgs]

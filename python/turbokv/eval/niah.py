@@ -55,7 +55,7 @@ def score_answer(answer: str, key: int) -> bool:
     return str(key) in squashed
 
 
-class _Prompts:
+class Prompts:
     """Token pieces of the prompt, tokenized once per model."""
 
     def __init__(self, model: Model, filler: str, answer_prefix: str) -> None:
@@ -138,7 +138,8 @@ def niah(model: Model, configs: Union[str, CacheConfig, Sequence[Union[str, Cach
          *, lengths: Optional[Sequence[int]] = None,
          depths: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), trials: int = 1, seed: int = 0,
          filler: Optional[str] = None, answer_prefix: str = ANSWER_PREFIX, max_new_tokens: int = 12,
-         n_threads: int = 0, progress: bool = True) -> list[NiahResult]:
+         n_threads: int = 0, progress: bool = True, client: Any = None,
+         results: Union[None, str, Path] = None) -> list[Any]:
     """Run the needle-in-a-haystack grid for each configuration.
 
     Args:
@@ -147,36 +148,80 @@ def niah(model: Model, configs: Union[str, CacheConfig, Sequence[Union[str, Cach
         trials: trials per cell, each with a fresh passkey.
         filler: shipped text name or file (default Moby Dick).
         answer_prefix: text the assistant turn starts with ("" = none).
+        client: a ``dask.distributed.Client``: every (configuration, length, depth, trial)
+            becomes one task on its workers (``turbokv.eval.fanout``; same numbers).
+        results: a results store directory: finished trials are recorded there and
+            skipped when the grid runs again (with or without ``client``).
     Returns:
-        one NiahResult per configuration, in order.
+        one NiahResult per configuration, in order; with ``client`` or ``results``, a
+        configuration whose trials failed is a ``TaskFailure`` (its error) instead.
     """
     cfgs = as_configs(configs)
+    if client is not None or results is not None:
+        from .fanout import FanOut, plan_niah
+        fan = FanOut(model, client=client, results=results, n_threads=n_threads,
+                     progress=progress, desc="niah")
+        done = plan_niah(fan, cfgs, lengths=lengths, depths=depths, trials=trials, seed=seed,
+                         filler=filler, answer_prefix=answer_prefix,
+                         max_new_tokens=max_new_tokens)
+        fan.run()
+        return done()
+    lengths, depths = grid_axes(model, lengths, depths)
+    _, content = resolve_text(filler, DEFAULT_FILLER)
+    prompts = Prompts(model, content, answer_prefix)
+    cells = grid_cells(lengths, depths, trials)
+    out = []
+    for cfg in cfgs:
+        done_trials: list[NiahTrial] = []
+        for L, d, t in bar(cells, progress=progress, desc=f"niah {cfg.name}", unit="trial"):
+            key = passkey(seed, L, d, t)
+            toks = prompts.build(L, d, key)
+            answer = run_trial(model, cfg, toks, max_new_tokens=max_new_tokens,
+                               n_threads=n_threads)
+            done_trials.append(NiahTrial(L, d, t, key, answer, score_answer(answer, key),
+                                         int(toks.size)))
+        out.append(assemble(cfg, lengths, depths, trials, done_trials))
+    return out
+
+
+def grid_axes(model: Model, lengths: Optional[Sequence[int]], depths: Sequence[float]
+              ) -> tuple[list[int], list[float]]:
+    """The grid's lengths (default: 1024 .. the training context) and depths, checked."""
     lengths = list(lengths) if lengths is not None else default_lengths(model)
     depths = [float(d) for d in depths]
     if any(not 0.0 <= d <= 1.0 for d in depths):
         raise ValueError("depths are fractions in [0, 1]")
-    _, content = resolve_text(filler, DEFAULT_FILLER)
-    prompts = _Prompts(model, content, answer_prefix)
-    greedy = Sampling(temperature=0.0)
-    results = []
-    cells = [(i, j, t) for i in range(len(lengths)) for j in range(len(depths)) for t in range(trials)]
-    for cfg in cfgs:
-        grid = np.zeros((len(lengths), len(depths)))
-        done: list[NiahTrial] = []
-        for i, j, t in bar(cells, progress=progress, desc=f"niah {cfg.name}", unit="trial"):
-            L, d = lengths[i], depths[j]
-            key = passkey(seed, L, d, t)
-            toks = prompts.build(L, d, key)
-            with cfg.cache(model, toks.size + max_new_tokens + 1) as cache, \
-                    Session(cache, n_threads=n_threads, n_batch=512) as s:
-                s.eval(toks)
-                out = s.generate(max_new_tokens, greedy)  # stops at the end tokens
-            answer = model.detokenize(out).decode("utf-8", "replace")
-            ok = score_answer(answer, key)
-            grid[i, j] += ok / trials
-            done.append(NiahTrial(L, d, t, key, answer, ok, int(toks.size)))
-        results.append(NiahResult(cfg, lengths, depths, grid, done))
-    return results
+    return lengths, depths
+
+
+def grid_cells(lengths: Sequence[int], depths: Sequence[float], trials: int
+               ) -> list[tuple[int, float, int]]:
+    """Every (length, depth, trial) of the grid, in the order the serial run takes them."""
+    return [(L, d, t) for L in lengths for d in depths for t in range(trials)]
+
+
+def run_trial(model: Model, config: CacheConfig, tokens: npt.NDArray[np.int32], *,
+              max_new_tokens: int, n_threads: int) -> str:
+    """One trial: the prompt into a fresh cache of ``config``, then a greedy answer of at
+    most ``max_new_tokens`` (stopping at the end tokens), as text."""
+    with config.cache(model, tokens.size + max_new_tokens + 1) as cache, \
+            Session(cache, n_threads=n_threads, n_batch=512) as s:
+        s.eval(tokens)
+        out = s.generate(max_new_tokens, Sampling(temperature=0.0))
+    return model.detokenize(out).decode("utf-8", "replace")
+
+
+def assemble(config: CacheConfig, lengths: Sequence[int], depths: Sequence[float], trials: int,
+             done: Sequence[NiahTrial]) -> NiahResult:
+    """The NiahResult of one configuration from its trials, given in ``grid_cells`` order
+    (the grid sums them in that order, so every way of running them gives the same bits)."""
+    grid = np.zeros((len(lengths), len(depths)))
+    cells = [(i, j) for i in range(len(lengths)) for j in range(len(depths)) for _ in range(trials)]
+    if len(done) != len(cells):
+        raise ValueError(f"{len(done)} trials for a grid of {len(cells)}")
+    for (i, j), tr in zip(cells, done):
+        grid[i, j] += tr.correct / trials
+    return NiahResult(config, list(lengths), list(depths), grid, list(done))
 
 
 def heatmap(results: Sequence[NiahResult], path: Union[str, Path]) -> Optional[Path]:

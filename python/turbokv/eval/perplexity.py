@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +122,21 @@ class Baseline:
     def n_tokens(self) -> int:
         return int(self.targets.size)
 
+    def chunk(self, c: int, per: int) -> "Baseline":
+        """The rows of chunk ``c`` (``per`` scored tokens per chunk), as views."""
+        sl = slice(c * per, (c + 1) * per)
+        return Baseline(self.key, self.targets[sl], self.nll[sl], self.top1[sl],
+                        self.topk_ids[sl], self.topk_logp[sl])
+
+    @classmethod
+    def concat(cls, parts: Sequence["Baseline"], key: Optional[Mapping[str, Any]] = None
+               ) -> "Baseline":
+        """The baseline of consecutive chunks, in order."""
+        return cls(dict(key or {}), np.concatenate([p.targets for p in parts]),
+                   np.concatenate([p.nll for p in parts]), np.concatenate([p.top1 for p in parts]),
+                   np.concatenate([p.topk_ids for p in parts]),
+                   np.concatenate([p.topk_logp for p in parts]))
+
     def save(self, path: Union[str, Path]) -> None:
         """Write an .npz file (its key is stored as JSON and checked by ``load``)."""
         np.savez_compressed(Path(path), key=np.array(json.dumps(self.key, sort_keys=True)),
@@ -151,15 +166,21 @@ class ChunkScores:
     kld: npt.NDArray[np.float64]
     top1_match: npt.NDArray[np.bool_]
 
+    @classmethod
+    def concat(cls, parts: Sequence["ChunkScores"]) -> "ChunkScores":
+        """The scores of consecutive chunks, in order."""
+        return cls(np.concatenate([p.nll for p in parts]), np.concatenate([p.kld for p in parts]),
+                   np.concatenate([p.top1_match for p in parts]))
+
 
 def _score(logp: npt.NDArray[np.float32], targets: npt.NDArray[np.int32],
-           base: Optional[Baseline], sl: slice) -> ChunkScores:
+           base: Optional[Baseline]) -> ChunkScores:
     rows = np.arange(logp.shape[0])
     nll = -logp[rows, targets].astype(np.float64)
     if base is None:
         return ChunkScores(nll, np.zeros_like(nll), np.ones(nll.size, dtype=bool))
-    ids = base.topk_ids[sl]
-    p_logp = base.topk_logp[sl].astype(np.float64)
+    ids = base.topk_ids
+    p_logp = base.topk_logp.astype(np.float64)
     q_logp = np.take_along_axis(logp, ids, axis=1).astype(np.float64)
     p = np.exp(p_logp)
     kld = np.sum(p * (p_logp - q_logp), axis=1)
@@ -170,46 +191,63 @@ def _score(logp: npt.NDArray[np.float32], targets: npt.NDArray[np.int32],
             tail = np.where(p_tail > 1e-12, p_tail * (np.log(np.maximum(p_tail, 1e-300))
                                                       - np.log(q_tail)), 0.0)
         kld = kld + tail
-    top1 = np.argmax(logp, axis=1) == base.top1[sl]
+    top1 = np.argmax(logp, axis=1) == base.top1
     return ChunkScores(nll, np.maximum(kld, 0.0), top1)
+
+
+def chunk_logp(model: Model, config: CacheConfig, chunk: npt.NDArray[np.int32], *,
+               n_threads: int) -> npt.NDArray[np.float32]:
+    """Log-probabilities (n_ctx/2 - 1, n_vocab) of one chunk's scored positions, evaluated
+    on a fresh cache of ``config``."""
+    n_ctx = chunk.size
+    with config.cache(model, n_ctx) as cache, \
+            Session(cache, n_threads=n_threads, n_batch=min(n_ctx, 512)) as s:
+        return log_softmax(scored_logits(s, chunk))
+
+
+def baseline_chunk(model: Model, chunk: npt.NDArray[np.int32], *, top_k: int,
+                   n_threads: int) -> Baseline:
+    """The fp32-KV baseline of one chunk (its key empty): one task of the perplexity
+    fan-out, shared by every configuration evaluated on that chunk."""
+    n_ctx = chunk.size
+    logp = chunk_logp(model, FP32, chunk, n_threads=n_threads)
+    targets = chunk[n_ctx // 2 + 1:]
+    nll = _score(logp, targets, None).nll
+    k = min(top_k, logp.shape[1]) if top_k > 0 else logp.shape[1]
+    ids = np.argpartition(-logp, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(logp, ids, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    ids = np.take_along_axis(ids, order, axis=1).astype(np.int32)
+    return Baseline({}, targets.astype(np.int32), nll, ids[:, 0].copy(), ids,
+                    np.take_along_axis(vals, order, axis=1).astype(np.float32))
+
+
+def score_chunk(model: Model, config: CacheConfig, chunk: npt.NDArray[np.int32],
+                base: Baseline, *, n_threads: int) -> ChunkScores:
+    """NLL, KL divergence and top-1 agreement of one configuration on one chunk, against
+    that chunk's baseline: one task of the perplexity fan-out."""
+    logp = chunk_logp(model, config, chunk, n_threads=n_threads)
+    return _score(logp, chunk[chunk.size // 2 + 1:], base)
 
 
 def _run(model: Model, config: CacheConfig, chunks: npt.NDArray[np.int32], *, n_threads: int,
          base: Optional[Baseline], top_k: int, progress: bool, desc: str
-         ) -> tuple[ChunkScores, Optional[Baseline]]:
+         ) -> tuple[Optional[ChunkScores], Optional[Baseline]]:
     """Evaluate every chunk with one configuration; score it against ``base`` or, when
-    ``base`` is None, build a Baseline from this run."""
+    ``base`` is None, build the fp32 Baseline (``config`` is then FP32)."""
     n_chunks, n_ctx = chunks.shape
     per = n_ctx // 2 - 1
-    nll, kld, top1 = [], [], []
-    b_parts: dict[str, list[np.ndarray]] = {"t": [], "nll": [], "top1": [], "ids": [], "lp": []}
+    scores: list[ChunkScores] = []
+    parts: list[Baseline] = []
     for c in bar(range(n_chunks), progress=progress, desc=desc, unit="chunk"):
-        with config.cache(model, n_ctx) as cache, \
-                Session(cache, n_threads=n_threads, n_batch=min(n_ctx, 512)) as s:
-            logp = log_softmax(scored_logits(s, chunks[c]))
-        targets = chunks[c, n_ctx // 2 + 1:]
-        sc = _score(logp, targets, base, slice(c * per, (c + 1) * per))
-        nll.append(sc.nll)
-        kld.append(sc.kld)
-        top1.append(sc.top1_match)
         if base is None:
-            k = min(top_k, logp.shape[1]) if top_k > 0 else logp.shape[1]
-            ids = np.argpartition(-logp, k - 1, axis=1)[:, :k]
-            vals = np.take_along_axis(logp, ids, axis=1)
-            order = np.argsort(-vals, axis=1, kind="stable")
-            ids = np.take_along_axis(ids, order, axis=1).astype(np.int32)
-            b_parts["t"].append(targets.astype(np.int32))
-            b_parts["nll"].append(sc.nll)
-            b_parts["top1"].append(ids[:, 0].copy())
-            b_parts["ids"].append(ids)
-            b_parts["lp"].append(np.take_along_axis(vals, order, axis=1).astype(np.float32))
-    scores = ChunkScores(np.concatenate(nll), np.concatenate(kld), np.concatenate(top1))
-    built = None
+            parts.append(baseline_chunk(model, chunks[c], top_k=top_k, n_threads=n_threads))
+        else:
+            scores.append(score_chunk(model, config, chunks[c], base.chunk(c, per),
+                                      n_threads=n_threads))
     if base is None:
-        built = Baseline({}, np.concatenate(b_parts["t"]), np.concatenate(b_parts["nll"]),
-                         np.concatenate(b_parts["top1"]), np.concatenate(b_parts["ids"]),
-                         np.concatenate(b_parts["lp"]))
-    return scores, built
+        return None, Baseline.concat(parts)
+    return ChunkScores.concat(scores), None
 
 
 @dataclass
@@ -243,14 +281,16 @@ class PerplexityResult:
         return {"config": self.config.name, **self.config.to_dict(), **d}
 
 
-def _summarize(config: CacheConfig, model: Model, text_label: str, n_ctx: int, n_chunks: int,
-               sc: ChunkScores, base: Baseline) -> PerplexityResult:
+def summarize(config: CacheConfig, model: Model, text_label: str, n_ctx: int, n_chunks: int,
+              sc: ChunkScores, base_nll: npt.NDArray[np.float64]) -> PerplexityResult:
+    """The PerplexityResult of one configuration from its per-token scores (every chunk,
+    in order) and the fp32 baseline's NLL on the same tokens."""
     n = sc.nll.size
     mean = float(np.mean(sc.nll))
     ppl = math.exp(mean)
     se = ppl * float(np.std(sc.nll, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    ppl_base = math.exp(float(np.mean(base.nll)))
-    diff = sc.nll - base.nll
+    ppl_base = math.exp(float(np.mean(base_nll)))
+    diff = sc.nll - base_nll
     dse = ppl * float(np.std(diff, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     return PerplexityResult(
         config=config, text=text_label, n_ctx=n_ctx, n_chunks=n_chunks, n_tokens=n, ppl=ppl,
@@ -267,13 +307,19 @@ class PerplexityRunner:
 
     >>> r = PerplexityRunner(model, n_ctx=512, chunks=20)
     >>> r.run("turbo_kv_4b").delta_ppl_pct
+
+    ``client`` (a ``dask.distributed.Client``) and ``results`` (a results store directory)
+    apply to ``run_many``: see there.
     """
 
     def __init__(self, model: Model, *, text: Optional[str] = None, n_ctx: int = 512,
                  chunks: Optional[int] = None, bos: str = "model", n_threads: int = 0,
                  top_k: int = 4096, baseline_file: Union[str, Path, None] = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, client: Any = None,
+                 results: Union[None, str, Path] = None) -> None:
         self.model = model
+        self.client = client
+        self.results = results
         self.text_label, content = resolve_text(text, DEFAULT_TEXT)
         self.n_ctx = int(n_ctx)
         self.bos = bos
@@ -313,8 +359,23 @@ class PerplexityRunner:
         else:
             sc, _ = _run(self.model, cfg, self.chunks, n_threads=self.n_threads, base=base,
                          top_k=self.top_k, progress=self.progress, desc=f"ppl {cfg.name}")
-        return _summarize(cfg, self.model, self.text_label, self.n_ctx, int(self.chunks.shape[0]),
-                          sc, base)
+        return summarize(cfg, self.model, self.text_label, self.n_ctx, int(self.chunks.shape[0]),
+                         sc, base.nll)
+
+    def run_many(self, configs: Sequence[Union[str, CacheConfig]]) -> list[Any]:
+        """``run`` of each configuration, in order.  With the runner's ``client`` or
+        ``results``, every (configuration, chunk) is one task (``turbokv.eval.fanout``),
+        after the fp32 baseline task of its chunk; a configuration with a failed task is
+        a ``TaskFailure`` (its error) in the list instead of a PerplexityResult."""
+        cfgs = [CacheConfig.parse(c) for c in configs]
+        if self.client is None and self.results is None:
+            return [self.run(c) for c in cfgs]
+        from .fanout import FanOut, plan_perplexity
+        fan = FanOut(self.model, client=self.client, results=self.results,
+                     n_threads=self.n_threads, progress=self.progress, desc="ppl")
+        done = plan_perplexity(fan, self, cfgs)
+        fan.run()
+        return done()
 
 
 def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[str] = None, *,
@@ -326,7 +387,8 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
                layer_codecs: Optional[Mapping[int, tuple[str, str]]] = None,
                seed: Optional[int] = None,
                n_threads: int = 0, top_k: int = 4096, baseline: Optional[Baseline] = None,
-               baseline_file: Union[str, Path, None] = None, progress: bool = True
+               baseline_file: Union[str, Path, None] = None, progress: bool = True,
+               client: Any = None, results: Union[None, str, Path] = None
                ) -> PerplexityResult:
     """Perplexity of ``model`` over ``text`` with a compressed KV cache, against fp32 KV.
 
@@ -344,6 +406,11 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
         top_k: log-probabilities of the baseline kept per token (0 = the whole vocabulary).
         baseline: a Baseline from an earlier run on the same chunks (skips the fp32 run).
         baseline_file: .npz file to load the baseline from / save it to.
+        client: a ``dask.distributed.Client``: each chunk (and its fp32 baseline) is a task
+            on its workers, with the same numbers (``turbokv.eval.fanout``).
+        results: a results store directory: finished chunks are recorded there and
+            skipped when run again.  With ``client`` or ``results`` a failed task raises
+            ``EvalTaskError``.
     Returns:
         a PerplexityResult (PPL with standard error, delta vs fp32 KV absolute and in %,
         mean / p99 KL divergence in nats, top-1 agreement).
@@ -355,10 +422,16 @@ def perplexity(model: Model, k: Union[str, CacheConfig] = "fp32", v: Optional[st
     cfg = as_config(k, **settings) if spec and v is None else as_config(None, k=k, v=v, **settings)
     runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks, bos=bos,
                               n_threads=n_threads, top_k=top_k, baseline_file=baseline_file,
-                              progress=progress)
+                              progress=progress, client=client, results=results)
     if baseline is not None:
         if baseline.n_tokens != runner.chunks.shape[0] * (n_ctx // 2 - 1):
             raise ValueError(f"baseline has {baseline.n_tokens} tokens; these chunks score "
                              f"{runner.chunks.shape[0] * (n_ctx // 2 - 1)}")
         runner._baseline = baseline
-    return runner.run(cfg)
+    if client is None and results is None:
+        return runner.run(cfg)
+    (res,) = runner.run_many([cfg])
+    if not isinstance(res, PerplexityResult):
+        from .fanout import EvalTaskError
+        raise EvalTaskError(res)
+    return res

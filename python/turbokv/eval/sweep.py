@@ -12,8 +12,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 from ..codec import codec_info
 from ..model import Model
 from .attention import attention_cosine_eval, capture
+from .fanout import TaskFailure
 from ..config import UNSET, FP32, CacheConfig, as_config, as_configs
-from .niah import niah
+from .niah import ANSWER_PREFIX, niah
 from .perplexity import PerplexityRunner
 from .speed import measure_speed
 
@@ -57,6 +58,7 @@ class SweepRow:
     prefill_tok_s: float = _NAN
     decode_tok_s: float = _NAN
     decode_vs_fp32: float = _NAN     # decode tok/s relative to the fp32 row
+    error: Optional[str] = None      # what failed in a fanned-out sweep (metric: error; ...)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v)
@@ -91,7 +93,8 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
           attention_tokens: int = 512, attention_stride: int = 16,
           niah_lengths: Sequence[int] = (512, 1024), niah_depths: Sequence[float] = (0.0, 0.5, 1.0),
           niah_trials: int = 1, speed_prompt_tokens: int = 256, speed_decode_tokens: int = 64, speed_repeats: int = 1,
-          n_threads: int = 0, progress: bool = True) -> list[SweepRow]:
+          n_threads: int = 0, progress: bool = True, client: Any = None,
+          results: Union[None, str, Path] = None) -> list[SweepRow]:
     """Evaluate every (k, v) in ``k_codecs`` x ``v_codecs`` (``v_codecs`` None: v = k),
     each with the given settings (unset levers follow CacheConfig's rule), plus ``configs`` (spec strings or CacheConfig), and fp32
     first when ``include_fp32``.
@@ -99,6 +102,13 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
     metrics: any of "ppl" / "kld" (one perplexity run gives both, plus top-1), "cosine"
     (attention cosine on captured activations), "niah" (retrieval score), "speed"
     (prefill / decode tok/s, best of ``speed_repeats`` runs).  The fp32 baseline of the perplexity runs is computed once.
+
+    client: a ``dask.distributed.Client``: the ppl / kld, cosine and niah metrics run as
+    one set of tasks on its workers (``turbokv.eval.fanout``) with the numbers of the
+    serial run; speed is then measured here, serially (timings of tasks sharing cores
+    would not compare).  results: a results store directory: finished tasks are recorded
+    and skipped when the sweep runs again or grows.  With either, a configuration whose
+    tasks failed keeps NaN in those metrics and the error in ``error``; the others finish.
     """
     unknown = set(metrics) - set(METRICS)
     if unknown:
@@ -116,33 +126,84 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
         if c not in unique:
             unique.append(c)
     rows = [_row(model, c) for c in unique]
-    if "ppl" in metrics or "kld" in metrics:
-        runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks,
-                                  n_threads=n_threads, top_k=top_k, baseline_file=baseline_file,
-                                  progress=progress)
-        for row, c in zip(rows, unique):
-            r = runner.run(c)
+    want_ppl = "ppl" in metrics or "kld" in metrics
+    need_niah = unique if FP32 in unique else [FP32] + unique
+    ppl_res: list[Any] = []
+    cos_res: list[Any] = []
+    niah_res: list[Any] = []
+    if client is not None or results is not None:
+        from .fanout import FanOut, plan_attention, plan_niah, plan_perplexity
+        fan = FanOut(model, client=client, results=results, n_threads=n_threads,
+                     progress=progress, desc="sweep")
+        plans = {}
+        if want_ppl:
+            runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks,
+                                      n_threads=n_threads, top_k=top_k,
+                                      baseline_file=baseline_file, progress=False)
+            plans["ppl"] = plan_perplexity(fan, runner, unique)
+        if "cosine" in metrics:
+            plans["cosine"] = plan_attention(fan, unique, text=text, n_tokens=attention_tokens,
+                                             stride=attention_stride)
+        if "niah" in metrics:
+            plans["niah"] = plan_niah(fan, need_niah, lengths=niah_lengths, depths=niah_depths,
+                                      trials=niah_trials, seed=seed, filler=None,
+                                      answer_prefix=ANSWER_PREFIX, max_new_tokens=12)
+        fan.run()
+        ppl_res = plans["ppl"]() if want_ppl else []
+        cos_res = plans["cosine"]() if "cosine" in metrics else []
+        niah_res = plans["niah"]() if "niah" in metrics else []
+    else:
+        if want_ppl:
+            runner = PerplexityRunner(model, text=text, n_ctx=n_ctx, chunks=chunks,
+                                      n_threads=n_threads, top_k=top_k,
+                                      baseline_file=baseline_file, progress=progress)
+            ppl_res = [runner.run(c) for c in unique]
+        if "cosine" in metrics:
+            qkv = capture(model, text=text, n_tokens=attention_tokens, n_threads=n_threads)
+            cos_res = [attention_cosine_eval(qkv, c, stride=attention_stride, progress=progress)
+                       for c in unique]
+        if "niah" in metrics:
+            niah_res = niah(model, need_niah, lengths=niah_lengths, depths=niah_depths,
+                            trials=niah_trials, seed=seed, n_threads=n_threads,
+                            progress=progress)
+    errors: dict[str, list[str]] = {}
+
+    def ok(metric: str, row: SweepRow, r: Any) -> bool:
+        if isinstance(r, TaskFailure):
+            errors.setdefault(row.config, []).append(f"{metric}: {r.error}")
+            return False
+        return True
+
+    for row, r in zip(rows, ppl_res):
+        if ok("ppl", row, r):
             for name in ("ppl", "ppl_se", "delta_ppl", "delta_ppl_se", "delta_ppl_pct",
                          "kld_mean", "kld_p99", "top1"):
                 setattr(row, name, getattr(r, name))
-    if "cosine" in metrics:
-        qkv = capture(model, text=text, n_tokens=attention_tokens, n_threads=n_threads)
-        for row, c in zip(rows, unique):
-            a = attention_cosine_eval(qkv, c, stride=attention_stride, progress=progress)
+    for row, a in zip(rows, cos_res):
+        if ok("cosine", row, a):
             row.attn_cosine, row.attn_cosine_worst, row.score_cosine = a.mean, a.worst, a.score_mean
-    if "niah" in metrics:
-        need = unique if FP32 in unique else [FP32] + unique
-        res = {r.config: r for r in niah(model, need, lengths=niah_lengths, depths=niah_depths,
-                                         trials=niah_trials, seed=seed, n_threads=n_threads,
-                                         progress=progress)}
+    if niah_res:
+        by_config = dict(zip(need_niah, niah_res))
+        fp32 = by_config[FP32]
         for row, c in zip(rows, unique):
-            row.niah, row.niah_fp32 = res[c].score, res[FP32].score
+            if ok("niah", row, by_config[c]):
+                row.niah = by_config[c].score
+                row.niah_fp32 = _NAN if isinstance(fp32, TaskFailure) else fp32.score
+    fanned = client is not None or results is not None
     if "speed" in metrics:
         base = None
         for row, c in zip(rows, unique):
-            s = measure_speed(model, c, prompt_tokens=speed_prompt_tokens,
-                              decode_tokens=speed_decode_tokens, text=text, n_threads=n_threads,
-                              repeats=speed_repeats)
+            if row.config in errors:
+                continue  # its evaluation failed: no speed either
+            try:
+                s = measure_speed(model, c, prompt_tokens=speed_prompt_tokens,
+                                  decode_tokens=speed_decode_tokens, text=text,
+                                  n_threads=n_threads, repeats=speed_repeats)
+            except Exception as exc:
+                if not fanned:
+                    raise
+                errors.setdefault(row.config, []).append(f"speed: {type(exc).__name__}: {exc}")
+                continue
             row.prefill_tok_s, row.decode_tok_s = s.prefill_tok_s, s.decode_tok_s
             if c == FP32:
                 base = s.decode_tok_s
@@ -152,6 +213,9 @@ def sweep(model: Model, k_codecs: Sequence[str] = ("turbo_kv_4b",),
                                  n_threads=n_threads).decode_tok_s
         for row in rows:
             row.decode_vs_fp32 = row.decode_tok_s / base if base else _NAN
+    for row in rows:
+        if row.config in errors:
+            row.error = "; ".join(errors[row.config])
     return rows
 
 
