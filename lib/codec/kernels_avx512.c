@@ -13,10 +13,14 @@
  * The partial group at the end of a vector (head_dim % 32 or % 64 != 0) uses masked
  * loads (fault-suppressing, so they never touch bytes past the vector) except for
  * P1 bits at unaligned positions, which tkv_kc_bits reads byte by byte.
+ * The float formats, q8_0 / q4_0, QJL terms, fwht, matvec and softmax are the bodies of
+ * kernels_x86_body.h at this width; the turbo kernels below (four keys per group, and the
+ * grouped-query ones) are this ISA's own.
  */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "codec/kernels.h"
 #include "codec/kernels_common.h"
@@ -28,17 +32,36 @@ static inline __mmask16 tkv_m16(uint32_t r) {
     return (__mmask16)((1u << r) - 1u);
 } /* r <= 16 */
 
-static inline float tkv_h2f(const uint8_t *p) {
-    return _cvtsh_ss(tkv_kc_u16(p));
-}
-
 /* ---------------------------------------------------------------------------------
- * fp32 / fp16 / bf16: load 16 elements (masked), FMA against q.
+ * The ISA of kernels_x86_body.h
  * --------------------------------------------------------------------------------- */
 
+#define TKV_FN(name) tkv_##name##_avx512
+#define TKV_VW 16
+#define TKV_VF __m512
+#define TKV_VZERO() _mm512_setzero_ps()
+#define TKV_VSET1(x) _mm512_set1_ps(x)
+#define TKV_VLOAD(p) _mm512_loadu_ps(p)
+#define TKV_VSTORE(p, v) _mm512_storeu_ps(p, v)
+#define TKV_VADD(a, b) _mm512_add_ps(a, b)
+#define TKV_VSUB(a, b) _mm512_sub_ps(a, b)
+#define TKV_VMUL(a, b) _mm512_mul_ps(a, b)
+#define TKV_VMAX(a, b) _mm512_max_ps(a, b)
+#define TKV_VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define TKV_VFNMA(a, b, c) _mm512_fnmadd_ps(a, b, c)
+#define TKV_VROUND(v) _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define TKV_VHSUM(v) _mm512_reduce_add_ps(v)
+#define TKV_VHMAX(v) _mm512_reduce_max_ps(v)
+#define TKV_MASKED_TAIL 1
+#define TKV_VMASK __mmask16
+#define TKV_VMASK_N(r) tkv_m16(r)
+#define TKV_VMLOAD(m, p) _mm512_maskz_loadu_ps(m, p)
+#define TKV_VMSTORE(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#define TKV_VMKEEP(m, v) _mm512_maskz_mov_ps(m, v)
+
 /* Elements [j, j+16) of a float-format vector p, lanes outside m zero. */
-TKV_INLINE __m512 tkv_load_flt(const tkv_code_format fmt, const uint8_t *p, uint32_t j,
-                               __mmask16 m) {
+TKV_INLINE __m512 tkv_load_flt_m(const tkv_code_format fmt, const uint8_t *p, uint32_t j,
+                                 __mmask16 m) {
     if (fmt == TKV_FMT_F32) {
         return _mm512_maskz_loadu_ps(m, p + 4 * (size_t)j);
     }
@@ -50,133 +73,77 @@ TKV_INLINE __m512 tkv_load_flt(const tkv_code_format fmt, const uint8_t *p, uint
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-TKV_INLINE float tkv_dot_flt(const tkv_code_format fmt, const float *q, const uint8_t *p,
-                             uint32_t d) {
-    /* two accumulators hide the FMA latency */
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    uint32_t j = 0;
-    for (; j + 32 <= d; j += 32) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), tkv_load_flt(fmt, p, j, 0xffff), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j + 16), tkv_load_flt(fmt, p, j + 16, 0xffff), a1);
-    }
-    for (; j < d; j += 16) {
-        const __mmask16 m = d - j >= 16 ? 0xffff : tkv_m16(d - j);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + j), tkv_load_flt(fmt, p, j, m), a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+TKV_INLINE __m512 tkv_load_flt(const tkv_code_format fmt, const uint8_t *p, uint32_t j) {
+    return tkv_load_flt_m(fmt, p, j, 0xffff);
 }
 
-TKV_INLINE void tkv_axpy_flt(const tkv_code_format fmt, float *acc, const uint8_t *p, uint32_t d,
-                             float w) {
-    const __m512 vw = _mm512_set1_ps(w);
-    for (uint32_t j = 0; j < d; j += 16) {
-        const __mmask16 m = d - j >= 16 ? 0xffff : tkv_m16(d - j);
-        const __m512 a = _mm512_maskz_loadu_ps(m, acc + j);
-        _mm512_mask_storeu_ps(acc + j, m, _mm512_fmadd_ps(vw, tkv_load_flt(fmt, p, j, m), a));
+/* A block's 32 values are two registers: q8 widens int8 -> int32 -> float; q4 widens the
+ * 16 bytes once and takes low nibbles (elements 0..15) and high nibbles (16..31). */
+TKV_INLINE void tkv_block_vals(const int four_bit, const uint8_t *qs, __m512 x[2]) {
+    if (four_bit) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+        const __m512i eight = _mm512_set1_epi32(8);
+        x[0] =
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), eight));
+        x[1] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
+    } else {
+        x[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qs)));
+        x[1] =
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16))));
     }
 }
 
-#define TKV_FLOAT_KERNELS(name, fmt)                                                               \
-    static void tkv_scores_##name##_avx512(const tkv_code_layout *L, const float *q,               \
-                                           const uint8_t *codes, size_t n, float *out) {           \
-        for (size_t i = 0; i < n; i++) {                                                           \
-            out[i] = tkv_dot_flt(fmt, q, codes + i * L->stride, L->d);                             \
-        }                                                                                          \
-    }                                                                                              \
-    static void tkv_accum_##name##_avx512(const tkv_code_layout *L, const float *w,                \
-                                          float threshold, const uint8_t *codes, size_t n,         \
-                                          float *acc) {                                            \
-        for (size_t i = 0; i < n; i++) {                                                           \
-            if (fabsf(w[i]) >= threshold) {                                                        \
-                tkv_axpy_flt(fmt, acc, codes + i * L->stride, L->d, w[i]);                         \
-            }                                                                                      \
-        }                                                                                          \
-    }
-
-TKV_FLOAT_KERNELS(f32, TKV_FMT_F32)
-TKV_FLOAT_KERNELS(f16, TKV_FMT_F16)
-TKV_FLOAT_KERNELS(bf16, TKV_FMT_BF16)
-
-/* ---------------------------------------------------------------------------------
- * q8_0 / q4_0: blocks of 32 (fp16 scale first); the last block holds d % 32.
- * A block's 32 values are two registers: q8 widens int8 -> int32 -> float; q4 widens
- * the 16 bytes once and takes low nibbles (elements 0..t/2-1) and high nibbles
- * (t/2..t-1).  Partial blocks mask both the code bytes and the query.
- * --------------------------------------------------------------------------------- */
-
-/* The two halves of a block as floats (without the scale) and their lane masks. */
-TKV_INLINE void tkv_block_vals(const int four_bit, const uint8_t *qs, uint32_t t, __m512 *x0,
-                               __m512 *x1, __mmask16 *m0, __mmask16 *m1, uint32_t *off1) {
+/* The partial last block (t < 32 values): the code bytes and the query are masked; q4
+ * holds elements 0..t/2-1 in the low nibbles and t/2.. in the high ones. */
+TKV_INLINE void tkv_block_part(const int four_bit, const uint8_t *qs, uint32_t t, __m512 x[2],
+                               __mmask16 m[2], uint32_t *off1) {
     if (four_bit) {
         const uint32_t half = t / 2;
-        *m0 = *m1 = half >= 16 ? 0xffff : tkv_m16(half);
-        const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(*m0, qs));
+        m[0] = m[1] = tkv_m16(half);
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m[0], qs));
         const __m512i eight = _mm512_set1_epi32(8);
-        *x0 =
+        x[0] =
             _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(15)), eight));
-        *x1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
+        x[1] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
         *off1 = half;
     } else {
-        *m0 = t >= 16 ? 0xffff : tkv_m16(t);
-        *m1 = t >= 32 ? 0xffff : t > 16 ? tkv_m16(t - 16) : 0;
-        *x0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(*m0, qs)));
-        *x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(*m1, qs + 16)));
+        m[0] = t >= 16 ? 0xffff : tkv_m16(t);
+        m[1] = t > 16 ? tkv_m16(t - 16) : 0;
+        x[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m[0], qs)));
+        x[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m[1], qs + 16)));
         *off1 = 16;
     }
 }
 
-TKV_INLINE float tkv_dot_block(const int four_bit, const float *q, const uint8_t *p, uint32_t d) {
-    __m512 acc = _mm512_setzero_ps();
-    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
-        const uint32_t t = d - b0 < 32 ? d - b0 : 32;
-        __m512 x0, x1;
-        __mmask16 m0, m1;
-        uint32_t off1;
-        tkv_block_vals(four_bit, p + 2, t, &x0, &x1, &m0, &m1, &off1);
-        /* sum q*x over the block first, then one FMA with the block scale */
-        __m512 s = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, q + b0), x0);
-        s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, q + b0 + off1), x1, s);
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(tkv_h2f(p)), s, acc);
-        p += 2 + (four_bit ? t / 2 : t);
-    }
-    return _mm512_reduce_add_ps(acc);
+/* Negate the lanes whose bit is clear (masked subtract from zero). */
+static inline __m512 tkv_signs(__m512 v, uint32_t b) {
+    return _mm512_mask_sub_ps(v, (__mmask16)~b, _mm512_setzero_ps(), v);
 }
 
-TKV_INLINE void tkv_axpy_block(const int four_bit, float *acc, const uint8_t *p, uint32_t d,
-                               float w) {
-    for (uint32_t b0 = 0; b0 < d; b0 += 32) {
-        const uint32_t t = d - b0 < 32 ? d - b0 : 32;
-        __m512 x0, x1;
-        __mmask16 m0, m1;
-        uint32_t off1;
-        tkv_block_vals(four_bit, p + 2, t, &x0, &x1, &m0, &m1, &off1);
-        const __m512 ws = _mm512_set1_ps(w * tkv_h2f(p));
-        float *a0 = acc + b0, *a1 = acc + b0 + off1;
-        _mm512_mask_storeu_ps(a0, m0, _mm512_fmadd_ps(ws, x0, _mm512_maskz_loadu_ps(m0, a0)));
-        _mm512_mask_storeu_ps(a1, m1, _mm512_fmadd_ps(ws, x1, _mm512_maskz_loadu_ps(m1, a1)));
-        p += 2 + (four_bit ? t / 2 : t);
-    }
+static inline __m512 tkv_select(__m512 pos, __m512 neg, uint32_t b) {
+    return _mm512_mask_blend_ps((__mmask16)b, neg, pos);
 }
 
-#define TKV_BLOCK_KERNELS(name, four_bit)                                                          \
-    static void tkv_scores_##name##_avx512(const tkv_code_layout *L, const float *q,               \
-                                           const uint8_t *codes, size_t n, float *out) {           \
-        for (size_t i = 0; i < n; i++) {                                                           \
-            out[i] = tkv_dot_block(four_bit, q, codes + i * L->stride, L->d);                      \
-        }                                                                                          \
-    }                                                                                              \
-    static void tkv_accum_##name##_avx512(const tkv_code_layout *L, const float *w,                \
-                                          float threshold, const uint8_t *codes, size_t n,         \
-                                          float *acc) {                                            \
-        for (size_t i = 0; i < n; i++) {                                                           \
-            if (fabsf(w[i]) >= threshold) {                                                        \
-                tkv_axpy_block(four_bit, acc, codes + i * L->stride, L->d, w[i]);                  \
-            }                                                                                      \
-        }                                                                                          \
-    }
+/* partner = x with lanes swapped (vpermilps within 128-bit lanes for h = 1, 2; vshuff32x4
+ * across them for h = 4, 8), then x * sign + partner with sign = +1 on the lower half of
+ * each pair, -1 on the upper; x * (+-1) is exact. */
+static inline __m512 tkv_fwht_lanes(__m512 v) {
+    const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
+    const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
+    const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
+    const __m512 s8 = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
+    v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));       /* h = 1 */
+    v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));       /* h = 2 */
+    v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1)); /* h = 4 */
+    v = _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E)); /* h = 8 */
+    return v;
+}
 
-TKV_BLOCK_KERNELS(q8_0, 0)
-TKV_BLOCK_KERNELS(q4_0, 1)
+static inline __m512 tkv_exp2i(__m512 p, __m512 k) {
+    return _mm512_scalef_ps(p, k);
+}
+
+#include "codec/kernels_x86_body.h"
 
 /* ---------------------------------------------------------------------------------
  * turbo: scale * centroids[idx], indices in bit planes (pack.h).
@@ -272,44 +239,6 @@ TKV_INLINE void tkv_turbo_walk(const uint32_t bits, uint32_t d, const uint8_t *p
             const __m512i idx = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, pl + j));
             tkv_sink_chunk(s, (j >> 4) & 1, tkv_lookup(bits, T, idx), j, m);
         }
-    }
-}
-
-/* QJL sketch term sum_j sq_j * (bit j ? +1 : -1): negate the lanes whose bit is clear
- * (masked subtract from zero) and add. */
-static float tkv_qjl_dot(const float *sq, const uint8_t *signs, uint32_t d) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    const __m512 zero = _mm512_setzero_ps();
-    uint32_t j = 0;
-    for (; j + 16 <= d; j += 16) {
-        const __mmask16 b = tkv_kc_u16(signs + j / 8);
-        const __m512 v = _mm512_loadu_ps(sq + j);
-        const __m512 sv = _mm512_mask_sub_ps(v, (__mmask16)~b, zero, v);
-        if ((j >> 4) & 1) {
-            a1 = _mm512_add_ps(a1, sv);
-        } else {
-            a0 = _mm512_add_ps(a0, sv);
-        }
-    }
-    if (j < d) {
-        const __mmask16 m = tkv_m16(d - j);
-        const __mmask16 b = (__mmask16)tkv_kc_bits(signs, j, d - j);
-        const __m512 v = _mm512_maskz_loadu_ps(m, sq + j);
-        a0 = _mm512_add_ps(a0, _mm512_mask_sub_ps(v, (__mmask16)~b, zero, v));
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-
-/* acc[j] += bit j ? wg : -wg */
-static void tkv_qjl_axpy(float *acc, const uint8_t *signs, uint32_t d, float wg) {
-    const __m512 pos = _mm512_set1_ps(wg), neg = _mm512_set1_ps(-wg);
-    for (uint32_t j = 0; j < d; j += 16) {
-        const uint32_t r = d - j >= 16 ? 16 : d - j;
-        const __mmask16 m = tkv_m16(r);
-        const __mmask16 b =
-            r == 16 ? tkv_kc_u16(signs + j / 8) : (__mmask16)tkv_kc_bits(signs, j, r);
-        const __m512 a = _mm512_maskz_loadu_ps(m, acc + j);
-        _mm512_mask_storeu_ps(acc + j, m, _mm512_add_ps(a, _mm512_mask_blend_ps(b, neg, pos)));
     }
 }
 
@@ -496,117 +425,6 @@ static void tkv_accum_turbo_avx512(const tkv_code_layout *L, const float *w, flo
 }
 
 /* ---------------------------------------------------------------------------------
- * fwht: the butterflies of span h >= 16 pair whole registers; the four spans below
- * 16 stay inside one register: partner = x with lanes swapped (vpermilps within 128-bit
- * lanes for h = 1, 2; vshuff32x4 across them for h = 4, 8), then x * sign + partner
- * with sign = +1 on the lower half of each pair, -1 on the upper.  x * (+-1) is exact,
- * so every stage is bit-identical to the scalar a + b, a - b.
- * --------------------------------------------------------------------------------- */
-
-static void tkv_fwht_avx512(float *x, uint32_t d, float scale) {
-    if (d < 16) {
-        tkv_fwht_scalar(x, d, scale);
-        return;
-    }
-    const __m512 s1 = _mm512_setr_ps(1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1);
-    const __m512 s2 = _mm512_setr_ps(1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1);
-    const __m512 s4 = _mm512_setr_ps(1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1);
-    const __m512 s8 = _mm512_setr_ps(1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1);
-    for (uint32_t i = 0; i < d; i += 16) {
-        __m512 v = _mm512_loadu_ps(x + i);
-        v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));       /* h = 1 */
-        v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));       /* h = 2 */
-        v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1)); /* h = 4 */
-        v = _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E)); /* h = 8 */
-        _mm512_storeu_ps(x + i, v);
-    }
-    for (uint32_t h = 16; h < d; h *= 2) {
-        for (uint32_t i = 0; i < d; i += 2 * h) {
-            for (uint32_t j = i; j < i + h; j += 16) {
-                const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + h);
-                _mm512_storeu_ps(x + j, _mm512_add_ps(a, b));
-                _mm512_storeu_ps(x + j + h, _mm512_sub_ps(a, b));
-            }
-        }
-    }
-    const __m512 vs = _mm512_set1_ps(scale);
-    for (uint32_t i = 0; i < d; i += 16) {
-        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
-    }
-}
-
-/* ---------------------------------------------------------------------------------
- * matvec: four rows per pass share each load of x; matvec_t: y += x[r] * row r for
- * four rows per pass, so y is loaded and stored once per four rows.
- * --------------------------------------------------------------------------------- */
-
-static void tkv_matvec_avx512(const float *m, const float *x, uint32_t rows, uint32_t cols,
-                              float *y) {
-    uint32_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        const float *r0 = m + (size_t)r * cols;
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-        for (uint32_t c = 0; c < cols; c += 16) {
-            const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
-            const __m512 xv = _mm512_maskz_loadu_ps(k, x + c);
-            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, r0 + c), xv, a0);
-            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, r0 + cols + c), xv, a1);
-            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, r0 + 2 * (size_t)cols + c), xv, a2);
-            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, r0 + 3 * (size_t)cols + c), xv, a3);
-        }
-        y[r] = _mm512_reduce_add_ps(a0);
-        y[r + 1] = _mm512_reduce_add_ps(a1);
-        y[r + 2] = _mm512_reduce_add_ps(a2);
-        y[r + 3] = _mm512_reduce_add_ps(a3);
-    }
-    for (; r < rows; r++) {
-        const float *row = m + (size_t)r * cols;
-        __m512 a = _mm512_setzero_ps();
-        for (uint32_t c = 0; c < cols; c += 16) {
-            const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
-            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, row + c), _mm512_maskz_loadu_ps(k, x + c),
-                                a);
-        }
-        y[r] = _mm512_reduce_add_ps(a);
-    }
-}
-
-static void tkv_matvec_t_avx512(const float *m, const float *x, uint32_t rows, uint32_t cols,
-                                float *y) {
-    for (uint32_t c = 0; c < cols; c += 16) {
-        const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
-        _mm512_mask_storeu_ps(y + c, k, _mm512_setzero_ps());
-    }
-    uint32_t r = 0;
-    for (; r + 4 <= rows; r += 4) {
-        const float *r0 = m + (size_t)r * cols;
-        const __m512 x0 = _mm512_set1_ps(x[r]), x1 = _mm512_set1_ps(x[r + 1]);
-        const __m512 x2 = _mm512_set1_ps(x[r + 2]), x3 = _mm512_set1_ps(x[r + 3]);
-        for (uint32_t c = 0; c < cols; c += 16) {
-            const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
-            __m512 a = _mm512_maskz_loadu_ps(k, y + c);
-            a = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(k, r0 + c), a);
-            a = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(k, r0 + cols + c), a);
-            a = _mm512_fmadd_ps(x2, _mm512_maskz_loadu_ps(k, r0 + 2 * (size_t)cols + c), a);
-            a = _mm512_fmadd_ps(x3, _mm512_maskz_loadu_ps(k, r0 + 3 * (size_t)cols + c), a);
-            _mm512_mask_storeu_ps(y + c, k, a);
-        }
-    }
-    for (; r < rows; r++) {
-        const float *row = m + (size_t)r * cols;
-        const __m512 xr = _mm512_set1_ps(x[r]);
-        for (uint32_t c = 0; c < cols; c += 16) {
-            const __mmask16 k = cols - c >= 16 ? 0xffff : tkv_m16(cols - c);
-            const __m512 a = _mm512_maskz_loadu_ps(k, y + c);
-            _mm512_mask_storeu_ps(y + c, k,
-                                  _mm512_fmadd_ps(xr, _mm512_maskz_loadu_ps(k, row + c), a));
-        }
-    }
-}
-
-
-/* ---------------------------------------------------------------------------------
  * Grouped queries (GQA): nq query heads share the KV head, so each key's codebook
  * indices are unpacked and looked up once and the resulting centroid registers feed
  * the FMAs of every query.  Keys go four at a time as in the single-query kernels.
@@ -758,68 +576,6 @@ static void tkv_accum_turbo_multi_avx512(const tkv_code_layout *L, const float *
     TKV_TURBO_BITS_DISPATCH(L->bits, TKV_CALL,
                             tkv_accum_multi_scalar(L, ws, nq, threshold, codes, n, accs));
 #undef TKV_CALL
-}
-
-/*
- * softmax with a vectorized exp.  exp(x) = 2^k * exp(r), k = round(x / ln 2),
- * r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in a high and a low part so r is exact
- * to float precision), exp(r) by its degree-6 Taylor polynomial (error < 2e-8 on that
- * interval), and 2^k applied to the exponent.  Inputs below -87 give 0, as expf's
- * subnormal results do not matter next to the maximum's 1.
- */
-static inline __m512 tkv_exp_avx512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, k);
-}
-
-static float tkv_softmax_avx512(float *x, size_t n, float scale) {
-    const __m512 vs = _mm512_set1_ps(scale);
-    __m512 vmax = _mm512_set1_ps(-INFINITY);
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), vs);
-        _mm512_storeu_ps(x + i, v);
-        vmax = _mm512_max_ps(vmax, v);
-    }
-    float mx = _mm512_reduce_max_ps(vmax);
-    for (; i < n; i++) {
-        x[i] *= scale;
-        mx = x[i] > mx ? x[i] : mx;
-    }
-    const __m512 vm = _mm512_set1_ps(mx);
-    __m512 vsum = _mm512_setzero_ps();
-    for (i = 0; i + 16 <= n; i += 16) {
-        const __m512 e = tkv_exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
-        _mm512_storeu_ps(x + i, e);
-        vsum = _mm512_add_ps(vsum, e);
-    }
-    if (i < n) {
-        const __mmask16 k = tkv_m16((uint32_t)(n - i));
-        const __m512 e = tkv_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
-        _mm512_mask_storeu_ps(x + i, k, e);
-        vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(k, e));
-    }
-    const float sum = _mm512_reduce_add_ps(vsum);
-    const __m512 inv = _mm512_set1_ps(1.0f / sum);
-    for (i = 0; i + 16 <= n; i += 16) {
-        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
-    }
-    if (i < n) {
-        const __mmask16 k = tkv_m16((uint32_t)(n - i));
-        _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
-    }
-    return mx + logf(sum);
 }
 
 const tkv_codec_kernels tkv_codec_kernels_avx512 = {
