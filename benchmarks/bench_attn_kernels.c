@@ -192,9 +192,10 @@ int main(int argc, char **argv) {
                 const int nq = atoi(nqs[ni_]);
                 float *qs[TKV_MAX_QUERIES], *sc[TKV_MAX_QUERIES], *acc[TKV_MAX_QUERIES];
                 for (int q = 0; q < nq; q++) {
-                    qs[q] = malloc(d * sizeof(float));
+                    /* 2d: a QJL codec's prepared query and accumulator carry the sketch */
+                    qs[q] = calloc(2 * (size_t)d, sizeof(float));
                     sc[q] = malloc(n * sizeof(float));
-                    acc[q] = malloc(d * sizeof(float));
+                    acc[q] = calloc(2 * (size_t)d, sizeof(float));
                     for (uint32_t j = 0; j < d; j++) {
                         qs[q][j] = grand();
                     }
