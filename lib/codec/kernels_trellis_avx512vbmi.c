@@ -123,7 +123,7 @@ TKV_INLINE __m128 tkv_vbmi_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
  * vpdpbusd work (kernels.h states the bound the tests hold it to).
  */
 #define TKV_VBMI_DIGITS 2
-#define TKV_VBMI_FULL (TKV_VBMI_DIGITS == 1 ? 127.0f : 32512.0f)
+#define TKV_VBMI_FULL ((float)TKV_TRELLIS_FIXED_FULL) /* 127 * 256^(D-1), the bound's */
 
 /*
  * A query for vpdpbusd: its fixed-point digits (above).  A key's bytes are v + 128
@@ -162,12 +162,10 @@ static void tkv_vbmi_query_init(const float *q, uint32_t d, uint32_t nblk, tkv_v
  * integers (exact: a lane sums at most 64 products |v d| <= 127 * 32512, below 2^31), so
  * one conversion per register: the conversions and FMAs share the two FMA pipes with
  * vpdpbusd (Zen 4), the integer shift and add do not. */
-_Static_assert(TKV_VBMI_DIGITS == 1 || TKV_VBMI_DIGITS == 2, "one or two digits");
+_Static_assert(TKV_VBMI_DIGITS == 2 && (int)TKV_TRELLIS_FIXED_FULL == 127 * 256,
+               "two digits: TKV_TRELLIS_FIXED_FULL (kernels.h) states their bound");
 TKV_INLINE __m512 tkv_vbmi_digits_f(const __m512i *a) {
-    if (TKV_VBMI_DIGITS == 1) {
-        return _mm512_cvtepi32_ps(a[0]);
-    }
-    return _mm512_cvtepi32_ps(_mm512_add_epi32(a[0], _mm512_slli_epi32(a[TKV_VBMI_DIGITS - 1], 8)));
+    return _mm512_cvtepi32_ps(_mm512_add_epi32(a[0], _mm512_slli_epi32(a[1], 8)));
 }
 
 /* Scores of nk (1, 2 or 4) keys for NQ queries. */
