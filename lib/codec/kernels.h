@@ -141,11 +141,16 @@ void tkv_accum_trellis_multi_avx512f(const tkv_code_layout *layout, const float 
                                      float threshold, const uint8_t *codes, size_t n,
                                      float *const *accs);
 /* kernels_trellis_avx512vbmi.c (int8 tables, byte permutes; the CPU must have VBMI and
- * VNNI).  Integer dot products: scores round the rotated query to 23-bit fixed point
- * (|error| <= max|q| 2^-23 per coordinate), weighted sums round w_i * scale_i to 23-bit
- * fixed point against the largest of each chunk of 256 rows kept (|error| <= 2^-23 times
- * that largest per row); both are of the order of float rounding and held to the fp32
- * tolerance by the kernel tests. */
+ * VNNI).  Integer dot products on 16-bit fixed point (TKV_TRELLIS_FIXED_FULL): scores
+ * round the rotated query to a multiple of max|q| / FULL, so a score may differ from the
+ * fp32 one by up to max|q| sum_j |x_j| / (2 FULL), x the decoded key; weighted sums round
+ * w_i * scale_i * q8_scale to a multiple of M / FULL, M the largest of it over the rows of
+ * a chunk of 256 rows kept, so accumulator element j may differ by up to
+ * M sum_i |q8_ij| / (2 FULL), q8_ij the int8 table entry of element j of row i
+ * (tkv_trellis_fixed_*_bound in kernels_common.h), up to float rounding.  Below the fp16
+ * rounding of the codes' own scales (2^-11 relative). */
+#define TKV_TRELLIS_FIXED_FULL 32512.0 /* 127 * 256: two base-256 digits */
+int tkv_trellis_vbmi_active(const tkv_codec_kernels *K);
 void tkv_scores_trellis_multi_avx512vbmi(const tkv_code_layout *layout, const float *const *qs,
                                          int nq, const uint8_t *codes, size_t n,
                                          float *const *outs);
@@ -234,6 +239,18 @@ static inline int tkv_turbo_accum_bf16(const tkv_codec_kernels *K, const tkv_cod
         K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_bf16 ||
         (K->accum[TKV_FMT_TURBO] == tkv_accum_turbo_i8_bf16 && !tkv_turbo_scores_i8(K, L));
     return bf16 && L->format == TKV_FMT_TURBO && L->bits == 4 && !L->has_qjl && L->d % 32 == 0;
+#else
+    (void)K;
+    (void)L;
+    return 0;
+#endif
+}
+
+/* 1 if table K scores and sums the trellis layouts with the fixed-point VBMI kernels (the
+ * bounds above). */
+static inline int tkv_trellis_fixed(const tkv_codec_kernels *K, const tkv_code_layout *L) {
+#if defined(TKV_HAVE_X86_KERNELS)
+    return L->format == TKV_FMT_TRELLIS && tkv_trellis_vbmi_active(K);
 #else
     (void)K;
     (void)L;

@@ -10,11 +10,19 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "codec/kernels.h"
 
 static inline uint16_t tkv_kc_u16(const uint8_t *p) {
     return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+/* The fp16 scale of a code, decoded here without the ISA helpers (for the bounds). */
+static inline double tkv_kc_scale(const uint8_t *p) {
+    const uint16_t h = tkv_kc_u16(p);
+    const int e = (h >> 10) & 31, f = h & 1023;
+    return e ? ldexp(1024 + f, e - 25) : ldexp(f, -24);
 }
 
 /* count (1..16) bits of a P1 plane starting at bit pos; reads only the bytes that hold
@@ -87,16 +95,47 @@ static inline double tkv_turbo_accum_i8_bound(const tkv_code_layout *L, const fl
             continue;
         }
         const uint8_t *code = codes + i * L->stride;
-        const uint16_t h = tkv_kc_u16(code + L->scale_off);
-        /* the fp16 scale, decoded here without the ISA helpers */
-        const int e = (h >> 10) & 31, f = h & 1023;
-        const double s = e ? ldexp(1024 + f, e - 25) : ldexp(f, -24);
+        const double s = tkv_kc_scale(code + L->scale_off);
         const double ws = fabs((double)w[i] * s);
         m = m > ws ? m : ws;
         sws += ws;
         sc += fabs(L->centroids[tkv_kc_index(L->bits, L->d, code + L->payload_off, j)]) + cstep / 2;
     }
     return 1.001 * (cstep / 2 * sws + m / 254.0 * sc) + 1e-30;
+}
+
+/* The rounding bound of a fixed-point trellis score (kernels.h, tkv_trellis_fixed) of the
+ * query q against one code; for tests. */
+static inline double tkv_trellis_fixed_scores_bound(const tkv_code_layout *L, const float *q,
+                                                    const uint8_t *code) {
+    const tkv_trellis *t = L->trellis;
+    double qmax = 0, sv = 0;
+    for (uint32_t j = 0; j < L->d; j++) {
+        qmax = qmax > fabs(q[j]) ? qmax : fabs(q[j]);
+        sv += abs(t->q8[tkv_trellis_window_at(t, code + L->payload_off, L->d, j)]);
+    }
+    const double s = tkv_kc_scale(code + L->scale_off) * t->q8_scale;
+    return 1.001 * s * sv * qmax / (2.0 * TKV_TRELLIS_FIXED_FULL) + 1e-30;
+}
+
+/* The rounding bound of element j of a fixed-point trellis value sum (kernels.h,
+ * tkv_trellis_fixed) of the n rows `codes` weighted by w, rows below threshold skipped;
+ * for tests. */
+static inline double tkv_trellis_fixed_accum_bound(const tkv_code_layout *L, const float *w,
+                                                   float threshold, const uint8_t *codes, size_t n,
+                                                   uint32_t j) {
+    const tkv_trellis *t = L->trellis;
+    double m = 0, sv = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!(w[i] >= threshold || -w[i] >= threshold)) {
+            continue;
+        }
+        const uint8_t *code = codes + i * L->stride;
+        const double ws = fabs((double)w[i] * tkv_kc_scale(code + L->scale_off) * t->q8_scale);
+        m = m > ws ? m : ws;
+        sv += abs(t->q8[tkv_trellis_window_at(t, code + L->payload_off, L->d, j)]);
+    }
+    return 1.001 * m * sv / (2.0 * TKV_TRELLIS_FIXED_FULL) + 1e-30;
 }
 
 /* 1 if any of the nq queries weights row i at least threshold (sparse V: rows below it

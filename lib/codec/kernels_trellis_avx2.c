@@ -73,9 +73,9 @@ static inline __attribute__((always_inline)) void tkv_trellis_decode_n(const flo
  * 256-entry windows (N = 2 and 4: L = 8 bits, one byte per window) decode without table
  * loads: the windows of 32 coordinates are built as bytes from the stream and the stream
  * one byte back (its bytes shifted across byte boundaries), then read from the int8 table
- * q8 by vpshufb: row h (16 entries, in both lanes) by the low nibble, kept where the high
- * nibble is h (16 shuffles, compares and blends per 32 windows).  out gets q8 values as
- * floats (unscaled by q8_scale).
+ * q8 by vpshufb: row h (16 entries, in both lanes) by the low nibble, then a tree of
+ * blends on the four bits of the high nibble (16 shuffles and 15 blends per 32 windows).
+ * out gets q8 values as floats (unscaled by q8_scale).
  */
 typedef struct tkv_lut8 {
     __m256i row[16]; /* q8[16 h .. 16 h + 15] in both lanes */
@@ -135,12 +135,22 @@ static inline __attribute__((always_inline)) void tkv_trellis_decode_lut8(const 
         }
         const __m256i w = _mm256_setr_m128i(wlo, whi);
         const __m256i lo = _mm256_and_si256(w, m4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
-        __m256i v = _mm256_shuffle_epi8(T->row[0], lo);
-        for (int h = 1; h < 16; h++) {
-            v = _mm256_blendv_epi8(v, _mm256_shuffle_epi8(T->row[h], lo),
-                                   _mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)h)));
+        /* a tree of blends keyed on the high nibble's bits, each moved to bit 7 of its byte
+         * (vpblendvb reads bit 7; a 16-bit shift left by s < 8 keeps each byte's bit 7
+         * within the byte) */
+        __m256i r[8];
+        const __m256i sel0 = _mm256_slli_epi16(w, 3);
+        for (int h = 0; h < 8; h++) {
+            r[h] = _mm256_blendv_epi8(_mm256_shuffle_epi8(T->row[2 * h], lo),
+                                      _mm256_shuffle_epi8(T->row[2 * h + 1], lo), sel0);
         }
+        for (int k = 1, n = 8; k < 4; k++, n /= 2) {
+            const __m256i sel = k == 3 ? w : _mm256_slli_epi16(w, 3 - k);
+            for (int h = 0; h < n / 2; h++) {
+                r[h] = _mm256_blendv_epi8(r[2 * h], r[2 * h + 1], sel);
+            }
+        }
+        const __m256i v = r[0];
         const __m128i v0 = _mm256_castsi256_si128(v), v1 = _mm256_extracti128_si256(v, 1);
         float *o = out + j0; /* out has room for 32 past d */
         _mm256_storeu_ps(o, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0)));

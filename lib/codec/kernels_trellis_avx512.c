@@ -260,6 +260,11 @@ static int tkv_trellis_vbmi(void) {
     return (tkv_cpu_detect() & want) == want;
 }
 
+int tkv_trellis_vbmi_active(const tkv_codec_kernels *K) {
+    return K->scores_multi[TKV_FMT_TRELLIS] == tkv_scores_trellis_multi_avx512 &&
+           tkv_trellis_vbmi();
+}
+
 void tkv_scores_trellis_multi_avx512(const tkv_code_layout *L, const float *const *qs, int nq,
                                      const uint8_t *codes, size_t n, float *const *outs) {
     if (tkv_trellis_vbmi()) {

@@ -8,18 +8,20 @@
  *      coordinates 8k..8k+7 (vpermb: byte 8k + i = stream byte N k + i - 1);
  *   2. vpmultishiftqb takes bits [8 - P + N l, +8) of qword k into byte l: the low 8 bits
  *      of window 8k + l (a second one, one bit further, gives bit 8 of a 9-bit window);
- *   3. vpermi2b reads 128 int8 entries by the low 7 bits, bit 7 (and 8) blend between
- *      the 128-entry halves: 2 permutes + 1 blend for 256 entries, 4 + 3 for 512.
+ *   3. vpermi2b reads 128 int8 entries by the low 7 bits; bit 7 (and 8) pick the 128-entry
+ *      part, each lane looked up by a masked vpermi2b of its part: 2 permutes for 256
+ *      entries, 4 for 512.
  * Scores multiply the bytes (as v + 128) with a fixed-point query by vpdpbusd; weighted
  * sums multiply four rows' bytes at once with their fixed-point weights by vpdpbusd (both
- * exact int32 sums, below).  Values are exact (q8 * scale = the float table); the 23-bit
- * roundings of query and weights are of the order of float rounding, so results match the
- * scalar reference within it.
+ * exact int32 sums, below).  Values are exact (q8 * scale = the float table); the
+ * fixed-point roundings of query and weights (16 bits, TKV_VBMI_DIGITS) are below the fp16
+ * rounding of each code's scale (kernels.h states the bound the tests hold them to).
  * Several keys per pass: independent chains, one transposed reduction for four scores.
  * Tested against kernels_scalar.c (tests/c/test_kernels_codec.c).
  */
 #include <immintrin.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "base/half.h"
@@ -32,7 +34,10 @@
 typedef struct tkv_vbmi_ctx {
     __m512i tab[8];   /* q8 entries, 64 per register (4 or 8 registers) */
     __m512i spread;   /* vpermb index of step 1 */
+    __m512i spread0;  /* the same for block 0 loaded from the stream's first byte, when the
+                       * stream fits in one register: byte -1 is the stream's last byte */
     __m512i ctl;      /* vpmultishiftqb control of step 2 */
+    __mmask64 m0;     /* the bytes block 0 loads (with spread0) */
     uint32_t nb;      /* stream bytes */
     uint32_t nblk;    /* 64-coordinate blocks (the last one may be partial) */
 } tkv_vbmi_ctx;
@@ -47,44 +52,55 @@ TKV_INLINE void tkv_vbmi_init(tkv_vbmi_ctx *c, const tkv_code_layout *Lay, const
             c->tab[r] = _mm512_xor_si512(c->tab[r], _mm512_set1_epi8((char)0x80));
         }
     }
-    uint8_t sp[64], ct[64];
+    c->nb = Lay->d * N / 8;
+    c->nblk = (Lay->d + 63) / 64;
+    uint8_t sp[64], sp0[64], ct[64];
     for (uint32_t k = 0; k < 8; k++) {
         for (uint32_t i = 0; i < 8; i++) {
             sp[8 * k + i] = (uint8_t)(N * k + i);
+            sp0[8 * k + i] = (uint8_t)(N * k + i == 0 ? c->nb - 1 : N * k + i - 1);
             ct[8 * k + i] = (uint8_t)(8 - P + N * i);
         }
     }
     c->spread = _mm512_loadu_si512(sp);
+    c->spread0 = _mm512_loadu_si512(sp0);
     c->ctl = _mm512_loadu_si512(ct);
-    c->nb = Lay->d * N / 8;
-    c->nblk = (Lay->d + 63) / 64;
+    c->m0 = c->nb >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << c->nb) - 1;
 }
 
 /* The 64 int8 values of block b of the stream s (coordinates 64 b ..). */
 TKV_INLINE __m512i tkv_vbmi_block(const tkv_vbmi_ctx *c, const uint8_t *s, uint32_t b,
                                   const uint32_t N, const uint32_t P) {
     const uint32_t L = N + P;
-    /* from the byte before the block (s[-1] is the fp16 scale: readable) to the end */
-    const uint32_t off = 8 * N * b, avail = c->nb + 1 - off;
-    const __mmask64 m = avail >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << avail) - 1;
-    __m512i v = _mm512_maskz_loadu_epi8(m, s - 1 + off);
-    if (b == 0) {
-        v = _mm512_mask_set1_epi8(v, 1, (char)s[c->nb - 1]);
+    __m512i v;
+    if (b == 0 && c->nb <= 64) { /* the whole stream, its last byte read by spread0 */
+        v = _mm512_permutexvar_epi8(c->spread0, _mm512_maskz_loadu_epi8(c->m0, s));
+    } else {
+        /* from the byte before the block (s[-1] is the fp16 scale: readable) to the end */
+        const uint32_t off = 8 * N * b, avail = c->nb + 1 - off;
+        const __mmask64 m = avail >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << avail) - 1;
+        v = _mm512_maskz_loadu_epi8(m, s - 1 + off);
+        if (b == 0) {
+            v = _mm512_mask_set1_epi8(v, 1, (char)s[c->nb - 1]);
+        }
+        v = _mm512_permutexvar_epi8(c->spread, v);
     }
-    v = _mm512_permutexvar_epi8(c->spread, v);
     const __m512i lo = _mm512_multishift_epi64_epi8(c->ctl, v);
+    /* 128 entries per vpermi2b, which keeps its index where the mask is clear: the lanes of
+     * each 128-entry part are looked up in turn and the others carry their index on to the
+     * next part (no blends) */
     const __mmask64 m7 = _mm512_movepi8_mask(lo);
-    __m512i r = _mm512_mask_blend_epi8(m7, _mm512_permutex2var_epi8(c->tab[0], lo, c->tab[1]),
-                                       _mm512_permutex2var_epi8(c->tab[2], lo, c->tab[3]));
-    if (L == 9) {
-        const __m512i hi =
-            _mm512_multishift_epi64_epi8(_mm512_add_epi8(c->ctl, _mm512_set1_epi8(1)), v);
-        const __m512i r2 =
-            _mm512_mask_blend_epi8(m7, _mm512_permutex2var_epi8(c->tab[4], lo, c->tab[5]),
-                                   _mm512_permutex2var_epi8(c->tab[6], lo, c->tab[7]));
-        r = _mm512_mask_blend_epi8(_mm512_movepi8_mask(hi), r, r2);
+    if (L == 8) {
+        const __m512i r = _mm512_mask2_permutex2var_epi8(c->tab[0], lo, ~m7, c->tab[1]);
+        return _mm512_mask2_permutex2var_epi8(c->tab[2], r, m7, c->tab[3]);
     }
-    return r;
+    const __m512i hi =
+        _mm512_multishift_epi64_epi8(_mm512_add_epi8(c->ctl, _mm512_set1_epi8(1)), v);
+    const __mmask64 m8 = _mm512_movepi8_mask(hi);
+    __m512i r = _mm512_mask2_permutex2var_epi8(c->tab[0], lo, ~(m7 | m8), c->tab[1]);
+    r = _mm512_mask2_permutex2var_epi8(c->tab[2], r, m7 & ~m8, c->tab[3]);
+    r = _mm512_mask2_permutex2var_epi8(c->tab[4], r, ~m7 & m8, c->tab[5]);
+    return _mm512_mask2_permutex2var_epi8(c->tab[6], r, m7 & m8, c->tab[7]);
 }
 
 /* The sum of each of four registers, as one register of four. */
@@ -99,16 +115,24 @@ TKV_INLINE __m128 tkv_vbmi_reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
 }
 
 /*
- * A query for vpdpbusd: q_j ~ Q_j / F with Q_j = round(F q_j) an integer of 23 bits
- * (F = 2^22 / max |q|), written as three signed base-256 digits, Q = d0 + 256 d1 +
- * 65536 d2.  A key's bytes are v + 128 (unsigned), so each digit's dot product
- * starts from -128 sum_j d_p[j] per lane (bias) and ends as sum_j v_j d_p[j], exact in
- * int32.  The rounding of q (|error| <= max|q| 2^-23 per coordinate) is far below float
- * rounding of the sums' terms; the kernel tests hold it to the fp32 tolerance.
+ * Fixed point for vpdpbusd: a value x ~ X / F with X = round(F x) an integer written as
+ * D signed base-256 digits, X = d0 + 256 d1 + ..., each -128..127 (the top one |.| <= 127:
+ * F = TKV_VBMI_FULL / max|x|, |X| <= 127 256^(D-1)).  The rounding, |error| <= max|x| /
+ * (254 256^(D-1)), is TKV_VBMI_DIGITS' choice: two digits put it below the rounding of the
+ * fp16 scale every code already carries (2^-11 relative), at two thirds of three digits'
+ * vpdpbusd work (kernels.h states the bound the tests hold it to).
+ */
+#define TKV_VBMI_DIGITS 2
+#define TKV_VBMI_FULL ((float)TKV_TRELLIS_FIXED_FULL) /* 127 * 256^(D-1), the bound's */
+
+/*
+ * A query for vpdpbusd: its fixed-point digits (above).  A key's bytes are v + 128
+ * (unsigned), so each digit's dot product starts from -128 sum_j d_p[j] per lane (bias)
+ * and ends as sum_j v_j d_p[j], exact in int32.
  */
 typedef struct tkv_vbmi_query {
-    _Alignas(64) int8_t dig[3][TKV_VBMI_MAX_D];
-    __m512i bias[3];
+    _Alignas(64) int8_t dig[TKV_VBMI_DIGITS][TKV_VBMI_MAX_D];
+    __m512i bias[TKV_VBMI_DIGITS];
     float inv; /* 1 / F */
 } tkv_vbmi_query;
 
@@ -117,34 +141,44 @@ static void tkv_vbmi_query_init(const float *q, uint32_t d, uint32_t nblk, tkv_v
     for (uint32_t j = 0; j < d; j++) {
         m = fabsf(q[j]) > m ? fabsf(q[j]) : m;
     }
-    const float F = m > 0.0f ? 4194304.0f / m : 0.0f;
-    z->inv = m > 0.0f ? m / 4194304.0f : 0.0f;
-    int32_t bias[3][16] = {{0}};
+    const float F = m > 0.0f ? TKV_VBMI_FULL / m : 0.0f;
+    z->inv = m > 0.0f ? m / TKV_VBMI_FULL : 0.0f;
+    int32_t bias[TKV_VBMI_DIGITS][16] = {{0}};
     for (uint32_t j = 0; j < 64 * nblk; j++) {
         int32_t Q = j < d ? (int32_t)lrintf(q[j] * F) : 0;
-        for (int p = 0; p < 3; p++) {
-            const int32_t dp = p == 2 ? Q : ((Q + 128) & 255) - 128;
+        for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
+            const int32_t dp = p == TKV_VBMI_DIGITS - 1 ? Q : ((Q + 128) & 255) - 128;
             z->dig[p][j] = (int8_t)dp;
             bias[p][(j % 64) / 4] -= 128 * dp;
             Q = (Q - dp) / 256; /* exact */
         }
     }
-    for (int p = 0; p < 3; p++) {
+    for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
         z->bias[p] = _mm512_loadu_si512(bias[p]);
     }
 }
 
-/* Scores of nk (1..4) keys for NQ queries. */
+/* The float value of the D int32 digit sums a0 + 256 a1 of one register.  Combined as
+ * integers (exact: a lane sums at most 64 products |v d| <= 127 * 32512, below 2^31), so
+ * one conversion per register: the conversions and FMAs share the two FMA pipes with
+ * vpdpbusd (Zen 4), the integer shift and add do not. */
+_Static_assert(TKV_VBMI_DIGITS == 2 && (int)TKV_TRELLIS_FIXED_FULL == 127 * 256,
+               "two digits: TKV_TRELLIS_FIXED_FULL (kernels.h) states their bound");
+TKV_INLINE __m512 tkv_vbmi_digits_f(const __m512i *a) {
+    return _mm512_cvtepi32_ps(_mm512_add_epi32(a[0], _mm512_slli_epi32(a[1], 8)));
+}
+
+/* Scores of nk (1, 2 or 4) keys for NQ queries. */
 TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layout *Lay,
                                      const uint8_t *codes, size_t i0, const tkv_vbmi_query *qz,
                                      float *const *outs, const int nk, const int NQ,
                                      const uint32_t N, const uint32_t P) {
-    __m512i acc[TKV_MAX_QUERIES][4][3];
+    __m512i acc[TKV_MAX_QUERIES][4][TKV_VBMI_DIGITS];
     const uint8_t *code[4];
     for (int k = 0; k < nk; k++) {
         code[k] = codes + (i0 + (size_t)k) * Lay->stride;
         for (int q = 0; q < NQ; q++) {
-            for (int p = 0; p < 3; p++) {
+            for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
                 acc[q][k][p] = qz[q].bias[p];
             }
         }
@@ -155,7 +189,7 @@ TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layou
             x[k] = tkv_vbmi_block(c, code[k] + Lay->payload_off, b, N, P);
         }
         for (int q = 0; q < NQ; q++) {
-            for (int p = 0; p < 3; p++) {
+            for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
                 const __m512i dv = _mm512_load_si512(qz[q].dig[p] + 64 * b);
                 for (int k = 0; k < nk; k++) {
                     acc[q][k][p] = _mm512_dpbusd_epi32(acc[q][k][p], x[k], dv);
@@ -163,38 +197,39 @@ TKV_INLINE void tkv_vbmi_scores_keys(const tkv_vbmi_ctx *c, const tkv_code_layou
             }
         }
     }
-    float sc[4];
-    for (int k = 0; k < nk; k++) {
-        sc[k] = _cvtsh_ss(tkv_kc_u16(code[k] + Lay->scale_off)) * Lay->trellis->q8_scale;
-    }
+    /* the keys' scales times the table step, four lanes (unused lanes 0) */
+    const uint32_t so = Lay->scale_off;
+    const __m128i hs = _mm_setr_epi16((short)tkv_kc_u16(code[0] + so),
+                                      nk > 1 ? (short)tkv_kc_u16(code[1] + so) : 0,
+                                      nk > 2 ? (short)tkv_kc_u16(code[2] + so) : 0,
+                                      nk > 3 ? (short)tkv_kc_u16(code[3] + so) : 0, 0, 0, 0, 0);
+    const __m128 sc = _mm_mul_ps(_mm_cvtph_ps(hs), _mm_set1_ps(Lay->trellis->q8_scale));
     __m512 f[TKV_MAX_QUERIES][4];
     for (int q = 0; q < NQ; q++) {
         for (int k = 0; k < nk; k++) {
-            f[q][k] = _mm512_fmadd_ps(
-                _mm512_cvtepi32_ps(acc[q][k][2]), _mm512_set1_ps(65536.0f),
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[q][k][1]), _mm512_set1_ps(256.0f),
-                                _mm512_cvtepi32_ps(acc[q][k][0])));
+            f[q][k] = tkv_vbmi_digits_f(acc[q][k]);
         }
     }
-    /* the NQ nk sums, four at a time through one transposed reduction */
-    const __m512 *fl[4 * TKV_MAX_QUERIES];
-    float *dst[4 * TKV_MAX_QUERIES];
-    float mul[4 * TKV_MAX_QUERIES];
-    int nf = 0;
-    for (int q = 0; q < NQ; q++) {
-        for (int k = 0; k < nk; k++) {
-            fl[nf] = &f[q][k];
-            dst[nf] = outs[q] + i0 + (size_t)k;
-            mul[nf++] = sc[k] * qz[q].inv;
+    /* the NQ nk sums through transposed reductions of four, stored as vectors */
+    if (nk == 4) {
+        for (int q = 0; q < NQ; q++) {
+            const __m128 r = tkv_vbmi_reduce4(f[q][0], f[q][1], f[q][2], f[q][3]);
+            _mm_storeu_ps(outs[q] + i0, _mm_mul_ps(r, _mm_mul_ps(sc, _mm_set1_ps(qz[q].inv))));
         }
-    }
-    for (int t = 0; t < nf; t += 4) {
-        float r[4];
-        _mm_storeu_ps(r,
-                      tkv_vbmi_reduce4(*fl[t], *fl[t + 1 < nf ? t + 1 : t],
-                                       *fl[t + 2 < nf ? t + 2 : t], *fl[t + 3 < nf ? t + 3 : t]));
-        for (int u = 0; u < 4 && t + u < nf; u++) {
-            *dst[t + u] = mul[t + u] * r[u];
+    } else if (nk == 2) { /* two queries per reduction: lanes q k0, q k1, q' k0, q' k1 */
+        const __m128 sc2 = _mm_movelh_ps(sc, sc);
+        for (int q = 0; q < NQ; q += 2) {
+            const int q2 = q + 1 < NQ ? q + 1 : q;
+            const __m128 r = tkv_vbmi_reduce4(f[q][0], f[q][1], f[q2][0], f[q2][1]);
+            const __m128 inv = _mm_setr_ps(qz[q].inv, qz[q].inv, qz[q2].inv, qz[q2].inv);
+            const __m128 v = _mm_mul_ps(r, _mm_mul_ps(sc2, inv));
+            _mm_storel_pi((__m64 *)(void *)(outs[q] + i0), v);
+            _mm_storeh_pi((__m64 *)(void *)(outs[q2] + i0), v);
+        }
+    } else {
+        for (int q = 0; q < NQ; q++) {
+            const __m128 r = tkv_vbmi_reduce4(f[q][0], f[q][0], f[q][0], f[q][0]);
+            outs[q][i0] = _mm_cvtss_f32(_mm_mul_ps(r, _mm_mul_ps(sc, _mm_set1_ps(qz[q].inv))));
         }
     }
 }
@@ -208,8 +243,8 @@ TKV_INLINE void tkv_vbmi_scores_n(const tkv_code_layout *Lay, const float *const
     for (int q = 0; q < NQ; q++) {
         tkv_vbmi_query_init(qs[q], Lay->d, c.nblk, &qz[q]);
     }
-    /* keys per pass: 3 NQ nk int32 accumulators stay in registers */
-    const int NK = NQ == 1 ? 4 : 2;
+    /* keys per pass: four, one decode each, NQ reductions of four sums */
+    const int NK = 4;
     size_t i = 0;
     for (; i + (size_t)NK <= n; i += (size_t)NK) {
         tkv_vbmi_scores_keys(&c, Lay, codes, i, qz, outs, NK, NQ, N, P);
@@ -222,15 +257,15 @@ TKV_INLINE void tkv_vbmi_scores_n(const tkv_code_layout *Lay, const float *const
 /*
  * Weighted sums by integer dot products.  Rows are taken in chunks of up to
  * TKV_VBMI_CHUNK (rows some query needs, four at a time).  In a chunk, query q's weights
- * times the rows' scales are rounded to 23-bit fixed point against the chunk's largest
- * (F = 2^22 / max |w|, as the query of the scores) and split into three signed base-256
- * digits.  Four rows' biased bytes (v + 128) are interleaved so that dword lane j holds
- * coordinate j of the four rows; vpdpbusd with a dword of the four rows' digits adds
- * sum_k (v_kj + 128) digit_k to an int32 lane, which starts at -128 times the digit sum
- * of the chunk, so each lane ends exact: sum_k v_kj digit_k (|.| < 2^31 for
- * 4 * 64 rows).  At the end of a chunk the three int32 sums become floats
- * (d0 + 256 d1 + 65536 d2) / F.  The weights' rounding, |error| <= 2^-23 max|w| per row of
- * the chunk, is of the order of float rounding (kernels.h states the bound).
+ * times the rows' scales are rounded to fixed point against the chunk's largest (F =
+ * TKV_VBMI_FULL / max |w|, as the query of the scores) and split into TKV_VBMI_DIGITS
+ * signed base-256 digits.  Four rows' biased bytes (v + 128) are interleaved so that dword lane j
+ * holds coordinate j of the four rows; vpdpbusd with a dword of the four rows' digits adds sum_k
+ * (v_kj + 128) digit_k to an int32 lane, which starts at -128 times the digit sum of the chunk, so
+ * each lane ends exact: sum_k v_kj digit_k (|.| < 2^31 for 4 * 64 rows).  At the end of a chunk the
+ * digits' int32 sums become floats (d0 + 256 d1 + ...) / F.  The weights' rounding, |error| <=
+ * max|w| / (254 256^(D-1)) per row of the chunk, is below the fp16 rounding of the rows' scales
+ * (kernels.h states the bound).
  */
 #define TKV_VBMI_CHUNK 256
 
@@ -253,14 +288,15 @@ TKV_INLINE void tkv_vbmi_transpose4(const __m512i x[4], __m512i o[4]) {
  * registers. */
 TKV_INLINE void tkv_vbmi_sum_block(const tkv_vbmi_ctx *c, const tkv_code_layout *Lay,
                                    const uint8_t *const *code, int ng,
-                                   const int32_t (*dig)[3][TKV_VBMI_CHUNK / 4],
-                                   const int32_t (*bias)[3], const float (*unit)[3], uint32_t b,
+                                   const int32_t (*dig)[TKV_VBMI_DIGITS][TKV_VBMI_CHUNK / 4],
+                                   const int32_t (*bias)[TKV_VBMI_DIGITS],
+                                   const float (*unit)[TKV_VBMI_DIGITS], uint32_t b,
                                    __m512i (*tb)[4], float (*accf)[TKV_VBMI_MAX_D], const int NQ,
                                    const uint32_t N, const uint32_t P) {
     if (NQ <= 2) { /* 12 NQ accumulators fit in registers next to the rows' bytes */
-        __m512i acc[2][3][4];
+        __m512i acc[2][TKV_VBMI_DIGITS][4];
         for (int q = 0; q < NQ; q++) {
-            for (int p = 0; p < 3; p++) {
+            for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
                 for (int r = 0; r < 4; r++) {
                     acc[q][p][r] = _mm512_set1_epi32(bias[q][p]);
                 }
@@ -273,7 +309,7 @@ TKV_INLINE void tkv_vbmi_sum_block(const tkv_vbmi_ctx *c, const tkv_code_layout 
             }
             tkv_vbmi_transpose4(x, t);
             for (int q = 0; q < NQ; q++) {
-                for (int p = 0; p < 3; p++) {
+                for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
                     const __m512i dv = _mm512_set1_epi32(dig[q][p][g]);
                     for (int r = 0; r < 4; r++) {
                         acc[q][p][r] = _mm512_dpbusd_epi32(acc[q][p][r], t[r], dv);
@@ -285,7 +321,7 @@ TKV_INLINE void tkv_vbmi_sum_block(const tkv_vbmi_ctx *c, const tkv_code_layout 
             for (int r = 0; r < 4; r++) {
                 float *dst = accf[q] + 64 * b + 16 * r;
                 __m512 s = _mm512_load_ps(dst);
-                for (int p = 0; p < 3; p++) {
+                for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
                     s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[q][p][r]),
                                         _mm512_set1_ps(unit[q][p]), s);
                 }
@@ -302,14 +338,14 @@ TKV_INLINE void tkv_vbmi_sum_block(const tkv_vbmi_ctx *c, const tkv_code_layout 
         tkv_vbmi_transpose4(x, tb[g]);
     }
     for (int q = 0; q < NQ; q++) {
-        __m512i acc[3][4];
-        for (int p = 0; p < 3; p++) {
+        __m512i acc[TKV_VBMI_DIGITS][4];
+        for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
             for (int r = 0; r < 4; r++) {
                 acc[p][r] = _mm512_set1_epi32(bias[q][p]);
             }
         }
         for (int g = 0; g < ng; g++) {
-            for (int p = 0; p < 3; p++) {
+            for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
                 const __m512i dv = _mm512_set1_epi32(dig[q][p][g]);
                 for (int r = 0; r < 4; r++) {
                     acc[p][r] = _mm512_dpbusd_epi32(acc[p][r], tb[g][r], dv);
@@ -319,7 +355,7 @@ TKV_INLINE void tkv_vbmi_sum_block(const tkv_vbmi_ctx *c, const tkv_code_layout 
         for (int r = 0; r < 4; r++) {
             float *dst = accf[q] + 64 * b + 16 * r;
             __m512 s = _mm512_load_ps(dst);
-            for (int p = 0; p < 3; p++) {
+            for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
                 s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[p][r]), _mm512_set1_ps(unit[q][p]), s);
             }
             _mm512_store_ps(dst, s);
@@ -333,9 +369,9 @@ TKV_INLINE void tkv_vbmi_sum_chunk(const tkv_vbmi_ctx *c, const tkv_code_layout 
                                    const uint8_t **code, float (*wr)[TKV_VBMI_CHUNK], int m,
                                    float (*accf)[TKV_VBMI_MAX_D], const int NQ, const uint32_t N,
                                    const uint32_t P) {
-    _Alignas(64) int32_t dig[TKV_MAX_QUERIES][3][TKV_VBMI_CHUNK / 4];
-    int32_t bias[TKV_MAX_QUERIES][3];
-    float unit[TKV_MAX_QUERIES][3];
+    _Alignas(64) int32_t dig[TKV_MAX_QUERIES][TKV_VBMI_DIGITS][TKV_VBMI_CHUNK / 4];
+    int32_t bias[TKV_MAX_QUERIES][TKV_VBMI_DIGITS];
+    float unit[TKV_MAX_QUERIES][TKV_VBMI_DIGITS];
     const int m16 = (m + 15) & ~15;
     for (int i = m; i < m16; i++) { /* pad with weight-0 copies of a row */
         code[i] = code[0];
@@ -350,15 +386,17 @@ TKV_INLINE void tkv_vbmi_sum_chunk(const tkv_vbmi_ctx *c, const tkv_code_layout 
             mv = _mm512_max_ps(mv, _mm512_abs_ps(_mm512_loadu_ps(wr[q] + i)));
         }
         const float mx = _mm512_reduce_max_ps(mv);
-        const __m512 F = _mm512_set1_ps(mx > 0.0f ? 4194304.0f / mx : 0.0f);
-        __m512i sum[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+        const __m512 F = _mm512_set1_ps(mx > 0.0f ? TKV_VBMI_FULL / mx : 0.0f);
+        __m512i sum[TKV_VBMI_DIGITS];
+        for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
+            sum[p] = _mm512_setzero_si512();
+        }
         for (int i = 0; i < m16; i += 16) {
-            /* round to nearest (MXCSR default), then digits in -128..127 (the top one
-             * |.| <= 65) */
+            /* round to nearest (MXCSR default), then digits in -128..127 */
             __m512i Q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wr[q] + i), F));
-            for (int p = 0; p < 3; p++) {
+            for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
                 const __m512i dp =
-                    p == 2
+                    p == TKV_VBMI_DIGITS - 1
                         ? Q
                         : _mm512_sub_epi32(_mm512_and_si512(_mm512_add_epi32(Q, c128), c255), c128);
                 sum[p] = _mm512_add_epi32(sum[p], dp);
@@ -366,17 +404,18 @@ TKV_INLINE void tkv_vbmi_sum_chunk(const tkv_vbmi_ctx *c, const tkv_code_layout 
                 Q = _mm512_srai_epi32(_mm512_sub_epi32(Q, dp), 8); /* exact */
             }
         }
-        const float inv = mx > 0.0f ? mx / 4194304.0f : 0.0f;
-        for (int p = 0; p < 3; p++) {
+        const float inv = mx > 0.0f ? mx / TKV_VBMI_FULL : 0.0f;
+        for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
             bias[q][p] = -128 * _mm512_reduce_add_epi32(sum[p]);
             unit[q][p] = inv * (p == 0 ? 1.0f : p == 1 ? 256.0f : 65536.0f);
         }
     }
     __m512i tb[TKV_VBMI_CHUNK / 4][4];
     for (uint32_t b = 0; b < c->nblk; b++) {
-        tkv_vbmi_sum_block(c, Lay, code, m16 / 4, (const int32_t(*)[3][TKV_VBMI_CHUNK / 4]) dig,
-                           (const int32_t(*)[3])bias, (const float(*)[3])unit, b, tb, accf, NQ, N,
-                           P);
+        tkv_vbmi_sum_block(c, Lay, code, m16 / 4,
+                           (const int32_t(*)[TKV_VBMI_DIGITS][TKV_VBMI_CHUNK / 4]) dig,
+                           (const int32_t(*)[TKV_VBMI_DIGITS])bias,
+                           (const float(*)[TKV_VBMI_DIGITS])unit, b, tb, accf, NQ, N, P);
     }
 }
 
@@ -391,20 +430,48 @@ TKV_INLINE void tkv_vbmi_accum_n(const tkv_code_layout *Lay, const float *const 
     for (int q = 0; q < NQ; q++) {
         memset(accf[q], 0, dp * sizeof(float));
     }
-    const float ts = Lay->trellis->q8_scale;
+    /* the rows some query needs, 16 at a time: their scales by one gather, the kept
+     * rows' pointers and weights appended to the chunk by compresses (a scalar loop over
+     * rows cost as much as the sums at head_dim 64) */
+    const __m512 ts = _mm512_set1_ps(Lay->trellis->q8_scale), thr = _mm512_set1_ps(threshold);
+    const __m512i lstride =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32((int)Lay->stride));
+    const __m512i lstride0 = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(lstride));
+    const __m512i lstride1 = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(lstride, 1));
     const uint8_t *code[TKV_VBMI_CHUNK];
-    float wr[TKV_MAX_QUERIES][TKV_VBMI_CHUNK];
+    _Alignas(64) float wr[TKV_MAX_QUERIES][TKV_VBMI_CHUNK];
     int m = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!tkv_kc_row_needed(ws, NQ, i, threshold)) {
+    for (size_t i0 = 0; i0 < n; i0 += 16) {
+        const size_t left = n - i0;
+        const __mmask16 live = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        __m512 wv[TKV_MAX_QUERIES];
+        __mmask16 kq[TKV_MAX_QUERIES], need = 0;
+        for (int q = 0; q < NQ; q++) { /* |w| >= threshold (false for NaN, as in scalar) */
+            wv[q] = _mm512_maskz_loadu_ps(live, ws[q] + i0);
+            kq[q] = _mm512_mask_cmp_ps_mask(live, _mm512_abs_ps(wv[q]), thr, _CMP_GE_OQ);
+            need |= kq[q];
+        }
+        if (!need) {
             continue;
         }
-        code[m] = codes + i * Lay->stride;
-        const float sc = _cvtsh_ss(tkv_kc_u16(code[m] + Lay->scale_off)) * ts;
+        const uint8_t *base = codes + i0 * Lay->stride;
+        /* 4 bytes from each kept row's scale: the scale and 2 stream bytes */
+        const __m512i h = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), need, lstride,
+                                                      base + Lay->scale_off, 1);
+        const __m512 sc = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)), ts);
         for (int q = 0; q < NQ; q++) {
-            wr[q][m] = fabsf(ws[q][i]) >= threshold ? ws[q][i] * sc : 0.0f;
+            _mm512_storeu_ps(wr[q] + m,
+                             _mm512_maskz_compress_ps(need, _mm512_maskz_mul_ps(kq[q], wv[q], sc)));
         }
-        if (++m == TKV_VBMI_CHUNK) {
+        const __m512i pb = _mm512_set1_epi64((long long)(uintptr_t)base);
+        const __mmask8 n0 = (__mmask8)need, n1 = (__mmask8)(need >> 8);
+        _mm512_storeu_si512((void *)(code + m),
+                            _mm512_maskz_compress_epi64(n0, _mm512_add_epi64(pb, lstride0)));
+        _mm512_storeu_si512((void *)(code + m + __builtin_popcount(n0)),
+                            _mm512_maskz_compress_epi64(n1, _mm512_add_epi64(pb, lstride1)));
+        m += __builtin_popcount(need);
+        if (m > TKV_VBMI_CHUNK - 16) { /* the next 16 must fit */
             tkv_vbmi_sum_chunk(&c, Lay, code, wr, m, accf, NQ, N, P);
             m = 0;
         }

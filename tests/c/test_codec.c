@@ -457,6 +457,32 @@ static void test_scores(void) {
                       ce / n);
             CHECK_MSG(worst < 0.02, "%s: int8 scores differ from decoded dot by %g (relative)",
                       tkv_codec_name(id), worst);
+        } else if (tkv_trellis_fixed(tkv_codec_kernels_active(), &cc->layout)) {
+            /* 16-bit fixed-point query (kernels.h): per score at most max|q_rot| / 65024 times
+             * sum_j |decoded rotated element|, here bounded by |q| sqrt(d) |dec| (orthogonal
+             * rotation); its mean square must be a negligible part of the codec's */
+            double qn = 0, worst_fx = 0;
+            for (uint32_t j = 0; j < d; j++) {
+                qn += (double)q[j] * q[j];
+            }
+            for (size_t i = 0; i < n; i++) {
+                double via_decode = 0, mag = 0, dn = 0;
+                for (uint32_t j = 0; j < d; j++) {
+                    via_decode += (double)q[j] * dec[i * d + j];
+                    mag += fabs((double)q[j] * dec[i * d + j]);
+                    dn += (double)dec[i * d + j] * dec[i * d + j];
+                }
+                const double bound =
+                    1.001 * sqrt(qn * d * dn) / (2.0 * TKV_TRELLIS_FIXED_FULL) + 1e-5 * mag;
+                worst_fx = fmax(worst_fx, fabs(scores[i] - via_decode) / bound);
+            }
+            printf("%s d=%u fixed-point scores: added score MSE %.3g = %.4f%% of the codec's %.3g, "
+                   "worst %.2f of the bound\n",
+                   tkv_codec_name(id), d, ae / n, 100.0 * ae / ce, ce / n, worst_fx);
+            CHECK_MSG(worst_fx <= 1.0, "%s: fixed-point scores beyond their bound (%.3g of it)",
+                      tkv_codec_name(id), worst_fx);
+            CHECK_MSG(ae < 1e-4 * ce, "%s: fixed-point score error %.3g vs the codec's %.3g",
+                      tkv_codec_name(id), ae / n, ce / n);
         } else {
             CHECK_MSG(worst < 1e-5, "%s: scores differ from decoded dot by %g (relative)",
                       tkv_codec_name(id), worst);

@@ -71,11 +71,15 @@ static int near_rel(double a, double b, double mag) {
     return fabs(a - b) <= REL_TOL * mag + 1e-30;
 }
 
-/* The bf16 (or int8) rounding bound of accumulator element j (kernels.h), 0 when the table
- * sums this layout in fp32.  dec: the rows' scalar decodes, `width` floats apart. */
+/* The bf16 (int8, or trellis fixed-point) rounding bound of accumulator element j
+ * (kernels.h), 0 when the table sums this layout in fp32.  dec: the rows' scalar decodes,
+ * `width` floats apart. */
 static double bf16_bound(const tkv_codec_kernels *K, const tkv_code_layout *L, const float *w,
                          float threshold, const uint8_t *codes, const float *dec, size_t width,
                          size_t n, uint32_t j) {
+    if (tkv_trellis_fixed(K, L)) {
+        return tkv_trellis_fixed_accum_bound(L, w, threshold, codes, n, j);
+    }
     if (tkv_turbo_accum_i8(K, L)) { /* int8 weights and codebook instead */
         return tkv_turbo_accum_i8_bound(L, w, threshold, codes, n, j);
     }
@@ -91,10 +95,13 @@ static double bf16_bound(const tkv_codec_kernels *K, const tkv_code_layout *L, c
     return s / 128.0;
 }
 
-/* The int8 rounding bound of one score of q against the turbo code (kernels.h), 0 when the
- * table scores this layout in fp32. */
+/* The int8 (or trellis fixed-point) rounding bound of one score of q against the code
+ * (kernels.h), 0 when the table scores this layout in fp32. */
 static double i8_bound(const tkv_codec_kernels *K, const tkv_code_layout *L, const float *q,
                        const uint8_t *code) {
+    if (tkv_trellis_fixed(K, L)) {
+        return tkv_trellis_fixed_scores_bound(L, q, code);
+    }
     if (!tkv_turbo_scores_i8(K, L)) {
         return 0.0;
     }
@@ -436,6 +443,12 @@ static void test_matvec(const tkv_codec_kernels *K, const tkv_codec_kernels *S, 
  */
 #define N_RAW 13
 
+/* The fixed-point trellis scores' rounding bound (kernels.h), 0 for other kernels. */
+static double raw_score_bound(const tkv_codec_kernels *K, const tkv_code_layout *L, const float *q,
+                              const uint8_t *code) {
+    return tkv_trellis_fixed(K, L) ? tkv_trellis_fixed_scores_bound(L, q, code) : 0.0;
+}
+
 static void test_arbitrary_bytes(const tkv_codec_kernels *K, int32_t id, uint32_t d) {
     struct tkv_codec c;
     CHECK_OK(tkv_codec_init(&c, id, d, 77));
@@ -506,8 +519,10 @@ static void test_arbitrary_bytes(const tkv_codec_kernels *K, int32_t id, uint32_
                 mag += fabs((double)q[j] * dec[(size_t)i * width + j]);
             }
             if (isfinite(mag) && mag < 1e30) {
-                CHECK_MSG(near_rel(tmp[i], out[i], mag), "%s %s d=%u multi score %d: %g vs %g",
-                          K->isa, c.desc->name, d, i, (double)tmp[i], (double)out[i]);
+                const double fx = 2.0 * raw_score_bound(K, L, q, codes + (size_t)i * stride);
+                CHECK_MSG(fabs((double)tmp[i] - out[i]) <= REL_TOL * mag + fx + 1e-30,
+                          "%s %s d=%u multi score %d: %g vs %g", K->isa, c.desc->name, d, i,
+                          (double)tmp[i], (double)out[i]);
             }
         }
     }
@@ -522,7 +537,8 @@ static void test_arbitrary_bytes(const tkv_codec_kernels *K, int32_t id, uint32_
             continue;
         }
         compared++;
-        if (!isfinite(out[i]) || !near_rel(out[i], ref, mag)) {
+        const double fx = raw_score_bound(K, L, q, codes + (size_t)i * stride);
+        if (!isfinite(out[i]) || !(fabs(out[i] - ref) <= REL_TOL * mag + fx + 1e-30)) {
             if (bad++ < 3) {
                 fprintf(stderr, "  %s %s d=%u raw scores[%d]: %.9g vs reference %.9g\n", K->isa,
                         c.desc->name, d, i, (double)out[i], ref);
@@ -561,9 +577,13 @@ static void test_arbitrary_bytes(const tkv_codec_kernels *K, int32_t id, uint32_
                 mag += fabs((double)w[i] * dec[(size_t)i * width + j]);
             }
         }
-        bad += !isfinite(acc[j]) || !near_rel(acc[j], ref, mag);
+        /* the fixed-point trellis sums (kernels.h): their rounding bound on top */
+        const double fx = tkv_trellis_fixed(K, L)
+                              ? tkv_trellis_fixed_accum_bound(L, w, 1e-3f, codes, N_RAW, j)
+                              : 0.0;
+        bad += !isfinite(acc[j]) || !(fabs(acc[j] - ref) <= REL_TOL * mag + fx + 1e-30);
         if (K->accum_multi[L->format]) {
-            bad += !isfinite(acc2[j]) || !near_rel(acc2[j], ref, mag);
+            bad += !isfinite(acc2[j]) || !(fabs(acc2[j] - ref) <= REL_TOL * mag + fx + 1e-30);
         }
     }
     CHECK_MSG(bad == 0, "%s %s d=%u: %d accumulator elements of arbitrary bytes off the reference",

@@ -96,23 +96,9 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
         }
         const int i8 = tkv_turbo_scores_i8(K, L), b16 = tkv_turbo_accum_bf16(K, L),
                   a8 = tkv_turbo_accum_i8(K, L);
-        /* trellis kernels with integer dot products (kernels.h): 23-bit fixed point of the
-         * query per coordinate and of w_i * scale_i against the largest of a 256-row chunk;
-         * bounded here by 2^-21 x the largest |q| (|w|) x the largest |decoded element| */
-        const int tcq = (tkv_codec_flags(tkv_codec_id(c)) & TKV_CODEC_FLAG_TRELLIS) != 0 &&
-                        K != S;
-        double max_q = 0.0, max_w = 0.0, max_dec = 0.0;
-        for (uint32_t j = 0; j < width; j++) {
-            max_q = fmax(max_q, fabs((double)qprep[j]));
-        }
-        for (size_t i = 0; i < n; i++) {
-            max_w = fmax(max_w, fabs((double)w[i]));
-            for (uint32_t j = 0; j < width; j++) {
-                max_dec = fmax(max_dec, fabs((double)dec[i][j]));
-            }
-        }
-        const double tcq_score = tcq ? ldexp(max_q * max_dec * width, -21) : 0.0;
-        const double tcq_accum = tcq ? ldexp(max_w * max_dec * (double)n, -21) : 0.0;
+        /* trellis kernels with integer dot products (kernels.h): fixed point of the query
+         * per coordinate and of w_i * scale_i against the largest of a 256-row chunk */
+        const int tcq = tkv_trellis_fixed(K, L);
         K->scores[L->format](L, qprep, codes, n, s_isa);
         for (size_t i = 0; i < n; i++) {
             double mag = 0.0;
@@ -120,6 +106,8 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
                 mag += fabs((double)qprep[j] * dec[i][j]);
             }
             const double extra = i8 ? i8_score_bound(qprep, dec[i], width) : 0.0;
+            const double tcq_score =
+                tcq ? tkv_trellis_fixed_scores_bound(L, qprep, codes + i * L->stride) : 0.0;
             REQUIRE(fabs(s_isa[i] - s_ref[i]) <= TOL * mag + extra + tcq_score + 1e-30);
         }
         memset(a_isa, 0, sizeof a_isa);
@@ -130,6 +118,8 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
                 mag += fabsf(w[i]) >= threshold ? fabs((double)w[i] * dec[i][j]) : 0.0;
             }
             const double extra = a8 ? tkv_turbo_accum_i8_bound(L, w, threshold, codes, n, j) : 0.0;
+            const double tcq_accum =
+                tcq ? tkv_trellis_fixed_accum_bound(L, w, threshold, codes, n, j) : 0.0;
             REQUIRE(fabs(a_isa[j] - a_ref[j]) <=
                     (TOL + (b16 ? 1.0 / 128 : 0.0)) * mag + extra + tcq_accum + 1e-30);
         }
@@ -154,6 +144,8 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
                         mag += fabs((double)qprep[j] * dec[i][j]);
                     }
                     const double extra = i8 ? i8_score_bound(qprep, dec[i], width) : 0.0;
+                    const double tcq_score =
+                        tcq ? tkv_trellis_fixed_scores_bound(L, qprep, codes + i * L->stride) : 0.0;
                     REQUIRE(fabs(so[m][i] - s_ref[i]) <= TOL * mag + extra + tcq_score + 1e-30);
                 }
                 for (uint32_t j = 0; j < width; j++) {
@@ -163,6 +155,8 @@ static void compare_isas(const struct tkv_codec *c, const uint8_t *codes, size_t
                     }
                     const double extra =
                         a8 ? tkv_turbo_accum_i8_bound(L, w, threshold, codes, n, j) : 0.0;
+                    const double tcq_accum =
+                        tcq ? tkv_trellis_fixed_accum_bound(L, w, threshold, codes, n, j) : 0.0;
                     REQUIRE(fabs(ao[m][j] - a_ref[j]) <=
                             (TOL + (b16 ? 1.0 / 128 : 0.0)) * mag + extra + tcq_accum + 1e-30);
                 }
