@@ -496,7 +496,10 @@ TKV_API size_t tkv_cache_bytes_used(const tkv_cache *cache);
 TKV_API size_t tkv_cache_bytes_per_token(const tkv_cache *cache);
 TKV_API size_t tkv_cache_bytes_allocated(const tkv_cache *cache);
 
-/* Drop every token at position >= n_tokens (no-op when n_tokens >= the count).  Since 0.1. */
+/* Drop every token at position >= n_tokens (no-op when n_tokens >= the count).  Since 0.1.
+ * A model with sliding-window layers (Gemma 3, Mistral) keeps only their last
+ * window - 1 + 256 positions: a cut below the first position whose window they still hold
+ * is TKV_ERR_INVALID_ARGUMENT naming the least allowed count (0 is always allowed). */
 TKV_API tkv_status tkv_cache_truncate(tkv_cache *cache, uint32_t n_tokens);
 
 /* ==================================================================================
@@ -568,7 +571,9 @@ TKV_API void tkv_session_free(tkv_session *session);
  * TKV_ERR_CACHE_FULL when the tokens do not fit (nothing is appended then),
  * TKV_ERR_INVALID_ARGUMENT for token ids outside the vocabulary, TKV_ERR_BAD_FORMAT when
  * the model produces a non-finite logit (weights out of range; since 0.5): the cache is
- * left as it was before the call on every error.  Since 0.1.
+ * left as it was before the call on every error, except that a model with sliding-window
+ * layers whose failed call appended more than 256 positions before failing empties the
+ * cache (the message says so): its layers no longer hold the earlier windows.  Since 0.1.
  */
 TKV_API tkv_status tkv_session_eval(tkv_session *session, const int32_t *tokens, int64_t n,
                                     uint32_t flags);

@@ -231,6 +231,12 @@ tkv_status tkv_cache_create(const tkv_model *model, const tkv_cache_params *para
     if (st == TKV_OK) {
         st = tkv_kv_set_levers(&c->kv, params->sink_tokens, &calib);
     }
+    /* sliding-window layers keep only their window (and the batch being appended) */
+    for (uint32_t l = 0; st == TKV_OK && l < model->hp.n_layer; l++) {
+        if (model->layers[l].sliding) {
+            st = tkv_kv_set_layer_span(&c->kv, l, model->hp.n_swa, TKV_KV_SLIDING_BATCH);
+        }
+    }
     if (st != TKV_OK) {
         tkv_kv_release(&c->kv);
         free(c);
@@ -275,6 +281,12 @@ size_t tkv_cache_bytes_allocated(const tkv_cache *c) { return c ? tkv_kv_bytes_a
 
 tkv_status tkv_cache_truncate(tkv_cache *cache, uint32_t n_tokens) {
     TKV_REQUIRE(cache, TKV_ERR_INVALID_ARGUMENT, "tkv_cache_truncate: cache is NULL");
+    const uint32_t floor = tkv_kv_truncate_floor(&cache->kv);
+    TKV_REQUIRE(n_tokens == 0 || n_tokens >= tkv_kv_n_tokens(&cache->kv) || n_tokens >= floor,
+                TKV_ERR_INVALID_ARGUMENT,
+                "tkv_cache_truncate: %u tokens: the sliding-window layers keep only their last "
+                "positions and can be cut back to %u at the least (or to 0)",
+                n_tokens, floor);
     if (n_tokens < tkv_kv_n_tokens(&cache->kv)) {
         cache->loaded_hash = 0; /* no longer what was loaded */
     }

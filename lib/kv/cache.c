@@ -7,7 +7,9 @@
  * cache seed per (layer, head, K/V) with SplitMix64, so a cache's bytes can be decoded
  * by any process that knows the seed.  Keys are stored in their calibration block's
  * space (kv/calib.c owns the offsets and scales); sinks, codes and window all hold
- * calibrated keys.
+ * calibrated keys.  A sliding-window layer's codes are a ring (tkv_kv_set_layer_span):
+ * position p in row p % ring, every writer and reader going through tkv_kv_row, runs of
+ * codes ending where the ring wraps.
  */
 #include "kv/cache.h"
 
@@ -52,18 +54,46 @@ static void tkv_kv_shared_unref(struct tkv_kv_shared *sh) {
     free(sh);
 }
 
+/* The row of the layer's own code arrays that holds compressed position pos. */
+static size_t tkv_kv_row(const tkv_kv_layer *L, uint32_t pos) {
+    return L->ring ? pos % L->ring : pos - L->n_shared;
+}
+
+/* Rows of the layer's own code arrays in use. */
+static uint32_t tkv_kv_own_rows(const tkv_kv_layer *L) {
+    if (L->ring) {
+        return L->n_comp < L->ring ? L->n_comp : L->ring;
+    }
+    return L->n_comp - L->n_shared;
+}
+
+/* A ring layer is about to write the codes of positions up to end - 1: the positions
+ * whose rows they take are lost (before the write, so that a write that fails part-way
+ * never leaves a lost position counted as held). */
+static void tkv_kv_ring_writes(tkv_kv_layer *L, uint32_t end) {
+    if (L->ring && end > L->n_lost + L->ring) {
+        L->n_lost = end - L->ring;
+    }
+}
+
 const uint8_t *tkv_kv_code_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind,
                                uint32_t pos, uint32_t end, uint32_t *run) {
     const tkv_kv_layer *L = &c->layers[layer];
     const size_t i = (size_t)layer * c->n_head_kv + head;
     const tkv_kv_head *hd = &c->heads[i];
     const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
+    const uint8_t *own = kind ? hd->v_codes : hd->k_codes;
+    if (L->ring) { /* contiguous up to the ring's last row */
+        const uint32_t row = pos % L->ring;
+        *run = end - pos < L->ring - row ? end - pos : L->ring - row;
+        return own + (size_t)row * stride;
+    }
     if (pos < L->n_shared) {
         *run = (end < L->n_shared ? end : L->n_shared) - pos;
         return c->shared->codes[kind][i] + (size_t)pos * stride;
     }
     *run = end - pos;
-    return (kind ? hd->v_codes : hd->k_codes) + (size_t)(pos - L->n_shared) * stride;
+    return own + (size_t)(pos - L->n_shared) * stride;
 }
 
 tkv_status tkv_kv_init(tkv_kv_cache *c, uint32_t n_layer, uint32_t n_head_kv, uint32_t head_dim,
@@ -151,6 +181,34 @@ void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t he
     tkv_calib_block(&c->calib, layer, head, block, mu, s);
 }
 
+tkv_status tkv_kv_set_layer_span(tkv_kv_cache *c, uint32_t layer, uint32_t span, uint32_t batch) {
+    TKV_REQUIRE(!c->allocated, TKV_ERR_INVALID_ARGUMENT,
+                "cache: a layer's window can only be set before the first token is written");
+    TKV_REQUIRE(span >= 1 && batch >= 1, TKV_ERR_INVALID_ARGUMENT,
+                "cache: layer %u window of %u positions, batch %u", layer, span, batch);
+    tkv_kv_layer *L = &c->layers[layer];
+    L->span = span;
+    const uint64_t ring = (uint64_t)span - 1 + batch;
+    L->ring = ring < c->capacity ? (uint32_t)ring : 0;
+    return TKV_OK;
+}
+
+uint32_t tkv_kv_append_limit(const tkv_kv_cache *c, uint32_t layer) {
+    const tkv_kv_layer *L = &c->layers[layer];
+    return L->ring ? L->ring - (L->span - 1) : UINT32_MAX;
+}
+
+uint32_t tkv_kv_truncate_floor(const tkv_kv_cache *c) {
+    uint32_t floor = 0;
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        const tkv_kv_layer *L = &c->layers[l];
+        /* positions before n_sink are sinks, never in the ring */
+        const uint32_t need = L->ring && L->n_lost > c->n_sink ? L->n_lost + L->span - 1 : 0;
+        floor = need > floor ? need : floor;
+    }
+    return floor;
+}
+
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
                                    int32_t v_codec) {
     TKV_REQUIRE(!c->allocated, TKV_ERR_INVALID_ARGUMENT,
@@ -209,16 +267,18 @@ static tkv_status tkv_kv_allocate(tkv_kv_cache *c) {
 }
 
 /* Room in the layer's own code arrays for compressed positions up to `need` (those
- * before n_shared live in the shared prefix). */
+ * before n_shared live in the shared prefix; a ring layer needs at most its ring). */
 static tkv_status tkv_kv_grow(tkv_kv_cache *c, uint32_t layer, uint32_t need) {
     tkv_kv_layer *L = &c->layers[layer];
     need = need > L->n_shared ? need - L->n_shared : 0;
+    const uint32_t rows = L->ring ? L->ring : c->capacity;
+    need = need < rows ? need : rows;
     if (need <= L->n_alloc) {
         return TKV_OK;
     }
     uint32_t n_alloc = (need + TKV_KV_GROW_TOKENS - 1) / TKV_KV_GROW_TOKENS * TKV_KV_GROW_TOKENS;
-    if (n_alloc > c->capacity) {
-        n_alloc = c->capacity;
+    if (n_alloc > rows) {
+        n_alloc = rows;
     }
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
@@ -312,13 +372,14 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     for (uint32_t h = 0; evict && h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const uint32_t old = L->n_comp;
-        const size_t slot = (size_t)(old % c->window) * d;
+        const size_t slot = (size_t)(old % c->window) * d, row = tkv_kv_row(L, old);
+        tkv_kv_ring_writes(L, old + 1);
         tkv_fp16_to_f32_row(hd->k_window + slot, d, sc.row);
-        TKV_TRY(tkv_codec_encode_one(
-            &hd->k_codec, sc.row, hd->k_codes + (size_t)(old - L->n_shared) * hd->k_codec.layout.stride, sc.codec));
+        TKV_TRY(tkv_codec_encode_one(&hd->k_codec, sc.row,
+                                     hd->k_codes + row * hd->k_codec.layout.stride, sc.codec));
         tkv_fp16_to_f32_row(hd->v_window + slot, d, sc.row);
-        TKV_TRY(tkv_codec_encode_one(
-            &hd->v_codec, sc.row, hd->v_codes + (size_t)(old - L->n_shared) * hd->v_codec.layout.stride, sc.codec));
+        TKV_TRY(tkv_codec_encode_one(&hd->v_codec, sc.row,
+                                     hd->v_codes + row * hd->v_codec.layout.stride, sc.codec));
     }
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
@@ -334,10 +395,12 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
             continue;
         }
         if (c->window == 0) {
-            TKV_TRY(tkv_codec_encode_one(
-                &hd->k_codec, kh, hd->k_codes + (size_t)(pos - L->n_shared) * hd->k_codec.layout.stride, sc.codec));
-            TKV_TRY(tkv_codec_encode_one(
-                &hd->v_codec, vh, hd->v_codes + (size_t)(pos - L->n_shared) * hd->v_codec.layout.stride, sc.codec));
+            const size_t row = tkv_kv_row(L, pos);
+            tkv_kv_ring_writes(L, pos + 1);
+            TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh,
+                                         hd->k_codes + row * hd->k_codec.layout.stride, sc.codec));
+            TKV_TRY(tkv_codec_encode_one(&hd->v_codec, vh,
+                                         hd->v_codes + row * hd->v_codec.layout.stride, sc.codec));
             continue;
         }
         const size_t slot = (size_t)(pos % c->window) * d;
@@ -387,10 +450,11 @@ static tkv_status tkv_kv_store_one(tkv_kv_cache *c, uint32_t layer, uint32_t pos
         memcpy(hd->v_sink + (size_t)pos * d, vh, d * sizeof(float));
         return TKV_OK;
     }
-    TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh,
-                                 hd->k_codes + (size_t)(pos - L->n_shared) * hd->k_codec.layout.stride, sc.codec));
-    return tkv_codec_encode_one(&hd->v_codec, vh,
-                                hd->v_codes + (size_t)(pos - L->n_shared) * hd->v_codec.layout.stride, sc.codec);
+    const size_t row = tkv_kv_row(L, pos);
+    TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh, hd->k_codes + row * hd->k_codec.layout.stride,
+                                 sc.codec));
+    return tkv_codec_encode_one(&hd->v_codec, vh, hd->v_codes + row * hd->v_codec.layout.stride,
+                                sc.codec);
 }
 
 static void tkv_kv_batch_task(void *ctx, int ith, int nth) {
@@ -425,6 +489,10 @@ tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, u
     tkv_kv_layer *L = &c->layers[layer];
     TKV_REQUIRE(pos0 == L->n, TKV_ERR_INTERNAL, "cache: layer %u appends position %u at %u", layer,
                 pos0, L->n);
+    /* a ring's rows would be written twice, by two threads */
+    TKV_REQUIRE(n <= tkv_kv_append_limit(c, layer), TKV_ERR_INTERNAL,
+                "cache: layer %u appends %u positions at once, its ring takes %u", layer, n,
+                tkv_kv_append_limit(c, layer));
     /* the checks of tkv_kv_append, position by position: the first failing one is the
      * error and the positions before it are appended */
     uint32_t ok = 0;
@@ -460,6 +528,7 @@ tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, u
             TKV_TRY(
                 tkv_calib_reserve(&c->calib, layer, tkv_kv_calib_block_of(c, pos0 + ok - 1) + 1));
         }
+        tkv_kv_ring_writes(L, pos0 + ok); /* the rows every part may write */
         tkv_kv_batch_job job = {c, layer, pos0, ok, k, v, scratch, {0}};
         const int parts = ok * c->n_head_kv > 1 ? nth : 1;
         if (parts > 1) {
@@ -527,6 +596,9 @@ void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
         }
         if (n < L->n_shared) {
             tkv_kv_unshare_tail(c, l, n);
+        }
+        if (n <= c->n_sink) {
+            L->n_lost = 0; /* no code position left: nothing in the ring is missing */
         }
         L->n = n;
         tkv_calib_truncate(&c->calib, l, n);
@@ -609,8 +681,10 @@ size_t tkv_kv_bytes_used(const tkv_kv_cache *c) {
     for (uint32_t l = 0; l < c->n_layer; l++) {
         const tkv_kv_layer *L = &c->layers[l];
         const uint32_t sinks = L->n_comp < c->n_sink ? L->n_comp : c->n_sink;
+        uint32_t held = L->n_lost > sinks ? L->n_lost : sinks; /* first code position held */
+        held = held < L->n_comp ? held : L->n_comp;
         total += (size_t)sinks * sink_token;
-        total += (size_t)(L->n_comp - sinks) * tkv_layer_token_bytes(c, l);
+        total += (size_t)(L->n_comp - held) * tkv_layer_token_bytes(c, l);
         total += (size_t)(L->n - L->n_comp) * window_token;
         total += tkv_calib_bytes_used(&c->calib, l, L->n);
     }
@@ -629,6 +703,9 @@ int tkv_kv_shares_prefix(const tkv_kv_cache *a, const tkv_kv_cache *b) {
  * value sums, which pair rows), so a fork sums in the same order as an unforked cache
  * and gives the same bits; the few positions past it are copied into each fork. */
 static uint32_t tkv_kv_share_end(const tkv_kv_cache *c, const tkv_kv_layer *L) {
+    if (L->ring) {
+        return L->n_shared; /* 0: its rows are overwritten, so they are copied, not shared */
+    }
     const uint32_t s0 = L->n_comp < c->n_sink ? L->n_comp : c->n_sink;
     const uint32_t m = s0 + (L->n_comp - s0) / TKV_KV_SHARE_ALIGN * TKV_KV_SHARE_ALIGN;
     return m > L->n_shared ? m : L->n_shared;
@@ -802,7 +879,7 @@ tkv_status tkv_kv_fork(tkv_kv_cache *src, tkv_kv_cache *dst) {
                 memcpy(b->v_window, a->v_window, nw * sizeof(uint16_t));
             }
             if (L->n_comp > L->n_shared) {
-                const size_t own = L->n_comp - L->n_shared;
+                const size_t own = tkv_kv_own_rows(L);
                 memcpy(b->k_codes, a->k_codes, own * a->k_codec.layout.stride);
                 memcpy(b->v_codes, a->v_codes, own * a->v_codec.layout.stride);
             }

@@ -43,6 +43,12 @@ typedef struct tkv_kv_layer {
     uint32_t n_shared;   /* codes of positions [0, n_shared) live in the cache's shared prefix
                             (forks share them); the heads' own code arrays hold positions
                             [n_shared, n_comp) at index pos - n_shared */
+    uint32_t span;       /* sliding-window layer: positions a query attends to, its own
+                            included (0: every position) */
+    uint32_t ring;       /* code rows kept: position p in row p % ring, older positions are
+                            overwritten (0: no ring; a ring layer never shares its codes) */
+    uint32_t n_lost;     /* ring layers: code positions [0, n_lost) were overwritten (the
+                            ring holds [max(n_sink, n_lost), n_comp)) */
 } tkv_kv_layer;
 
 typedef struct tkv_kv_cache {
@@ -78,6 +84,23 @@ void tkv_kv_release(tkv_kv_cache *c);
  * kv/calib.h (its n_sink is taken from here).
  */
 tkv_status tkv_kv_set_levers(tkv_kv_cache *c, uint32_t n_sink, const tkv_calib_params *calib);
+/*
+ * Sliding-window layer: attention reads only the last `span` positions (the query's own
+ * included) and at most `batch` positions are appended before attention reads them
+ * (tkv_kv_append_limit), so the layer keeps span - 1 + batch code rows in a ring and its
+ * memory grows with the window, not the context.  Positions that left the ring are gone:
+ * truncation cannot go below tkv_kv_truncate_floor.  Before the first write; no ring when it
+ * would not be smaller than the capacity (span is kept either way).
+ */
+#define TKV_KV_SLIDING_BATCH 256 /* positions appended before attention reads them */
+tkv_status tkv_kv_set_layer_span(tkv_kv_cache *c, uint32_t layer, uint32_t span, uint32_t batch);
+/* Positions of `layer` that may be appended (tkv_kv_append_batch, or as many
+ * tkv_kv_append calls) before attention reads them: UINT32_MAX when the layer keeps every
+ * position. */
+uint32_t tkv_kv_append_limit(const tkv_kv_cache *c, uint32_t layer);
+/* The smallest n > 0 that tkv_kv_truncate may cut to: below it a ring layer no longer
+ * holds the window of position n (0 while no ring has overwritten a code position). */
+uint32_t tkv_kv_truncate_floor(const tkv_kv_cache *c);
 /* Change one layer's codecs; only before the first write. */
 tkv_status tkv_kv_set_layer_codecs(tkv_kv_cache *c, uint32_t layer, int32_t k_codec,
                                    int32_t v_codec);
@@ -110,6 +133,7 @@ void tkv_kv_block_calibration(const tkv_kv_cache *c, uint32_t layer, uint32_t he
 tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const float *k,
                          const float *v, float *scratch);
 /* Append positions pos0 .. pos0 + n - 1 of one layer (k and v: (n, n_head_kv, head_dim)),
+ * n <= tkv_kv_append_limit,
  * the same as n calls of tkv_kv_append -- the same bytes, the same error and the positions
  * before it kept (except out of memory, checked for the whole batch first) -- with the
  * encodes spread over pool (NULL: this thread).  With an fp16 window, or a pool of more
@@ -126,23 +150,26 @@ tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, u
 tkv_status tkv_kv_reserve(tkv_kv_cache *c, uint32_t layer, uint32_t positions);
 /* Codes of compressed position pos of (layer, head), K (kind 0) or V (kind 1), and in *run
  * how many positions from pos up to end (<= the layer's n_comp) follow contiguously (a
- * fork's shared prefix, then the cache's own codes). */
+ * fork's shared prefix, then the cache's own codes; a ring's rows up to where it wraps).
+ * A ring layer holds positions from max(n_sink, n_lost) only. */
 const uint8_t *tkv_kv_code_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind,
                                uint32_t pos, uint32_t end, uint32_t *run);
 /*
  * Fork: *dst becomes a cache holding what src holds, sharing src's compressed positions
  * instead of copying them (src's own codes move into a reference-counted prefix both read,
  * ending a multiple of TKV_KV_SHARE_ALIGN positions after the sinks; sinks, window,
- * calibration and the few codes past the prefix are copied).  Each then appends its own
- * positions; a truncation into the prefix only shortens what a cache reads of it.  The
- * prefix is freed with the last cache that reads it.
+ * calibration and the few codes past the prefix are copied).  Ring layers are copied
+ * whole: their rows are overwritten as positions are appended, so they cannot be shared.
+ * Each then appends its own positions; a truncation into the prefix only shortens what a
+ * cache reads of it.  The prefix is freed with the last cache that reads it.
  */
 tkv_status tkv_kv_fork(tkv_kv_cache *src, tkv_kv_cache *dst);
 /* 1 when both caches read the same shared prefix (one was forked from the other). */
 int tkv_kv_shares_prefix(const tkv_kv_cache *a, const tkv_kv_cache *b);
 /* Bytes of the shared prefix this cache reads (0 without one), once however many forks. */
 size_t tkv_kv_bytes_shared(const tkv_kv_cache *c);
-/* Drop every position >= n (all layers), with the calibration rules of tkv_calib_truncate. */
+/* Drop every position >= n (all layers), with the calibration rules of tkv_calib_truncate;
+ * n = 0 or n >= tkv_kv_truncate_floor (the caller checks). */
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n);
 uint32_t tkv_kv_n_tokens(const tkv_kv_cache *c);
 
@@ -178,8 +205,8 @@ void tkv_kv_key_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, uint32
 void tkv_kv_value_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, uint32_t t, uint32_t t1,
                       tkv_kv_run *run);
 
-/* Bytes the stored positions take (codes, sinks, window entries in use and the
- * calibration blocks set). */
+/* Bytes the stored positions take (codes -- of a ring layer those it still holds --,
+ * sinks, window entries in use and the calibration blocks set). */
 size_t tkv_kv_bytes_used(const tkv_kv_cache *c);
 /* Bytes one more compressed position costs over all layers and heads. */
 size_t tkv_kv_bytes_per_token(const tkv_kv_cache *c);

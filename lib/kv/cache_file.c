@@ -11,10 +11,15 @@
  *       codes differently is refused rather than read as garbage.
  * CONF: u32 capacity, window, n_sink, calibration block, levers (bit 0 centering, bit 1
  *       smoothing), f32 smoothing alpha, f32 sparse-V threshold, u64 seed, then per layer
- *       i32 K codec id, i32 V codec id.
- * LAYR: u32 n, n_comp, n_calib, stat_block, stat_n; when n > 0, per KV head: K sink rows
- *       and V sink rows (s0 x d f32, s0 = min(n_sink, n_comp)), K codes and V codes of
- *       positions [s0, n_comp) (each vector as its codec writes it), K and V fp16 window
+ *       i32 K codec id, i32 V codec id, u32 span, u32 ring (the layer's sliding window and
+ *       its ring of code rows, 0 = none; version 2 on: version 1 files take them from the
+ *       model).
+ * LAYR: u32 n, n_comp, n_calib, stat_block, stat_n, n_lost (version 2 on); when n > 0, per
+ *       KV head: K sink rows and V sink rows (s0 x d f32, s0 = min(n_sink, n_comp)), K
+ *       codes and V codes of positions [c0, n_comp), c0 = min(max(s0, n_lost), n_comp): a
+ *       ring layer's codes before n_lost were overwritten (version 1: c0 = s0, and a ring
+ *       layer keeps what its ring holds of them) (each vector as its codec writes it), K
+ *       and V fp16 window
  *       rows of positions [n_comp, n) in position order; then the layer's calibration
  *       (kv/calib.h), block-major: with centering n_calib x n_head_kv x d fp16 offsets,
  *       with smoothing as many fp16 scales, and with a lever and calibration blocks on
@@ -101,6 +106,14 @@ static size_t tkv_layer_sink_count(const tkv_kv_cache *c, const tkv_kv_layer *L)
     return L->n_comp < c->n_sink ? L->n_comp : c->n_sink;
 }
 
+/* The first compressed position whose codes the layer holds (a ring lost those before
+ * n_lost). */
+static uint32_t tkv_layer_first_code(const tkv_kv_cache *c, const tkv_kv_layer *L) {
+    const uint32_t s0 = (uint32_t)tkv_layer_sink_count(c, L);
+    const uint32_t c0 = L->n_lost > s0 ? L->n_lost : s0;
+    return c0 < L->n_comp ? c0 : L->n_comp;
+}
+
 static int tkv_blocks_on(const tkv_kv_cache *c) {
     return tkv_kv_has_calibration(c) && c->calib.p.block != TKV_CALIBRATION_ONCE;
 }
@@ -113,6 +126,7 @@ static void tkv_kv_write_layer(const tkv_kv_cache *c, uint32_t l, tkv_wbuf *w) {
     tkv_wbuf_u32(w, C->n_set);
     tkv_wbuf_u32(w, C->stat_block);
     tkv_wbuf_u32(w, C->stat_n);
+    tkv_wbuf_u32(w, L->n_lost);
     if (L->n == 0) {
         return;
     }
@@ -126,7 +140,7 @@ static void tkv_kv_write_layer(const tkv_kv_cache *c, uint32_t l, tkv_wbuf *w) {
         tkv_wbuf_put(w, hd->v_sink, s0 * d * sizeof(float));
         for (int kind = 0; kind < 2; kind++) { /* a fork's shared prefix, then its own */
             const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
-            for (uint32_t t = (uint32_t)s0, run; t < L->n_comp; t += run) {
+            for (uint32_t t = tkv_layer_first_code(c, L), run; t < L->n_comp; t += run) {
                 const uint8_t *codes = tkv_kv_code_run(c, l, h, kind, t, L->n_comp, &run);
                 tkv_wbuf_put(w, codes, (size_t)run * stride);
             }
@@ -192,15 +206,37 @@ static tkv_status tkv_read_codes(tkv_rbuf *r, const struct tkv_codec *codec, siz
     return TKV_OK;
 }
 
-static tkv_status tkv_kv_read_layer(tkv_rbuf *r, tkv_kv_cache *c, uint32_t l) {
+/* count codes of positions pos.. into the rows the layer keeps them in (a ring wraps;
+ * a version 1 file may hold more positions than the ring: the later ones overwrite). */
+static tkv_status tkv_read_code_rows(tkv_rbuf *r, const tkv_kv_layer *L,
+                                     const struct tkv_codec *codec, uint8_t *codes, uint32_t pos,
+                                     uint32_t count, const char *what, uint32_t head) {
+    const size_t stride = codec->layout.stride;
+    if (!L->ring) {
+        return tkv_read_codes(r, codec, count, codes + (size_t)pos * stride, what, head, pos);
+    }
+    for (uint32_t p = pos, end = pos + count, run; p < end; p += run) {
+        const uint32_t row = p % L->ring;
+        run = end - p < L->ring - row ? end - p : L->ring - row;
+        TKV_TRY(tkv_read_codes(r, codec, run, codes + (size_t)row * stride, what, head, p));
+    }
+    return TKV_OK;
+}
+
+static tkv_status tkv_kv_read_layer(tkv_rbuf *r, tkv_kv_cache *c, uint32_t l, uint32_t version) {
     tkv_kv_layer *L = &c->layers[l];
     tkv_calib_layer *C = &c->calib.layers[l];
-    uint32_t n, n_comp, n_calib, stat_block, stat_n;
+    uint32_t n, n_comp, n_calib, stat_block, stat_n, n_lost = 0;
     TKV_TRY(tkv_rbuf_u32(r, "position count", &n));
     TKV_TRY(tkv_rbuf_u32(r, "compressed count", &n_comp));
     TKV_TRY(tkv_rbuf_u32(r, "calibration block count", &n_calib));
     TKV_TRY(tkv_rbuf_u32(r, "statistics block", &stat_block));
     TKV_TRY(tkv_rbuf_u32(r, "statistics count", &stat_n));
+    if (version >= 2) {
+        TKV_TRY(tkv_rbuf_u32(r, "lost positions", &n_lost));
+    } else if (L->ring && n_comp > L->ring) {
+        n_lost = n_comp - L->ring; /* all of them are in the file; the ring keeps its last */
+    }
     const uint32_t first_n = c->layers[0].n;
     TKV_REQUIRE(l == 0 || n == first_n, TKV_ERR_BAD_FORMAT,
                 "%s: %u positions, layer 0 has %u (every layer holds the same positions)",
@@ -219,6 +255,14 @@ static tkv_status tkv_kv_read_layer(tkv_rbuf *r, tkv_kv_cache *c, uint32_t l) {
                 tkv_kv_has_calibration(c) ? keep : 0);
     TKV_REQUIRE(n > 0 || (n_comp == 0 && n_calib == 0 && stat_block == 0 && stat_n == 0),
                 TKV_ERR_BAD_FORMAT, "%s: an empty layer with calibration state", r->where);
+    /* a ring holds n_comp - c0 <= ring distinct rows; a layer without one loses nothing */
+    const uint32_t s0_of = n_comp < c->n_sink ? n_comp : c->n_sink;
+    const uint32_t c0 = version < 2 ? s0_of : n_lost > s0_of ? n_lost : s0_of;
+    TKV_REQUIRE(version < 2 ||
+                    (n_lost <= n_comp && (L->ring ? n_comp - c0 <= L->ring : n_lost == 0)),
+                TKV_ERR_BAD_FORMAT,
+                "%s: %u lost positions of %u compressed, with a ring of %u code rows (0: none)",
+                r->where, n_lost, n_comp, L->ring);
     /* stat_n may exceed n by a position whose append failed (its statistics stay) */
     TKV_REQUIRE(stat_n <= c->capacity, TKV_ERR_BAD_FORMAT,
                 "%s: statistics of %u positions, capacity %u", r->where, stat_n, c->capacity);
@@ -233,6 +277,7 @@ static tkv_status tkv_kv_read_layer(tkv_rbuf *r, tkv_kv_cache *c, uint32_t l) {
     }
     L->n = n;
     L->n_comp = n_comp;
+    L->n_lost = n_lost;
     C->n_set = n_calib;
     C->stat_block = stat_block;
     C->stat_n = stat_n;
@@ -242,11 +287,11 @@ static tkv_status tkv_kv_read_layer(tkv_rbuf *r, tkv_kv_cache *c, uint32_t l) {
         tkv_kv_head *hd = &c->heads[(size_t)l * c->n_head_kv + h];
         TKV_TRY(tkv_read_f32(r, s0 * d, hd->k_sink, "K sink rows", h));
         TKV_TRY(tkv_read_f32(r, s0 * d, hd->v_sink, "V sink rows", h));
-        if (n_comp > s0) {
-            TKV_TRY(tkv_read_codes(r, &hd->k_codec, n_comp - s0,
-                                   hd->k_codes + s0 * hd->k_codec.layout.stride, "K codes", h, s0));
-            TKV_TRY(tkv_read_codes(r, &hd->v_codec, n_comp - s0,
-                                   hd->v_codes + s0 * hd->v_codec.layout.stride, "V codes", h, s0));
+        if (n_comp > c0) {
+            TKV_TRY(
+                tkv_read_code_rows(r, L, &hd->k_codec, hd->k_codes, c0, n_comp - c0, "K codes", h));
+            TKV_TRY(
+                tkv_read_code_rows(r, L, &hd->v_codec, hd->v_codes, c0, n_comp - c0, "V codes", h));
         }
         for (int kind = 0; kind < 2; kind++) {
             uint16_t *ring = kind == 0 ? hd->k_window : hd->v_window;
@@ -318,6 +363,8 @@ void tkv_kv_write(const tkv_kv_cache *c, const tkv_kv_model_id *model, float spa
     for (uint32_t l = 0; l < c->n_layer; l++) {
         tkv_wbuf_u32(w, (uint32_t)c->layers[l].k_codec_id);
         tkv_wbuf_u32(w, (uint32_t)c->layers[l].v_codec_id);
+        tkv_wbuf_u32(w, c->layers[l].span);
+        tkv_wbuf_u32(w, c->layers[l].ring);
     }
     tkv_wbuf_section_end(w, at);
 
@@ -413,8 +460,8 @@ static int tkv_id_listed(const int32_t *ids, uint32_t n, int32_t id) {
 }
 
 static tkv_status tkv_kv_read_config(tkv_rbuf *payload, const tkv_kv_model_id *model,
-                                     const int32_t *ids, uint32_t n_ids, tkv_kv_cache *c,
-                                     float *sparse_v) {
+                                     uint32_t version, const int32_t *ids, uint32_t n_ids,
+                                     tkv_kv_cache *c, float *sparse_v) {
     tkv_rbuf r;
     TKV_TRY(tkv_rbuf_section(payload, TKV_KV_TAG_CONFIG, "configuration section", &r));
     uint32_t capacity, window, n_sink, calib_block, levers;
@@ -455,10 +502,26 @@ static tkv_status tkv_kv_read_config(tkv_rbuf *payload, const tkv_kv_model_id *m
     }
     *sparse_v = sv;
     for (uint32_t l = 0; l < c->n_layer; l++) {
-        uint32_t k, v;
+        uint32_t k, v, span = 0, ring = 0;
         tkv_status st = tkv_rbuf_u32(&r, "layer K codec", &k);
         if (st == TKV_OK) {
             st = tkv_rbuf_u32(&r, "layer V codec", &v);
+        }
+        if (st == TKV_OK && model->span && model->span[l]) { /* the model's ring */
+            st = tkv_kv_set_layer_span(c, l, model->span[l], TKV_KV_SLIDING_BATCH);
+        }
+        if (st == TKV_OK && version >= 2) {
+            st = tkv_rbuf_u32(&r, "layer window", &span);
+            if (st == TKV_OK) {
+                st = tkv_rbuf_u32(&r, "layer ring", &ring);
+            }
+            if (st == TKV_OK && (span != c->layers[l].span || ring != c->layers[l].ring)) {
+                st = tkv_fail(TKV_ERR_MISMATCH,
+                              "configuration section: layer %u was saved with a sliding window "
+                              "of %u positions in a ring of %u code rows, this model and "
+                              "library give %u and %u (0: none)",
+                              l, span, ring, c->layers[l].span, c->layers[l].ring);
+            }
         }
         if (st == TKV_OK && (!tkv_id_listed(ids, n_ids, (int32_t)k) ||
                              !tkv_id_listed(ids, n_ids, (int32_t)v))) {
@@ -480,21 +543,21 @@ static tkv_status tkv_kv_read_config(tkv_rbuf *payload, const tkv_kv_model_id *m
     return st;
 }
 
-tkv_status tkv_kv_read(tkv_rbuf *payload, const tkv_kv_model_id *model,
-                       uint64_t file_fingerprint, tkv_kv_cache *c, float *sparse_v) {
+tkv_status tkv_kv_read(tkv_rbuf *payload, const tkv_kv_model_id *model, uint64_t file_fingerprint,
+                       uint32_t version, tkv_kv_cache *c, float *sparse_v) {
     memset(c, 0, sizeof *c);
     int32_t ids[TKV_KV_FILE_MAX_CODECS];
     uint32_t n_ids = 0;
     TKV_TRY(tkv_kv_read_model(payload, model, file_fingerprint));
     TKV_TRY(tkv_kv_read_codecs(payload, model->head_dim, ids, &n_ids));
-    TKV_TRY(tkv_kv_read_config(payload, model, ids, n_ids, c, sparse_v));
+    TKV_TRY(tkv_kv_read_config(payload, model, version, ids, n_ids, c, sparse_v));
     char label[48];
     for (uint32_t l = 0; l < c->n_layer; l++) {
         tkv_rbuf r;
         snprintf(label, sizeof label, "layer section %u", l);
         tkv_status st = tkv_rbuf_section(payload, TKV_KV_TAG_LAYER, label, &r);
         if (st == TKV_OK) {
-            st = tkv_kv_read_layer(&r, c, l);
+            st = tkv_kv_read_layer(&r, c, l, version);
         }
         if (st == TKV_OK) {
             st = tkv_rbuf_done(&r);

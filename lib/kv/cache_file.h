@@ -20,6 +20,9 @@ typedef struct tkv_kv_model_id {
     uint32_t head_dim;
     uint32_t n_vocab;
     const char *name;
+    const uint32_t *span; /* (n_layer) each layer's sliding window, 0 for a layer that sees
+                             every position; NULL: no sliding layer.  A cache read for the
+                             model gets its rings (tkv_kv_set_layer_span) from these. */
 } tkv_kv_model_id;
 
 /* Append the cache's sections to w (failures of w show in w->failed).  sparse_v: the
@@ -28,12 +31,13 @@ void tkv_kv_write(const tkv_kv_cache *c, const tkv_kv_model_id *model, float spa
                   tkv_wbuf *w);
 /*
  * Read them from the payload cursor into *c (initialized here; tkv_kv_release it on
- * success, nothing to release on failure).  file_fingerprint: the header's.  Returns
+ * success, nothing to release on failure).  file_fingerprint and version: the header's
+ * (TKV_KV_FILE_MIN_VERSION..TKV_KV_FILE_VERSION).  Returns
  * TKV_ERR_MISMATCH for another model, codec set or a configuration the model cannot
  * have, TKV_ERR_BAD_FORMAT for anything malformed (sizes, counts, non-finite values,
  * codes the encoders never write), each naming the section and field.
  */
-tkv_status tkv_kv_read(tkv_rbuf *payload, const tkv_kv_model_id *model,
-                       uint64_t file_fingerprint, tkv_kv_cache *c, float *sparse_v);
+tkv_status tkv_kv_read(tkv_rbuf *payload, const tkv_kv_model_id *model, uint64_t file_fingerprint,
+                       uint32_t version, tkv_kv_cache *c, float *sparse_v);
 
 #endif

@@ -5,7 +5,7 @@
  *
  *     offset size  field
  *      0      8    magic "TKVCACHE"
- *      8      4    version (1)
+ *      8      4    version (2; 1 is still read)
  *     12      4    header size (64)
  *     16      8    payload size in bytes
  *     24      8    payload checksum: XXH64 of the payload, seed 0
@@ -258,10 +258,10 @@ tkv_status tkv_kv_file_parse(const uint8_t *data, size_t size, tkv_kv_file *f) {
                 version, TKV_KV_FILE_VERSION);
     TKV_REQUIRE(tkv_rd64(data + 56) == tkv_hash64(data, 56, 0), TKV_ERR_BAD_FORMAT,
                 "damaged cache file: the header checksum does not match its bytes");
-    TKV_REQUIRE(version == TKV_KV_FILE_VERSION, TKV_ERR_BAD_FORMAT,
+    TKV_REQUIRE(version >= TKV_KV_FILE_MIN_VERSION, TKV_ERR_BAD_FORMAT,
                 "cache file version %u does not exist", version);
     TKV_REQUIRE(tkv_rd32(data + 12) == TKV_KV_FILE_HEADER_SIZE, TKV_ERR_BAD_FORMAT,
-                "cache file: header size %u, version 1 has %u", tkv_rd32(data + 12),
+                "cache file: header size %u, version %u has %u", tkv_rd32(data + 12), version,
                 TKV_KV_FILE_HEADER_SIZE);
     const uint64_t payload_size = tkv_rd64(data + 16);
     const size_t have = size - TKV_KV_FILE_HEADER_SIZE;
@@ -279,6 +279,7 @@ tkv_status tkv_kv_file_parse(const uint8_t *data, size_t size, tkv_kv_file *f) {
                 (unsigned long long)sum, (unsigned long long)tkv_rd64(data + 24));
     f->payload = payload;
     f->payload_size = have;
+    f->version = version;
     f->fingerprint = tkv_rd64(data + 32);
     f->flags = tkv_rd32(data + 40);
     f->n_tokens = tkv_rd32(data + 44);

@@ -14,7 +14,8 @@
 #include "turbokv.h"
 
 #define TKV_KV_FILE_MAGIC "TKVCACHE"
-#define TKV_KV_FILE_VERSION 1u
+#define TKV_KV_FILE_VERSION 2u     /* written; 2 added sliding-window rings (docs/PERSISTENCE.md) */
+#define TKV_KV_FILE_MIN_VERSION 1u /* the oldest still read */
 #define TKV_KV_FILE_HEADER_SIZE 64u
 #define TKV_KV_FILE_HAS_SESSION (1u << 0) /* header flag: a session section follows the cache */
 
@@ -76,6 +77,7 @@ typedef struct tkv_kv_file {
     const uint8_t *payload;
     size_t payload_size;
     uint64_t fingerprint; /* of the model the file was saved for */
+    uint32_t version;     /* TKV_KV_FILE_MIN_VERSION..TKV_KV_FILE_VERSION */
     uint32_t flags;       /* TKV_KV_FILE_HAS_SESSION */
     uint32_t n_tokens;
     void *map;            /* the mapping of tkv_kv_file_open, NULL for memory */

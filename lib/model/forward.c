@@ -8,7 +8,9 @@
  *       q, k = rmsnorm per head * q_norm, k_norm         (Qwen3, Gemma 3)
  *       rope(q, k)                                       (global or sliding-window table)
  *       cache.append(k, v);  a = attention(q, cache)     (GQA: n_head / n_head_kv per group;
- *                                                          sliding layers: last n_swa only)
+ *                                                          sliding layers: last n_swa only,
+ *                                                          appended and attended in
+ *                                                          sub-batches their ring holds)
  *       x += [rmsnorm](a Wo) [* attn_post_norm]          (Gemma 3: post norm)
  *       h = rmsnorm(x) * ffn_norm
  *       x += [rmsnorm](act(h Wgate) * (h Wup)) Wdown [* ffn_post_norm]
@@ -318,8 +320,9 @@ typedef struct {
     const tkv_kv_cache *cache;
     tkv_forward_state *s;
     uint32_t layer;
-    uint32_t n;
-    uint32_t pos0;
+    uint32_t t0;   /* the job's token t is row t0 + t of the batch's q and att */
+    uint32_t n;    /* tokens */
+    uint32_t pos0; /* position of the job's token 0 */
     float sparse_threshold;
     uint32_t split; /* 1: work items are (token, run, chunk), merged after the pool run */
 } tkv_attn_job;
@@ -376,7 +379,7 @@ static void tkv_attn_chunk(const tkv_attn_job *j, const tkv_attn_shape *a, uint3
     const uint32_t grid = (first / TKV_ATTN_CHUNK + c) * TKV_ATTN_CHUNK;
     const uint32_t t0 = grid > first ? grid : first;
     const uint32_t t1 = pos + 1 - grid > TKV_ATTN_CHUNK ? grid + TKV_ATTN_CHUNK : pos + 1;
-    const float *q = j->s->q + ((size_t)t * a->H + h0) * a->d;
+    const float *q = j->s->q + ((size_t)(j->t0 + t) * a->H + h0) * a->d;
     tkv_attn_group_range(j->cache, j->layer, kvh, q, (int)(h1 - h0), pos, t0, t1, a->scale,
                          j->sparse_threshold, part, part + (size_t)TKV_MAX_QUERIES * a->d, scores,
                          j->s->capacity, work);
@@ -419,9 +422,9 @@ static void tkv_attn_task(void *p, int ith, int nth) {
         const uint32_t nc = tkv_attn_chunks_of(&a, j->pos0 + t);
         uint32_t kvh, h0, h1;
         tkv_attn_item_heads(&a, item, &kvh, &h0, &h1);
-        float *out = j->s->att + ((size_t)t * a.H + h0) * a.d;
+        float *out = j->s->att + ((size_t)(j->t0 + t) * a.H + h0) * a.d;
         if (nc == 1) {
-            const float *q = j->s->q + ((size_t)t * a.H + h0) * a.d;
+            const float *q = j->s->q + ((size_t)(j->t0 + t) * a.H + h0) * a.d;
             const uint32_t pos = j->pos0 + t;
             tkv_attn_group_range(j->cache, j->layer, kvh, q, (int)(h1 - h0), pos,
                                  tkv_attn_first(&a, pos), pos + 1, a.scale, j->sparse_threshold,
@@ -450,7 +453,7 @@ static void tkv_attention(tkv_pool *pool, tkv_attn_job *j) {
         for (uint32_t item = 0; item < a.items_per_token; item++) {
             uint32_t kvh, h0, h1;
             tkv_attn_item_heads(&a, item, &kvh, &h0, &h1);
-            float *out = j->s->att + ((size_t)t * a.H + h0) * a.d;
+            float *out = j->s->att + ((size_t)(j->t0 + t) * a.H + h0) * a.d;
             const float *part =
                 j->s->attn_part + ((size_t)t * a.items_per_token + item) * a.max_chunks * ps;
             if (nc == 1) { /* one chunk: the same bits as the unsplit path */
@@ -536,11 +539,19 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
         /* before the calibration sums see them: a NaN key would poison every later block */
         TKV_TRY(tkv_check_kv_finite(s->k, s->v, (size_t)n * KD, l, pos0));
         TKV_TRY(tkv_kv_calibrate(cache, l, pos0, s->q, H, s->k, n));
-        TKV_TRY(tkv_kv_append_batch(cache, l, pos0, n, s->k, s->v, pool, s->kv_scratch));
-        uint64_t ta = tkv_now_ns();
-        tkv_attn_job job = {m, cache, s, l, n, pos0, sparse_threshold, 0};
-        tkv_attention(pool, &job);
-        s->times.attention_ns += tkv_now_ns() - ta;
+        /* a sliding-window layer keeps a ring of its last positions: append at most
+         * tkv_kv_append_limit of them before attention reads their windows (each token's
+         * attention is the same whatever sub-batch it is in) */
+        const uint32_t step = tkv_kv_append_limit(cache, l);
+        for (uint32_t a = 0, b; a < n; a = b) {
+            b = n - a < step ? n : a + step;
+            TKV_TRY(tkv_kv_append_batch(cache, l, pos0 + a, b - a, s->k + (size_t)a * KD,
+                                        s->v + (size_t)a * KD, pool, s->kv_scratch));
+            uint64_t ta = tkv_now_ns();
+            tkv_attn_job job = {m, cache, s, l, a, b - a, pos0 + a, sparse_threshold, 0};
+            tkv_attention(pool, &job);
+            s->times.attention_ns += tkv_now_ns() - ta;
+        }
         tkv_linear(pool, s, &L->wo, s->att, n, s->xn); /* xn reused as the projection output */
         tkv_add_residual(s->x, s->xn, L->attn_post_norm, n, E, hp->rms_eps);
         for (uint32_t t = 0; t < n; t++) {

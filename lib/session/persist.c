@@ -28,6 +28,7 @@ static void tkv_model_id_of(struct tkv_model *m, tkv_kv_model_id *id) {
     id->head_dim = m->hp.head_dim;
     id->n_vocab = m->hp.n_vocab;
     id->name = m->name;
+    id->span = NULL; /* the writer reads the spans from the cache */
 }
 
 static void tkv_write_state(const struct tkv_session *s, uint64_t cache_hash, tkv_wbuf *w) {
@@ -82,9 +83,20 @@ tkv_status tkv_persist_load_cache(struct tkv_model *m, const char *path, tkv_kv_
     tkv_kv_file f;
     tkv_kv_model_id id;
     memset(kv, 0, sizeof *kv);
-    TKV_TRY(tkv_open_for(m, path, &f, &id));
+    /* each layer's sliding window: the loaded cache gets the rings a new one would */
+    uint32_t *span = calloc(m->hp.n_layer, sizeof *span);
+    TKV_REQUIRE(span, TKV_ERR_OUT_OF_MEMORY, "loading cache '%s': out of memory", path);
+    for (uint32_t l = 0; l < m->hp.n_layer; l++) {
+        span[l] = m->layers[l].sliding ? m->hp.n_swa : 0;
+    }
+    tkv_status st = tkv_open_for(m, path, &f, &id);
+    if (st != TKV_OK) {
+        free(span);
+        return st;
+    }
+    id.span = span;
     tkv_rbuf payload = {f.payload, f.payload_size, 0, "payload"};
-    tkv_status st = tkv_kv_read(&payload, &id, f.fingerprint, kv, sparse_v);
+    st = tkv_kv_read(&payload, &id, f.fingerprint, f.version, kv, sparse_v);
     if (st == TKV_OK) {
         *hash = tkv_hash64(payload.data, payload.off, 0);
         if (f.flags & TKV_KV_FILE_HAS_SESSION) { /* present and well-formed, read later */
@@ -103,6 +115,7 @@ tkv_status tkv_persist_load_cache(struct tkv_model *m, const char *path, tkv_kv_
         }
     }
     tkv_kv_file_close(&f);
+    free(span);
     if (st != TKV_OK) {
         tkv_error_prefix("loading cache '%s'", path);
     }

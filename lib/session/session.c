@@ -8,6 +8,7 @@
 #include "session/session.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base/clock.h"
@@ -78,8 +79,20 @@ tkv_status tkv_session_eval_tokens(struct tkv_session *s, const int32_t *tokens,
     s->cache->loaded_hash = 0; /* the cache is no longer what was loaded */
     tkv_status st = tkv_eval_chunks(s, tokens, n, all_logits);
     if (st != TKV_OK) {
-        tkv_kv_truncate(&s->cache->kv, have);
+        /* leave the cache as it was before the call: possible unless the call appended so
+         * many positions that a sliding-window layer's ring overwrote the window of position
+         * `have`; then the cache is emptied, and the message says so */
         s->n_logits = 0;
+        if (have > 0 && have < tkv_kv_truncate_floor(&s->cache->kv)) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", tkv_last_error());
+            tkv_kv_truncate(&s->cache->kv, 0);
+            return tkv_fail(st,
+                            "%s (the cache was emptied: its sliding-window layers no longer "
+                            "held the positions before this call)",
+                            msg);
+        }
+        tkv_kv_truncate(&s->cache->kv, have);
     }
     return st;
 }

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from . import _args
+from ._errors import InvalidArgument
 from .cache import KVCache
 from .config import DEFAULT_CODEC, UNSET, CacheConfig, as_config
 from .model import Model
@@ -140,7 +141,11 @@ class Generation:
             self.prompt_cache_tokens = common
             return
         keep = min(common, len(prompt) - 1)
-        self.cache.truncate(keep)
+        try:
+            self.cache.truncate(keep)
+        except InvalidArgument:  # sliding-window layers no longer hold the windows before keep
+            keep = 0
+            self.cache.truncate(0)
         self.prompt_cache_tokens = keep
         s.eval(prompt[keep:])
         if self.prompt_cache is not None:

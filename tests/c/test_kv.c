@@ -959,7 +959,132 @@ static void test_append_batch(void) {
     seq_free(&s);
 }
 
+/* ---- sliding-window layers: a ring of code rows ----------------------------------------- */
+
+/* Positions [t0, t1) of (layer, head) read through a's runs (every row of each run) equal
+ * the rows b gives for them one at a time. */
+static int runs_equal(const tkv_kv_cache *a, const tkv_kv_cache *b, uint32_t l, uint32_t h,
+                      uint32_t t0, uint32_t t1, int keys) {
+    void (*run_of)(const tkv_kv_cache *, uint32_t, uint32_t, uint32_t, uint32_t, tkv_kv_run *) =
+        keys ? tkv_kv_key_run : tkv_kv_value_run;
+    for (uint32_t t = t0; t < t1;) {
+        tkv_kv_run ra;
+        run_of(a, l, h, t, t1, &ra);
+        if (ra.t0 != t || ra.n < 1 || ra.n > t1 - t) {
+            return 0;
+        }
+        for (uint32_t i = 0; i < ra.n; i++) {
+            tkv_kv_run rb;
+            run_of(b, l, h, t + i, t + i + 1, &rb);
+            if (ra.store != rb.store || ra.layout->stride != rb.layout->stride ||
+                memcmp(ra.rows + (size_t)i * ra.layout->stride, rb.rows, rb.layout->stride)) {
+                return 0;
+            }
+        }
+        t += ra.n;
+    }
+    return 1;
+}
+
+/* Append [p, p + m) of every layer with tkv_kv_append_batch over pool. */
+static void feed_pool(tkv_kv_cache *c, const seq *s, uint32_t p, uint32_t m, tkv_pool *pool,
+                      float *scratch) {
+    for (uint32_t l = 0; l < NL; l++) {
+        CHECK_OK(tkv_kv_calibrate(c, l, p, seq_q(s, l, p), s->n_head, seq_k(s, l, p), m));
+        CHECK_OK(tkv_kv_append_batch(c, l, p, m, seq_k(s, l, p), seq_v(s, l, p), pool, scratch));
+    }
+}
+
+static void test_sliding_ring(void) {
+    const uint32_t d = 64, n = 600, span = 20, batch = 16, ring = span - 1 + batch;
+    static float scratch[3 * TKV_KV_SCRATCH_FLOATS(64)];
+    seq s = seq_make(n, 2 * NKV, d, 31);
+    static const uint32_t sizes[] = {1, 5, 16, 3, 16, 0};
+    tkv_pool *pool = NULL;
+    CHECK_OK(tkv_pool_create(3, &pool));
+    /* fp16 window off / on; appended one by one / as batches over 3 threads */
+    for (uint32_t W = 0, by_pool = 0; W <= 8; by_pool = !by_pool, W += by_pool ? 0 : 8) {
+        tkv_kv_cache ref =
+            make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_Q4_0_ROT, W, 2, 1, 1, 256);
+        tkv_kv_cache c =
+            make_cache(d, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_Q4_0_ROT, W, 2, 1, 1, 256);
+        CHECK_OK(tkv_kv_set_layer_span(&c, 1, span, batch));
+        CHECK_EQ_INT(tkv_kv_append_limit(&c, 1), batch);
+        CHECK_EQ_INT(tkv_kv_append_limit(&c, 0), UINT32_MAX);
+        CHECK_EQ_INT(tkv_kv_truncate_floor(&c), 0);
+        /* after every batch, the window of each new position reads the same rows as in a
+         * cache that keeps every position */
+        for (uint32_t p = 0, i = 0; p < n; i = sizes[i + 1] ? i + 1 : 0) {
+            const uint32_t m = sizes[i] < n - p ? sizes[i] : n - p;
+            feed_batch(&ref, &s, p, m);
+            if (by_pool) {
+                feed_pool(&c, &s, p, m, pool, scratch);
+            } else {
+                feed_batch(&c, &s, p, m);
+            }
+            for (uint32_t h = 0; h < NKV; h++) {
+                const uint32_t lo = p + 1 > span ? p + 1 - span : 0;
+                CHECK_MSG(runs_equal(&c, &ref, 1, h, lo, p + m, 1) &&
+                              runs_equal(&c, &ref, 1, h, lo, p + m, 0),
+                          "window %u pool %u: ring rows differ after position %u", W, by_pool,
+                          p + m);
+                CHECK(runs_equal(&c, &ref, 0, h, 0, p + m, 1));
+            }
+            p += m;
+        }
+        /* the ring layer holds ring code rows (besides the sinks and the fp16 window): its
+         * code positions before n_lost are the only bytes it lacks */
+        CHECK_EQ_INT(c.layers[1].n_alloc, ring);
+        const uint32_t lost = c.layers[1].n_comp - ring;
+        CHECK_EQ_INT(c.layers[1].n_lost, lost);
+        CHECK_EQ_INT(tkv_kv_bytes_used(&ref) - tkv_kv_bytes_used(&c),
+                     (size_t)(lost - 2) * (tkv_kv_bytes_per_token(&c) / NL));
+        CHECK(tkv_kv_bytes_allocated(&c) < tkv_kv_bytes_allocated(&ref));
+        CHECK_EQ_INT(tkv_kv_truncate_floor(&c), lost + span - 1);
+        /* a fork copies the ring (it is not shared) and reads the same rows */
+        tkv_kv_cache f;
+        CHECK_OK(tkv_kv_fork(&c, &f));
+        CHECK_EQ_INT(f.layers[1].n_shared, 0);
+        CHECK_EQ_INT(tkv_kv_bytes_used(&f), tkv_kv_bytes_used(&c));
+        for (uint32_t h = 0; h < NKV; h++) {
+            CHECK(runs_equal(&f, &ref, 1, h, n - span, n, 1));
+            CHECK(runs_equal(&f, &ref, 1, h, n - span, n, 0));
+        }
+        /* truncation within the rings keeps what attention reads; appending again gives
+         * the same rows as the cache that never truncated (the fork too, independently) */
+        tkv_kv_truncate(&c, n - 10);
+        tkv_kv_truncate(&ref, n - 10);
+        feed(&c, &s, n - 10, n, sizes);
+        feed(&ref, &s, n - 10, n, sizes);
+        tkv_kv_truncate(&f, n - 7);
+        feed(&f, &s, n - 7, n, sizes);
+        for (uint32_t h = 0; h < NKV; h++) {
+            CHECK(runs_equal(&c, &ref, 1, h, n - span, n, 1));
+            CHECK(runs_equal(&c, &ref, 1, h, n - span, n, 0));
+            CHECK(runs_equal(&f, &ref, 1, h, n - span, n, 1));
+            CHECK(runs_equal(&f, &ref, 1, h, n - span, n, 0));
+        }
+        tkv_kv_release(&f);
+        tkv_kv_truncate(&c, 0);
+        CHECK_EQ_INT(tkv_kv_truncate_floor(&c), 0);
+        CHECK_EQ_INT(tkv_kv_bytes_used(&c), 0);
+        tkv_kv_release(&c);
+        tkv_kv_release(&ref);
+    }
+    tkv_pool_free(pool);
+    /* no ring when it would not be smaller than the capacity; only before the first write */
+    tkv_kv_cache small = make_cache(d, 30, TKV_CODEC_FP16, TKV_CODEC_FP16, 0, 0, 0, 0, 256);
+    CHECK_OK(tkv_kv_set_layer_span(&small, 0, 20, 16));
+    CHECK_EQ_INT(small.layers[0].ring, 0);
+    CHECK_EQ_INT(tkv_kv_append_limit(&small, 0), UINT32_MAX);
+    feed(&small, &s, 0, 5, sizes);
+    CHECK_STATUS(tkv_kv_set_layer_span(&small, 1, 4, 4), TKV_ERR_INVALID_ARGUMENT);
+    tkv_kv_release(&small);
+    seq_free(&s);
+}
+
 int main(void) {
+    test_sliding_ring();
     test_append_batch();
     test_failed_append();
     test_growth_and_capacity();

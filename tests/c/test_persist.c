@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "base/hash.h"
+#include "base/rng.h"
 #include "check.h"
 #include "kv/cache_file.h"
 #include "kv/kv_file.h"
@@ -95,9 +96,23 @@ static void test_container(void) {
     /* a newer version, with a header that is otherwise whole */
     uint8_t newer[256];
     memcpy(newer, img, n);
-    newer[8] = 2;
+    newer[8] = TKV_KV_FILE_VERSION + 1;
     CHECK_STATUS(tkv_kv_file_parse(newer, n, &f), TKV_ERR_UNSUPPORTED);
-    CHECK(strstr(tkv_last_error(), "version 2"));
+    CHECK(strstr(tkv_last_error(), "version 3"));
+    /* version 1 (before the sliding-window rings) is still read; 0 never existed */
+    uint8_t older[256];
+    memcpy(older, img, n);
+    for (uint32_t v = 0; v < 2; v++) {
+        older[8] = (uint8_t)v;
+        const uint64_t hs = tkv_hash64(older, 56, 0);
+        for (int i = 0; i < 8; i++) {
+            older[56 + i] = (uint8_t)(hs >> (8 * i));
+        }
+        CHECK_STATUS(tkv_kv_file_parse(older, n, &f), v == 1 ? TKV_OK : TKV_ERR_BAD_FORMAT);
+        CHECK(v == 0 || f.version == 1);
+    }
+    CHECK_OK(tkv_kv_file_parse(img, n, &f));
+    CHECK_EQ_INT(f.version, TKV_KV_FILE_VERSION);
     /* appended bytes */
     img[n] = 0;
     CHECK_STATUS(tkv_kv_file_parse(img, n + 1, &f), TKV_ERR_BAD_FORMAT);
@@ -111,6 +126,201 @@ static void test_container(void) {
     CHECK_STATUS(tkv_kv_file_open(g_path, &f), TKV_ERR_BAD_FORMAT);
     CHECK(strstr(tkv_last_error(), "truncated"));
     remove(g_path);
+}
+
+/* ---- sliding-window rings in the file (no model needed) ----------------------------------- */
+
+#define RL 2  /* layers: 0 global, 1 sliding */
+#define RH 2  /* KV heads */
+#define RD 32 /* head_dim */
+
+static tkv_kv_cache ring_cache(const uint32_t *span, uint32_t window) {
+    tkv_kv_cache c;
+    CHECK_OK(tkv_kv_init(&c, RL, RH, RD, 1024, TKV_CODEC_TURBO_4B, TKV_CODEC_Q4_0_ROT, window, 9));
+    const tkv_calib_params cp = {.center_keys = 1,
+                                 .smooth_keys = 1,
+                                 .smooth_alpha = TKV_DEFAULT_KEY_SMOOTHING,
+                                 .block = 256};
+    CHECK_OK(tkv_kv_set_levers(&c, 2, &cp));
+    for (uint32_t l = 0; span && l < RL; l++) {
+        if (span[l]) {
+            CHECK_OK(tkv_kv_set_layer_span(&c, l, span[l], TKV_KV_SLIDING_BATCH));
+        }
+    }
+    return c;
+}
+
+/* Positions [p, p + m) of every layer: keys and values a function of (layer, position). */
+static void ring_feed(tkv_kv_cache *c, uint32_t p, uint32_t m) {
+    static float k[256 * RH * RD], v[256 * RH * RD], scratch[TKV_KV_SCRATCH_FLOATS(RD)];
+    for (uint32_t l = 0; l < RL; l++) {
+        tkv_rng rng;
+        for (uint32_t t = 0; t < m; t++) {
+            tkv_rng_init(&rng, (uint64_t)l << 32 | (p + t));
+            for (uint32_t i = 0; i < RH * RD; i++) {
+                k[t * RH * RD + i] = (float)tkv_rng_gaussian(&rng) + 0.5f * (float)(i % RD);
+                v[t * RH * RD + i] = (float)tkv_rng_gaussian(&rng);
+            }
+        }
+        CHECK_OK(tkv_kv_calibrate(c, l, p, k, RH, k, m));
+        for (uint32_t t = 0; t < m; t++) {
+            CHECK_OK(tkv_kv_append(c, l, p + t, k + t * RH * RD, v + t * RH * RD, scratch));
+        }
+    }
+}
+
+static void ring_feed_to(tkv_kv_cache *c, uint32_t from, uint32_t to) {
+    for (uint32_t p = from; p < to; p += 200 < to - p ? 200 : to - p) {
+        ring_feed(c, p, 200 < to - p ? 200 : to - p);
+    }
+}
+
+/* Positions [t0, t1) of (layer, head) read through a's runs equal b's, row by row. */
+static int rows_equal(const tkv_kv_cache *a, const tkv_kv_cache *b, uint32_t l, uint32_t h,
+                      uint32_t t0, uint32_t t1) {
+    for (int keys = 0; keys < 2; keys++) {
+        for (uint32_t t = t0; t < t1;) {
+            tkv_kv_run ra;
+            (keys ? tkv_kv_key_run : tkv_kv_value_run)(a, l, h, t, t1, &ra);
+            for (uint32_t i = 0; i < ra.n; i++) {
+                tkv_kv_run rb;
+                (keys ? tkv_kv_key_run : tkv_kv_value_run)(b, l, h, t + i, t + i + 1, &rb);
+                if (ra.store != rb.store || ra.block != rb.block ||
+                    memcmp(ra.rows + (size_t)i * ra.layout->stride, rb.rows, rb.layout->stride)) {
+                    return 0;
+                }
+            }
+            t += ra.n;
+        }
+    }
+    return 1;
+}
+
+/* What a sliding layer attends to at the last position ([n - span, n)) and every position
+ * of the global layer read the same in a and b. */
+static int windows_equal(const tkv_kv_cache *a, const tkv_kv_cache *b, uint32_t span) {
+    const uint32_t n = tkv_kv_n_tokens(a);
+    int ok = n == tkv_kv_n_tokens(b);
+    for (uint32_t h = 0; ok && h < RH; h++) {
+        ok = rows_equal(a, b, 0, h, 0, n) && rows_equal(a, b, 1, h, n - span, n);
+    }
+    return ok;
+}
+
+static tkv_status ring_read(const tkv_wbuf *w, const uint32_t *span, uint32_t version,
+                            tkv_kv_cache *out) {
+    const tkv_kv_model_id id = {77, RL, RH, RD, 100, "ring", span};
+    tkv_rbuf r = {w->data, w->len, 0, "payload"};
+    float sv;
+    return tkv_kv_read(&r, &id, 77, version, out, &sv);
+}
+
+/* The version 1 form of a version 2 payload of a cache without rings: CONF without each
+ * layer's window and ring, LAYR without n_lost. */
+static void to_version1(const tkv_wbuf *v2, tkv_wbuf *v1) {
+    tkv_rbuf payload = {v2->data, v2->len, 0, "payload"}, r;
+    const uint32_t tags[3] = {TKV_KV_TAG_MODEL, TKV_KV_TAG_CODECS, TKV_KV_TAG_CONFIG};
+    for (int i = 0; i < 3 + RL; i++) {
+        const uint32_t tag = i < 3 ? tags[i] : TKV_KV_TAG_LAYER;
+        CHECK_OK(tkv_rbuf_section(&payload, tag, "section", &r));
+        const size_t at = tkv_wbuf_section_begin(v1, tag);
+        if (tag == TKV_KV_TAG_CONFIG) {
+            tkv_wbuf_put(v1, r.data, 36); /* capacity .. seed */
+            for (uint32_t l = 0; l < RL; l++) {
+                tkv_wbuf_put(v1, r.data + 36 + 16 * l, 8); /* K, V codec ids */
+            }
+        } else if (tag == TKV_KV_TAG_LAYER) {
+            tkv_wbuf_put(v1, r.data, 20); /* n .. stat_n */
+            tkv_wbuf_put(v1, r.data + 24, r.len - 24);
+        } else {
+            tkv_wbuf_put(v1, r.data, r.len);
+        }
+        tkv_wbuf_section_end(v1, at);
+    }
+}
+
+static void test_ring_files(void) {
+    const uint32_t span[RL] = {0, 20}, ring = 20 - 1 + TKV_KV_SLIDING_BATCH, n = 700;
+    const tkv_kv_model_id id = {77, RL, RH, RD, 100, "ring", span};
+    for (uint32_t window = 0; window <= 8; window += 8) {
+        /* a ring cache past its wrap, saved and loaded: the same positions, rows and
+         * bytes, and the same after both continue */
+        tkv_kv_cache c = ring_cache(span, window), plain = ring_cache(NULL, window);
+        ring_feed_to(&c, 0, n);
+        ring_feed_to(&plain, 0, n);
+        CHECK_EQ_INT(c.layers[1].ring, ring);
+        CHECK_EQ_INT(c.layers[1].n_lost, c.layers[1].n_comp - ring);
+        tkv_wbuf w = {0}, wp = {0};
+        tkv_kv_write(&c, &id, 0.0f, &w);
+        tkv_kv_write(&plain, &id, 0.0f, &wp);
+        CHECK(!w.failed && !wp.failed);
+        /* the file lacks the lost positions' codes (to the sections' 8-byte padding) */
+        const size_t lost_bytes =
+            (size_t)(c.layers[1].n_lost - 2) * tkv_kv_bytes_per_token(&c) / RL;
+        CHECK(wp.len - w.len + 8 > lost_bytes && wp.len - w.len < lost_bytes + 8);
+        tkv_kv_cache l = {0};
+        CHECK_OK(ring_read(&w, span, TKV_KV_FILE_VERSION, &l));
+        CHECK_EQ_INT(l.layers[1].n_lost, c.layers[1].n_lost);
+        CHECK_EQ_INT(l.layers[1].n_comp, c.layers[1].n_comp);
+        CHECK_EQ_INT(tkv_kv_bytes_used(&l), tkv_kv_bytes_used(&c));
+        CHECK_EQ_INT(tkv_kv_truncate_floor(&l), tkv_kv_truncate_floor(&c));
+        CHECK(windows_equal(&l, &c, 20) && windows_equal(&l, &plain, 20));
+        ring_feed_to(&c, n, n + 300);
+        ring_feed_to(&l, n, n + 300);
+        ring_feed_to(&plain, n, n + 300);
+        CHECK(windows_equal(&l, &c, 20) && windows_equal(&l, &plain, 20));
+        CHECK_EQ_INT(l.layers[1].n_lost, c.layers[1].n_lost);
+        tkv_kv_release(&l);
+        /* another model's windows: refused by name */
+        const uint32_t other[RL] = {0, 21};
+        CHECK_STATUS(ring_read(&w, other, TKV_KV_FILE_VERSION, &l), TKV_ERR_MISMATCH);
+        CHECK(strstr(tkv_last_error(), "sliding window of 20 positions in a ring of 275"));
+        CHECK_STATUS(ring_read(&w, NULL, TKV_KV_FILE_VERSION, &l), TKV_ERR_MISMATCH);
+        /* a version 1 file (every position's codes) read for a model with a sliding layer:
+         * the ring keeps the last of them, as if it had been there all along; without
+         * sliding layers it is the cache it was */
+        tkv_wbuf w1 = {0};
+        tkv_kv_cache p = ring_cache(NULL, window);
+        ring_feed_to(&p, 0, n);
+        tkv_wbuf_release(&wp);
+        tkv_kv_write(&p, &id, 0.0f, &wp);
+        to_version1(&wp, &w1);
+        CHECK_OK(ring_read(&w1, NULL, 1, &l));
+        CHECK(windows_equal(&l, &p, n));
+        tkv_kv_release(&l);
+        tkv_kv_cache r1 = {0};
+        CHECK_OK(ring_read(&w1, span, 1, &r1));
+        CHECK_EQ_INT(r1.layers[1].ring, ring);
+        CHECK_EQ_INT(r1.layers[1].n_lost, p.layers[1].n_comp - ring);
+        tkv_kv_cache r0 = ring_cache(span, window); /* a ring cache fed the same */
+        ring_feed_to(&r0, 0, n);
+        CHECK_EQ_INT(tkv_kv_bytes_used(&r1), tkv_kv_bytes_used(&r0));
+        CHECK(windows_equal(&r1, &p, 20) && windows_equal(&r1, &r0, 20));
+        ring_feed_to(&r1, n, n + 50);
+        ring_feed_to(&r0, n, n + 50);
+        CHECK(windows_equal(&r1, &r0, 20));
+        /* a crafted n_lost that leaves the ring more positions than it has rows */
+        tkv_wbuf_release(&w);
+        tkv_kv_write(&r0, &id, 0.0f, &w);
+        tkv_rbuf pr = {w.data, w.len, 0, "payload"}, sec;
+        const uint32_t order[5] = {TKV_KV_TAG_MODEL, TKV_KV_TAG_CODECS, TKV_KV_TAG_CONFIG,
+                                   TKV_KV_TAG_LAYER, TKV_KV_TAG_LAYER};
+        for (int i = 0; i < 5; i++) { /* ends on layer 1's section */
+            CHECK_OK(tkv_rbuf_section(&pr, order[i], "section", &sec));
+        }
+        uint8_t *lost = (uint8_t *)sec.data + 20;
+        lost[0] = (uint8_t)(lost[0] - 1); /* n_lost - 1 (n_lost is > 256 here) */
+        CHECK_STATUS(ring_read(&w, span, TKV_KV_FILE_VERSION, &l), TKV_ERR_BAD_FORMAT);
+        CHECK(strstr(tkv_last_error(), "ring of 275 code rows"));
+        tkv_kv_release(&r0);
+        tkv_kv_release(&r1);
+        tkv_kv_release(&p);
+        tkv_wbuf_release(&w1);
+        tkv_wbuf_release(&w);
+        tkv_wbuf_release(&wp);
+        tkv_kv_release(&c);
+        tkv_kv_release(&plain);
+    }
 }
 
 /* ---- real model ---------------------------------------------------------------------------- */
@@ -428,6 +638,7 @@ static void test_bad_files(tkv_model *m) {
 int main(void) {
     test_hash();
     test_container();
+    test_ring_files();
     const char *path = getenv("TKV_TEST_MODEL");
     if (!path) {
         printf("TKV_TEST_MODEL not set: real-model persistence checks skipped\n");

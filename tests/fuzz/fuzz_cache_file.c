@@ -7,8 +7,10 @@
  * section readers instead of stopping at the checksum (bit 0 clear tests that check).
  * The model the file must match is the one its MODL section names, when that is small
  * (<= 4 layers, <= 4 KV heads, head_dim <= 128): the loader then checks everything
- * below the model check.  A file that loads must be safe to use: attention over every
- * (layer, head), a fork (which must attend to the same bits), one more position appended
+ * below the model check.  Its sliding windows are the ones the CONF section names
+ * (version 2), or for a version 1 file with mode bit 1 set a window of 4 on the odd
+ * layers (a version 1 file read into rings).  A file that loads must be safe to use: attention over
+ * every (layer, head), a fork (which must attend to the same bits), one more position appended
  * (calibration included), and saved again, which must load again with the same
  * positions.
  */
@@ -24,10 +26,43 @@
 #include "kv/kv_file.h"
 
 static volatile float sink;
+static uint32_t g_span[4];
 
 static void le64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) {
         p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+/* The sliding windows of the model: CONF's per-layer spans (version 2), else by mode. */
+static void spans_of(const tkv_kv_file *f, uint8_t mode, tkv_kv_model_id *id) {
+    memset(g_span, 0, sizeof g_span);
+    id->span = g_span;
+    if (f->version < 2) {
+        for (uint32_t l = 1; (mode & 2) && l < id->n_layer; l += 2) {
+            g_span[l] = 4;
+        }
+        return;
+    }
+    tkv_rbuf payload = {f->payload, f->payload_size, 0, "payload"}, r;
+    const uint32_t tags[3] = {TKV_KV_TAG_MODEL, TKV_KV_TAG_CODECS, TKV_KV_TAG_CONFIG};
+    for (int i = 0; i < 3; i++) {
+        if (tkv_rbuf_section(&payload, tags[i], "section", &r) != TKV_OK) {
+            return;
+        }
+    }
+    const uint8_t *skip;
+    if (tkv_rbuf_take(&r, 36, "fixed", &skip) != TKV_OK) { /* capacity .. seed */
+        return;
+    }
+    for (uint32_t l = 0; l < id->n_layer; l++) {
+        uint32_t k, v, span, ring;
+        if (tkv_rbuf_u32(&r, "k", &k) != TKV_OK || tkv_rbuf_u32(&r, "v", &v) != TKV_OK ||
+            tkv_rbuf_u32(&r, "span", &span) != TKV_OK ||
+            tkv_rbuf_u32(&r, "ring", &ring) != TKV_OK) {
+            return;
+        }
+        g_span[l] = span;
     }
 }
 
@@ -44,8 +79,18 @@ static int model_of(const tkv_kv_file *f, tkv_kv_model_id *id) {
     }
     id->fingerprint = fp;
     id->name = "fuzz";
+    id->span = NULL;
     return id->n_layer >= 1 && id->n_layer <= 4 && id->n_head_kv >= 1 && id->n_head_kv <= 4 &&
            id->head_dim >= 2 && id->head_dim <= 128 && id->head_dim % 2 == 0;
+}
+
+/* Attention of a query at the last position over what (layer, head) holds: a ring layer
+ * from its oldest code position (sinks and later). */
+static void attend(const tkv_kv_cache *c, uint32_t l, uint32_t h, const float *q, float *out,
+                   float *scores, float *work) {
+    const uint32_t n = tkv_kv_n_tokens(c), lost = c->layers[l].n_lost;
+    const uint32_t t0 = lost < n ? lost : n - 1;
+    tkv_attn_group_range(c, l, h, q, 1, n - 1, t0, n, 0.25f, 0.0f, out, NULL, scores, n, work);
 }
 
 static void use(tkv_kv_cache *c, const tkv_kv_model_id *id) {
@@ -59,7 +104,7 @@ static void use(tkv_kv_cache *c, const tkv_kv_model_id *id) {
         REQUIRE(scores);
         for (uint32_t l = 0; l < c->n_layer; l++) {
             for (uint32_t h = 0; h < c->n_head_kv; h++) {
-                tkv_attn_group(c, l, h, q, 1, n - 1, 0.25f, 0.0f, out, scores, n, work);
+                attend(c, l, h, q, out, scores, work);
                 sink += out[0];
             }
         }
@@ -71,8 +116,8 @@ static void use(tkv_kv_cache *c, const tkv_kv_model_id *id) {
             float *scores = malloc((size_t)n * sizeof *scores), out2[128];
             REQUIRE(scores);
             for (uint32_t l = 0; l < c->n_layer; l++) {
-                tkv_attn_group(c, l, 0, q, 1, n - 1, 0.25f, 0.0f, out, scores, n, work);
-                tkv_attn_group(&f, l, 0, q, 1, n - 1, 0.25f, 0.0f, out2, scores, n, work);
+                attend(c, l, 0, q, out, scores, work);
+                attend(&f, l, 0, q, out2, scores, work);
                 REQUIRE(memcmp(out, out2, d * sizeof *out) == 0);
             }
             free(scores);
@@ -110,7 +155,7 @@ static void use(tkv_kv_cache *c, const tkv_kv_model_id *id) {
     tkv_rbuf r = {w.data, w.len, 0, "payload"};
     tkv_kv_cache again;
     float sv;
-    REQUIRE(tkv_kv_read(&r, id, id->fingerprint, &again, &sv) == TKV_OK);
+    REQUIRE(tkv_kv_read(&r, id, id->fingerprint, TKV_KV_FILE_VERSION, &again, &sv) == TKV_OK);
     REQUIRE(r.off == r.len && tkv_kv_n_tokens(&again) == tkv_kv_n_tokens(c));
     tkv_kv_release(&again);
     tkv_wbuf_release(&w);
@@ -134,10 +179,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tkv_kv_model_id id;
     if (tkv_kv_file_parse(file, n, &f) == TKV_OK && model_of(&f, &id)) {
         REQUIRE(f.payload >= file && f.payload + f.payload_size == file + n);
+        spans_of(&f, mode, &id);
         tkv_rbuf payload = {f.payload, f.payload_size, 0, "payload"};
         tkv_kv_cache c;
         float sv = -1.0f;
-        if (tkv_kv_read(&payload, &id, f.fingerprint, &c, &sv) == TKV_OK) {
+        if (tkv_kv_read(&payload, &id, f.fingerprint, f.version, &c, &sv) == TKV_OK) {
             REQUIRE(sv >= 0.0f && sv < 1.0f);
             REQUIRE(payload.off <= payload.len);
             use(&c, &id);

@@ -13,7 +13,9 @@ makes OUT_DIR/{gguf,model,tokenizer,codec}/ with:
                codec at a few head_dims, made through the library when TURBOKV_LIBRARY or the
                installed package is importable, else random bytes;
   cache_file   a mode byte (see fuzz_cache_file.c) + saved sessions of a tiny model with
-               several codecs and levers (through the library; without it, one header).
+               several codecs and levers, of a tiny Gemma 3 whose sliding layers' rings
+               have wrapped, and a version 1 file (through the library; without it, one
+               header).
 Needs numpy and gguf (the test venv has both).
 """
 from __future__ import annotations
@@ -164,6 +166,47 @@ def cache_file(out: Path) -> None:
                         data = (Path(tmp) / "s.tkv").read_bytes()
                     for mode in (0, 1):
                         (out / f"c{i}_n{n}_m{mode}").write_bytes(bytes([mode]) + data)
+            # 300 positions without rings, as a version 1 file: read with a window on the odd
+            # layers (mode bit 1) it fills rings of 4 - 1 + 256 rows past their wrap
+            with turbokv.KVCache(m, n_ctx=320, k="turbo_kv_2b", v="q4_0") as c:
+                turbokv.Session(c, n_threads=1).eval([(3 * t + 2) % m.n_vocab for t in range(300)])
+                c.save(Path(tmp) / "v2.tkv")
+            v1 = _as_version1((Path(tmp) / "v2.tkv").read_bytes(), n_layer=2)
+            for mode in (1, 3):  # checksums fixed up by the target (bit 0)
+                (out / f"v1_m{mode}").write_bytes(bytes([mode]) + v1)
+        # a tiny Gemma 3 (window 4 on layer 0, global layer 1): the ring of layer 0 wrapped
+        path = Path(tmp) / "gemma3.gguf"
+        tm.write_tiny_model(path, tm.TinyConfig(arch="gemma3", n_layer=2, sliding_window=4,
+                                                swa_pattern=2, seed=1))
+        with turbokv.Model(path) as m:
+            for i, cfg in enumerate([dict(k="turbo_kv_2b", v="q4_0", fp16_window=4),
+                                     dict(k="fp16", v="turbo_kv_3b", sink_tokens=0)]):
+                with turbokv.KVCache(m, n_ctx=320, **cfg) as c:
+                    s = turbokv.Session(c, n_threads=1)
+                    s.eval([(5 * t + 1) % m.n_vocab for t in range(290)])
+                    c.truncate(285)
+                    s.save(Path(tmp) / "g.tkv")
+                data = (Path(tmp) / "g.tkv").read_bytes()
+                for mode in (0, 1):
+                    (out / f"ring{i}_m{mode}").write_bytes(bytes([mode]) + data)
+
+
+def _as_version1(data: bytes, n_layer: int) -> bytes:
+    """The version 1 form of a version 2 file of a cache without rings (docs/PERSISTENCE.md):
+    CONF without each layer's window and ring, LAYR without n_lost; sizes and checksums
+    left for the fuzz target to fix up."""
+    head, payload, out, off = bytearray(data[:64]), data[64:], bytearray(), 0
+    head[8:12] = struct.pack("<I", 1)
+    while off < len(payload):
+        tag, _, size = struct.unpack_from("<4sIQ", payload, off)
+        body = payload[off + 16:off + 16 + size]
+        off += 16 + (size + 7) // 8 * 8
+        if tag == b"CONF":
+            body = body[:36] + b"".join(body[36 + 16 * l:44 + 16 * l] for l in range(n_layer))
+        elif tag == b"LAYR":
+            body = body[:20] + body[24:]
+        out += struct.pack("<4sIQ", tag, 0, len(body)) + body + bytes(-len(body) % 8)
+    return bytes(head) + bytes(out)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,81 @@ def test_every_codec_runs_and_follows_the_reference(tmp_path, name):
     # 0.57-0.65 against 3e-7 on the RoPE variants; Gemma 3's normed q/k keep its softmax flat
     # over a short window, 2e-5 against 3e-12)
     assert kls["turbo_kv_2b"] > 100 * kls["fp16"], kls
+
+
+def test_sliding_layers_keep_only_their_window(tmp_path):
+    """Gemma 3's local layers store a ring of window - 1 + 256 positions (the batch appended
+    before attention reads it), not the context: 420 positions with a 5-position window give
+    the reference's logits (prefill in one call, in pieces, and decoded one by one), the
+    bytes of a local layer stop growing at its ring, and truncation cannot go back past what
+    the rings still hold."""
+    cfg, path, W = _model(tmp_path, "gemma3")  # layers 0, 1 local (window 5), layer 2 global
+    n, ring = 420, 5 - 1 + 256
+    tokens = (np.arange(n, dtype=np.int32) * 37 + 11) % 250 + 3
+    exact = reference_forward(W, reference_hparams(cfg, W, n_ctx=512), tokens)
+    levers = dict(center_keys=False, smooth_keys=False, sink_tokens=0)
+    model = turbokv.Model(path)
+    with turbokv.KVCache(model, k="fp32", v="fp32", n_ctx=512, **levers) as cache:
+        with turbokv.Session(cache, n_batch=n) as s:  # one chunk: sub-batches of 256
+            s.eval(tokens, all_logits=True)
+            assert _rel_err(s.all_logits(), exact) < FLOAT
+        per_layer = cache.bytes_per_token // cfg.n_layer
+        assert cache.bytes_used == per_layer * (2 * ring + n)
+        with pytest.raises(turbokv.InvalidArgument, match="sliding-window"):
+            cache.truncate(100)  # positions 100 - 4 .. 99 left the rings
+        cache.truncate(n - 10)  # the rings still hold the windows of these
+        with turbokv.Session(cache, n_batch=16) as s:
+            s.eval(tokens[n - 10:n - 5])
+            np.testing.assert_allclose(s.logits(), exact[n - 6], rtol=1e-4, atol=1e-4)
+            for t in range(n - 5, n):
+                s.eval(tokens[t:t + 1])
+                np.testing.assert_allclose(s.logits(), exact[t], rtol=1e-4, atol=1e-4)
+        cache.truncate(0)
+        assert cache.bytes_used == 0
+    # in pieces of 100 (each within a ring's batch) and on a compressed cache
+    with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=512) as cache, \
+            turbokv.Session(cache, n_batch=100) as s:
+        for a in range(0, n, 100):
+            s.eval(tokens[a:a + 100], all_logits=True)
+        assert mean_kl(exact[400:], s.all_logits()) < 0.05
+    model.close()
+
+
+def test_failed_eval_rolls_back_or_says_the_cache_was_emptied(tmp_path):
+    """Token 0's embedding is NaN: an eval that reaches it fails.  A short call leaves the
+    cache as it was; a call whose earlier chunks appended more than a ring's batch before
+    the failing one cannot, and empties the cache with a message that says so."""
+    cfg, path, _ = _model(tmp_path, "gemma3", nan_tensor="token_embd.weight", tied=False)
+    good = (np.arange(300, dtype=np.int32) * 7) % 250 + 3
+    with turbokv.Model(path) as model, \
+            turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=1024) as cache, \
+            turbokv.Session(cache, n_batch=100) as s:
+        s.eval(good)
+        with pytest.raises(turbokv.FormatError, match="non-finite") as err:
+            s.eval(np.concatenate([good[:3], [0]]))
+        assert "emptied" not in str(err.value) and len(cache) == 300
+        with pytest.raises(turbokv.FormatError, match="cache was emptied"):
+            s.eval(np.concatenate([good, [0]]))
+        assert len(cache) == 0
+        s.eval(good[:10])  # usable again
+        assert len(cache) == 10
+
+
+def test_sliding_rings_give_the_same_bits_for_any_thread_count(tmp_path):
+    """Sub-batches of a ring's append limit and the fixed attention chunks depend only on
+    the positions: 1 and 3 threads give the same logits past the rings' wrap, in one
+    prefill and in decode (where attention splits each head's positions)."""
+    _, path, _ = _model(tmp_path, "gemma3")
+    tokens = (np.arange(300, dtype=np.int32) * 11 + 5) % 250 + 3
+    runs = []
+    with turbokv.Model(path) as model:
+        for threads in (1, 3):
+            with turbokv.KVCache(model, k="turbo_kv_4b", v="turbo_kv_4b", n_ctx=512) as cache, \
+                    turbokv.Session(cache, n_threads=threads, n_batch=300) as s:
+                s.eval(tokens[:290], all_logits=True)
+                rows = [s.all_logits()]
+                for t in tokens[290:]:
+                    s.eval([t])
+                    rows.append(s.logits()[None])
+                runs.append(np.concatenate(rows))
+    assert np.array_equal(runs[0].view(np.uint32), runs[1].view(np.uint32))

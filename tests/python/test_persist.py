@@ -140,9 +140,9 @@ def test_bad_files_are_typed_errors(real_model, tmp_path):
         with pytest.raises((turbokv.FormatError, turbokv.UnsupportedError)):
             load()
     data = bytearray(good)
-    data[8] = 2  # a newer version
+    data[8] = 3  # a newer version
     bad.write_bytes(bytes(data))
-    with pytest.raises(turbokv.UnsupportedError, match="version 2 is newer"):
+    with pytest.raises(turbokv.UnsupportedError, match="version 3 is newer"):
         load()
     bad.write_bytes(b"GGUF" + bytes(100))
     with pytest.raises(turbokv.FormatError, match="not a turbokv cache file"):
@@ -274,3 +274,120 @@ def test_fork_of_a_short_document(real_model):
         f.eval([6])
         s.eval([6])
         assert np.array_equal(f.logits(), s.logits()) and f.tokens() == s.tokens()
+
+
+# ---- sliding-window rings (Gemma 3: local layers keep window - 1 + 256 positions) ----------
+
+GEMMA3 = dict(arch="gemma3", key_length=32, n_layer=3, sliding_window=5, swa_pattern=3,
+              rope_theta=1e6, rope_scaling="linear", rope_factor=8.0, seed=21)
+RING_PREFIX = 300  # past the local layers' ring of 5 - 1 + 256 = 260 positions
+RING_CONFIGS = [
+    dict(k="turbo_kv_4b", v="turbo_kv_4b", fp16_window=16, sink_tokens=2, calibration_block=64),
+    dict(k="fp16", v="q8_0", sink_tokens=0, smooth_keys=False),
+    dict(k="turbo_kv_3b_tcq", v="q4_0_rot", calibration_block=None, center_keys=False),
+]
+
+
+@pytest.fixture(scope="module")
+def gemma3_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gemma3") / "gemma3.gguf"
+    write_tiny_model(path, TinyConfig(**GEMMA3))
+    return path
+
+
+def test_sliding_ring_continues_bit_exact_after_load_in_a_new_process(gemma3_path, tmp_path):
+    """A Gemma 3 cache whose local layers' rings have wrapped (and one truncated inside
+    them) saves the rings' rows and what they lost, and continues bit for bit in another
+    process."""
+    paths, expected = [], {}
+    with turbokv.Model(gemma3_path) as model:
+        n_vocab = model.n_vocab
+        prompt = [(i * 7919 + 13) % n_vocab for i in range(RING_PREFIX + 8)]
+        for i, cfg in enumerate(RING_CONFIGS + [dict(RING_CONFIGS[0], truncate=RING_PREFIX - 8)]):
+            cfg = dict(cfg)
+            cut = cfg.pop("truncate", 0)
+            with turbokv.KVCache(model, n_ctx=512, seed=3, **cfg) as cache:
+                s = turbokv.Session(cache, n_threads=1, n_batch=128)
+                s.eval(prompt[:200])
+                s.eval(prompt[200:RING_PREFIX])
+                if cut:
+                    cache.truncate(cut)
+                    s.eval(prompt[cut:cut + 5])
+                path = str(tmp_path / f"r{i}.tkv")
+                s.save(path)
+                logits, sampled = _continue(s, n_vocab)
+                expected[path] = (logits, sampled, len(cache), cache.bytes_used)
+                paths.append(path)
+                s.close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(turbokv.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", _CHILD, str(gemma3_path), json.dumps(paths),
+                          str(Path(__file__).parent)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    for path in paths:
+        logits, sampled, n_tokens, used = expected[path]
+        child_logits = np.load(path + ".logits.npy")
+        assert np.array_equal(child_logits.view(np.uint32), logits.view(np.uint32)), path
+        assert got[path]["sampled"] == sampled
+        assert got[path]["tokens"] == n_tokens
+        assert got[path]["bytes_used"] == used
+
+
+def test_sliding_ring_fork(gemma3_path, tmp_path):
+    """A fork of a cache with rings copies the rings (their rows are overwritten as positions
+    come) and shares the global layer's codes: it continues as an unforked cache does, each
+    fork on its own, past another wrap, truncated, and through a save and load."""
+    with turbokv.Model(gemma3_path) as model:
+        doc = [(i * 31 + 7) % model.n_vocab for i in range(RING_PREFIX)]
+        more = [(i * 17 + 3) % model.n_vocab for i in range(300)]
+        with turbokv.KVCache(model, n_ctx=1024) as c, \
+                turbokv.KVCache(model, n_ctx=1024) as plain:
+            s = turbokv.Session(c, n_threads=1)
+            s.eval(doc)
+            ref = turbokv.Session(plain, n_threads=1)
+            ref.eval(doc)
+            f1, f2 = s.fork(n_threads=1), s.fork(n_threads=1)
+            assert f1.cache.bytes_used == c.bytes_used
+            f1.eval(more[:200])
+            f2.eval(more[:200])
+            s.eval([5, 6, 7])  # the original goes its own way, overwriting its ring rows
+            ref.eval(more[:200])
+            assert np.array_equal(f1.logits(), f2.logits())
+            assert_same_as_unforked(f1.logits(), ref.logits())
+            s.close()
+            c.close()
+            f1.eval(more[200:])  # the rings wrap again
+            ref.eval(more[200:])
+            assert_same_as_unforked(f1.logits(), ref.logits())
+            with pytest.raises(turbokv.InvalidArgument, match="sliding-window"):
+                f1.cache.truncate(RING_PREFIX)
+            f1.cache.truncate(len(f1.cache) - 3)
+            plain.truncate(len(plain) - 3)
+            f1.eval(more[-3:])
+            ref.eval(more[-3:])
+            assert_same_as_unforked(f1.logits(), ref.logits())
+            f1.save(tmp_path / "f.tkv")
+            back = turbokv.Session.load(model, tmp_path / "f.tkv", n_threads=1)
+            back.eval([9])
+            f1.eval([9])
+            assert np.array_equal(back.logits(), f1.logits())
+            for x in (back, f1, f2, ref):
+                x.close()
+
+
+def test_prompt_cache_past_the_rings_starts_afresh(gemma3_path, tmp_path):
+    """A prompt that shares only a short prefix with a long saved one cannot reuse it when
+    the local layers' rings no longer hold that prefix's windows: evaluated afresh."""
+    pc = tmp_path / "prompt.tkv"
+    kw = dict(temperature=0, max_tokens=3, n_threads=1, n_ctx=1024)
+    with turbokv.Model(gemma3_path) as model:
+        long = "ab cd " * 60
+        first = turbokv.generate(long, model, prompt_cache=pc, stream=True, **kw)
+        "".join(first)
+        assert first.stats.prompt_tokens > 270
+        other = turbokv.generate("ab xy", model, prompt_cache=pc, stream=True, **kw)
+        fresh = turbokv.generate("ab xy", model, stream=True, **kw)
+        assert "".join(other) == "".join(fresh)
+        assert other.stats.prompt_cache_tokens == 0
