@@ -44,7 +44,8 @@
  * vpdpbusd on cb8 + 128 with the block's 128 sum(w8) subtracted, or vpmaddubsw on |cb8|
  * and sign(cb8) w8.  Blocks of TKV_I8_SPAN keys are walked once per half, so their codes
  * are read from L1 after the first walk; the next span's rows are prefetched meanwhile.
- * head_dim 64 is instantiated as a constant (the accumulators then stay in registers).
+ * head_dim 64 is instantiated as a constant at 4 bits (the accumulators then stay in
+ * registers).
  *
  * Exactness (kernels.h states the bounds the tests hold every ISA to): scores differ from
  * the fp32 score by the rounding of q and of the codebook to 8 bits; value sums by the
@@ -483,15 +484,29 @@ static int TKV_I8_NAME(supported)(const tkv_code_layout *L) {
         }                                                                                          \
     } while (0)
 
-/* head_dim 64 (one chunk) as a constant: the accumulators then stay in registers */
-#define TKV_I8_SCORES(NQ, BITS, L, P, codes, n, outs)                                              \
-    do {                                                                                           \
-        if ((L)->d == 64) {                                                                        \
+/* Every (queries, width) instance as a function of its own, so that no function holds all of
+ * them (compile time grows faster than linearly with a function's size).  head_dim 64 (one
+ * chunk) is a constant for 4 bits, the default codec: its accumulators then stay in
+ * registers. */
+#define TKV_I8_FOR_EACH(G)                                                                         \
+    G(1, 2)                                                                                        \
+    G(2, 2) G(3, 2) G(4, 2) G(1, 3) G(2, 3) G(3, 3) G(4, 3) G(1, 4) G(2, 4) G(3, 4) G(4, 4)        \
+        G(1, 5) G(2, 5) G(3, 5) G(4, 5)
+
+#define TKV_I8_DEF_SCORES(NQ, BITS)                                                                \
+    static __attribute__((noinline)) TKV_I8_ATTR void TKV_I8_NAME(scores_##NQ##_##BITS)(           \
+        const tkv_code_layout *L, const tkv_i8_query *P, const uint8_t *codes, size_t n,           \
+        float *const *outs) {                                                                      \
+        if ((BITS) == 4 && L->d == 64) {                                                           \
             TKV_I8_NAME(scores_nq)(NQ, BITS, 64, L, P, codes, n, outs);                            \
         } else {                                                                                   \
             TKV_I8_NAME(scores_nq)(NQ, BITS, 0, L, P, codes, n, outs);                             \
         }                                                                                          \
-    } while (0)
+    }
+TKV_I8_FOR_EACH(TKV_I8_DEF_SCORES)
+
+#define TKV_I8_SCORES(NQ, BITS, L, P, codes, n, outs)                                              \
+    TKV_I8_NAME(scores_##NQ##_##BITS)(L, P, codes, n, outs)
 
 static TKV_I8_ATTR void TKV_I8_NAME(run)(const tkv_code_layout *L, const float *const *qs, int nq,
                                          const uint8_t *codes, size_t n, float *const *outs) {
@@ -833,17 +848,24 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, cons
     }
 }
 
-/* The unsigned-weight path (signed codebook Ts) where the span's weights allow it. */
-#define TKV_I8_SUMS(NQ, BITS, L, T, Ts, S, ns, pf, npf, fsum)                                      \
-    do {                                                                                           \
-        if ((S)->nonneg && (L)->d == 64) {                                                         \
+/* The unsigned-weight path (signed codebook Ts) where the span's weights allow it; one
+ * function per (queries, width) as for the scores. */
+#define TKV_I8_DEF_SUMS(NQ, BITS)                                                                  \
+    static __attribute__((noinline)) TKV_I8_ATTR void TKV_I8_NAME(sums_##NQ##_##BITS)(             \
+        const tkv_code_layout *L, const tkv_i8_tab *T, const tkv_i8_tab *Ts, const tkv_i8_span *S, \
+        size_t ns, const uint8_t *pf, size_t npf, float *const *fsum) {                            \
+        if (S->nonneg && (BITS) == 4 && L->d == 64) {                                              \
             TKV_I8_NAME(span_sums)(NQ, BITS, 64, 1, L, Ts, S, ns, pf, npf, fsum);                  \
-        } else if ((S)->nonneg) {                                                                  \
+        } else if (S->nonneg) {                                                                    \
             TKV_I8_NAME(span_sums)(NQ, BITS, 0, 1, L, Ts, S, ns, pf, npf, fsum);                   \
         } else {                                                                                   \
             TKV_I8_NAME(span_sums)(NQ, BITS, 0, 0, L, T, S, ns, pf, npf, fsum);                    \
         }                                                                                          \
-    } while (0)
+    }
+TKV_I8_FOR_EACH(TKV_I8_DEF_SUMS)
+
+#define TKV_I8_SUMS(NQ, BITS, L, T, Ts, S, ns, pf, npf, fsum)                                      \
+    TKV_I8_NAME(sums_##NQ##_##BITS)(L, T, Ts, S, ns, pf, npf, fsum)
 
 static TKV_I8_ATTR void TKV_I8_NAME(accum_run)(const tkv_code_layout *L, const float *const *w,
                                                int nq, float threshold, const uint8_t *codes,
