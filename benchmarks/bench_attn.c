@@ -9,7 +9,9 @@
  * weights evict the cache between layers: the step cycles through copies of the K and V
  * codes spanning --pool MB.  "of bw" is (K + V code bytes / bandwidth) over the step's time,
  * the bound a step cannot beat when it streams its bytes from DRAM; the bytes do not grow
- * with nq, the work does.  Median over --rounds rounds, codecs and nq interleaved per round.
+ * with nq, the work does.  Median over --rounds rounds, codecs and nq interleaved per round,
+ * of the wall time ("us", "of bw") and of the thread's CPU time ("cpu us", "of bw cpu": what
+ * a quiet machine would show when other processes share the cores).
  *
  * Links the library's objects (internal kernel tables):
  *   cmake -S benchmarks -B build-bench -DCMAKE_BUILD_TYPE=Release
@@ -31,6 +33,13 @@
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* This thread's CPU time: on a shared machine wall time also counts the waits for a core. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -115,8 +124,8 @@ int main(int argc, char **argv) {
     printf("attention step on codes (scores + softmax + value sum), 1 thread, cold codes "
            "(pool %.0f MB), bound %.1f GB/s, median of %d rounds\n",
            pool_mb, bw, rounds);
-    printf("%-7s %4s %6s %-14s %3s %10s %8s %7s\n", "isa", "d", "ctx", "codec", "nq", "us", "GB/s",
-           "of bw");
+    printf("%-7s %4s %6s %-14s %3s %10s %8s %7s %10s %10s\n", "isa", "d", "ctx", "codec", "nq",
+           "us", "GB/s", "of bw", "cpu us", "of bw cpu");
     for (int di = 0; di < n_dim; di++) {
         const uint32_t d = (uint32_t)atoi(dims[di]);
         for (int ci = 0; ci < n_ctx; ci++) {
@@ -163,6 +172,7 @@ int main(int argc, char **argv) {
             }
             const int n_cfg = n_isa * n_codec * n_nq;
             double *t = calloc((size_t)n_cfg * rounds, sizeof *t);
+            double *tc = calloc((size_t)n_cfg * rounds, sizeof *tc);
             size_t *next = calloc((size_t)n_codec, sizeof *next);
             for (int r = -1; r < rounds; r++) {
                 for (int s = 0; s < n_cfg; s++) {
@@ -175,7 +185,7 @@ int main(int argc, char **argv) {
                     }
                     /* enough steps for ~2 ms, each on the next cold copy */
                     const int reps = n >= 8192 ? 2 : (int)(16384 / n);
-                    const double t0 = now_s();
+                    const double t0 = now_s(), c0 = cpu_s();
                     for (int k = 0; k < reps; k++) {
                         const uint8_t *kc = pool[c] + next[c] * 2 * bytes[c];
                         next[c] = (next[c] + 1) % copies[c];
@@ -184,6 +194,7 @@ int main(int argc, char **argv) {
                     }
                     if (r >= 0) {
                         t[(size_t)cfg * rounds + r] = (now_s() - t0) / reps;
+                        tc[(size_t)cfg * rounds + r] = (cpu_s() - c0) / reps;
                     }
                 }
             }
@@ -192,11 +203,14 @@ int main(int argc, char **argv) {
                 if (!tkv_codec_kernels_for_isa(isas[ii])) {
                     continue;
                 }
-                double *v = t + (size_t)cfg * rounds;
+                double *v = t + (size_t)cfg * rounds, *vc = tc + (size_t)cfg * rounds;
                 qsort(v, (size_t)rounds, sizeof *v, cmp_double);
+                qsort(vc, (size_t)rounds, sizeof *vc, cmp_double);
                 const double med = v[rounds / 2], gbs = 2.0 * (double)bytes[c] / med * 1e-9;
-                printf("%-7s %4u %6zu %-14s %3s %10.1f %8.2f %6.0f%%\n", isas[ii], d, n, codecs[c],
-                       nqs[cfg % n_nq], med * 1e6, gbs, 100.0 * gbs / bw);
+                const double medc = vc[rounds / 2], gbc = 2.0 * (double)bytes[c] / medc * 1e-9;
+                printf("%-7s %4u %6zu %-14s %3s %10.1f %8.2f %6.0f%% %10.1f %9.0f%%\n", isas[ii], d,
+                       n, codecs[c], nqs[cfg % n_nq], med * 1e6, gbs, 100.0 * gbs / bw, medc * 1e6,
+                       100.0 * gbc / bw);
             }
             fflush(stdout);
             for (int c = 0; c < n_codec; c++) {
@@ -207,6 +221,7 @@ int main(int argc, char **argv) {
             tkv_free_aligned(rowbuf);
             tkv_free_aligned(accbuf);
             free(t);
+            free(tc);
             free(next);
         }
     }

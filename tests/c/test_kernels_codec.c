@@ -327,6 +327,107 @@ static void test_multi_query(const tkv_codec_kernels *K, int32_t id, uint32_t d)
     tkv_codec_release(&c);
 }
 
+/* The int8 turbo kernels on a long run, nq = 1..4 through the grouped-query entries: every
+ * pass width of the scores (8 / 4 keys, single keys), whole and partial weight blocks over
+ * more than one span, weights all >= 0 (softmax outputs: the unsigned-weight path) and of
+ * both signs, threshold 0 and one that skips rows.  Each query against the scalar
+ * single-query kernels, per score and per accumulator element, within the int8 rounding
+ * bounds of kernels.h plus the 1e-5 rule. */
+static void test_multi_query_i8(const tkv_codec_kernels *K, int32_t id, uint32_t d) {
+    struct tkv_codec c;
+    CHECK_OK(tkv_codec_init(&c, id, d, 77));
+    const tkv_code_layout *L = &c.layout;
+    if (!tkv_turbo_scores_i8(K, L) || !tkv_turbo_accum_i8(K, L)) {
+        tkv_codec_release(&c);
+        return;
+    }
+    const size_t n = 555; /* two spans and a part, a partial block, 8-, 4- and 1-key passes */
+    uint8_t *codes = malloc(n * L->stride);
+    float *x = malloc(d * sizeof *x),
+          *scratch = malloc(TKV_CODEC_SCRATCH_FLOATS(d) * sizeof(float));
+    float *dec = malloc(n * d * sizeof *dec);
+    float *q = malloc((size_t)TKV_MAX_QUERIES * d * sizeof *q);
+    float *w = malloc((size_t)TKV_MAX_QUERIES * n * sizeof *w);
+    float *out = malloc((size_t)TKV_MAX_QUERIES * n * sizeof *out),
+          *out_s = malloc(n * sizeof *out_s);
+    float *acc = malloc((size_t)TKV_MAX_QUERIES * d * sizeof *acc),
+          *acc_s = malloc(d * sizeof *acc_s);
+    tkv_rng rng;
+    tkv_rng_init(&rng, 31 + (uint64_t)id * 13 + d);
+    for (size_t i = 0; i < n; i++) {
+        make_vector(&rng, d, (int)(i % 5), x);
+        CHECK_OK(tkv_codec_encode_one(&c, x, codes + i * L->stride, scratch));
+        tkv_decode_rotated_scalar(L, codes + i * L->stride, dec + i * d);
+    }
+    for (int sign = 0; sign < 2; sign++) {
+        for (int nq = 1; nq <= TKV_MAX_QUERIES; nq++) {
+            const float thr = nq % 2 ? 0.0f : 0.3f;
+            const float *qs[TKV_MAX_QUERIES], *ws[TKV_MAX_QUERIES];
+            float *outs[TKV_MAX_QUERIES], *accs[TKV_MAX_QUERIES];
+            for (int k = 0; k < nq; k++) {
+                qs[k] = q + (size_t)k * d;
+                ws[k] = w + (size_t)k * n;
+                outs[k] = out + (size_t)k * n;
+                accs[k] = acc + (size_t)k * d;
+                for (uint32_t j = 0; j < d; j++) {
+                    q[(size_t)k * d + j] = (float)tkv_rng_gaussian(&rng);
+                    acc[(size_t)k * d + j] = 0.5f * (float)k;
+                }
+                for (size_t i = 0; i < n; i++) { /* a few large weights, like a softmax */
+                    const float u = (float)tkv_rng_uniform(&rng);
+                    const float v = i % 37 == 3 ? 20.0f * u : u * u;
+                    w[(size_t)k * n + i] = sign && i % 3 == 1 ? -v : v;
+                }
+            }
+            K->scores_multi[L->format](L, qs, nq, codes, n, outs);
+            K->accum_multi[L->format](L, ws, nq, thr, codes, n, accs);
+            for (int k = 0; k < nq; k++) {
+                tkv_scores_scalar(L, qs[k], codes, n, out_s);
+                int bad = 0;
+                for (size_t i = 0; i < n; i++) {
+                    double mag = 0;
+                    for (uint32_t j = 0; j < d; j++) {
+                        mag += fabs((double)qs[k][j] * dec[i * d + j]);
+                    }
+                    bad += !(fabs(outs[k][i] - out_s[i]) <=
+                             i8_bound(K, L, qs[k], codes + i * L->stride) + REL_TOL * mag);
+                }
+                CHECK_MSG(bad == 0, "%s %s d=%u nq=%d query %d: %d int8 scores out of bound",
+                          K->isa, c.desc->name, d, nq, k, bad);
+                for (uint32_t j = 0; j < d; j++) {
+                    acc_s[j] = 0.5f * (float)k;
+                }
+                tkv_accum_scalar(L, ws[k], thr, codes, n, acc_s);
+                bad = 0;
+                for (uint32_t j = 0; j < d; j++) {
+                    double mag = fabs(acc_s[j]);
+                    for (size_t i = 0; i < n; i++) {
+                        if (fabsf(ws[k][i]) >= thr) {
+                            mag += fabs((double)ws[k][i] * dec[i * d + j]);
+                        }
+                    }
+                    bad += !(fabs(accs[k][j] - acc_s[j]) <=
+                             tkv_turbo_accum_i8_bound(L, ws[k], thr, codes, n, j) + REL_TOL * mag);
+                }
+                CHECK_MSG(bad == 0,
+                          "%s %s d=%u nq=%d query %d weights %s: %d int8 sums out of bound", K->isa,
+                          c.desc->name, d, nq, k, sign ? "signed" : ">= 0", bad);
+            }
+        }
+    }
+    free(codes);
+    free(x);
+    free(scratch);
+    free(dec);
+    free(q);
+    free(w);
+    free(out);
+    free(out_s);
+    free(acc);
+    free(acc_s);
+    tkv_codec_release(&c);
+}
+
 /* The trellis encoder's Viterbi step: the same bits as scalar (codes must not depend on
  * the CPU), on random costs including ties. */
 static void test_trellis_step(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
@@ -685,6 +786,10 @@ int main(int argc, char **argv) {
                     test_multi_query(K, id, dims[t]);
                 }
             }
+        }
+        for (int32_t id = TKV_CODEC_TURBO_2B; id <= TKV_CODEC_TURBO_5B; id++) {
+            test_multi_query_i8(K, id, 64);
+            test_multi_query_i8(K, id, 128);
         }
         if (strcmp(K->isa, "avx512") == 0) {
             /* the avx512 trellis entries pick the VBMI kernels where the CPU has VBMI;
