@@ -30,6 +30,26 @@ def _prompt(n_vocab: int) -> list[int]:
     return [(i * 7919 + 13) % n_vocab for i in range(PREFIX + 16)]
 
 
+
+def _check_in_new_process(model_path, paths, expected):
+    """Load each saved file in a new process (_CHILD), continue it, and compare with what this
+    process got after the save: logits bit for bit, the sampled tokens, length and bytes."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(turbokv.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", _CHILD, str(model_path), json.dumps(paths),
+                          str(Path(__file__).parent)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    for path in paths:
+        logits, sampled, n_tokens, used = expected[path]
+        child_logits = np.load(path + ".logits.npy")
+        # bit for bit: the same float32 words
+        assert np.array_equal(child_logits.view(np.uint32), logits.view(np.uint32)), path
+        assert got[path]["sampled"] == sampled
+        assert got[path]["tokens"] == n_tokens
+        assert got[path]["bytes_used"] == used
+
 def _continue(session: turbokv.Session, n_vocab: int) -> tuple[np.ndarray, list[int]]:
     """Sample, then evaluate TAIL fixed tokens one by one; logits of every step."""
     rows, sampled = [], []
@@ -77,21 +97,7 @@ def test_continue_after_load_in_a_new_process_is_bit_exact(real_model, real_mode
             logits, sampled = _continue(s, n_vocab)
             expected[path] = (logits, sampled, len(cache), cache.bytes_used)
             paths.append(path)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(turbokv.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-c", _CHILD, str(real_model_path), json.dumps(paths),
-                          str(Path(__file__).parent)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout.strip().splitlines()[-1])
-    for path in paths:
-        logits, sampled, n_tokens, used = expected[path]
-        child_logits = np.load(path + ".logits.npy")
-        # bit for bit: the same float32 words
-        assert np.array_equal(child_logits.view(np.uint32), logits.view(np.uint32)), path
-        assert got[path]["sampled"] == sampled
-        assert got[path]["tokens"] == n_tokens
-        assert got[path]["bytes_used"] == used
+    _check_in_new_process(real_model_path, paths, expected)
 
 
 def test_kvcache_save_load_roundtrip_settings(real_model, tmp_path):
@@ -319,20 +325,7 @@ def test_sliding_ring_continues_bit_exact_after_load_in_a_new_process(gemma3_pat
                 expected[path] = (logits, sampled, len(cache), cache.bytes_used)
                 paths.append(path)
                 s.close()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(turbokv.__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
-    run = subprocess.run([sys.executable, "-c", _CHILD, str(gemma3_path), json.dumps(paths),
-                          str(Path(__file__).parent)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout.strip().splitlines()[-1])
-    for path in paths:
-        logits, sampled, n_tokens, used = expected[path]
-        child_logits = np.load(path + ".logits.npy")
-        assert np.array_equal(child_logits.view(np.uint32), logits.view(np.uint32)), path
-        assert got[path]["sampled"] == sampled
-        assert got[path]["tokens"] == n_tokens
-        assert got[path]["bytes_used"] == used
+    _check_in_new_process(gemma3_path, paths, expected)
 
 
 def test_sliding_ring_fork(gemma3_path, tmp_path):
