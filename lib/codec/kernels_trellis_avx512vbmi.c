@@ -406,7 +406,9 @@ TKV_INLINE void tkv_vbmi_sum_chunk(const tkv_vbmi_ctx *c, const tkv_code_layout 
         }
         const float inv = mx > 0.0f ? mx / TKV_VBMI_FULL : 0.0f;
         for (int p = 0; p < TKV_VBMI_DIGITS; p++) {
-            bias[q][p] = -128 * _mm512_reduce_add_epi32(sum[p]);
+            /* in uint32: NaN weights convert to INT_MIN and their digit sums overflow the
+             * product (garbage in, garbage out, but no undefined behaviour) */
+            bias[q][p] = (int32_t)(0u - 128u * (uint32_t)_mm512_reduce_add_epi32(sum[p]));
             unit[q][p] = inv * (p == 0 ? 1.0f : p == 1 ? 256.0f : 65536.0f);
         }
     }

@@ -13,6 +13,14 @@
  * fuzz_gguf, December 2026: an empty string array (e.g. "tokenizer.ggml.merges" with 0
  * elements) came back with strings == NULL, which gguf.h reserves for non-string arrays,
  * so the model loader rejected a valid file as "merges is not strings".  Fixed in gguf.c.
+ *
+ * fuzz_model, December 2026: a crafted model's non-finite attention weights reached the
+ * VBMI trellis value sums, which convert each weight to 16-bit fixed point: an infinite
+ * weight makes the chunk's scale 0 and its products NaN, NaN converts to INT_MIN, and the
+ * digit sum overflowed -128 * sum in int (UBSan, kernels_trellis_avx512vbmi.c).  Such sums
+ * mean nothing, but computing them must not be undefined behaviour:
+ * the product is taken in uint32 now.  Runs where the CPU has the VBMI kernels (the
+ * sanitizer build in CI decides).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -20,6 +28,8 @@
 #include <string.h>
 
 #include "check.h"
+#include "codec/codec.h"
+#include "codec/kernels.h"
 #include "gguf/gguf.h"
 #include "kv/cache.h"
 #include "turbokv.h"
@@ -68,8 +78,42 @@ static void test_gguf_empty_string_array(void) {
     tkv_gguf_close(g);
 }
 
+static void test_trellis_sums_nan_weights(void) {
+    const tkv_codec_kernels *K = tkv_codec_kernels_for_isa("avx512");
+    if (K == NULL || !tkv_trellis_vbmi_active(K)) {
+        printf("trellis NaN weights: no VBMI kernels on this CPU, skipped\n");
+        return;
+    }
+    enum { N = 40 };
+    const uint32_t d = 64;
+    struct tkv_codec c;
+    CHECK_OK(tkv_codec_init(&c, TKV_CODEC_TURBO_4B_TCQ, d, 5));
+    const size_t stride = c.layout.stride;
+    uint8_t *codes = malloc(N * stride);
+    float *scratch = malloc(TKV_CODEC_SCRATCH_FLOATS(d) * sizeof(float));
+    float x[64], w[N], w2[N], acc[64] = {0}, acc2[64] = {0};
+    for (int i = 0; i < N; i++) {
+        for (uint32_t j = 0; j < d; j++) {
+            x[j] = sinf((float)(i * 64 + (int)j));
+        }
+        CHECK_OK(tkv_codec_encode_one(&c, x, codes + (size_t)i * stride, scratch));
+        w[i] = (i % 3 == 0) ? INFINITY : 0.5f;
+        w2[i] = 1.0f / (float)(i + 1);
+    }
+    const float *ws[2] = {w, w2};
+    float *accs[2] = {acc, acc2};
+    tkv_accum_trellis_multi_avx512vbmi(&c.layout, ws, 2, 0.0f, codes, N, accs);
+    for (uint32_t j = 0; j < d; j++) {
+        CHECK(isfinite(acc2[j])); /* the other query's sums are unaffected */
+    }
+    free(codes);
+    free(scratch);
+    tkv_codec_release(&c);
+}
+
 int main(void) {
     test_gguf_empty_string_array();
     test_kv_append_non_finite();
+    test_trellis_sums_nan_weights();
     CHECK_MAIN_END();
 }
