@@ -242,6 +242,23 @@ static inline TKV_I8_ATTR __m256i TKV_I8_NAME(dot32)(__m256i acc, __m256i v, con
 #endif
 }
 
+/* A[r] += the products of the 4 weight bytes at w8, broadcast as the unsigned operand (weights
+ * >= 0), with the signed bytes of X[r], summed by 4 into int32 lanes, for r = 0..3. */
+static inline __attribute__((always_inline)) TKV_I8_ATTR void TKV_I8_NAME(wdot4)(
+    __m256i *A, const int8_t *w8, const __m256i *X) {
+    int32_t wq;
+    memcpy(&wq, w8, 4);
+    const __m256i wv = _mm256_set1_epi32(wq);
+    for (int r = 0; r < 4; r++) {
+#if TKV_I8_VNNI
+        A[r] = _mm256_dpbusd_epi32(A[r], wv, X[r]);
+#else /* |pair sums| <= 2 * 127 * 127: no saturation */
+        A[r] = _mm256_add_epi32(
+            A[r], _mm256_madd_epi16(_mm256_maddubs_epi16(wv, X[r]), _mm256_set1_epi16(1)));
+#endif
+    }
+}
+
 /* Sums of int32 lanes by unpacks and adds (vphaddd decodes into several operations, an
  * unpack is one).  sum2: per 128-bit lane [x0 + x2, y0 + y2, x1 + x3, y1 + y3]; sum4: per
  * 128-bit lane [a, b, c, d], each the sum of that lane's four. */
@@ -719,18 +736,7 @@ TKV_I8_NAME(span_sums4)(const int NQ, const uint32_t D, const tkv_code_layout *L
                         X[r] = _mm256_shuffle_epi8(T->lo, _mm256_and_si256(x, m15));
                     }
                     for (int k = 0; k < NQ; k++) {
-                        int32_t wq;
-                        memcpy(&wq, S->w8[k] + i, 4);
-                        const __m256i wv = _mm256_set1_epi32(wq);
-                        for (int r = 0; r < 4; r++) {
-#if TKV_I8_VNNI
-                            A[k][r] = _mm256_dpbusd_epi32(A[k][r], wv, X[r]);
-#else /* |pair sums| <= 2 * 127 * 127: no saturation */
-                            A[k][r] = _mm256_add_epi32(
-                                A[k][r], _mm256_madd_epi16(_mm256_maddubs_epi16(wv, X[r]),
-                                                           _mm256_set1_epi16(1)));
-#endif
-                        }
+                        TKV_I8_NAME(wdot4)(A[k], S->w8[k] + i, X);
                     }
                 }
                 for (int k = 0; k < NQ; k++) {
@@ -791,18 +797,7 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, cons
                         _mm256_unpacklo_epi16(ab1, cd1), _mm256_unpackhi_epi16(ab1, cd1)};
                     if (UNS) { /* weights >= 0 are the unsigned operand, T is signed */
                         for (int k = 0; k < NQ; k++) {
-                            int32_t wq;
-                            memcpy(&wq, S->w8[k] + i, 4);
-                            const __m256i wv = _mm256_set1_epi32(wq);
-                            for (int r = 0; r < 4; r++) {
-#if TKV_I8_VNNI
-                                A[k][r] = _mm256_dpbusd_epi32(A[k][r], wv, X[r]);
-#else /* |pair sums| <= 2 * 127 * 127: no saturation */
-                                A[k][r] = _mm256_add_epi32(
-                                    A[k][r], _mm256_madd_epi16(_mm256_maddubs_epi16(wv, X[r]),
-                                                               _mm256_set1_epi16(1)));
-#endif
-                            }
+                            TKV_I8_NAME(wdot4)(A[k], S->w8[k] + i, X);
                         }
                         continue;
                     }
