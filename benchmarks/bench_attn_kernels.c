@@ -32,32 +32,7 @@
 #define MAXC 16
 #define MAXI 3
 
-/* CPU time of this thread: on a shared machine a step's wall time includes the time the
- * thread waits for a core, its CPU time does not */
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
-static double urand(void) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return ((rng_state * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0) + 1e-300;
-}
-static float grand(void) {
-    return (float)(sqrt(-2.0 * log(urand())) * cos(6.283185307179586 * urand()));
-}
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "bench_util.h"
 
 static int split_list(char *s, char **out, int max) {
     int n = 0;
@@ -205,11 +180,11 @@ int main(int argc, char **argv) {
                     for (int k = 0; k < ne; k++) {
                         entry *e = &E[(k + (r < 0 ? 0 : r)) % ne];
                         for (int part = 0; part < (split ? 3 : 1); part++) {
-                            const double t0 = now_s();
+                            const double t0 = cpu_s();
                             for (int i = 0; i < reps; i++) {
                                 step(e, nq, qs, sc, acc, n, part);
                             }
-                            const double us = 1e6 * (now_s() - t0) / reps;
+                            const double us = 1e6 * (cpu_s() - t0) / reps;
                             if (r >= 0) {
                                 (part == 0 ? e->us : part == 1 ? e->us_s : e->us_a)[r] = us;
                             }

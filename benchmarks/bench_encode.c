@@ -16,11 +16,7 @@
 
 #include "codec/codec.h"
 
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "bench_util.h"
 
 int main(int argc, char **argv) {
     const uint32_t d = argc > 1 ? (uint32_t)atoi(argv[1]) : 64;

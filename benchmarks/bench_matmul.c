@@ -34,19 +34,7 @@
 #include "tensor/formats.h"
 #include "tensor/matmul.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* CPU time of the calling thread: on a shared machine it leaves out the time the thread
- * waited for a core, which wall time of one thread would count. */
-static double cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "bench_util.h"
 
 /* Only the formats named in TKV_BENCH_TYPES (comma-separated, e.g. "q4_1,q6_k") if set. */
 static int type_selected(int32_t type) {
@@ -172,10 +160,6 @@ static void read_task(void *p, int ith, int nth) {
     j->sink[ith & 1] += s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
 }
 
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* A (rows, cols) matrix of `type` made of 64 distinct random rows repeated: the speed of a
  * kernel does not depend on the values, and quantizing 192 MB with the reference
