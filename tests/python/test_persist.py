@@ -31,6 +31,29 @@ def _prompt(n_vocab: int) -> list[int]:
 
 
 
+
+def _save_then_continue(model, prompt, configs, n_ctx, n_batch, first, prefix, stem):
+    """Per cache configuration (a "truncate" entry cuts the cache back and evaluates 5 more
+    tokens): evaluate prompt[:first] and prompt[first:prefix], save to stem<i>.tkv, then
+    continue (_continue).  Returns the paths and, per path, what the continuation gave."""
+    paths, expected = [], {}
+    for i, cfg in enumerate(configs):
+        cfg = dict(cfg)
+        cut = cfg.pop("truncate", 0)
+        with turbokv.KVCache(model, n_ctx=n_ctx, seed=3, **cfg) as cache, \
+                turbokv.Session(cache, n_threads=1, n_batch=n_batch) as s:
+            s.eval(prompt[:first])
+            s.eval(prompt[first:prefix])
+            if cut:
+                cache.truncate(cut)
+                s.eval(prompt[cut:cut + 5])
+            path = f"{stem}{i}.tkv"
+            s.save(path)
+            logits, sampled = _continue(s, model.n_vocab)
+            expected[path] = (logits, sampled, len(cache), cache.bytes_used)
+            paths.append(path)
+    return paths, expected
+
 def _check_in_new_process(model_path, paths, expected):
     """Load each saved file in a new process (_CHILD), continue it, and compare with what this
     process got after the save: logits bit for bit, the sampled tokens, length and bytes."""
@@ -79,24 +102,10 @@ print(json.dumps(out))
 
 
 def test_continue_after_load_in_a_new_process_is_bit_exact(real_model, real_model_path, tmp_path):
-    n_vocab = real_model.n_vocab
-    prompt = _prompt(n_vocab)
-    expected, paths = {}, []
-    for i, cfg in enumerate(CONFIGS + [dict(CONFIGS[0], truncate=60)]):
-        cfg = dict(cfg)
-        cut = cfg.pop("truncate", 0)
-        with turbokv.KVCache(real_model, n_ctx=256, seed=3, **cfg) as cache:
-            s = turbokv.Session(cache, n_threads=1, n_batch=64)
-            s.eval(prompt[:50])
-            s.eval(prompt[50:PREFIX])
-            if cut:
-                cache.truncate(cut)
-                s.eval(prompt[cut:cut + 5])
-            path = str(tmp_path / f"s{i}.tkv")
-            s.save(path)
-            logits, sampled = _continue(s, n_vocab)
-            expected[path] = (logits, sampled, len(cache), cache.bytes_used)
-            paths.append(path)
+    prompt = _prompt(real_model.n_vocab)
+    configs = CONFIGS + [dict(CONFIGS[0], truncate=60)]
+    paths, expected = _save_then_continue(real_model, prompt, configs, 256, 64, 50, PREFIX,
+                                          tmp_path / "s")
     _check_in_new_process(real_model_path, paths, expected)
 
 
@@ -305,26 +314,11 @@ def test_sliding_ring_continues_bit_exact_after_load_in_a_new_process(gemma3_pat
     """A Gemma 3 cache whose local layers' rings have wrapped (and one truncated inside
     them) saves the rings' rows and what they lost, and continues bit for bit in another
     process."""
-    paths, expected = [], {}
     with turbokv.Model(gemma3_path) as model:
-        n_vocab = model.n_vocab
-        prompt = [(i * 7919 + 13) % n_vocab for i in range(RING_PREFIX + 8)]
-        for i, cfg in enumerate(RING_CONFIGS + [dict(RING_CONFIGS[0], truncate=RING_PREFIX - 8)]):
-            cfg = dict(cfg)
-            cut = cfg.pop("truncate", 0)
-            with turbokv.KVCache(model, n_ctx=512, seed=3, **cfg) as cache:
-                s = turbokv.Session(cache, n_threads=1, n_batch=128)
-                s.eval(prompt[:200])
-                s.eval(prompt[200:RING_PREFIX])
-                if cut:
-                    cache.truncate(cut)
-                    s.eval(prompt[cut:cut + 5])
-                path = str(tmp_path / f"r{i}.tkv")
-                s.save(path)
-                logits, sampled = _continue(s, n_vocab)
-                expected[path] = (logits, sampled, len(cache), cache.bytes_used)
-                paths.append(path)
-                s.close()
+        prompt = [(i * 7919 + 13) % model.n_vocab for i in range(RING_PREFIX + 8)]
+        configs = RING_CONFIGS + [dict(RING_CONFIGS[0], truncate=RING_PREFIX - 8)]
+        paths, expected = _save_then_continue(model, prompt, configs, 512, 128, 200, RING_PREFIX,
+                                              tmp_path / "r")
     _check_in_new_process(gemma3_path, paths, expected)
 
 
