@@ -9,27 +9,17 @@
  * and optionally TKV_X86_SKIP_KQUANTS (leave out the K-quant kernels).
  *
  * Every kernel handles one weight row against 1..TKV_MM_NX activation rows; the row loop
- * is written once per row count (always_inline + constant nx) so accumulators stay in
- * registers.  Integer sums of a block are exact; scales are applied in float per block.
+ * is written once per row count (always_inline + constant nx, matmul_x86_nx.h) so
+ * accumulators stay in registers.  Integer sums of a block are exact; scales are applied in float per block.
  */
 #include <immintrin.h>
+
+#include "tensor/matmul_x86_nx.h"
 
 #define TKV_XQ(x) ((const int8_t *)(x))
 #define TKV_XD(x, n) ((const float *)((const char *)(x) + (n)))
 #define TKV_XDS(x, n) (TKV_XD(x, n) + (n) / TKV_QK)
 #define TKV_INLINE static inline __attribute__((always_inline)) TKV_ATTR
-
-/* Stamp out the 1..4 row-count specializations of an always_inline kernel body. */
-#define TKV_NX_DISPATCH(name)                                                                \
-    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *w, const void *x, size_t xs,    \
-                                      int nx, float *y, size_t ys) {                         \
-        switch (nx) {                                                                        \
-        case 1: TKV_FN(name##_n)(n, w, x, xs, 1, y, ys); break;                              \
-        case 2: TKV_FN(name##_n)(n, w, x, xs, 2, y, ys); break;                              \
-        case 3: TKV_FN(name##_n)(n, w, x, xs, 3, y, ys); break;                              \
-        default: TKV_FN(name##_n)(n, w, x, xs, 4, y, ys); break;                             \
-        }                                                                                    \
-    }
 
 TKV_INLINE float TKV_FN(hsum)(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -109,7 +99,8 @@ static TKV_ATTR void TKV_FN(quantize_q8)(const float *x, int64_t n, void *xq) {
 /* One body for F32/F16/BF16: `load8` converts 8 weights at element i to floats. */
 #define TKV_FLOAT_KERNEL(name, wtype, load8, scalar1)                                          \
     TKV_INLINE void TKV_FN(name##_n)(int64_t n, const void *w, const void *x, size_t xs,      \
-                                     const int nx, float *y, size_t ys) {                     \
+                                     const int nx, float *y, size_t ys, const int fmt) {      \
+        (void)fmt;                                                                            \
         const wtype *wp = w;                                                                  \
         const float *xr[TKV_MM_NX];                                                           \
         __m256 acc[TKV_MM_NX][2];                                                             \
@@ -133,7 +124,7 @@ static TKV_ATTR void TKV_FN(quantize_q8)(const float *x, int64_t n, void *xq) {
             y[(size_t)t * ys] = s;                                                            \
         }                                                                                     \
     }                                                                                         \
-    TKV_NX_DISPATCH(name)
+    TKV_NX_DISPATCH(name, name##_n, 0)
 
 #define TKV_LOAD_F32(p) _mm256_loadu_ps(p)
 #define TKV_LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
@@ -171,7 +162,8 @@ TKV_FLOAT_KERNEL(dot_bf16, uint16_t, TKV_LOAD_BF16, TKV_CVT_BF16)
         }                                                                                     \
     }                                                                                         \
     TKV_INLINE void TKV_FN(name##_n)(int64_t n, const void *w, const void *x, size_t xs,      \
-                                     const int nx, float *y, size_t ys) {                     \
+                                     const int nx, float *y, size_t ys, const int fmt) {      \
+        (void)fmt;                                                                            \
         const btype *wb = w;                                                                  \
         const int8_t *xq[TKV_MM_NX];                                                          \
         const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];                                          \
@@ -200,7 +192,7 @@ TKV_FLOAT_KERNEL(dot_bf16, uint16_t, TKV_LOAD_BF16, TKV_CVT_BF16)
                                 (macc0[t] + macc1[t]);                                        \
         }                                                                                     \
     }                                                                                         \
-    TKV_NX_DISPATCH(name)
+    TKV_NX_DISPATCH(name, name##_n, 0)
 
 #define TKV_UNPACK_Q8_0(blk)                                                                  \
     wsgn = _mm256_loadu_si256((const __m256i *)(blk)->qs);                                    \
@@ -291,22 +283,15 @@ TKV_INLINE void TKV_FN(dot_qk_asym_n)(int64_t n, const void *w, const void *x, s
     }
 }
 
-TKV_INLINE void TKV_FN(dot_q4_k_n)(int64_t n, const void *w, const void *x, size_t xs,
-                                   const int nx, float *y, size_t ys) {
-    TKV_FN(dot_qk_asym_n)(n, w, x, xs, nx, y, ys, 0);
-}
-TKV_INLINE void TKV_FN(dot_q5_k_n)(int64_t n, const void *w, const void *x, size_t xs,
-                                   const int nx, float *y, size_t ys) {
-    TKV_FN(dot_qk_asym_n)(n, w, x, xs, nx, y, ys, 1);
-}
-TKV_NX_DISPATCH(dot_q4_k)
-TKV_NX_DISPATCH(dot_q5_k)
+TKV_NX_DISPATCH(dot_q4_k, dot_qk_asym_n, 0)
+TKV_NX_DISPATCH(dot_q5_k, dot_qk_asym_n, 1)
 
 /* Q6_K: codes q in 0..63 (value q - 32).  Pair sums maddubs(q, x) - maddubs(32, x) are
  * exact in int16 (|.| <= 2*63*127); madd with the two int16 sub-block scales of the
  * 32-element group (low 128-bit lane: elements 0..15) gives exact int32 sums. */
 TKV_INLINE void TKV_FN(dot_q6_k_n)(int64_t n, const void *w, const void *x, size_t xs,
-                                   const int nx, float *y, size_t ys) {
+                                   const int nx, float *y, size_t ys, const int fmt) {
+    (void)fmt;
     const int8_t *xq[TKV_MM_NX];
     const float *xd[TKV_MM_NX];
     __m256 acc[TKV_MM_NX];
@@ -350,14 +335,13 @@ TKV_INLINE void TKV_FN(dot_q6_k_n)(int64_t n, const void *w, const void *x, size
         y[(size_t)t * ys] = TKV_FN(hsum)(acc[t]);
     }
 }
-TKV_NX_DISPATCH(dot_q6_k)
+TKV_NX_DISPATCH(dot_q6_k, dot_q6_k_n, 0)
 #endif
 
 #undef TKV_XQ
 #undef TKV_XD
 #undef TKV_XDS
 #undef TKV_INLINE
-#undef TKV_NX_DISPATCH
 #undef TKV_FLOAT_KERNEL
 #undef TKV_Q32_KERNEL
 #undef TKV_LOAD_F32

@@ -90,7 +90,7 @@ def test_kquant_logits_match_numpy_reference(tmp_path, arch, wtype):
     assert _rel_err(got, reference_forward(weights, _hp(cfg), tokens)) < 0.2
 
 
-THREAD_TYPES = [T.F32, T.Q8_0, T.Q4_0, T.Q4_1, T.Q4_K, T.Q5_K, T.Q6_K]
+THREAD_TYPES = [T.F32, T.Q8_0, T.Q4_0, T.Q4_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 
 
 @pytest.mark.parametrize("wtype", THREAD_TYPES, ids=[t.name for t in THREAD_TYPES])
