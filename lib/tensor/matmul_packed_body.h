@@ -319,9 +319,9 @@ TKVP_INLINE void TKV_FN(pk_q45k_t)(int64_t n, const void *wg, const void *x, siz
 #define TKVP_Q3_K 1
 #define TKVP_Q6_K 2
 
-/* d_x(j / 2) * (sum of the 16 activation codes of sub-block j) for the 16 sub-blocks of a
- * super-block (xv: its 256 codes, dx: its 8 block scales). */
-TKVP_INLINE void TKV_FN(pk_xsums16)(const int8_t *xv, const float *dx, float out[16]) {
+/* The sums of the 16 activation codes of each sub-block j (elements 16j ..) of a
+ * super-block (xv: its 256 codes). */
+TKVP_INLINE void TKV_FN(pk_xsums16)(const int8_t *xv, int32_t out[16]) {
 #if TKV_PK_512
     /* dpbusd with ones sums 4 codes per lane; two rounds of even + odd lanes of two
      * registers sum 16 (lane j: sub-block j) */
@@ -337,18 +337,13 @@ TKVP_INLINE void TKV_FN(pk_xsums16)(const int8_t *xv, const float *dx, float out
         p[k] = _mm512_add_epi32(_mm512_permutex2var_epi32(q[2 * k], even, q[2 * k + 1]),
                                 _mm512_permutex2var_epi32(q[2 * k], odd, q[2 * k + 1]));
     }
-    const __m512i sums = _mm512_add_epi32(_mm512_permutex2var_epi32(p[0], even, p[1]),
-                                          _mm512_permutex2var_epi32(p[0], odd, p[1]));
-    const __m512 dxe = _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
-        _mm512_castps256_ps512(_mm256_loadu_ps(dx)));
-    _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_cvtepi32_ps(sums), dxe));
+    _mm512_storeu_si512(out, _mm512_add_epi32(_mm512_permutex2var_epi32(p[0], even, p[1]),
+                                              _mm512_permutex2var_epi32(p[0], odd, p[1])));
 #else
     /* maddubs + madd with ones sum 4 codes per lane; two rounds of hadd sum 16, leaving
      * sub-blocks 0, 2, 4, 6 | 1, 3, 5, 7 of each 128 codes, which a permute puts in order */
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    const __m256 d8 = _mm256_loadu_ps(dx);
     TKVP_UNROLL for (int h = 0; h < 2; h++) {
         __m256i v[4];
         TKVP_UNROLL for (int k = 0; k < 4; k++) {
@@ -357,12 +352,7 @@ TKVP_INLINE void TKV_FN(pk_xsums16)(const int8_t *xv, const float *dx, float out
         }
         const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]),
                                             _mm256_hadd_epi32(v[2], v[3]));
-        const __m256 dxe = _mm256_permutevar8x32_ps(
-            d8, _mm256_setr_epi32(4 * h, 4 * h, 4 * h + 1, 4 * h + 1, 4 * h + 2, 4 * h + 2,
-                                  4 * h + 3, 4 * h + 3));
-        _mm256_storeu_ps(out + 8 * h, _mm256_mul_ps(
-                                          _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(s, order)),
-                                          dxe));
+        _mm256_storeu_si256((__m256i *)(out + 8 * h), _mm256_permutevar8x32_epi32(s, order));
     }
 #endif
 }
@@ -371,7 +361,7 @@ TKVP_INLINE void TKV_FN(pk_xsums16)(const int8_t *xv, const float *dx, float out
  * registers of 4 codes per row (registers 0..3: sub-block 2b, 4..7: 2b + 1).  Q2_K: u = q
  * (0..3); Q3_K: u = q + 4 (0..7: the low 2 bits and the hmask bit at bit 2); Q6_K: u = q + 32
  * (0..63: 4 bits of ql, nibble s / 2 of lane 8 (s & 1) + k, and bits 2s, 2s + 1 of qh at
- * bits 4, 5).  The offsets (4, 32) leave through the min term.  16-bit shifts: the bits kept
+ * bits 4, 5).  The offsets (4, 32) leave the integer sums (pk_k16_t).  16-bit shifts: the bits kept
  * never cross a byte. */
 TKVP_INLINE void TKV_FN(pk_k16_codes)(const uint8_t *p, const int fmt, const int h, const int s,
                                       const int half, TKVP_I c[8]) {
@@ -406,10 +396,10 @@ TKVP_INLINE void TKV_FN(pk_k16_codes)(const uint8_t *p, const int fmt, const int
 
 /* Q2_K / Q3_K / Q6_K, the rows of vector `half` against T tokens.  Per activation block the
  * integer sums of its two sub-blocks (two chains of 4 dot products) are scaled by the
- * sub-block scales sc_j and the block's d_x; the min term of sub-block j is m_j times d_x
- * times the sum of its 16 activation codes (once per super-block and token).  Per
- * super-block the row's d multiplies the scaled sums and dm the mins: Q2_K m_j = the file's
- * min with dm = dmin; Q3_K / Q6_K m_j = sc_j with dm = 4 d / 32 d (the code offsets). */
+ * sub-block scales sc_j and the block's d_x, and the row's d once per super-block.  The code
+ * offsets of Q3_K / Q6_K (4 / 32) leave the integer sums exactly, as offset x (the sum of the
+ * sub-block's 16 activation codes, once per super-block and token).  Q2_K's min term is m_j
+ * times d_x times that sum, scaled by the row's dmin once per super-block. */
 TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size_t xs,
                                   const int T, float *y, size_t ys, int rb, int re, const int fmt,
                                   const int half) {
@@ -429,10 +419,10 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
         if (half == 0) {
             TKV_FN(pk_prefetch)(p, sbytes);
         }
-        float xsd[TKV_MM_NX][16];
+        int32_t xsum[TKV_MM_NX][16];
         TKVP_F sacc[TKV_MM_NX], sm[TKV_MM_NX];
         TKVP_UNROLL for (int t = 0; t < T; t++) {
-            TKV_FN(pk_xsums16)(xq[t] + i * TKV_QK_K, xd[t] + 8 * i, xsd[t]);
+            TKV_FN(pk_xsums16)(xq[t] + i * TKV_QK_K, xsum[t]);
             sacc[t] = sm[t] = TKVP_ZERO_F();
         }
         TKVP_UNROLL for (int h = 0; h < 2; h++) {
@@ -440,7 +430,7 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
                 const int b = 4 * h + s; /* activation block in the super-block */
                 TKVP_I c[8];
                 TKV_FN(pk_k16_codes)(p, fmt, h, s, half, c);
-                TKVP_F scf[2], mf[2];
+                TKVP_F scf[2], mf[2] = {TKVP_ZERO_F(), TKVP_ZERO_F()};
                 TKVP_UNROLL for (int u = 0; u < 2; u++) {
                     const uint8_t *sc = TKVP_BYTES(p + sc_off, 2 * b + u, half);
                     if (fmt == TKVP_Q2_K) {
@@ -448,29 +438,36 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
                         scf[u] = TKVP_CVT(TKVP_AND(v, TKVP_SET1_32(15)));
                         mf[u] = TKVP_CVT(TKVP_SRLI32(v, 4));
                     } else {
-                        scf[u] = mf[u] = TKVP_CVT(TKVP_S8(sc));
+                        scf[u] = TKVP_CVT(TKVP_S8(sc));
                     }
                 }
                 TKVP_UNROLL for (int t = 0; t < T; t++) {
                     const int8_t *xv = xq[t] + (8 * i + b) * TKV_QK;
                     const int kind = fmt == TKVP_Q6_K ? TKVP_WIDE : TKVP_NARROW;
-                    const TKVP_I a0 = TKV_FN(pk_chain4)(TKVP_ZERO_I(), c, 1, xv, 4, kind);
-                    const TKVP_I a1 = TKV_FN(pk_chain4)(TKVP_ZERO_I(), c + 4, 1, xv + 16, 4, kind);
+                    /* the code offset's share, subtracted in int32 (exact) */
+                    const int off = fmt == TKVP_Q2_K ? 0 : fmt == TKVP_Q3_K ? 4 : 32;
+                    const TKVP_I a0 = TKV_FN(pk_chain4)(TKVP_SET1_32(-off * xsum[t][2 * b]), c,
+                                                        1, xv, 4, kind);
+                    const TKVP_I a1 = TKV_FN(pk_chain4)(TKVP_SET1_32(-off * xsum[t][2 * b + 1]),
+                                                        c + 4, 1, xv + 16, 4, kind);
                     const TKVP_F v =
                         TKVP_FMADD(TKVP_CVT(a0), scf[0], TKVP_MUL(TKVP_CVT(a1), scf[1]));
-                    sacc[t] = TKVP_FMADD(v, TKVP_SET1F(xd[t][8 * i + b]), sacc[t]);
-                    sm[t] = TKVP_FMADD(mf[0], TKVP_SET1F(xsd[t][2 * b]), sm[t]);
-                    sm[t] = TKVP_FMADD(mf[1], TKVP_SET1F(xsd[t][2 * b + 1]), sm[t]);
+                    const float dx = xd[t][8 * i + b];
+                    sacc[t] = TKVP_FMADD(v, TKVP_SET1F(dx), sacc[t]);
+                    if (fmt == TKVP_Q2_K) {
+                        sm[t] = TKVP_FMADD(mf[0], TKVP_SET1F(dx * (float)xsum[t][2 * b]), sm[t]);
+                        sm[t] = TKVP_FMADD(mf[1], TKVP_SET1F(dx * (float)xsum[t][2 * b + 1]),
+                                           sm[t]);
+                    }
                 }
             }
         }
         const TKVP_F d = TKVP_H16(TKVP_HALF16(p, half));
-        const TKVP_F dm = fmt == TKVP_Q2_K
-                              ? TKVP_H16(TKVP_HALF16(p + 2 * R, half))
-                              : TKVP_MUL(d, TKVP_SET1F(fmt == TKVP_Q3_K ? 4.0f : 32.0f));
         TKVP_UNROLL for (int t = 0; t < T; t++) {
             acc[t] = TKVP_FMADD(d, sacc[t], acc[t]);
-            macc[t] = TKVP_FNMADD(dm, sm[t], macc[t]);
+            if (fmt == TKVP_Q2_K) {
+                macc[t] = TKVP_FNMADD(TKVP_H16(TKVP_HALF16(p + 2 * R, half)), sm[t], macc[t]);
+            }
         }
     }
     TKV_FN(pk_store)(acc, macc, T, y, ys, rb, re, half);
