@@ -121,11 +121,21 @@ void tkv_matvec(const tkv_matmul_kernels *k, int32_t type, const void *W, size_t
 static void tkv_packed_block(int32_t type, int64_t *elems, size_t *bytes) {
     *elems = TKV_QK_K;
     switch (type) {
-    case TKV_TYPE_Q2_K: *bytes = 84; return;   /* the same fields, rearranged */
-    case TKV_TYPE_Q3_K: *bytes = 114; return;  /* 16 six-bit scales unpacked to bytes: +4 */
-    case TKV_TYPE_Q4_K: *bytes = 148; return;  /* 8 scales + 8 mins unpacked to bytes: +4 */
-    case TKV_TYPE_Q5_K: *bytes = 180; return;  /* likewise */
-    case TKV_TYPE_Q6_K: *bytes = 210; return;  /* the same fields, rearranged */
+    case TKV_TYPE_Q2_K:
+        *bytes = 84;
+        return; /* the same fields, rearranged */
+    case TKV_TYPE_Q3_K:
+        *bytes = 114;
+        return; /* 16 six-bit scales unpacked to bytes: +4 */
+    case TKV_TYPE_Q4_K:
+        *bytes = 148;
+        return; /* 8 scales + 8 mins unpacked to bytes: +4 */
+    case TKV_TYPE_Q5_K:
+        *bytes = 180;
+        return; /* likewise */
+    case TKV_TYPE_Q6_K:
+        *bytes = 210;
+        return; /* the same fields, rearranged */
     default:
         *elems = TKV_QK;
         *bytes = (size_t)tkv_type_get(type)->block_bytes;

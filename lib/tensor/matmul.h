@@ -66,10 +66,10 @@ typedef void (*tkv_tiledot_fn)(int64_t n_cols, const void *w, size_t row_bytes, 
  * dot-product instruction against 4 broadcast activation codes (vpdpbusd, or vpmaddubsw +
  * vpmaddwd) advances every row at once and each row's block sum ends in its own lane; the
  * scales of the 16 rows sit next to each other, so one load and one convert give the scales
- * a float fma needs.  The layout is the same for every ISA (matmul_packed_body.h).  The unit of every layout is a "lane array"
- * L[k][row] of 4-byte lanes: lane k of a row is bytes 4k .. 4k + 3 of one of its byte fields
- * (64 bytes per k).  Group g (rows 16g .. 16g + 15), block b (elements 32b .. 32b + 31) of
- * the 32-element formats is, at offset (g * n_blocks + b) * 16 * block_bytes:
+ * a float fma needs.  The layout is the same for every ISA (matmul_packed_body.h).  The unit of
+ * every layout is a "lane array" L[k][row] of 4-byte lanes: lane k of a row is bytes 4k .. 4k + 3
+ * of one of its byte fields (64 bytes per k).  Group g (rows 16g .. 16g + 15), block b (elements
+ * 32b .. 32b + 31) of the 32-element formats is, at offset (g * n_blocks + b) * 16 * block_bytes:
  *   uint16_t d[16]        fp16 scales of the 16 rows
  *   uint16_t m[16]        fp16 mins (Q4_1 only)
  *   Q4_0/Q4_1: qs lanes [4][16]    (low nibbles: elements 4k.., high: 16 + 4k..)

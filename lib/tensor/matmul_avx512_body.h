@@ -494,7 +494,6 @@ TKV5_INLINE void TKV_FN(dot5_q6_k_t)(int64_t n, const void *w, const void *x, si
 }
 TKV_NX_DISPATCH(dot5_q6_k, dot5_q6_k_t, 0)
 
-
 #undef TKV5_INLINE
 #undef TKV5_GROUP
 #undef TKV5_MAX_R

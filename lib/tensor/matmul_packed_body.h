@@ -69,8 +69,8 @@
 #define TKVP_ZERO_I() _mm256_setzero_si256()
 #define TKVP_ADD32(a, b) _mm256_add_epi32(a, b)
 #define TKVP_SRLI32(a, n) _mm256_srli_epi32(a, n)
-#define TKVP_DOT4(acc, c, x4)                                                                  \
-    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(c, _mm256_set1_epi32(x4)),   \
+#define TKVP_DOT4(acc, c, x4)                                                                      \
+    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(c, _mm256_set1_epi32(x4)),        \
                                             _mm256_set1_epi16(1)))
 #define TKVP_DOT4_Q8(acc, c, x4) TKV_FN(pk_dot4_q8)(acc, c, x4)
 #define TKVP_Q8_OFFSET 0.0f
@@ -90,8 +90,8 @@
 TKVP_INLINE __m256i TKV_FN(pk_dot4_q8)(__m256i acc, __m256i c, int32_t x4) {
     const __m256i w = _mm256_xor_si256(c, _mm256_set1_epi8(-128));
     const __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(x4), w);
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), xs),
-                                                   _mm256_set1_epi16(1)));
+    return _mm256_add_epi32(
+        acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), xs), _mm256_set1_epi16(1)));
 }
 #endif
 
@@ -135,8 +135,8 @@ TKVP_INLINE int32_t TKV_FN(pk_x4)(const int8_t *xv) {
 
 /* acc + each row's dot product of the code registers c[0], c[st], c[2 st], c[3 st] with the
  * 4-code groups of xv at offsets 0, xo, 2 xo, 3 xo. */
-TKVP_INLINE TKVP_I TKV_FN(pk_chain4)(TKVP_I acc, const TKVP_I *c, const int st,
-                                     const int8_t *xv, const int xo, const int kind) {
+TKVP_INLINE TKVP_I TKV_FN(pk_chain4)(TKVP_I acc, const TKVP_I *c, const int st, const int8_t *xv,
+                                     const int xo, const int kind) {
 #if TKV_PK_512
     (void)kind;
     TKVP_UNROLL for (int k = 0; k < 4; k++) {
@@ -154,8 +154,9 @@ TKVP_INLINE TKVP_I TKV_FN(pk_chain4)(TKVP_I acc, const TKVP_I *c, const int st,
     TKVP_UNROLL for (int k0 = 0; k0 < 4; k0 += per) {
         __m256i s16 = _mm256_setzero_si256();
         TKVP_UNROLL for (int k = k0; k < k0 + per; k++) {
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(
-                                            c[k * st], _mm256_set1_epi32(TKV_FN(pk_x4)(xv + k * xo))));
+            s16 = _mm256_add_epi16(
+                s16,
+                _mm256_maddubs_epi16(c[k * st], _mm256_set1_epi32(TKV_FN(pk_x4)(xv + k * xo))));
         }
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
     }
@@ -182,8 +183,8 @@ TKVP_INLINE void TKV_FN(pk_store)(const TKVP_F *acc, const TKVP_F *macc, const i
         _mm512_mask_storeu_ps(y + (size_t)t * ys, keep, _mm512_add_ps(acc[t], macc[t]));
     }
 #else
-    const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                          _mm256_set1_epi32(r0));
+    const __m256i lane =
+        _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(r0));
     const __m256i keep = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(rb - 1)),
                                           _mm256_cmpgt_epi32(_mm256_set1_epi32(re), lane));
     TKVP_UNROLL for (int t = 0; t < T; t++) {
@@ -196,8 +197,8 @@ TKVP_INLINE void TKV_FN(pk_store)(const TKVP_F *acc, const TKVP_F *macc, const i
  * the rows' codes are 8 registers of 4 codes per row (nibbles split in place); one float fma
  * per block scales the sums by d_w(row) * d_x, one adds the min / offset term m_w(row) *
  * ds_x (Q4_0: m = -8 d; Q8_0 on dpbusd: -128 d for the + 128 of the stored codes). */
-TKVP_INLINE void TKV_FN(pk_q32_t)(int64_t n, const void *wg, const void *x, size_t xs,
-                                  const int T, float *y, size_t ys, int rb, int re, const int fmt,
+TKVP_INLINE void TKV_FN(pk_q32_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
+                                  float *y, size_t ys, int rb, int re, const int fmt,
                                   const int half) {
     const int R = TKV_MM_PACK_ROWS;
     const int64_t nb = n / TKV_QK;
@@ -250,9 +251,9 @@ TKVP_INLINE void TKV_FN(pk_q32_t)(int64_t n, const void *wg, const void *x, size
  * the same elements, moved to bit 4).  Within a super-block the sums are scaled by sc_j *
  * d_x(j) and the mins m_j by ds_x(j); the row's d and -d_min multiply the two totals once
  * per super-block. */
-TKVP_INLINE void TKV_FN(pk_q45k_t)(int64_t n, const void *wg, const void *x, size_t xs,
-                                   const int T, float *y, size_t ys, int rb, int re,
-                                   const int five, const int half) {
+TKVP_INLINE void TKV_FN(pk_q45k_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
+                                   float *y, size_t ys, int rb, int re, const int five,
+                                   const int half) {
     const int R = TKV_MM_PACK_ROWS;
     const int64_t nsb = n / TKV_QK_K;
     const size_t sbytes = (size_t)R * (five ? 180 : 148);
@@ -283,10 +284,10 @@ TKVP_INLINE void TKV_FN(pk_q45k_t)(int64_t n, const void *wg, const void *x, siz
                 hi[k] = TKVP_AND(TKVP_SRLI16(z, 4), m4);
                 if (five) { /* bit 2c (2c + 1) of each qh byte to bit 4 */
                     const TKVP_I h = TKVP_LOAD(TKVP_LANES(p + 20 * R, k, half));
-                    const TKVP_I h_lo = 2 * c <= 4 ? TKVP_SLLI16(h, 4 - 2 * c)
-                                                   : TKVP_SRLI16(h, 2 * c - 4);
-                    const TKVP_I h_hi = 2 * c + 1 <= 4 ? TKVP_SLLI16(h, 3 - 2 * c)
-                                                       : TKVP_SRLI16(h, 2 * c - 3);
+                    const TKVP_I h_lo =
+                        2 * c <= 4 ? TKVP_SLLI16(h, 4 - 2 * c) : TKVP_SRLI16(h, 2 * c - 4);
+                    const TKVP_I h_hi =
+                        2 * c + 1 <= 4 ? TKVP_SLLI16(h, 3 - 2 * c) : TKVP_SRLI16(h, 2 * c - 3);
                     lo[k] = TKVP_ORAND(lo[k], h_lo, bit4);
                     hi[k] = TKVP_ORAND(hi[k], h_hi, bit4);
                 }
@@ -350,8 +351,8 @@ TKVP_INLINE void TKV_FN(pk_xsums16)(const int8_t *xv, int32_t out[16]) {
             const __m256i xk = _mm256_loadu_si256((const __m256i *)(xv + 128 * h + 32 * k));
             v[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, xk), ones16);
         }
-        const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]),
-                                            _mm256_hadd_epi32(v[2], v[3]));
+        const __m256i s =
+            _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
         _mm256_storeu_si256((__m256i *)(out + 8 * h), _mm256_permutevar8x32_epi32(s, order));
     }
 #endif
@@ -400,8 +401,8 @@ TKVP_INLINE void TKV_FN(pk_k16_codes)(const uint8_t *p, const int fmt, const int
  * offsets of Q3_K / Q6_K (4 / 32) leave the integer sums exactly, as offset x (the sum of the
  * sub-block's 16 activation codes, once per super-block and token).  Q2_K's min term is m_j
  * times d_x times that sum, scaled by the row's dmin once per super-block. */
-TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size_t xs,
-                                  const int T, float *y, size_t ys, int rb, int re, const int fmt,
+TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
+                                  float *y, size_t ys, int rb, int re, const int fmt,
                                   const int half) {
     const int R = TKV_MM_PACK_ROWS;
     const int64_t nsb = n / TKV_QK_K;
@@ -446,8 +447,8 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
                     const int kind = fmt == TKVP_Q6_K ? TKVP_WIDE : TKVP_NARROW;
                     /* the code offset's share, subtracted in int32 (exact) */
                     const int off = fmt == TKVP_Q2_K ? 0 : fmt == TKVP_Q3_K ? 4 : 32;
-                    const TKVP_I a0 = TKV_FN(pk_chain4)(TKVP_SET1_32(-off * xsum[t][2 * b]), c,
-                                                        1, xv, 4, kind);
+                    const TKVP_I a0 =
+                        TKV_FN(pk_chain4)(TKVP_SET1_32(-off * xsum[t][2 * b]), c, 1, xv, 4, kind);
                     const TKVP_I a1 = TKV_FN(pk_chain4)(TKVP_SET1_32(-off * xsum[t][2 * b + 1]),
                                                         c + 4, 1, xv + 16, 4, kind);
                     const TKVP_F v =
@@ -456,8 +457,8 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
                     sacc[t] = TKVP_FMADD(v, TKVP_SET1F(dx), sacc[t]);
                     if (fmt == TKVP_Q2_K) {
                         sm[t] = TKVP_FMADD(mf[0], TKVP_SET1F(dx * (float)xsum[t][2 * b]), sm[t]);
-                        sm[t] = TKVP_FMADD(mf[1], TKVP_SET1F(dx * (float)xsum[t][2 * b + 1]),
-                                           sm[t]);
+                        sm[t] =
+                            TKVP_FMADD(mf[1], TKVP_SET1F(dx * (float)xsum[t][2 * b + 1]), sm[t]);
                     }
                 }
             }
@@ -474,16 +475,16 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
 }
 
 /* A format's kernel over the group: each vector of rows that holds rows of [rb, re). */
-#define TKVP_GROUP(name, body, fmt)                                                           \
-    TKVP_INLINE void TKV_FN(name##_g)(int64_t n, const void *wg, const void *x, size_t xs,    \
-                                      const int T, float *y, size_t ys, int rb, int re,       \
-                                      const int fmt_) {                                       \
-        TKVP_UNROLL for (int half = 0; half < TKV_MM_PACK_ROWS / TKVP_RV; half++) {           \
-            if (rb < (half + 1) * TKVP_RV && re > half * TKVP_RV) {                           \
-                TKV_FN(body)(n, wg, x, xs, T, y, ys, rb, re, fmt_, half);                     \
-            }                                                                                 \
-        }                                                                                     \
-    }                                                                                         \
+#define TKVP_GROUP(name, body, fmt)                                                                \
+    TKVP_INLINE void TKV_FN(name##_g)(int64_t n, const void *wg, const void *x, size_t xs,         \
+                                      const int T, float *y, size_t ys, int rb, int re,            \
+                                      const int fmt_) {                                            \
+        TKVP_UNROLL for (int half = 0; half < TKV_MM_PACK_ROWS / TKVP_RV; half++) {                \
+            if (rb < (half + 1) * TKVP_RV && re > half * TKVP_RV) {                                \
+                TKV_FN(body)(n, wg, x, xs, T, y, ys, rb, re, fmt_, half);                          \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
     TKV_PK_DISPATCH(name, name##_g, fmt)
 
 TKVP_GROUP(pk_q4_0, pk_q32_t, 0)

@@ -211,7 +211,8 @@ static void tkv_unpack_k(int32_t type, const void *blk, int q[TKV_QK_K], int sc[
         for (int e = 0; e < TKV_QK_K; e++) {
             const int h = e / 128, g = (e % 128) / 32, l = e % 32;
             const uint8_t lb = b->ql[64 * h + 32 * (g & 1) + l];
-            q[e] = ((g < 2 ? (lb & 15) : (lb >> 4)) | ((b->qh[32 * h + l] >> (2 * g)) & 3) << 4) - 32;
+            q[e] =
+                ((g < 2 ? (lb & 15) : (lb >> 4)) | ((b->qh[32 * h + l] >> (2 * g)) & 3) << 4) - 32;
         }
         break;
     }
@@ -271,10 +272,10 @@ static void tkv_dot_k_scalar(int32_t type, int64_t n, const void *w, const void 
     }
 }
 
-#define TKV_DOTK(name, type)                                                               \
-    static void name(int64_t n, const void *w, const void *x, size_t xs, int nx, float *y, \
-                     size_t ys) {                                                          \
-        tkv_dot_k_scalar(type, n, w, x, xs, nx, y, ys);                                    \
+#define TKV_DOTK(name, type)                                                                       \
+    static void name(int64_t n, const void *w, const void *x, size_t xs, int nx, float *y,         \
+                     size_t ys) {                                                                  \
+        tkv_dot_k_scalar(type, n, w, x, xs, nx, y, ys);                                            \
     }
 TKV_DOTK(tkv_dot_q2_k_scalar, TKV_TYPE_Q2_K)
 TKV_DOTK(tkv_dot_q3_k_scalar, TKV_TYPE_Q3_K)

@@ -14,26 +14,42 @@
 #ifndef TKV_TENSOR_MATMUL_X86_NX_H
 #define TKV_TENSOR_MATMUL_X86_NX_H
 
-#define TKV_NX_DISPATCH(name, body, fmt)                                                      \
-    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *w, const void *x, size_t xs,     \
-                                      int nx, float *y, size_t ys) {                          \
-        switch (nx) {                                                                         \
-        case 1: TKV_FN(body)(n, w, x, xs, 1, y, ys, fmt); break;                              \
-        case 2: TKV_FN(body)(n, w, x, xs, 2, y, ys, fmt); break;                              \
-        case 3: TKV_FN(body)(n, w, x, xs, 3, y, ys, fmt); break;                              \
-        default: TKV_FN(body)(n, w, x, xs, 4, y, ys, fmt); break;                             \
-        }                                                                                     \
+#define TKV_NX_DISPATCH(name, body, fmt)                                                           \
+    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *w, const void *x, size_t xs, int nx,  \
+                                      float *y, size_t ys) {                                       \
+        switch (nx) {                                                                              \
+        case 1:                                                                                    \
+            TKV_FN(body)(n, w, x, xs, 1, y, ys, fmt);                                              \
+            break;                                                                                 \
+        case 2:                                                                                    \
+            TKV_FN(body)(n, w, x, xs, 2, y, ys, fmt);                                              \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            TKV_FN(body)(n, w, x, xs, 3, y, ys, fmt);                                              \
+            break;                                                                                 \
+        default:                                                                                   \
+            TKV_FN(body)(n, w, x, xs, 4, y, ys, fmt);                                              \
+            break;                                                                                 \
+        }                                                                                          \
     }
 
-#define TKV_PK_DISPATCH(name, body, fmt)                                                      \
-    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *wg, const void *x, size_t xs,    \
-                                      int nx, float *y, size_t ys, int rb, int re) {          \
-        switch (nx) {                                                                         \
-        case 1: TKV_FN(body)(n, wg, x, xs, 1, y, ys, rb, re, fmt); break;                     \
-        case 2: TKV_FN(body)(n, wg, x, xs, 2, y, ys, rb, re, fmt); break;                     \
-        case 3: TKV_FN(body)(n, wg, x, xs, 3, y, ys, rb, re, fmt); break;                     \
-        default: TKV_FN(body)(n, wg, x, xs, 4, y, ys, rb, re, fmt); break;                    \
-        }                                                                                     \
+#define TKV_PK_DISPATCH(name, body, fmt)                                                           \
+    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *wg, const void *x, size_t xs, int nx, \
+                                      float *y, size_t ys, int rb, int re) {                       \
+        switch (nx) {                                                                              \
+        case 1:                                                                                    \
+            TKV_FN(body)(n, wg, x, xs, 1, y, ys, rb, re, fmt);                                     \
+            break;                                                                                 \
+        case 2:                                                                                    \
+            TKV_FN(body)(n, wg, x, xs, 2, y, ys, rb, re, fmt);                                     \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            TKV_FN(body)(n, wg, x, xs, 3, y, ys, rb, re, fmt);                                     \
+            break;                                                                                 \
+        default:                                                                                   \
+            TKV_FN(body)(n, wg, x, xs, 4, y, ys, rb, re, fmt);                                     \
+            break;                                                                                 \
+        }                                                                                          \
     }
 
 #endif
