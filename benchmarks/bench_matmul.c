@@ -191,8 +191,8 @@ static uint8_t *random_matrix(int32_t type, int64_t rows, int64_t cols, size_t *
 }
 
 static void stream_mode(int rounds) {
-    static const int32_t types[] = {TKV_TYPE_Q4_0, TKV_TYPE_Q4_1, TKV_TYPE_Q8_0,
-                                    TKV_TYPE_Q4_K, TKV_TYPE_Q5_K, TKV_TYPE_Q6_K};
+    static const int32_t types[] = {TKV_TYPE_Q4_0, TKV_TYPE_Q4_1, TKV_TYPE_Q8_0, TKV_TYPE_Q2_K,
+                                    TKV_TYPE_Q3_K, TKV_TYPE_Q4_K, TKV_TYPE_Q5_K, TKV_TYPE_Q6_K};
     const tkv_matmul_kernels *k = tkv_matmul_kernels_get();
     tkv_pool *pools[2];
     tkv_pool_create(1, &pools[0]);
@@ -311,8 +311,8 @@ __attribute__((target("avx512f,avx512vnni"))) static double int8_peak_gops(void)
 #endif
 
 static void gemm_mode(int rounds) {
-    static const int32_t types[] = {TKV_TYPE_Q4_0, TKV_TYPE_Q4_1, TKV_TYPE_Q8_0,
-                                    TKV_TYPE_Q4_K, TKV_TYPE_Q5_K, TKV_TYPE_Q6_K};
+    static const int32_t types[] = {TKV_TYPE_Q4_0, TKV_TYPE_Q4_1, TKV_TYPE_Q8_0, TKV_TYPE_Q2_K,
+                                    TKV_TYPE_Q3_K, TKV_TYPE_Q4_K, TKV_TYPE_Q5_K, TKV_TYPE_Q6_K};
     const tkv_matmul_kernels *k = tkv_matmul_kernels_get();
     double peak = 0.0;
 #if defined(__x86_64__)

@@ -119,14 +119,28 @@ void tkv_matvec(const tkv_matmul_kernels *k, int32_t type, const void *W, size_t
 
 /* Elements and packed bytes per row of one packed block of the type (layouts in matmul.h). */
 static void tkv_packed_block(int32_t type, int64_t *elems, size_t *bytes) {
-    if (type == TKV_TYPE_Q4_K || type == TKV_TYPE_Q5_K) {
-        *elems = TKV_QK_K;
-        /* d, dmin, 8 scales, 8 mins, (Q5_K: 32 qh bytes,) 128 code bytes */
-        *bytes = type == TKV_TYPE_Q5_K ? 180 : 148;
+    *elems = TKV_QK_K;
+    switch (type) {
+    case TKV_TYPE_Q2_K:
+        *bytes = 84;
+        return; /* the same fields, rearranged */
+    case TKV_TYPE_Q3_K:
+        *bytes = 114;
+        return; /* 16 six-bit scales unpacked to bytes: +4 */
+    case TKV_TYPE_Q4_K:
+        *bytes = 148;
+        return; /* 8 scales + 8 mins unpacked to bytes: +4 */
+    case TKV_TYPE_Q5_K:
+        *bytes = 180;
+        return; /* likewise */
+    case TKV_TYPE_Q6_K:
+        *bytes = 210;
+        return; /* the same fields, rearranged */
+    default:
+        *elems = TKV_QK;
+        *bytes = (size_t)tkv_type_get(type)->block_bytes;
         return;
     }
-    *elems = TKV_QK;
-    *bytes = (size_t)tkv_type_get(type)->block_bytes;
 }
 
 size_t tkv_matmul_packed_bytes(const tkv_matmul_kernels *k, int32_t type, int64_t n_rows,
@@ -144,31 +158,62 @@ size_t tkv_matmul_packed_bytes(const tkv_matmul_kernels *k, int32_t type, int64_
     return (size_t)n_rows * (size_t)(n_cols / elems) * bytes;
 }
 
-/* Q4_K / Q5_K: one super-block of 16 rows (layout in matmul.h). */
-static void tkv_pack_qk(int32_t type, const uint8_t *W, size_t row_bytes, int64_t g, int64_t i,
-                        uint8_t *o) {
+/* Copy 4-byte lanes: lane k of the row's bytes src[4k .. 4k + 3] (k < n) to dst[k][row]
+ * (lanes of the 16 rows, 64 bytes per k), the unit every packed layout is made of. */
+static void tkv_pack_lanes(uint8_t *dst, const uint8_t *src, int n, int row) {
+    for (int k = 0; k < n; k++) {
+        memcpy(dst + ((size_t)k * TKV_MM_PACK_ROWS + (size_t)row) * 4, src + 4 * k, 4);
+    }
+}
+
+/* One K-quant super-block of 16 rows, i.e. row r's block at blk(r) (layouts in matmul.h). */
+static void tkv_pack_k(int32_t type, const uint8_t *W, size_t row_bytes, int64_t g, int64_t i,
+                       uint8_t *o) {
     const int R = TKV_MM_PACK_ROWS;
-    const int five = type == TKV_TYPE_Q5_K;
-    const size_t bb = five ? sizeof(tkv_block_q5_k) : sizeof(tkv_block_q4_k);
+    const size_t bb = (size_t)tkv_type_get(type)->block_bytes;
     for (int r = 0; r < R; r++) {
         const uint8_t *blk = W + (size_t)(g * R + r) * row_bytes + (size_t)i * bb;
-        /* both block types start d, dmin, scales[12]; Q5_K then has qh[32] before qs */
-        const uint8_t *scales = blk + 4, *qh = blk + 16, *qs = blk + (five ? 48 : 16);
-        memcpy(o + 2 * r, blk, 2);
-        memcpy(o + 2 * R + 2 * r, blk + 2, 2);
-        for (int j = 0; j < 8; j++) {
-            tkv_q_k_scale_min(scales, j, o + 4 * R + j * R + r, o + 12 * R + j * R + r);
-        }
-        if (five) {
-            for (int k = 0; k < 8; k++) {
-                memcpy(o + 20 * R + ((size_t)k * R + (size_t)r) * 4, qh + 4 * k, 4);
+        switch (type) {
+        case TKV_TYPE_Q2_K: { /* scales[16] | qs[64] | d | dmin */
+            memcpy(o + 2 * r, blk + 80, 2);
+            memcpy(o + 2 * R + 2 * r, blk + 82, 2);
+            for (int j = 0; j < 16; j++) {
+                o[4 * R + j * R + r] = blk[j];
             }
+            tkv_pack_lanes(o + 20 * R, blk + 16, 16, r);
+            break;
         }
-        uint8_t *oq = o + (five ? 52 : 20) * R;
-        for (int c = 0; c < 4; c++) {
-            for (int k = 0; k < 8; k++) {
-                memcpy(oq + ((size_t)(c * 8 + k) * R + (size_t)r) * 4, qs + 32 * c + 4 * k, 4);
+        case TKV_TYPE_Q3_K: { /* hmask[32] | qs[64] | scales[12] | d */
+            memcpy(o + 2 * r, blk + 108, 2);
+            for (int j = 0; j < 16; j++) {
+                o[2 * R + j * R + r] = (uint8_t)(int8_t)tkv_q3_k_scale(blk + 96, j);
             }
+            tkv_pack_lanes(o + 18 * R, blk, 8, r);
+            tkv_pack_lanes(o + 50 * R, blk + 32, 16, r);
+            break;
+        }
+        case TKV_TYPE_Q6_K: { /* ql[128] | qh[64] | scales[16] | d */
+            memcpy(o + 2 * r, blk + 208, 2);
+            for (int j = 0; j < 16; j++) {
+                o[2 * R + j * R + r] = blk[192 + j];
+            }
+            tkv_pack_lanes(o + 18 * R, blk, 32, r);
+            tkv_pack_lanes(o + 146 * R, blk + 128, 16, r);
+            break;
+        }
+        default: { /* Q4_K, Q5_K: d | dmin | scales[12] | (Q5_K: qh[32] |) qs[128] */
+            const int five = type == TKV_TYPE_Q5_K;
+            memcpy(o + 2 * r, blk, 2);
+            memcpy(o + 2 * R + 2 * r, blk + 2, 2);
+            for (int j = 0; j < 8; j++) {
+                tkv_q_k_scale_min(blk + 4, j, o + 4 * R + j * R + r, o + 12 * R + j * R + r);
+            }
+            if (five) {
+                tkv_pack_lanes(o + 20 * R, blk + 16, 8, r);
+            }
+            tkv_pack_lanes(o + (five ? 52 : 20) * R, blk + (five ? 48 : 16), 32, r);
+            break;
+        }
         }
     }
 }
@@ -178,13 +223,13 @@ void tkv_matmul_pack(int32_t type, const void *W, size_t row_bytes, int64_t n_ro
     const size_t bb = (size_t)tkv_type_get(type)->block_bytes;
     const int R = TKV_MM_PACK_ROWS;
     uint8_t *o = out;
-    if (type == TKV_TYPE_Q4_K || type == TKV_TYPE_Q5_K) {
-        int64_t elems;
-        size_t bytes;
-        tkv_packed_block(type, &elems, &bytes);
+    int64_t elems;
+    size_t bytes;
+    tkv_packed_block(type, &elems, &bytes);
+    if (elems == TKV_QK_K) {
         for (int64_t g = 0; g < n_rows / R; g++) {
             for (int64_t i = 0; i < n_cols / TKV_QK_K; i++) {
-                tkv_pack_qk(type, W, row_bytes, g, i, o);
+                tkv_pack_k(type, W, row_bytes, g, i, o);
                 o += (size_t)R * bytes;
             }
         }

@@ -60,30 +60,43 @@ typedef void (*tkv_tiledot_fn)(int64_t n_cols, const void *w, size_t row_bytes, 
 #define TKV_MM_NW 4 /* weight rows per tile call: each activation load serves them all */
 
 /*
- * Packed weights: a copy of a Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K matrix (rows a multiple of 16) made once at
- * load (tkv_matmul_pack) in a layout where one 512-bit register holds 4 codes of each of 16
- * rows, so an integer dot-product instruction against 4 broadcast activation codes
- * advances 16 rows at once and each row's block sum ends in its own lane (one float scale
- * per 16 block sums instead of per 2).  Same bytes as the original (Q4_K / Q5_K: 148 / 144
- * and 180 / 176 of them, their scales unpacked).  Group g (rows 16g ..
- * 16g + 15), block b (elements 32b .. 32b + 31) is, at offset (g * n_blocks + b) * 16 *
- * block_bytes:
+ * Packed weights: a copy of a Q4_0 / Q4_1 / Q8_0 / Q2_K / Q3_K / Q4_K / Q5_K / Q6_K matrix
+ * (rows a multiple of 16) made once at load (tkv_matmul_pack) in a layout where one 512-bit
+ * register holds 4 codes of each of 16 rows (a 256-bit one: of 8 rows), so an integer
+ * dot-product instruction against 4 broadcast activation codes (vpdpbusd, or vpmaddubsw +
+ * vpmaddwd) advances every row at once and each row's block sum ends in its own lane; the
+ * scales of the 16 rows sit next to each other, so one load and one convert give the scales
+ * a float fma needs.  The layout is the same for every ISA (matmul_packed_body.h).  The unit of
+ * every layout is a "lane array" L[k][row] of 4-byte lanes: lane k of a row is bytes 4k .. 4k + 3
+ * of one of its byte fields (64 bytes per k).  Group g (rows 16g .. 16g + 15), block b (elements
+ * 32b .. 32b + 31) of the 32-element formats is, at offset (g * n_blocks + b) * 16 * block_bytes:
  *   uint16_t d[16]        fp16 scales of the 16 rows
  *   uint16_t m[16]        fp16 mins (Q4_1 only)
- *   Q4_0/Q4_1: uint8_t qs[4][16][4]  [k][row] = bytes 4k .. 4k+3 of the row's qs (low
- *                                    nibbles: elements 4k.., high: 16 + 4k..)
- *   Q8_0:      uint8_t qs[8][16][4]  [k][row] = codes 4k .. 4k+3 of the row, stored as
- *                                    code + 128 (u8)
- * Q4_K and Q5_K are packed by super-block (256 elements) instead, 148 / 180 bytes per row
- * (the 12 bytes of 6-bit scales and mins unpacked to 16): group g, super-block i at offset
- * (g * n_super + i) * 16 * (148 or 180):
- *   uint16_t d[16], dmin[16]   fp16 super-block scales of the 16 rows
- *   uint8_t  sc[8][16]         [j][row] 6-bit scale of sub-block j (32 elements)
- *   uint8_t  m[8][16]          [j][row] 6-bit min of sub-block j
- *   uint8_t  qh[8][16][4]      Q5_K only: [k][row] = bytes 4k .. 4k + 3 of the row's qh
- *                              (bit j: fifth bit of sub-block j, elements 4k..)
- *   uint8_t  qs[4][8][16][4]   [c][k][row] = bytes 32c + 4k .. 32c + 4k + 3 of the row's qs
- *                              (low nibbles: sub-block 2c, elements 4k..; high: 2c + 1)
+ *   Q4_0/Q4_1: qs lanes [4][16]    (low nibbles: elements 4k.., high: 16 + 4k..)
+ *   Q8_0:      qs lanes [8][16]    codes 4k .. 4k+3, stored as code + 128 (u8)
+ * The K-quants are packed by super-block (256 elements): group g, super-block i at offset
+ * (g * n_super + i) * 16 * P, with P the packed bytes per row (the file's block bytes, plus
+ * 4 where 6-bit scales are unpacked to bytes):
+ *   Q4_K (P 148), Q5_K (P 180):
+ *     uint16_t d[16], dmin[16]   fp16 super-block scales of the 16 rows
+ *     uint8_t  sc[8][16]         [j][row] 6-bit scale of sub-block j (32 elements)
+ *     uint8_t  m[8][16]          [j][row] 6-bit min of sub-block j
+ *     qh lanes [8][16]           Q5_K only (bit j of a byte: fifth bit of sub-block j)
+ *     qs lanes [32][16]          lane 8c + k: low nibbles sub-block 2c, high 2c + 1
+ *   Q2_K (P 84):
+ *     uint16_t d[16], dmin[16]
+ *     uint8_t  sc[16][16]        [j][row] the file's byte: scale (low nibble), min (high)
+ *     qs lanes [16][16]          lane 8h + k: bits 2s..2s+1 are elements 128h + 32s + 4k..
+ *   Q3_K (P 114):
+ *     uint16_t d[16]
+ *     int8_t   sc[16][16]        [j][row] signed 6-bit scale (-32..31) of sub-block j
+ *     hmask lanes [8][16]        bit 4h + s: third bit of elements 128h + 32s + 4k..
+ *     qs lanes [16][16]          as Q2_K
+ *   Q6_K (P 210):
+ *     uint16_t d[16]
+ *     int8_t   sc[16][16]        [j][row] scale of sub-block j (16 elements)
+ *     ql lanes [32][16]          lane 16h + k: bytes 64h + 4k.. of the row's ql
+ *     qh lanes [16][16]          lane 8h + k: bytes 32h + 4k.. of the row's qh
  * Kernel of one group of 16 rows against n_x <= TKV_MM_NX activation rows, writing only
  * rows [r_begin, r_end) of the group: y[t * y_stride + r] = dot(w_r, x_t).  The result
  * of a row does not depend on r_begin / r_end, so a thread split inside a group changes

@@ -1,6 +1,7 @@
 /*
  * matmul_avx2.c - AVX2 + FMA + F16C kernels (256-bit; u8 x s8 products with maddubs).
- * The kernel bodies live in matmul_x86_body.h, shared with the AVX-512 variants.
+ * The kernel bodies live in matmul_x86_body.h and matmul_packed_body.h (packed weights, 8
+ * rows per register), shared with the AVX-512 variants.
  */
 #include <string.h>
 
@@ -10,7 +11,9 @@
 #define TKV_FN(name) tkv_##name##_avx2
 #define TKV_ATTR
 #define TKV_MULSUM(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
+#define TKV_PK_512 0
 #include "tensor/matmul_x86_body.h"
+#include "tensor/matmul_packed_body.h"
 
 const tkv_matmul_kernels tkv_matmul_kernels_avx2 = {
     .isa = "avx2",
@@ -27,5 +30,15 @@ const tkv_matmul_kernels tkv_matmul_kernels_avx2 = {
         [TKV_TYPE_Q4_K] = tkv_dot_q4_k_avx2,
         [TKV_TYPE_Q5_K] = tkv_dot_q5_k_avx2,
         [TKV_TYPE_Q6_K] = tkv_dot_q6_k_avx2,
+    },
+    .packed = {
+        [TKV_TYPE_Q4_0] = tkv_pk_q4_0_avx2,
+        [TKV_TYPE_Q4_1] = tkv_pk_q4_1_avx2,
+        [TKV_TYPE_Q8_0] = tkv_pk_q8_0_avx2,
+        [TKV_TYPE_Q2_K] = tkv_pk_q2_k_avx2,
+        [TKV_TYPE_Q3_K] = tkv_pk_q3_k_avx2,
+        [TKV_TYPE_Q4_K] = tkv_pk_q4_k_avx2,
+        [TKV_TYPE_Q5_K] = tkv_pk_q5_k_avx2,
+        [TKV_TYPE_Q6_K] = tkv_pk_q6_k_avx2,
     },
 };

@@ -2,7 +2,9 @@
  * matmul_avx512.c - AVX-512 kernels in two variants: "avx512" (F/BW/VL/DQ: maddubs) and
  * "avx512vnni" (dpbusd: u8 x s8 products summed straight into int32).  The 256-bit bodies
  * of matmul_x86_body.h serve the float and 32-element formats' row kernels; the tile kernels
- * and the K-quant kernels are 512-bit (matmul_avx512_body.h).
+ * and the K-quant kernels are 512-bit (matmul_avx512_body.h); the packed-weight kernels
+ * (matmul_packed_body.h) are 512-bit with dpbusd in the VNNI variant, 256-bit with maddubs
+ * (as avx2's) in the other.
  */
 #include <string.h>
 
@@ -16,8 +18,11 @@
 #define TKV_MULSUM(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
 #define TKV_DP512(u, s) _mm512_madd_epi16(_mm512_maddubs_epi16((u), (s)), _mm512_set1_epi16(1))
 #define TKV_Q8_BIASED 0
+#define TKV_PK_512 0
 #include "tensor/matmul_x86_body.h"
 #include "tensor/matmul_avx512_body.h"
+#include "tensor/matmul_packed_body.h"
+#undef TKV_PK_512
 #undef TKV_FN
 #undef TKV_ATTR
 #undef TKV_MULSUM
@@ -31,22 +36,27 @@
 #define TKV_MULSUM(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), (u), (s))
 #define TKV_DP512(u, s) _mm512_dpbusd_epi32(_mm512_setzero_si512(), (u), (s))
 #define TKV_Q8_BIASED 1
+#define TKV_PK_512 1
 #include "tensor/matmul_x86_body.h"
 #include "tensor/matmul_avx512_body.h"
+#include "tensor/matmul_packed_body.h"
+#undef TKV_PK_512
 #undef TKV_FN
 #undef TKV_ATTR
 #undef TKV_MULSUM
 #undef TKV_DP512
 #undef TKV_Q8_BIASED
 
-#define TKV_PACKED_NONE {0}
-#define TKV_PACKED_VNNI                                          \
+#define TKV_PACKED(suffix)                                       \
     {                                                            \
-        [TKV_TYPE_Q4_0] = tkv_pk_q4_0_avx512vnni,                \
-        [TKV_TYPE_Q4_1] = tkv_pk_q4_1_avx512vnni,                \
-        [TKV_TYPE_Q8_0] = tkv_pk_q8_0_avx512vnni,                \
-        [TKV_TYPE_Q4_K] = tkv_pk_q4_k_avx512vnni,                \
-        [TKV_TYPE_Q5_K] = tkv_pk_q5_k_avx512vnni,                \
+        [TKV_TYPE_Q4_0] = tkv_pk_q4_0_##suffix,                  \
+        [TKV_TYPE_Q4_1] = tkv_pk_q4_1_##suffix,                  \
+        [TKV_TYPE_Q8_0] = tkv_pk_q8_0_##suffix,                  \
+        [TKV_TYPE_Q2_K] = tkv_pk_q2_k_##suffix,                  \
+        [TKV_TYPE_Q3_K] = tkv_pk_q3_k_##suffix,                  \
+        [TKV_TYPE_Q4_K] = tkv_pk_q4_k_##suffix,                  \
+        [TKV_TYPE_Q5_K] = tkv_pk_q5_k_##suffix,                  \
+        [TKV_TYPE_Q6_K] = tkv_pk_q6_k_##suffix,                  \
     }
 
 #define TKV_TABLE(suffix, name, packed_kernels)                  \
@@ -76,5 +86,5 @@
         .packed = packed_kernels,                                \
     }
 
-const tkv_matmul_kernels tkv_matmul_kernels_avx512 = TKV_TABLE(avx512, "avx512", TKV_PACKED_NONE);
-const tkv_matmul_kernels tkv_matmul_kernels_avx512vnni = TKV_TABLE(avx512vnni, "avx512vnni", TKV_PACKED_VNNI);
+const tkv_matmul_kernels tkv_matmul_kernels_avx512 = TKV_TABLE(avx512, "avx512", TKV_PACKED(avx512));
+const tkv_matmul_kernels tkv_matmul_kernels_avx512vnni = TKV_TABLE(avx512vnni, "avx512vnni", TKV_PACKED(avx512vnni));

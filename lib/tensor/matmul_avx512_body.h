@@ -26,6 +26,8 @@
  */
 #include <immintrin.h>
 
+#include "tensor/matmul_x86_nx.h"
+
 #define TKV5_INLINE static inline __attribute__((always_inline)) TKV_ATTR
 #define TKV5_GROUP 16 /* blocks per scale group */
 #define TKV5_MAX_R 4  /* weight rows per tile */
@@ -311,19 +313,6 @@ TKV5_TILE(Q5_1, tile_q5_1)
 
 /* ---- K-quants, 512-bit: one row against 1..TKV_MM_NX activation rows -------------------- */
 
-/* The per-token loop of the K-quant kernels is written once per token count (constant T after
- * inlining) so the accumulators stay in registers. */
-#define TKV5_T_DISPATCH(name)                                                                 \
-    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *w, const void *x, size_t xs,     \
-                                      int nx, float *y, size_t ys) {                          \
-        switch (nx) {                                                                         \
-        case 1: TKV_FN(name##_t)(n, w, x, xs, 1, y, ys); break;                               \
-        case 2: TKV_FN(name##_t)(n, w, x, xs, 2, y, ys); break;                               \
-        case 3: TKV_FN(name##_t)(n, w, x, xs, 3, y, ys); break;                               \
-        default: TKV_FN(name##_t)(n, w, x, xs, 4, y, ys); break;                              \
-        }                                                                                     \
-    }
-
 /* The 8 six-bit scales (low 8 bytes) and 8 mins (high 8 bytes) of a Q4_K/Q5_K super-block
  * from its 12 packed bytes (layout in formats.c), as 16 bytes. */
 TKV5_INLINE __m128i TKV_FN(qk_scales)(const uint8_t *s) {
@@ -428,16 +417,8 @@ TKV5_INLINE void TKV_FN(qk5_t)(int64_t n, const void *w, const void *x, size_t x
                             _mm_cvtss_f32(m4);
     }
 }
-TKV5_INLINE void TKV_FN(dot5_q4_k_t)(int64_t n, const void *w, const void *x, size_t xs,
-                                     const int T, float *y, size_t ys) {
-    TKV_FN(qk5_t)(n, w, x, xs, T, y, ys, 0);
-}
-TKV5_INLINE void TKV_FN(dot5_q5_k_t)(int64_t n, const void *w, const void *x, size_t xs,
-                                     const int T, float *y, size_t ys) {
-    TKV_FN(qk5_t)(n, w, x, xs, T, y, ys, 1);
-}
-TKV5_T_DISPATCH(dot5_q4_k)
-TKV5_T_DISPATCH(dot5_q5_k)
+TKV_NX_DISPATCH(dot5_q4_k, qk5_t, 0)
+TKV_NX_DISPATCH(dot5_q5_k, qk5_t, 1)
 
 /* Q6_K.  Half h (128 elements) of a super-block has 64 bytes of ql and 32 of qh; sub-blocks
  * (g, g+1) = (0, 1) are the low nibbles of those 64 bytes, (2, 3) the high ones, and the two
@@ -446,7 +427,8 @@ TKV5_T_DISPATCH(dot5_q5_k)
  * 16 elements, i.e. per 4 lanes: one vector of the 16 floats d * sc_k * d_x(k / 2) per
  * super-block and token, spread over the lanes by a permute. */
 TKV5_INLINE void TKV_FN(dot5_q6_k_t)(int64_t n, const void *w, const void *x, size_t xs,
-                                     const int T, float *y, size_t ys) {
+                                     const int T, float *y, size_t ys, const int fmt) {
+    (void)fmt;
     const int8_t *xq[TKV_MM_NX];
     const float *xd[TKV_MM_NX];
     __m512 acc0[TKV_MM_NX], acc1[TKV_MM_NX];
@@ -510,188 +492,7 @@ TKV5_INLINE void TKV_FN(dot5_q6_k_t)(int64_t n, const void *w, const void *x, si
         y[(size_t)t * ys] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
     }
 }
-TKV5_T_DISPATCH(dot5_q6_k)
-#undef TKV5_T_DISPATCH
-
-#if TKV_Q8_BIASED
-#ifndef TKV5_PK_PREFETCH
-#define TKV5_PK_PREFETCH 16384
-#endif
-/* ---- packed Q4_0 / Q4_1 / Q8_0 / Q4_K / Q5_K (layouts in matmul.h), dpbusd only -------- */
-
-/* The activation rows of T tokens: codes, block scales d_x and block sums ds_x. */
-TKV5_INLINE void TKV_FN(pk_rows)(int64_t n, const void *x, size_t xs, const int T,
-                                 const int8_t **xq, const float **xd, const float **xds) {
-    TKV5_UNROLL for (int t = 0; t < T; t++) {
-        const char *xt = (const char *)x + (size_t)t * xs;
-        xq[t] = (const int8_t *)xt;
-        xd[t] = (const float *)(xt + n);
-        xds[t] = xd[t] + n / TKV_QK;
-    }
-}
-
-/* The bytes TKV5_PK_PREFETCH ahead of p (the next groups follow in memory), into L2: spread
- * over the blocks, so the memory sees a steady stream of requests. */
-TKV5_INLINE void TKV_FN(pk_prefetch)(const uint8_t *p, const size_t bytes) {
-    TKV5_UNROLL for (size_t c = 0; c < bytes; c += 64) {
-        _mm_prefetch((const char *)p + TKV5_PK_PREFETCH + c, _MM_HINT_T1);
-    }
-}
-
-/* Row r's integer dot product with one activation block xv in lane r: register k holds
- * codes 4k .. 4k+3 of the 16 rows; two chains of 4 dpbusd halve the latency. */
-TKV5_INLINE __m512 TKV_FN(pk_block)(const __m512i c[8], const int8_t *xv) {
-    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-    TKV5_UNROLL for (int k = 0; k < 8; k += 2) {
-        int32_t x0, x1;
-        memcpy(&x0, xv + 4 * k, 4);
-        memcpy(&x1, xv + 4 * k + 4, 4);
-        s0 = _mm512_dpbusd_epi32(s0, c[k], _mm512_set1_epi32(x0));
-        s1 = _mm512_dpbusd_epi32(s1, c[k + 1], _mm512_set1_epi32(x1));
-    }
-    return _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
-}
-
-/* y rows [rb, re) of the group: acc + macc of each token. */
-TKV5_INLINE void TKV_FN(pk_store)(const __m512 *acc, const __m512 *macc, const int T, float *y,
-                                  size_t ys, int rb, int re) {
-    const __mmask16 keep = (__mmask16)(((1u << re) - 1u) & ~((1u << rb) - 1u));
-    TKV5_UNROLL for (int t = 0; t < T; t++) {
-        _mm512_mask_storeu_ps(y + (size_t)t * ys, keep, _mm512_add_ps(acc[t], macc[t]));
-    }
-}
-
-/* Q4_0 / Q4_1 / Q8_0, one group of 16 rows against T tokens.  Per block the 16 rows' codes
- * are 8 registers of 4 codes per row (nibbles split in place); then one float fma per block
- * scales 16 sums by d_w(row) * d_x, and one adds the min / offset term m_w(row) * ds_x
- * (Q4_0: m = -8 d, Q8_0: -128 d for the +128 of the stored codes). */
-TKV5_INLINE void TKV_FN(pk_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
-                              float *y, size_t ys, int rb, int re, const int fmt) {
-    const int64_t nb = n / TKV_QK;
-    const size_t bbytes = fmt == 0 ? 18 * 16 : fmt == 1 ? 20 * 16 : 34 * 16;
-    const size_t coff = fmt == 1 ? 64 : 32;
-    const int8_t *xq[TKV_MM_NX];
-    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
-    __m512 acc[TKV_MM_NX], macc[TKV_MM_NX];
-    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
-    TKV5_UNROLL for (int t = 0; t < T; t++) {
-        acc[t] = macc[t] = _mm512_setzero_ps();
-    }
-    const __m512i m4 = _mm512_set1_epi8(15);
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = (const uint8_t *)wg + (size_t)b * bbytes;
-        TKV_FN(pk_prefetch)(p, bbytes);
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-        const __m512 mw = fmt == 1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)))
-                                   : _mm512_mul_ps(dw, _mm512_set1_ps(fmt == 0 ? -8.0f : -128.0f));
-        __m512i c[8]; /* register k: elements 4k .. 4k+3 */
-        if (fmt < 2) {
-            TKV5_UNROLL for (int k = 0; k < 4; k++) {
-                const __m512i z = _mm512_loadu_si512(p + coff + 64 * k);
-                c[k] = _mm512_and_si512(z, m4);
-                c[4 + k] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
-            }
-        } else {
-            TKV5_UNROLL for (int k = 0; k < 8; k++) {
-                c[k] = _mm512_loadu_si512(p + coff + 64 * k);
-            }
-        }
-        TKV5_UNROLL for (int t = 0; t < T; t++) {
-            const __m512 sum = TKV_FN(pk_block)(c, xq[t] + b * TKV_QK);
-            acc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, _mm512_set1_ps(xd[t][b])), acc[t]);
-            macc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xds[t][b]), macc[t]);
-        }
-    }
-    TKV_FN(pk_store)(acc, macc, T, y, ys, rb, re);
-}
-
-/* Q4_K / Q5_K, one group of 16 rows against T tokens.  Per sub-block pair c the 16 rows'
- * codes are 8 registers of 4 bytes per row, sub-block 2c in their low nibbles and 2c + 1 in
- * their high ones (Q5_K: the fifth bit of sub-block j is bit j of the qh bytes of the same
- * elements, moved to bit 4).  Within a super-block the sums are scaled by sc_j * d_x(j) and
- * the mins m_j by ds_x(j); the row's d and -d_min multiply the two totals once per
- * super-block. */
-TKV5_INLINE void TKV_FN(pk_qk_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
-                                 float *y, size_t ys, int rb, int re, const int five) {
-    const int R = TKV_MM_PACK_ROWS;
-    const int64_t nsb = n / TKV_QK_K;
-    const size_t sbytes = (size_t)R * (five ? 180 : 148);
-    const size_t qs_off = (size_t)(five ? 52 : 20) * R; /* after d, dmin, sc, m (and qh) */
-    const int8_t *xq[TKV_MM_NX];
-    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
-    __m512 acc[TKV_MM_NX], macc[TKV_MM_NX];
-    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
-    TKV5_UNROLL for (int t = 0; t < T; t++) {
-        acc[t] = macc[t] = _mm512_setzero_ps();
-    }
-    const __m512i m4 = _mm512_set1_epi8(15), bit4 = _mm512_set1_epi8(16);
-    for (int64_t i = 0; i < nsb; i++) {
-        const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
-        TKV_FN(pk_prefetch)(p, sbytes);
-        __m512 sacc[TKV_MM_NX], sm[TKV_MM_NX]; /* this super-block's scaled sums and mins */
-        TKV5_UNROLL for (int t = 0; t < T; t++) {
-            sacc[t] = sm[t] = _mm512_setzero_ps();
-        }
-        TKV5_UNROLL for (int c = 0; c < 4; c++) {
-            const uint8_t *q = p + qs_off + (size_t)c * 8 * 4 * R;
-            __m512i lo[8], hi[8];
-            TKV5_UNROLL for (int k = 0; k < 8; k++) {
-                const __m512i z = _mm512_loadu_si512(q + 64 * k);
-                lo[k] = _mm512_and_si512(z, m4);
-                hi[k] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m4);
-                if (five) { /* bit 2c (2c + 1) of each qh byte to bit 4, or'ed in (0xF8) */
-                    const __m512i h = _mm512_loadu_si512(p + 20 * R + 64 * k);
-                    const __m512i h_lo = 2 * c <= 4 ? _mm512_slli_epi16(h, 4 - 2 * c)
-                                                    : _mm512_srli_epi16(h, 2 * c - 4);
-                    const __m512i h_hi = 2 * c + 1 <= 4 ? _mm512_slli_epi16(h, 3 - 2 * c)
-                                                        : _mm512_srli_epi16(h, 2 * c - 3);
-                    lo[k] = _mm512_ternarylogic_epi32(lo[k], h_lo, bit4, 0xF8);
-                    hi[k] = _mm512_ternarylogic_epi32(hi[k], h_hi, bit4, 0xF8);
-                }
-            }
-            TKV5_UNROLL for (int h = 0; h < 2; h++) {
-                const int j = 2 * c + h;
-                const __m512 scf = _mm512_cvtepi32_ps(
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4 * R + j * R))));
-                const __m512 mf = _mm512_cvtepi32_ps(
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 12 * R + j * R))));
-                const int64_t xb = 8 * i + j; /* activation block */
-                TKV5_UNROLL for (int t = 0; t < T; t++) {
-                    const __m512 sum = TKV_FN(pk_block)(h ? hi : lo, xq[t] + xb * TKV_QK);
-                    sacc[t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(scf, _mm512_set1_ps(xd[t][xb])),
-                                              sacc[t]);
-                    sm[t] = _mm512_fmadd_ps(mf, _mm512_set1_ps(xds[t][xb]), sm[t]);
-                }
-            }
-        }
-        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-        const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * R)));
-        TKV5_UNROLL for (int t = 0; t < T; t++) {
-            acc[t] = _mm512_fmadd_ps(d, sacc[t], acc[t]);
-            macc[t] = _mm512_fnmadd_ps(dmin, sm[t], macc[t]);
-        }
-    }
-    TKV_FN(pk_store)(acc, macc, T, y, ys, rb, re);
-}
-
-/* The kernel of a format: its body with the token count a constant. */
-#define TKV5_PK(name, body, arg)                                                              \
-    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *wg, const void *x, size_t xs,    \
-                                      int nx, float *y, size_t ys, int rb, int re) {          \
-        switch (nx) {                                                                         \
-        case 1: TKV_FN(body)(n, wg, x, xs, 1, y, ys, rb, re, arg); break;                     \
-        case 2: TKV_FN(body)(n, wg, x, xs, 2, y, ys, rb, re, arg); break;                     \
-        case 3: TKV_FN(body)(n, wg, x, xs, 3, y, ys, rb, re, arg); break;                     \
-        default: TKV_FN(body)(n, wg, x, xs, 4, y, ys, rb, re, arg); break;                    \
-        }                                                                                     \
-    }
-TKV5_PK(pk_q4_0, pk_t, 0)
-TKV5_PK(pk_q4_1, pk_t, 1)
-TKV5_PK(pk_q8_0, pk_t, 2)
-TKV5_PK(pk_q4_k, pk_qk_t, 0)
-TKV5_PK(pk_q5_k, pk_qk_t, 1)
-#undef TKV5_PK
-#endif
+TKV_NX_DISPATCH(dot5_q6_k, dot5_q6_k_t, 0)
 
 #undef TKV5_INLINE
 #undef TKV5_GROUP

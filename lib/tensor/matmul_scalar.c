@@ -169,85 +169,90 @@ TKV_DOT32(tkv_dot_q4_1_scalar, TKV_TYPE_Q4_1, tkv_block_q4_1)
 TKV_DOT32(tkv_dot_q5_0_scalar, TKV_TYPE_Q5_0, tkv_block_q5_0)
 TKV_DOT32(tkv_dot_q5_1_scalar, TKV_TYPE_Q5_1, tkv_block_q5_1)
 
-/* Q4_K / Q5_K: per sub-block j, d*sc[j]*d_x*isum - dmin*m[j]*(d_x*sum x codes). */
-static void tkv_dot_qk_asym_scalar(int five, int64_t n, const void *w, const void *x, size_t xs,
-                                   int nx, float *y, size_t ys) {
-    double acc[TKV_MM_NX] = {0};
-    int q[TKV_QK_K];
-    for (int64_t i = 0; i < n / TKV_QK_K; i++) {
-        const uint8_t *scales, *qs, *qh = NULL;
-        float d, dmin;
-        if (five) {
-            const tkv_block_q5_k *b = (const tkv_block_q5_k *)w + i;
-            d = tkv_fp16_to_f32(b->d);
-            dmin = tkv_fp16_to_f32(b->dmin);
-            scales = b->scales;
-            qs = b->qs;
-            qh = b->qh;
-        } else {
-            const tkv_block_q4_k *b = (const tkv_block_q4_k *)w + i;
-            d = tkv_fp16_to_f32(b->d);
-            dmin = tkv_fp16_to_f32(b->dmin);
-            scales = b->scales;
-            qs = b->qs;
+/* One K-quant super-block as 16 sub-blocks of 16 elements: integer codes q (offsets
+ * applied), scales sc and mins m per sub-block (Q4_K / Q5_K: each 32-element sub-block's
+ * pair twice), x[e] = d * sc[e / 16] * q[e] - dmin * m[e / 16]. */
+static void tkv_unpack_k(int32_t type, const void *blk, int q[TKV_QK_K], int sc[16], int m[16],
+                         float *d, float *dmin) {
+    *dmin = 0.0f;
+    switch (type) {
+    case TKV_TYPE_Q2_K: {
+        const tkv_block_q2_k *b = blk;
+        *d = tkv_fp16_to_f32(b->d);
+        *dmin = tkv_fp16_to_f32(b->dmin);
+        for (int j = 0; j < 16; j++) {
+            sc[j] = b->scales[j] & 15;
+            m[j] = b->scales[j] >> 4;
+        }
+        for (int e = 0; e < TKV_QK_K; e++) {
+            q[e] = tkv_q23_k_low2(b->qs, e);
+        }
+        break;
+    }
+    case TKV_TYPE_Q3_K: {
+        const tkv_block_q3_k *b = blk;
+        *d = tkv_fp16_to_f32(b->d);
+        for (int j = 0; j < 16; j++) {
+            sc[j] = tkv_q3_k_scale(b->scales, j);
+            m[j] = 0;
+        }
+        for (int e = 0; e < TKV_QK_K; e++) {
+            q[e] = tkv_q3_k_value(b, e);
+        }
+        break;
+    }
+    case TKV_TYPE_Q6_K: {
+        const tkv_block_q6_k *b = blk;
+        *d = tkv_fp16_to_f32(b->d);
+        for (int j = 0; j < 16; j++) {
+            sc[j] = b->scales[j];
+            m[j] = 0;
+        }
+        for (int e = 0; e < TKV_QK_K; e++) {
+            const int h = e / 128, g = (e % 128) / 32, l = e % 32;
+            const uint8_t lb = b->ql[64 * h + 32 * (g & 1) + l];
+            q[e] =
+                ((g < 2 ? (lb & 15) : (lb >> 4)) | ((b->qh[32 * h + l] >> (2 * g)) & 3) << 4) - 32;
+        }
+        break;
+    }
+    default: { /* Q4_K, Q5_K */
+        const int five = type == TKV_TYPE_Q5_K;
+        const tkv_block_q4_k *b4 = blk;
+        const tkv_block_q5_k *b5 = blk;
+        *d = tkv_fp16_to_f32(five ? b5->d : b4->d);
+        *dmin = tkv_fp16_to_f32(five ? b5->dmin : b4->dmin);
+        const uint8_t *scales = five ? b5->scales : b4->scales, *qs = five ? b5->qs : b4->qs;
+        for (int j = 0; j < 8; j++) {
+            uint8_t s8, m8;
+            tkv_q_k_scale_min(scales, j, &s8, &m8);
+            sc[2 * j] = sc[2 * j + 1] = s8;
+            m[2 * j] = m[2 * j + 1] = m8;
         }
         for (int e = 0; e < TKV_QK_K; e++) {
             const int r = e % 64;
             const uint8_t byte = qs[32 * (e / 64) + (r & 31)];
             q[e] = r < 32 ? (byte & 15) : (byte >> 4);
-            if (qh) {
-                q[e] |= ((qh[e % 32] >> (e / 32)) & 1) << 4;
+            if (five) {
+                q[e] |= ((b5->qh[e % 32] >> (e / 32)) & 1) << 4;
             }
         }
-        for (int j = 0; j < 8; j++) {
-            uint8_t sc, m;
-            tkv_q_k_scale_min(scales, j, &sc, &m);
-            const int64_t xb = i * 8 + j; /* activation block */
-            for (int t = 0; t < nx; t++) {
-                const void *xt = (const char *)x + t * xs;
-                const int8_t *xq = XQ(xt) + xb * TKV_QK;
-                int32_t isum = 0;
-                for (int k = 0; k < 32; k++) {
-                    isum += q[32 * j + k] * xq[k];
-                }
-                acc[t] += (double)d * sc * XD(xt, n)[xb] * isum -
-                          (double)dmin * m * XDS(xt, n)[xb];
-            }
-        }
+        break;
     }
-    for (int t = 0; t < nx; t++) {
-        y[t * ys] = (float)acc[t];
     }
 }
 
-static void tkv_dot_q4_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
-                                float *y, size_t ys) {
-    tkv_dot_qk_asym_scalar(0, n, w, x, xs, nx, y, ys);
-}
-
-static void tkv_dot_q5_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
-                                float *y, size_t ys) {
-    tkv_dot_qk_asym_scalar(1, n, w, x, xs, nx, y, ys);
-}
-
-/* Q2_K / Q3_K: 16 sub-blocks of 16, two per 32-element activation block; per sub-block
- * d*sc*d_x*isum (Q3_K: signed scale, signed codes), and for Q2_K the min term
- * -dmin*m*d_x*(sum of the 16 activation codes). */
-static void tkv_dot_q23_k_scalar(int three, int64_t n, const void *w, const void *x, size_t xs,
-                                 int nx, float *y, size_t ys) {
+/* The K-quants: per 16-element sub-block j, d*sc*d_x*isum - dmin*m*d_x*(sum of the 16
+ * activation codes); sub-blocks 2k and 2k + 1 share activation block k. */
+static void tkv_dot_k_scalar(int32_t type, int64_t n, const void *w, const void *x, size_t xs,
+                             int nx, float *y, size_t ys) {
+    const size_t bb = (size_t)tkv_type_get(type)->block_bytes;
     double acc[TKV_MM_NX] = {0};
-    int q[TKV_QK_K];
+    int q[TKV_QK_K], sc[16], m[16];
     for (int64_t i = 0; i < n / TKV_QK_K; i++) {
-        const tkv_block_q2_k *b2 = (const tkv_block_q2_k *)w + i;
-        const tkv_block_q3_k *b3 = (const tkv_block_q3_k *)w + i;
-        for (int e = 0; e < TKV_QK_K; e++) {
-            q[e] = three ? tkv_q3_k_value(b3, e) : tkv_q23_k_low2(b2->qs, e);
-        }
-        const float d = tkv_fp16_to_f32(three ? b3->d : b2->d);
-        const float dmin = three ? 0.0f : tkv_fp16_to_f32(b2->dmin);
+        float d, dmin;
+        tkv_unpack_k(type, (const char *)w + (size_t)i * bb, q, sc, m, &d, &dmin);
         for (int j = 0; j < 16; j++) {
-            const int sc = three ? tkv_q3_k_scale(b3->scales, j) : b2->scales[j] & 15;
-            const int m = three ? 0 : b2->scales[j] >> 4;
             const int64_t xb = i * 8 + j / 2; /* activation block */
             for (int t = 0; t < nx; t++) {
                 const void *xt = (const char *)x + t * xs;
@@ -258,7 +263,7 @@ static void tkv_dot_q23_k_scalar(int three, int64_t n, const void *w, const void
                     xsum += xq[k];
                 }
                 const double dx = XD(xt, n)[xb];
-                acc[t] += (double)d * sc * dx * isum - (double)dmin * m * dx * xsum;
+                acc[t] += (double)d * sc[j] * dx * isum - (double)dmin * m[j] * dx * xsum;
             }
         }
     }
@@ -267,48 +272,16 @@ static void tkv_dot_q23_k_scalar(int three, int64_t n, const void *w, const void
     }
 }
 
-static void tkv_dot_q2_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
-                                float *y, size_t ys) {
-    tkv_dot_q23_k_scalar(0, n, w, x, xs, nx, y, ys);
-}
-
-static void tkv_dot_q3_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
-                                float *y, size_t ys) {
-    tkv_dot_q23_k_scalar(1, n, w, x, xs, nx, y, ys);
-}
-
-/* Q6_K: per 32-element activation block, d * d_x * (sc[2j]*isum_lo16 + sc[2j+1]*isum_hi16). */
-static void tkv_dot_q6_k_scalar(int64_t n, const void *w, const void *x, size_t xs, int nx,
-                                float *y, size_t ys) {
-    double acc[TKV_MM_NX] = {0};
-    int q[TKV_QK_K];
-    for (int64_t i = 0; i < n / TKV_QK_K; i++) {
-        const tkv_block_q6_k *b = (const tkv_block_q6_k *)w + i;
-        const float d = tkv_fp16_to_f32(b->d);
-        for (int e = 0; e < TKV_QK_K; e++) {
-            const int h = e / 128, g = (e % 128) / 32, l = e % 32;
-            const uint8_t lb = b->ql[64 * h + 32 * (g & 1) + l];
-            q[e] = ((g < 2 ? (lb & 15) : (lb >> 4)) | ((b->qh[32 * h + l] >> (2 * g)) & 3) << 4) - 32;
-        }
-        for (int j = 0; j < 8; j++) {
-            const int64_t xb = i * 8 + j;
-            for (int t = 0; t < nx; t++) {
-                const void *xt = (const char *)x + t * xs;
-                const int8_t *xq = XQ(xt) + xb * TKV_QK;
-                int32_t lo = 0, hi = 0;
-                for (int k = 0; k < 16; k++) {
-                    lo += q[32 * j + k] * xq[k];
-                    hi += q[32 * j + 16 + k] * xq[16 + k];
-                }
-                const int32_t isum = b->scales[2 * j] * lo + b->scales[2 * j + 1] * hi;
-                acc[t] += (double)d * XD(xt, n)[xb] * isum;
-            }
-        }
+#define TKV_DOTK(name, type)                                                                       \
+    static void name(int64_t n, const void *w, const void *x, size_t xs, int nx, float *y,         \
+                     size_t ys) {                                                                  \
+        tkv_dot_k_scalar(type, n, w, x, xs, nx, y, ys);                                            \
     }
-    for (int t = 0; t < nx; t++) {
-        y[t * ys] = (float)acc[t];
-    }
-}
+TKV_DOTK(tkv_dot_q2_k_scalar, TKV_TYPE_Q2_K)
+TKV_DOTK(tkv_dot_q3_k_scalar, TKV_TYPE_Q3_K)
+TKV_DOTK(tkv_dot_q4_k_scalar, TKV_TYPE_Q4_K)
+TKV_DOTK(tkv_dot_q5_k_scalar, TKV_TYPE_Q5_K)
+TKV_DOTK(tkv_dot_q6_k_scalar, TKV_TYPE_Q6_K)
 
 const tkv_matmul_kernels tkv_matmul_kernels_scalar = {
     .isa = "scalar",

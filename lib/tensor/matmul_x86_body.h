@@ -9,27 +9,18 @@
  * and optionally TKV_X86_SKIP_KQUANTS (leave out the K-quant kernels).
  *
  * Every kernel handles one weight row against 1..TKV_MM_NX activation rows; the row loop
- * is written once per row count (always_inline + constant nx) so accumulators stay in
- * registers.  Integer sums of a block are exact; scales are applied in float per block.
+ * is written once per row count (always_inline + constant nx, matmul_x86_nx.h) so
+ * accumulators stay in registers.  Integer sums of a block are exact; scales are applied in float
+ * per block.
  */
 #include <immintrin.h>
+
+#include "tensor/matmul_x86_nx.h"
 
 #define TKV_XQ(x) ((const int8_t *)(x))
 #define TKV_XD(x, n) ((const float *)((const char *)(x) + (n)))
 #define TKV_XDS(x, n) (TKV_XD(x, n) + (n) / TKV_QK)
 #define TKV_INLINE static inline __attribute__((always_inline)) TKV_ATTR
-
-/* Stamp out the 1..4 row-count specializations of an always_inline kernel body. */
-#define TKV_NX_DISPATCH(name)                                                                \
-    static TKV_ATTR void TKV_FN(name)(int64_t n, const void *w, const void *x, size_t xs,    \
-                                      int nx, float *y, size_t ys) {                         \
-        switch (nx) {                                                                        \
-        case 1: TKV_FN(name##_n)(n, w, x, xs, 1, y, ys); break;                              \
-        case 2: TKV_FN(name##_n)(n, w, x, xs, 2, y, ys); break;                              \
-        case 3: TKV_FN(name##_n)(n, w, x, xs, 3, y, ys); break;                              \
-        default: TKV_FN(name##_n)(n, w, x, xs, 4, y, ys); break;                             \
-        }                                                                                    \
-    }
 
 TKV_INLINE float TKV_FN(hsum)(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -107,33 +98,34 @@ static TKV_ATTR void TKV_FN(quantize_q8)(const float *x, int64_t n, void *xq) {
 /* ---- float weights ----------------------------------------------------------------------- */
 
 /* One body for F32/F16/BF16: `load8` converts 8 weights at element i to floats. */
-#define TKV_FLOAT_KERNEL(name, wtype, load8, scalar1)                                          \
-    TKV_INLINE void TKV_FN(name##_n)(int64_t n, const void *w, const void *x, size_t xs,      \
-                                     const int nx, float *y, size_t ys) {                     \
-        const wtype *wp = w;                                                                  \
-        const float *xr[TKV_MM_NX];                                                           \
-        __m256 acc[TKV_MM_NX][2];                                                             \
-        for (int t = 0; t < nx; t++) {                                                        \
-            xr[t] = (const float *)((const char *)x + (size_t)t * xs);                        \
-            acc[t][0] = acc[t][1] = _mm256_setzero_ps();                                      \
-        }                                                                                     \
-        int64_t i = 0;                                                                        \
-        for (; i + 16 <= n; i += 16) {                                                        \
-            const __m256 w0 = load8(wp + i), w1 = load8(wp + i + 8);                          \
-            for (int t = 0; t < nx; t++) {                                                    \
-                acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr[t] + i), acc[t][0]);       \
-                acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr[t] + i + 8), acc[t][1]);   \
-            }                                                                                 \
-        }                                                                                     \
-        for (int t = 0; t < nx; t++) {                                                        \
-            float s = TKV_FN(hsum)(_mm256_add_ps(acc[t][0], acc[t][1]));                      \
-            for (int64_t k = i; k < n; k++) {                                                 \
-                s += scalar1(wp[k]) * xr[t][k];                                               \
-            }                                                                                 \
-            y[(size_t)t * ys] = s;                                                            \
-        }                                                                                     \
-    }                                                                                         \
-    TKV_NX_DISPATCH(name)
+#define TKV_FLOAT_KERNEL(name, wtype, load8, scalar1)                                              \
+    TKV_INLINE void TKV_FN(name##_n)(int64_t n, const void *w, const void *x, size_t xs,           \
+                                     const int nx, float *y, size_t ys, const int fmt) {           \
+        (void)fmt;                                                                                 \
+        const wtype *wp = w;                                                                       \
+        const float *xr[TKV_MM_NX];                                                                \
+        __m256 acc[TKV_MM_NX][2];                                                                  \
+        for (int t = 0; t < nx; t++) {                                                             \
+            xr[t] = (const float *)((const char *)x + (size_t)t * xs);                             \
+            acc[t][0] = acc[t][1] = _mm256_setzero_ps();                                           \
+        }                                                                                          \
+        int64_t i = 0;                                                                             \
+        for (; i + 16 <= n; i += 16) {                                                             \
+            const __m256 w0 = load8(wp + i), w1 = load8(wp + i + 8);                               \
+            for (int t = 0; t < nx; t++) {                                                         \
+                acc[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr[t] + i), acc[t][0]);            \
+                acc[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr[t] + i + 8), acc[t][1]);        \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < nx; t++) {                                                             \
+            float s = TKV_FN(hsum)(_mm256_add_ps(acc[t][0], acc[t][1]));                           \
+            for (int64_t k = i; k < n; k++) {                                                      \
+                s += scalar1(wp[k]) * xr[t][k];                                                    \
+            }                                                                                      \
+            y[(size_t)t * ys] = s;                                                                 \
+        }                                                                                          \
+    }                                                                                              \
+    TKV_NX_DISPATCH(name, name##_n, 0)
 
 #define TKV_LOAD_F32(p) _mm256_loadu_ps(p)
 #define TKV_LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
@@ -152,55 +144,56 @@ TKV_FLOAT_KERNEL(dot_bf16, uint16_t, TKV_LOAD_BF16, TKV_CVT_BF16)
 
 /* Body shared by Q8_0/Q4_0/Q4_1/Q5_0/Q5_1.  UNPACK yields `wu` (u8 codes, or |w| for Q8_0)
  * and per-block floats dw, mw; the offset term mw * ds goes to a scalar accumulator. */
-#define TKV_Q32_KERNEL(name, btype, UNPACK, SIGNED)                                            \
-    TKV_INLINE void TKV_FN(name##_blk)(const btype *blk, const int8_t *const *xq,             \
-                                       const float *const *xd, const float *const *xds,       \
-                                       int64_t b, const int nx, __m256 *acc, float *macc) {   \
-        __m256i wu, wsgn;                                                                     \
-        float dw, mw;                                                                         \
-        UNPACK(blk);                                                                          \
-        (void)wsgn;                                                                           \
-        for (int t = 0; t < nx; t++) {                                                        \
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq[t] + b * TKV_QK));            \
-            if (SIGNED) {                                                                     \
-                xv = _mm256_sign_epi8(xv, wsgn);                                              \
-            }                                                                                 \
-            const __m256 p = _mm256_cvtepi32_ps(TKV_MULSUM(wu, xv));                          \
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[t]);               \
-            macc[t] += mw * xds[t][b];                                                        \
-        }                                                                                     \
-    }                                                                                         \
-    TKV_INLINE void TKV_FN(name##_n)(int64_t n, const void *w, const void *x, size_t xs,      \
-                                     const int nx, float *y, size_t ys) {                     \
-        const btype *wb = w;                                                                  \
-        const int8_t *xq[TKV_MM_NX];                                                          \
-        const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];                                          \
-        /* two accumulator sets (even/odd blocks) halve the fma latency chain */              \
-        __m256 acc0[TKV_MM_NX], acc1[TKV_MM_NX];                                              \
-        float macc0[TKV_MM_NX], macc1[TKV_MM_NX];                                             \
-        for (int t = 0; t < nx; t++) {                                                        \
-            const void *xt = (const char *)x + (size_t)t * xs;                                \
-            xq[t] = TKV_XQ(xt);                                                               \
-            xd[t] = TKV_XD(xt, n);                                                            \
-            xds[t] = TKV_XDS(xt, n);                                                          \
-            acc0[t] = acc1[t] = _mm256_setzero_ps();                                          \
-            macc0[t] = macc1[t] = 0.0f;                                                       \
-        }                                                                                     \
-        const int64_t nb = n / TKV_QK;                                                        \
-        int64_t b = 0;                                                                        \
-        for (; b + 2 <= nb; b += 2) {                                                         \
-            TKV_FN(name##_blk)(wb + b, xq, xd, xds, b, nx, acc0, macc0);                      \
-            TKV_FN(name##_blk)(wb + b + 1, xq, xd, xds, b + 1, nx, acc1, macc1);              \
-        }                                                                                     \
-        if (b < nb) {                                                                         \
-            TKV_FN(name##_blk)(wb + b, xq, xd, xds, b, nx, acc0, macc0);                      \
-        }                                                                                     \
-        for (int t = 0; t < nx; t++) {                                                        \
-            y[(size_t)t * ys] = TKV_FN(hsum)(_mm256_add_ps(acc0[t], acc1[t])) +               \
-                                (macc0[t] + macc1[t]);                                        \
-        }                                                                                     \
-    }                                                                                         \
-    TKV_NX_DISPATCH(name)
+#define TKV_Q32_KERNEL(name, btype, UNPACK, SIGNED)                                                \
+    TKV_INLINE void TKV_FN(name##_blk)(const btype *blk, const int8_t *const *xq,                  \
+                                       const float *const *xd, const float *const *xds, int64_t b, \
+                                       const int nx, __m256 *acc, float *macc) {                   \
+        __m256i wu, wsgn;                                                                          \
+        float dw, mw;                                                                              \
+        UNPACK(blk);                                                                               \
+        (void)wsgn;                                                                                \
+        for (int t = 0; t < nx; t++) {                                                             \
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq[t] + b * TKV_QK));                \
+            if (SIGNED) {                                                                          \
+                xv = _mm256_sign_epi8(xv, wsgn);                                                   \
+            }                                                                                      \
+            const __m256 p = _mm256_cvtepi32_ps(TKV_MULSUM(wu, xv));                               \
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t][b]), p, acc[t]);                    \
+            macc[t] += mw * xds[t][b];                                                             \
+        }                                                                                          \
+    }                                                                                              \
+    TKV_INLINE void TKV_FN(name##_n)(int64_t n, const void *w, const void *x, size_t xs,           \
+                                     const int nx, float *y, size_t ys, const int fmt) {           \
+        (void)fmt;                                                                                 \
+        const btype *wb = w;                                                                       \
+        const int8_t *xq[TKV_MM_NX];                                                               \
+        const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];                                               \
+        /* two accumulator sets (even/odd blocks) halve the fma latency chain */                   \
+        __m256 acc0[TKV_MM_NX], acc1[TKV_MM_NX];                                                   \
+        float macc0[TKV_MM_NX], macc1[TKV_MM_NX];                                                  \
+        for (int t = 0; t < nx; t++) {                                                             \
+            const void *xt = (const char *)x + (size_t)t * xs;                                     \
+            xq[t] = TKV_XQ(xt);                                                                    \
+            xd[t] = TKV_XD(xt, n);                                                                 \
+            xds[t] = TKV_XDS(xt, n);                                                               \
+            acc0[t] = acc1[t] = _mm256_setzero_ps();                                               \
+            macc0[t] = macc1[t] = 0.0f;                                                            \
+        }                                                                                          \
+        const int64_t nb = n / TKV_QK;                                                             \
+        int64_t b = 0;                                                                             \
+        for (; b + 2 <= nb; b += 2) {                                                              \
+            TKV_FN(name##_blk)(wb + b, xq, xd, xds, b, nx, acc0, macc0);                           \
+            TKV_FN(name##_blk)(wb + b + 1, xq, xd, xds, b + 1, nx, acc1, macc1);                   \
+        }                                                                                          \
+        if (b < nb) {                                                                              \
+            TKV_FN(name##_blk)(wb + b, xq, xd, xds, b, nx, acc0, macc0);                           \
+        }                                                                                          \
+        for (int t = 0; t < nx; t++) {                                                             \
+            y[(size_t)t * ys] =                                                                    \
+                TKV_FN(hsum)(_mm256_add_ps(acc0[t], acc1[t])) + (macc0[t] + macc1[t]);             \
+        }                                                                                          \
+    }                                                                                              \
+    TKV_NX_DISPATCH(name, name##_n, 0)
 
 #define TKV_UNPACK_Q8_0(blk)                                                                  \
     wsgn = _mm256_loadu_si256((const __m256i *)(blk)->qs);                                    \
@@ -291,22 +284,15 @@ TKV_INLINE void TKV_FN(dot_qk_asym_n)(int64_t n, const void *w, const void *x, s
     }
 }
 
-TKV_INLINE void TKV_FN(dot_q4_k_n)(int64_t n, const void *w, const void *x, size_t xs,
-                                   const int nx, float *y, size_t ys) {
-    TKV_FN(dot_qk_asym_n)(n, w, x, xs, nx, y, ys, 0);
-}
-TKV_INLINE void TKV_FN(dot_q5_k_n)(int64_t n, const void *w, const void *x, size_t xs,
-                                   const int nx, float *y, size_t ys) {
-    TKV_FN(dot_qk_asym_n)(n, w, x, xs, nx, y, ys, 1);
-}
-TKV_NX_DISPATCH(dot_q4_k)
-TKV_NX_DISPATCH(dot_q5_k)
+TKV_NX_DISPATCH(dot_q4_k, dot_qk_asym_n, 0)
+TKV_NX_DISPATCH(dot_q5_k, dot_qk_asym_n, 1)
 
 /* Q6_K: codes q in 0..63 (value q - 32).  Pair sums maddubs(q, x) - maddubs(32, x) are
  * exact in int16 (|.| <= 2*63*127); madd with the two int16 sub-block scales of the
  * 32-element group (low 128-bit lane: elements 0..15) gives exact int32 sums. */
-TKV_INLINE void TKV_FN(dot_q6_k_n)(int64_t n, const void *w, const void *x, size_t xs,
-                                   const int nx, float *y, size_t ys) {
+TKV_INLINE void TKV_FN(dot_q6_k_n)(int64_t n, const void *w, const void *x, size_t xs, const int nx,
+                                   float *y, size_t ys, const int fmt) {
+    (void)fmt;
     const int8_t *xq[TKV_MM_NX];
     const float *xd[TKV_MM_NX];
     __m256 acc[TKV_MM_NX];
@@ -350,14 +336,13 @@ TKV_INLINE void TKV_FN(dot_q6_k_n)(int64_t n, const void *w, const void *x, size
         y[(size_t)t * ys] = TKV_FN(hsum)(acc[t]);
     }
 }
-TKV_NX_DISPATCH(dot_q6_k)
+TKV_NX_DISPATCH(dot_q6_k, dot_q6_k_n, 0)
 #endif
 
 #undef TKV_XQ
 #undef TKV_XD
 #undef TKV_XDS
 #undef TKV_INLINE
-#undef TKV_NX_DISPATCH
 #undef TKV_FLOAT_KERNEL
 #undef TKV_Q32_KERNEL
 #undef TKV_LOAD_F32

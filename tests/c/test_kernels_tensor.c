@@ -485,8 +485,8 @@ static void test_packed_case(const tkv_matmul_kernels *kern, int32_t type, int64
     const int64_t n_rows = 48;
     const size_t rb = row_bytes_of(type, n_cols);
     const size_t pb = tkv_matmul_packed_bytes(kern, type, n_rows, n_cols);
-    /* the same bytes, except the K-quants' unpacked scales: 4 more per super-block */
-    const int kq = type == TKV_TYPE_Q4_K || type == TKV_TYPE_Q5_K;
+    /* the same bytes, except unpacked 6-bit scales: 4 more per super-block */
+    const int kq = type == TKV_TYPE_Q3_K || type == TKV_TYPE_Q4_K || type == TKV_TYPE_Q5_K;
     CHECK(pb == (size_t)n_rows * rb + (kq ? (size_t)n_rows * (size_t)(n_cols / 256) * 4 : 0));
     CHECK(tkv_matmul_packed_bytes(kern, type, n_rows - 1, n_cols) == 0);
     uint8_t *W = malloc((size_t)n_rows * rb), *Wp = tkv_calloc_aligned(pb, 1);
@@ -553,21 +553,21 @@ static void test_packed_case(const tkv_matmul_kernels *kern, int32_t type, int64
 }
 
 static void test_packed(void) {
-    static const int32_t types[] = {TKV_TYPE_Q4_0, TKV_TYPE_Q4_1, TKV_TYPE_Q8_0, TKV_TYPE_Q4_K,
-                                    TKV_TYPE_Q5_K};
+    static const int32_t types[] = {TKV_TYPE_Q4_0, TKV_TYPE_Q4_1, TKV_TYPE_Q8_0, TKV_TYPE_Q2_K,
+                                    TKV_TYPE_Q3_K, TKV_TYPE_Q4_K, TKV_TYPE_Q5_K, TKV_TYPE_Q6_K};
+    const int n_types = (int)(sizeof types / sizeof types[0]);
     static const int64_t cols[] = {32, 96, 576, 1536};
     static const int64_t cols_k[] = {256, 512, 768, 1536}; /* super-blocks of 256 */
     static const int64_t toks[] = {1, 2, 3, 4, 5, 9};
     int tested = 0;
     for (int k = 0; tkv_matmul_isa_names[k]; k++) {
         const tkv_matmul_kernels *kern = tkv_matmul_kernels_for_isa(tkv_matmul_isa_names[k]);
-        for (int ti = 0; kern && ti < 5; ti++) {
+        for (int ti = 0; kern && ti < n_types; ti++) {
             if (!kern->packed[types[ti]]) {
                 continue;
             }
             tested++;
-            const int64_t *cs =
-                types[ti] == TKV_TYPE_Q4_K || types[ti] == TKV_TYPE_Q5_K ? cols_k : cols;
+            const int64_t *cs = tkv_type_get(types[ti])->block_elems == TKV_QK_K ? cols_k : cols;
             for (int c = 0; c < 4; c++) {
                 for (int t = 0; t < 6; t++) {
                     test_packed_case(kern, types[ti], cs[c], toks[t], (c + t) % 2);

@@ -90,11 +90,11 @@ def test_kquant_logits_match_numpy_reference(tmp_path, arch, wtype):
     assert _rel_err(got, reference_forward(weights, _hp(cfg), tokens)) < 0.2
 
 
-THREAD_TYPES = [T.F32, T.Q8_0, T.Q4_0, T.Q4_1, T.Q4_K, T.Q5_K, T.Q6_K]
+THREAD_TYPES = [T.F32, T.Q8_0, T.Q4_0, T.Q4_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 
 
 @pytest.mark.parametrize("wtype", THREAD_TYPES, ids=[t.name for t in THREAD_TYPES])
-def test_logits_do_not_depend_on_thread_count(tmp_path, wtype):
+def test_matmul_logits_do_not_depend_on_thread_count(tmp_path, wtype):
     """Matmuls split by output rows and attention by head: every logit is computed by the
     same operations whatever the thread count.  3 threads put the row boundaries of the
     fused Q/K/V product (512 rows) at 171 and 342, inside the kernels' 4-row tiles."""
@@ -383,7 +383,7 @@ def test_calibration_blocks_keep_attention_exact(tmp_path):
 
 
 @pytest.mark.parametrize("kv", ["fp32", "turbo_kv_4b"])
-def test_logits_do_not_depend_on_thread_count(tmp_path, kv):
+def test_attention_logits_do_not_depend_on_thread_count(tmp_path, kv):
     """Attention splits positions into fixed chunks merged in a fixed order, by (token, head)
     in prefill and by (token, head, chunk) in decode: past 1024 positions, where the chunks
     begin, every thread count must give the same bits, in prefill and in decode."""
