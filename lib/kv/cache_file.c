@@ -7,8 +7,9 @@
  *       name bytes.
  * CODC: u32 count, then per codec: i32 id, u32 bytes per vector, u64 definition hash,
  *       u32 name length, name bytes.  The definition hash is XXH64 over the name, the
- *       bytes per vector and the codebook centroids, so a library whose codec of that id
- *       codes differently is refused rather than read as garbage.
+ *       bytes per vector, the codebook centroids and (trellis codecs) the window length and
+ *       int8 table with its scale, so a library whose codec of that id codes differently
+ *       is refused rather than read as garbage.
  * CONF: u32 capacity, window, n_sink, calibration block, levers (bit 0 centering, bit 1
  *       smoothing), f32 smoothing alpha, f32 sparse-V threshold, u64 seed, then per layer
  *       i32 K codec id, i32 V codec id, u32 span, u32 ring (the layer's sliding window and
@@ -41,8 +42,7 @@
 #define TKV_KV_FILE_MAX_NAME 255
 #define TKV_KV_FILE_MAX_CODECS 64
 
-/* Hash of what makes a codec's bytes mean what they mean (see the top of the file). */
-static tkv_status tkv_codec_definition_hash(int32_t id, uint32_t d, uint64_t *out) {
+tkv_status tkv_kv_codec_definition_hash(int32_t id, uint32_t d, uint64_t *out) {
     struct tkv_codec codec;
     TKV_TRY(tkv_codec_init(&codec, id, d, 0));
     tkv_wbuf w = {0};
@@ -50,6 +50,12 @@ static tkv_status tkv_codec_definition_hash(int32_t id, uint32_t d, uint64_t *ou
     tkv_wbuf_u32(&w, (uint32_t)codec.layout.stride);
     for (int i = 0; i < 32; i++) {
         tkv_wbuf_f32(&w, codec.centroids[i]);
+    }
+    if (codec.trellis) { /* its reconstruction levels are the trellis codecs' codebook */
+        const tkv_trellis *t = codec.trellis;
+        tkv_wbuf_u32(&w, t->window);
+        tkv_wbuf_put(&w, t->q8, (size_t)1 << t->window_bits);
+        tkv_wbuf_f32(&w, t->q8_scale);
     }
     tkv_codec_release(&codec);
     TKV_REQUIRE(!w.failed, TKV_ERR_OUT_OF_MEMORY, "cache file: out of memory");
@@ -341,7 +347,7 @@ void tkv_kv_write(const tkv_kv_cache *c, const tkv_kv_model_id *model, float spa
     for (uint32_t i = 0; i < n_codecs; i++) {
         const tkv_codec_desc *desc = tkv_codec_desc_get(ids[i]);
         uint64_t hash = 0;
-        if (tkv_codec_definition_hash(ids[i], c->head_dim, &hash) != TKV_OK) {
+        if (tkv_kv_codec_definition_hash(ids[i], c->head_dim, &hash) != TKV_OK) {
             w->failed = 1;
         }
         tkv_wbuf_u32(w, (uint32_t)ids[i]);
@@ -432,7 +438,7 @@ static tkv_status tkv_kv_read_codecs(tkv_rbuf *payload, uint32_t d, int32_t *ids
         TKV_REQUIRE(tkv_codec_desc_dim_valid(desc, d), TKV_ERR_MISMATCH,
                     "codec '%s' cannot code head_dim %u", name, d);
         uint64_t here;
-        TKV_TRY(tkv_codec_definition_hash((int32_t)id, d, &here));
+        TKV_TRY(tkv_kv_codec_definition_hash((int32_t)id, d, &here));
         TKV_REQUIRE(bytes == tkv_codec_desc_vector_bytes(desc, d) && hash == here,
                     TKV_ERR_MISMATCH,
                     "codec '%s' of the cache (%u bytes per vector, definition %016llx) differs "

@@ -12,6 +12,10 @@
 #include "kv/cache.h"
 #include "kv/kv_file.h"
 
+/* Hash of what makes the bytes of codec `id` at head_dim d mean what they mean (the CODC
+ * section, see cache_file.c): a saved cache is refused by a library whose hash differs. */
+tkv_status tkv_kv_codec_definition_hash(int32_t id, uint32_t d, uint64_t *out);
+
 /* What a file must match to be loaded for a model (the kv layer knows no model). */
 typedef struct tkv_kv_model_id {
     uint64_t fingerprint; /* XXH64 of the model's GGUF file */

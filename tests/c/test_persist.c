@@ -45,6 +45,30 @@ static void test_hash(void) {
     CHECK(tkv_hash64(buf, 100, 1) != tkv_hash64(buf, 100, 0));
 }
 
+/* The definition hash of every codec at head_dim 64, pinned: a change of any codec's name,
+ * size, codebook or trellis table changes its hash, and caches saved by an earlier library
+ * are then refused.  Such a change must be deliberate: bump the version and say in
+ * docs/PERSISTENCE.md which saved caches it refuses, then update this table. */
+static void test_codec_definitions_pinned(void) {
+    static const uint64_t pinned[TKV_CODEC_COUNT] = {
+        0x2AB3B098BCD80B49ull, 0x22F34A1D5F660264ull, 0x32DDEA2B4A2B8961ull,
+        0x95D76CDAB607E0C6ull, 0x7B78AE9E6A5E414Bull, 0xC7BEBA041ECC31E5ull,
+        0x39E8E90644CF5C25ull, 0xBF60EB5F6D15D81Bull, 0x90FB2C003E937C3Full,
+        0x0F9596B658792B24ull, 0x01AD9BDB2EF55BDBull, 0x86FEC1E7A959CF07ull,
+        0xB5A7B94979B66D60ull, 0x7A37C043C1209360ull, 0x6E255DDB94223B94ull,
+        0x67F3358CA06FB076ull, 0x6B868FABB1AC17CEull,
+    };
+    for (int32_t id = 0; id < TKV_CODEC_COUNT; id++) {
+        uint64_t h = 0;
+        CHECK_OK(tkv_kv_codec_definition_hash(id, 64, &h));
+        if (h != pinned[id]) {
+            printf("codec %d (%s): definition hash 0x%016llXull, pinned 0x%016llXull\n", id,
+                   tkv_codec_name(id), (unsigned long long)h, (unsigned long long)pinned[id]);
+        }
+        CHECK(h == pinned[id]);
+    }
+}
+
 /* A file image with one section holding `body`. */
 static size_t make_file(uint8_t *out, const char *body) {
     tkv_wbuf w = {0};
@@ -637,6 +661,7 @@ static void test_bad_files(tkv_model *m) {
 
 int main(void) {
     test_hash();
+    test_codec_definitions_pinned();
     test_container();
     test_ring_files();
     const char *path = getenv("TKV_TEST_MODEL");
