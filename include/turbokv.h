@@ -30,7 +30,7 @@ extern "C" {
 /* The project's one version: CMakeLists.txt and pyproject.toml read these three lines,
  * the Python package carries what pyproject read (turbokv.__version__). */
 #define TKV_VERSION_MAJOR 0
-#define TKV_VERSION_MINOR 6
+#define TKV_VERSION_MINOR 7
 #define TKV_VERSION_PATCH 0
 #define TKV_VERSION_NUMBER (TKV_VERSION_MAJOR * 10000 + TKV_VERSION_MINOR * 100 + TKV_VERSION_PATCH)
 #define TKV_VERSION_STR_(x) #x
@@ -304,10 +304,13 @@ TKV_API tkv_status tkv_codebook_centroids(uint32_t bits, float *out, size_t n_ou
 /* ==================================================================================
  * Model
  *
- * A tkv_model is a GGUF model loaded for inference (architectures "llama" and
- * "qwen2"; weights F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K).  Weights
- * stay memory-mapped in their file format.  A model is immutable after loading and
- * may be shared by any number of threads; caches made from it must be freed first.
+ * A tkv_model is a GGUF model loaded for inference (architectures "llama", "qwen2",
+ * "qwen3", "gemma3" and "phi3"; weights F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q2_K/Q3_K/
+ * Q4_K/Q5_K/Q6_K).  The file stays memory-mapped read-only; the weight matrices this
+ * CPU's matrix-vector kernels read faster in an interleaved layout are copied into it
+ * once at load (tkv_model_bytes_packed).  A model is immutable after loading and may be
+ * shared by any number of threads; freeing it while caches made from it live defers the
+ * release to the last of them (tkv_model_free).
  * ================================================================================== */
 
 typedef struct tkv_model tkv_model;
@@ -348,6 +351,14 @@ TKV_API uint32_t tkv_model_head_dim(const tkv_model *model);
 TKV_API uint32_t tkv_model_n_embd(const tkv_model *model);
 TKV_API uint32_t tkv_model_n_vocab(const tkv_model *model);
 TKV_API uint32_t tkv_model_n_ctx_train(const tkv_model *model);
+
+/* Memory of a loaded model (0 for NULL): the GGUF file's bytes, mapped read-only (the
+ * pages the weights are read from stay the file's: the system may share or drop them),
+ * and the bytes of the copies of weight matrices the library allocated, repacked at load
+ * for the matrix-vector kernels of this CPU (0 where the kernels read the file's layout).
+ * Since 0.7. */
+TKV_API uint64_t tkv_model_bytes_mapped(const tkv_model *model);
+TKV_API uint64_t tkv_model_bytes_packed(const tkv_model *model);
 
 /* Architecture ("llama") and general.name; "" for NULL.  Valid until the model is freed. */
 TKV_API const char *tkv_model_arch(const tkv_model *model);

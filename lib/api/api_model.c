@@ -63,6 +63,8 @@ uint32_t tkv_model_head_dim(const tkv_model *m) { return m ? m->hp.head_dim : 0;
 uint32_t tkv_model_n_embd(const tkv_model *m) { return m ? m->hp.n_embd : 0; }
 uint32_t tkv_model_n_vocab(const tkv_model *m) { return m ? m->hp.n_vocab : 0; }
 uint32_t tkv_model_n_ctx_train(const tkv_model *m) { return m ? m->hp.n_ctx_train : 0; }
+uint64_t tkv_model_bytes_mapped(const tkv_model *m) { return m ? tkv_gguf_file_size(m->gguf) : 0; }
+uint64_t tkv_model_bytes_packed(const tkv_model *m) { return m ? m->packed_bytes : 0; }
 const char *tkv_model_arch(const tkv_model *m) { return m ? m->arch_name : ""; }
 const char *tkv_model_name(const tkv_model *m) { return m ? m->name : ""; }
 int32_t tkv_model_token_bos(const tkv_model *m) { return m ? tkv_tokenizer_bos(m->tokenizer) : -1; }

@@ -640,13 +640,14 @@ static tkv_status tkv_check_vocab_size(const struct tkv_model *m) {
  * have one for its type and shape.  The products read only the copy afterwards; the file's
  * pages of the matrix are read once here.  The copy is an optimization: without memory for
  * it the weight stays unpacked (same results up to float summation order). */
-static void tkv_pack_weight(tkv_weight *w) {
+static void tkv_pack_weight(struct tkv_model *m, tkv_weight *w) {
     const tkv_matmul_kernels *k = tkv_matmul_kernels_get();
     const size_t bytes = tkv_matmul_packed_bytes(k, w->type, w->rows, w->cols);
     if (bytes == 0 || (w->packed = tkv_calloc_aligned(bytes, 1)) == NULL) {
         return;
     }
     tkv_matmul_pack(w->type, w->data, w->row_bytes, w->rows, w->cols, w->packed);
+    m->packed_bytes += bytes;
 }
 
 static void tkv_pack_weights(struct tkv_model *m) {
@@ -654,10 +655,10 @@ static void tkv_pack_weights(struct tkv_model *m) {
         tkv_layer_weights *L = &m->layers[l];
         tkv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
-            tkv_pack_weight(ws[i]);
+            tkv_pack_weight(m, ws[i]);
         }
     }
-    tkv_pack_weight(&m->output); /* not tok_embd: the embedding lookup reads the file */
+    tkv_pack_weight(m, &m->output); /* not tok_embd: the embedding lookup reads the file */
 }
 
 static tkv_status tkv_model_finish(struct tkv_model *m, tkv_status st, struct tkv_model **out) {

@@ -104,6 +104,7 @@ struct tkv_model {
     float *rope_long, *rope_short; /* (n_rot / 2) */
     tkv_layer_weights *layers;
     tkv_tokenizer *tokenizer;
+    size_t packed_bytes;     /* the weights' packed copies (tkv_weight.packed), all of them */
     char name[256];
     char arch_name[32];
     /* XXH64 of the GGUF file, computed on first use (tkv_model_fingerprint); 0 = not yet.

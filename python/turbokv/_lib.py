@@ -428,6 +428,16 @@ def tkv_cache_capacity(cache: CacheHandle) -> int:
     """uint32_t tkv_cache_capacity(const tkv_cache *cache);"""
 
 
+@_c_function([c_void_p], c_uint64)
+def tkv_model_bytes_mapped(model: ModelHandle) -> int:
+    """uint64_t tkv_model_bytes_mapped(const tkv_model *model);"""
+
+
+@_c_function([c_void_p], c_uint64)
+def tkv_model_bytes_packed(model: ModelHandle) -> int:
+    """uint64_t tkv_model_bytes_packed(const tkv_model *model);"""
+
+
 @_c_function([c_void_p], c_size_t)
 def tkv_cache_bytes_used(cache: CacheHandle) -> int:
     """size_t tkv_cache_bytes_used(const tkv_cache *cache);"""

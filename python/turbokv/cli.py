@@ -192,6 +192,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
           f"KV {k}/{v}: {st.kv_bytes_used / 1024:.1f} KiB used, {st.kv_bytes_per_token} B/token"
           f"{ratio}]", file=sys.stderr)
     if args.profile:
+        print(f"memory: model {st.model_bytes_mapped / 2**20:.1f} MiB mapped + "
+              f"{st.model_bytes_packed / 2**20:.1f} MiB repacked for the matmul kernels, "
+              f"KV {st.kv_bytes_used / 2**20:.1f} MiB", file=sys.stderr)
         total = t.matmul_seconds + t.attention_seconds + t.other_seconds + t.sample_seconds
         print("profile (prefill + decode wall time):", file=sys.stderr)
         for name, sec in (("matmul", t.matmul_seconds), ("attention", t.attention_seconds),

@@ -51,6 +51,8 @@ class GenerationStats:
     timings: SessionTimings
     stop_reason: str
     n_ctx: int = 0  # the cache's capacity in tokens
+    model_bytes_mapped: int = 0  # the GGUF file, mapped read-only
+    model_bytes_packed: int = 0  # weights repacked at load for this CPU's matmul kernels
     prompt_cache_tokens: int = 0  # prompt tokens taken from the prompt cache (not evaluated)
 
     @property
@@ -198,6 +200,8 @@ class Generation:
                 kv_bytes_used=self.cache.bytes_used, kv_bytes_per_token=self.cache.bytes_per_token,
                 kv_bytes_per_token_fp32=self.model.kv_bytes_per_token_fp32(),
                 timings=s.timings(), stop_reason=reason, n_ctx=capacity,
+                model_bytes_mapped=self.model.bytes_mapped,
+                model_bytes_packed=self.model.bytes_packed,
                 prompt_cache_tokens=self.prompt_cache_tokens)
             s.close()
             self.cache.close()

@@ -50,6 +50,10 @@ class Model(Handle):
         self.n_embd: int = _lib.tkv_model_n_embd(h)
         self.n_vocab: int = _lib.tkv_model_n_vocab(h)
         self.n_ctx_train: int = _lib.tkv_model_n_ctx_train(h)
+        #: Bytes of the GGUF file, mapped read-only, and of the weight copies repacked at load
+        #: for this CPU's matrix-vector kernels (0 where they read the file's layout).
+        self.bytes_mapped: int = int(_lib.tkv_model_bytes_mapped(h))
+        self.bytes_packed: int = int(_lib.tkv_model_bytes_packed(h))
         self.bos: int = _lib.tkv_model_token_bos(h)
         self.eos: int = _lib.tkv_model_token_eos(h)
 

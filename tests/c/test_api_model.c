@@ -170,6 +170,17 @@ static void test_contracts(const char *path) {
     if (!m) {
         return;
     }
+    /* the memory report: the whole file mapped; the repacked copies within a few % of the
+     * matrices' own bytes (none with the scalar kernels) */
+    FILE *fp = fopen(path, "rb");
+    CHECK(fp != NULL);
+    if (fp) {
+        fseek(fp, 0, SEEK_END);
+        CHECK(tkv_model_bytes_mapped(m) == (uint64_t)ftell(fp));
+        fclose(fp);
+    }
+    CHECK(tkv_model_bytes_packed(m) < tkv_model_bytes_mapped(m) * 11 / 10);
+    CHECK(tkv_model_bytes_mapped(NULL) == 0 && tkv_model_bytes_packed(NULL) == 0);
     size_t n = 0;
     char buf[64];
     CHECK_STATUS(tkv_model_meta_string(m, "general.architecture", NULL, 64, &n),

@@ -47,6 +47,22 @@ def test_model_properties(real_model):
     assert not m.is_end_token(m.token_id("<|im_start|>")) and not m.is_end_token(-1)
 
 
+def test_memory_report_counts_the_mapped_file_and_the_repacked_weights(real_model, reader):
+    m = real_model
+    assert m.bytes_mapped == m.path.stat().st_size
+    # every matrix of the layers and the output (tied: the embedding) has rows in multiples
+    # of 16, so every SIMD kernel table repacks them; Q4_1 packs to its own size
+    matrices = sum(int(t.n_bytes) for t in reader.tensors
+                   if len(t.shape) == 2 and t.name != "token_embd.weight")
+    embedding = next(int(t.n_bytes) for t in reader.tensors if t.name == "token_embd.weight")
+    expected = 0 if turbokv.kernel_isa() == "scalar" else matrices + embedding
+    assert m.bytes_packed == expected
+    gen = turbokv.generate("Hi", model=m, max_tokens=1, temperature=0, stream=True)
+    "".join(gen)
+    d = gen.stats.to_dict()
+    assert (d["model_bytes_mapped"], d["model_bytes_packed"]) == (m.bytes_mapped, m.bytes_packed)
+
+
 def test_tokenizer_matches_hf_tokenizers(real_model, reader):
     tokenizers = pytest.importorskip("tokenizers")
     vocab = {t: i for i, t in enumerate(_field(reader, "tokenizer.ggml.tokens"))}
