@@ -185,3 +185,29 @@ void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t he
         }
     }
 }
+
+void tkv_attn_merge(const float *part, uint32_t n_parts, int nq, uint32_t d, float *out) {
+    const size_t ps = TKV_ATTN_PART_FLOATS(d);
+    const float *lse = part + (size_t)TKV_MAX_QUERIES * d; /* of part 0 */
+    for (int k = 0; k < nq; k++) {
+        float L = lse[k];
+        for (uint32_t p = 1; p < n_parts; p++) {
+            const float l = lse[p * ps + k];
+            L = l > L ? l : L;
+        }
+        float sum = 0.0f;
+        for (uint32_t p = 0; p < n_parts; p++) {
+            sum += expf(lse[p * ps + k] - L);
+        }
+        const float inv = 1.0f / sum;
+        float *o = out + (size_t)k * d;
+        memset(o, 0, d * sizeof *o);
+        for (uint32_t p = 0; p < n_parts; p++) {
+            const float f = expf(lse[p * ps + k] - L) * inv;
+            const float *op = part + p * ps + (size_t)k * d;
+            for (uint32_t j = 0; j < d; j++) {
+                o[j] += f * op[j];
+            }
+        }
+    }
+}
