@@ -23,7 +23,8 @@
  *   cmake -S benchmarks -B build-bench -DCMAKE_BUILD_TYPE=Release
  *   cmake --build build-bench -j2 --target bench_attn_model
  *   ./build-bench/bench_attn_model --ctx 4096,8192 [--codecs turbo_kv_4b] [--plain]
- *       [--evict 98] [--rounds 7] [--bw 22.3] [--path walk|kernels]        (TKV_ISA=avx2|scalar for other ISAs)
+ *       [--evict 98] [--rounds 7] [--bw 22.3] [--path walk|kernels]
+ * (TKV_ISA=avx2 or scalar for the other kernel tables).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -99,8 +100,8 @@ static int fill(tkv_kv_cache *c, uint32_t ctx) {
 
 /* The attention of one layer, every KV head, at position pos (all positions), as
  * forward.c's one-thread decode runs it. */
-static void walk_layer(const tkv_kv_cache *c, uint32_t l, uint32_t pos, const float *q,
-                       float *out, float *part, float *scores, size_t stride, float *work) {
+static void walk_layer(const tkv_kv_cache *c, uint32_t l, uint32_t pos, const float *q, float *out,
+                       float *part, float *scores, size_t stride, float *work) {
     const uint32_t nc = pos / CHUNK + 1;
     for (uint32_t h = 0; h < NKV; h++) {
         const float *qh = q + (size_t)h * GROUP * D;
@@ -121,8 +122,8 @@ static void walk_layer(const tkv_kv_cache *c, uint32_t l, uint32_t pos, const fl
 }
 
 /* The kernel tables alone over each head's codes of one layer, as one run of n positions. */
-static void kernels_layer(const tkv_kv_cache *c, uint32_t l, uint32_t n, const float *q,
-                          float *out, float *scores, size_t stride, float *work) {
+static void kernels_layer(const tkv_kv_cache *c, uint32_t l, uint32_t n, const float *q, float *out,
+                          float *scores, size_t stride, float *work) {
     const tkv_codec_kernels *K = tkv_codec_kernels_active();
     for (uint32_t h = 0; h < NKV; h++) {
         const tkv_kv_head *hd = &c->heads[(size_t)l * NKV + h];
@@ -185,8 +186,8 @@ int main(int argc, char **argv) {
     for (int ci = 0; ci < n_cache; ci++) {
         const uint32_t ctx = (uint32_t)atoi(ctxs[ci / n_codec]);
         const tkv_codec_desc *desc = tkv_codec_desc_find(codecs[ci % n_codec]);
-        const tkv_calib_params cp = {.center_keys = !plain, .smooth_keys = !plain,
-                                     .smooth_alpha = 0.35f, .block = 256};
+        const tkv_calib_params cp = {
+            .center_keys = !plain, .smooth_keys = !plain, .smooth_alpha = 0.35f, .block = 256};
         if (!desc || ctx < 2 ||
             tkv_kv_init(&caches[ci], NL, NKV, D, ctx, desc->id, desc->id, 0, 7) != TKV_OK ||
             tkv_kv_set_levers(&caches[ci], plain ? 0 : 1, &cp) != TKV_OK ||
@@ -254,8 +255,8 @@ int main(int argc, char **argv) {
         const double med = median(t + (size_t)cfg * rounds, rounds);
         const double bytes = (double)tkv_kv_n_tokens(c) * (double)tkv_kv_bytes_per_token(c);
         printf("%-14s %6u %-8s %10.3f %10.2f %8.2f %7.0f%%\n", codecs[ci % n_codec],
-               tkv_kv_n_tokens(c), cfg % 2 ? "kernels" : "walk", med * 1e3,
-               med * 1e6 / (NL * NKV), bytes / med * 1e-9, 100.0 * bytes / med * 1e-9 / bw);
+               tkv_kv_n_tokens(c), cfg % 2 ? "kernels" : "walk", med * 1e3, med * 1e6 / (NL * NKV),
+               bytes / med * 1e-9, 100.0 * bytes / med * 1e-9 / bw);
     }
     for (int ci = 0; ci < n_cache; ci++) {
         tkv_kv_release(&caches[ci]);
