@@ -14,6 +14,10 @@
 
 #include "codec/kernels.h"
 
+/* Value rows prefetched before the softmax (the value sums' first span, kernels_turbo_i8_body.h).
+ */
+#define TKV_ATTN_PREFETCH_ROWS 256
+
 /* `work` of tkv_attn_group_range by use: per query 6 * head_dim floats, then 2 * head_dim
  * shared (within nq * TKV_ATTN_WORK_FLOATS). */
 typedef struct tkv_attn_work {
@@ -37,6 +41,28 @@ static tkv_attn_work tkv_attn_carve(float *work, int nq, uint32_t d) {
     w.mu = work + (size_t)nq * 6 * d;
     w.s = w.mu + d;
     return w;
+}
+
+/* dots[k] = <q_k, v> for the nq queries (rows of q), each summed in element order: the
+ * queries' sums run side by side (one chain of dependent adds per query, not one after the
+ * other), since a run's calibration block needs them once per run. */
+_Static_assert(TKV_MAX_QUERIES == 4, "tkv_attn_dots keeps 4 sums");
+static void tkv_attn_dots(const float *q, int nq, uint32_t d, const float *v, float *dots) {
+    const float *qk[TKV_MAX_QUERIES];
+    for (int k = 0; k < TKV_MAX_QUERIES; k++) {
+        qk[k] = q + (size_t)(k < nq ? k : 0) * d; /* the unused sums repeat query 0 */
+    }
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+    for (uint32_t j = 0; j < d; j++) {
+        a0 += qk[0][j] * v[j];
+        a1 += qk[1][j] * v[j];
+        a2 += qk[2][j] * v[j];
+        a3 += qk[3][j] * v[j];
+    }
+    const float a[4] = {a0, a1, a2, a3};
+    for (int k = 0; k < nq; k++) {
+        dots[k] = a[k];
+    }
 }
 
 void tkv_attn_group(const tkv_kv_cache *cache, uint32_t layer, uint32_t head, const float *q,
@@ -70,14 +96,7 @@ void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t he
     float q_mu0[TKV_MAX_QUERIES] = {0}, shift[TKV_MAX_QUERIES] = {0};
     if (calibrated) {
         tkv_kv_block_calibration(cache, layer, head, 0, w.mu, w.s);
-        for (int k = 0; k < nq; k++) {
-            const float *qq = q + (size_t)k * d;
-            float dot = 0.0f;
-            for (uint32_t j = 0; j < d; j++) {
-                dot += qq[j] * w.mu[j];
-            }
-            q_mu0[k] = dot;
-        }
+        tkv_attn_dots(q, nq, d, w.mu, q_mu0);
     }
     uint32_t block = UINT32_MAX; /* the block qk and shift are set for */
     for (uint32_t t = t0; t < t1; t += run.n) {
@@ -85,15 +104,15 @@ void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t he
         if (calibrated && run.block != block) {
             block = run.block;
             tkv_kv_block_calibration(cache, layer, head, block, w.mu, w.s);
+            float dot[TKV_MAX_QUERIES];
+            tkv_attn_dots(q, nq, d, w.mu, dot);
             for (int k = 0; k < nq; k++) {
                 const float *qq = q + (size_t)k * d;
-                float dot = 0.0f;
                 for (uint32_t j = 0; j < d; j++) {
                     w.q_scaled[k][j] = qq[j] * w.s[j];
-                    dot += qq[j] * w.mu[j];
                 }
                 qk[k] = w.q_scaled[k];
-                shift[k] = dot - q_mu0[k];
+                shift[k] = dot[k] - q_mu0[k];
             }
         }
         float *at[TKV_MAX_QUERIES]; /* the run's scores */
@@ -122,6 +141,20 @@ void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t he
             for (uint32_t i = 0; i < run.n; i++) {
                 at[k][i] += shift[k];
             }
+        }
+    }
+    /* the value sums prefetch each span's successor, not their first span: its rows are
+     * fetched while the softmax runs */
+    for (uint32_t t = t0; t < t1; t += run.n) {
+        tkv_kv_value_run(cache, layer, head, t, t1, &run);
+        if (run.store == TKV_KV_STORE_CODES) {
+            const size_t bytes =
+                (size_t)(run.n < TKV_ATTN_PREFETCH_ROWS ? run.n : TKV_ATTN_PREFETCH_ROWS) *
+                run.layout->stride;
+            for (size_t o = 0; o < bytes; o += 64) {
+                __builtin_prefetch(run.rows + o, 0, 3);
+            }
+            break;
         }
     }
     for (int k = 0; k < nq; k++) {
@@ -181,6 +214,32 @@ void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t he
             float *o = out + (size_t)k * d;
             for (uint32_t j = 0; j < d; j++) {
                 o[j] += w.acc_plain[k][j];
+            }
+        }
+    }
+}
+
+void tkv_attn_merge(const float *part, uint32_t n_parts, int nq, uint32_t d, float *out) {
+    const size_t ps = TKV_ATTN_PART_FLOATS(d);
+    const float *lse = part + (size_t)TKV_MAX_QUERIES * d; /* of part 0 */
+    for (int k = 0; k < nq; k++) {
+        float L = lse[k];
+        for (uint32_t p = 1; p < n_parts; p++) {
+            const float l = lse[p * ps + k];
+            L = l > L ? l : L;
+        }
+        float sum = 0.0f;
+        for (uint32_t p = 0; p < n_parts; p++) {
+            sum += expf(lse[p * ps + k] - L);
+        }
+        const float inv = 1.0f / sum;
+        float *o = out + (size_t)k * d;
+        memset(o, 0, d * sizeof *o);
+        for (uint32_t p = 0; p < n_parts; p++) {
+            const float f = expf(lse[p * ps + k] - L) * inv;
+            const float *op = part + p * ps + (size_t)k * d;
+            for (uint32_t j = 0; j < d; j++) {
+                o[j] += f * op[j];
             }
         }
     }

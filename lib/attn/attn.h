@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "codec/kernels.h"
 #include "kv/cache.h"
 
 /* Floats of `work` one query needs besides its row of scores. */
@@ -38,5 +39,14 @@ void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t he
                           int nq, uint32_t pos, uint32_t t0, uint32_t t1, float scale,
                           float sparse_threshold, float *out, float *lse, float *scores,
                           size_t stride, float *work);
+
+/* Floats of one range's partial result for tkv_attn_merge: out (TKV_MAX_QUERIES, head_dim),
+ * then lse (TKV_MAX_QUERIES). */
+#define TKV_ATTN_PART_FLOATS(d) ((size_t)TKV_MAX_QUERIES * ((size_t)(d) + 1))
+
+/* out (nq, d) = the n_parts partial results of tkv_attn_group_range over consecutive
+ * ranges of one head (part p at part + p * TKV_ATTN_PART_FLOATS(d)) merged in part order:
+ * sum_p exp(lse_p - L) out_p / sum_p exp(lse_p - L), L the largest lse. */
+void tkv_attn_merge(const float *part, uint32_t n_parts, int nq, uint32_t d, float *out);
 
 #endif

@@ -6,6 +6,7 @@
 #ifndef TKV_BASE_HALF_H
 #define TKV_BASE_HALF_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -37,6 +38,22 @@ static inline float tkv_fp16_to_f32(uint16_t h) {
         return tkv_bits_f32(sign | 0x7f800000u | (mant << 13));
     }
     return tkv_bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+/* out[i] = tkv_fp16_to_f32(h[i]) for n values, without branches, so that the loop
+ * vectorizes: normal numbers by moving exponent and mantissa into place (exponent + 112),
+ * subnormals as their integer mantissa times 2^-24 (exact), infinities and NaN with the
+ * exponent all ones. */
+static inline void tkv_fp16_row_to_f32(const uint16_t *h, float *out, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t em = h[i] & 0x7fffu;
+        const uint32_t normal = (em << 13) + (112u << 23);
+        const uint32_t sub = tkv_f32_bits((float)(int32_t)em * 0x1p-24f);
+        const uint32_t is_sub = 0u - (uint32_t)(em < 0x400u); /* masks, not branches */
+        const uint32_t is_inf = 0u - (uint32_t)(em >= 0x7c00u);
+        const uint32_t u = ((sub & is_sub) | (normal & ~is_sub)) + ((112u << 23) & is_inf);
+        out[i] = tkv_bits_f32(u | (uint32_t)(h[i] & 0x8000u) << 16);
+    }
 }
 
 static inline uint16_t tkv_f32_to_fp16(float f) {

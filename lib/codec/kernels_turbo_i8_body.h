@@ -196,38 +196,75 @@ typedef struct {
     tkv_i8_tab tab;
 } tkv_i8_query;
 
-/* Quantize the codebook and the nq queries. */
+/* Horizontal max / sum of 8 lanes. */
+static inline TKV_I8_ATTR float TKV_I8_NAME(hmax)(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+static inline TKV_I8_ATTR int32_t TKV_I8_NAME(hsum)(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+}
+
+/* The 8 int32 of round(x * inv) (halves away from zero, as TKV_I8_NAME(round)). */
+static inline TKV_I8_ATTR __m256i TKV_I8_NAME(round8)(const float *x, __m256 inv) {
+    const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x), inv);
+    const __m256 ge0 = _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GE_OQ);
+    const __m256 half = _mm256_blendv_ps(_mm256_set1_ps(-0.5f), _mm256_set1_ps(0.5f), ge0);
+    return _mm256_cvttps_epi32(_mm256_add_ps(y, half));
+}
+
+/* The 32 int8 of round(x[0..31] * inv) in element order; *sum += them. */
+static inline TKV_I8_ATTR __m256i TKV_I8_NAME(round32)(const float *x, __m256 inv, __m256i *sum) {
+    const __m256i r0 = TKV_I8_NAME(round8)(x, inv), r1 = TKV_I8_NAME(round8)(x + 8, inv);
+    const __m256i r2 = TKV_I8_NAME(round8)(x + 16, inv), r3 = TKV_I8_NAME(round8)(x + 24, inv);
+    *sum = _mm256_add_epi32(*sum,
+                            _mm256_add_epi32(_mm256_add_epi32(r0, r1), _mm256_add_epi32(r2, r3)));
+    /* |r| <= 127, so the packs do not saturate; they leave 4-byte groups interleaved per
+     * lane, which the permute puts back in order */
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(r0, r1), _mm256_packs_epi32(r2, r3));
+    return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* Quantize the codebook and the nq queries (d a multiple of 64: supported()). */
 static TKV_I8_ATTR void TKV_I8_NAME(prepare)(const tkv_code_layout *L, const float *const *qs,
                                              int nq, tkv_i8_query *P) {
     const uint32_t d = L->d;
     TKV_I8_NAME(make_tab)(L, TKV_I8_VNNI, &P->tab);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int k = 0; k < nq; k++) {
         const float *q = qs[k];
-        float qmax = 0.0f;
-        for (uint32_t j = 0; j < d; j++) {
-            const float a = fabsf(q[j]); /* no fmaxf: it may be a libm call */
-            qmax = a > qmax ? a : qmax;
+        __m256 m = _mm256_setzero_ps();
+        for (uint32_t j = 0; j < d; j += 8) {
+            m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(q + j), absmask));
         }
+        const float qmax = TKV_I8_NAME(hmax)(m);
         const float qstep = qmax > 0.0f ? qmax / 127.0f : 1.0f, inv = 1.0f / qstep;
-        int32_t sum = 0;
+        const __m256 vinv = _mm256_set1_ps(inv);
+        __m256i sum = _mm256_setzero_si256();
         for (uint32_t c = 0; c < d; c += 64) {
-            for (uint32_t h = 0; h < 2; h++) {
-                for (uint32_t b = 0; b < 32; b++) {
-                    const int v = TKV_I8_NAME(round)(q[c + TKV_I8_NAME(elem)(L->bits, h, b)] * inv);
-                    P->q8[k][c + 32 * h + b] = (int8_t)v;
-                    sum += v;
-                }
+            const __m256i e0 = TKV_I8_NAME(round32)(q + c, vinv, &sum);      /* elements 0..31 */
+            const __m256i e1 = TKV_I8_NAME(round32)(q + c + 32, vinv, &sum); /* 32..63 */
+            __m256i *h = (__m256i *)(P->q8[k] + c); /* the two halves (elem()) */
+            if (L->bits >= 4) {
+                _mm256_storeu_si256(h, _mm256_permute2x128_si256(e0, e1, 0x20));
+                _mm256_storeu_si256(h + 1, _mm256_permute2x128_si256(e0, e1, 0x31));
+            } else {
+                _mm256_storeu_si256(h, e0);
+                _mm256_storeu_si256(h + 1, e1);
+            }
+            if (L->bits == 4) { /* score_pairs4's rows (tkv_i8_query) */
+                __m256i *p = (__m256i *)(P->q8p[k] + 2 * c);
+                _mm256_storeu_si256(p, _mm256_permute2x128_si256(e0, e0, 0x00));
+                _mm256_storeu_si256(p + 1, _mm256_permute2x128_si256(e0, e0, 0x11));
+                _mm256_storeu_si256(p + 2, _mm256_permute2x128_si256(e1, e1, 0x00));
+                _mm256_storeu_si256(p + 3, _mm256_permute2x128_si256(e1, e1, 0x11));
             }
         }
         P->mul[k] = qstep * P->tab.step;
-        P->corr[k] = TKV_I8_VNNI ? 128 * sum : 0;
-        for (uint32_t c = 0; L->bits == 4 && c < d; c += 64) {
-            for (uint32_t row = 0; row < 4; row++) { /* row = 2 z + h */
-                const int8_t *src = P->q8[k] + c + 32 * (row % 2) + 16 * (row / 2);
-                memcpy(P->q8p[k] + 2 * c + 32 * row, src, 16);
-                memcpy(P->q8p[k] + 2 * c + 32 * row + 16, src, 16);
-            }
-        }
+        P->corr[k] = TKV_I8_VNNI ? 128 * TKV_I8_NAME(hsum)(sum) : 0;
     }
 }
 
@@ -400,9 +437,13 @@ TKV_I8_NAME(scores_nq)(const int NQ, const uint32_t BITS, const uint32_t D,
     const int keys = TKV_I8_SCORE_KEYS(BITS, NQ);
     size_t i = 0;
     for (; i + (size_t)keys <= n; i += (size_t)keys) {
-        /* rows TKV_I8_AHEAD on: the hardware prefetchers stop at page boundaries */
-        if (i + TKV_I8_AHEAD + (size_t)keys <= n) {
-            const char *p = (const char *)(codes + (i + TKV_I8_AHEAD) * stride);
+        /* rows TKV_I8_AHEAD on: the hardware prefetchers stop at page boundaries.  Also
+         * past the run's end: the cache cuts a head's keys into runs at every calibration
+         * block (256 positions) and the rows after a run are the next run's, so a bound
+         * here would leave most of each run unprefetched; a prefetch never faults (the
+         * address is computed as an integer: it may lie outside the array). */
+        {
+            const char *p = (const char *)((uintptr_t)codes + (i + TKV_I8_AHEAD) * stride);
             for (size_t o = 0; o < (size_t)keys * stride; o += 64) {
                 __builtin_prefetch(p + o, 0, 3);
             }
@@ -544,18 +585,6 @@ typedef struct {
     int nonneg;                       /* every w8 >= 0 (softmax weights always are) */
 } tkv_i8_span;
 
-/* Horizontal max / sum of 8 lanes. */
-static inline TKV_I8_ATTR float TKV_I8_NAME(hmax)(__m256 v) {
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-}
-static inline TKV_I8_ATTR int32_t TKV_I8_NAME(hsum)(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
-}
-
 /* The int8 weights of the whole blocks (nb) of a span whose weights are all >= 0, with
  * threshold <= 0 (every row kept): per 8 rows a product, a max and a sign OR; no
  * correction sums (the unsigned-weight path needs none).  Returns 0, with S half written,
@@ -684,10 +713,10 @@ static TKV_I8_ATTR void TKV_I8_NAME(span_weights)(const tkv_code_layout *L, cons
     S->nonneg = !negtail && !_mm256_movemask_epi8(neg);
 }
 
-/* Prefetch rows i..i+3 of the npf rows at pf (the next span), if there. */
+/* Prefetch rows i..i+3 of the npf rows at pf (the next span), if i + 3 < npf. */
 static inline void TKV_I8_NAME(prefetch4)(const uint8_t *pf, size_t npf, size_t stride, size_t i) {
     if (i + 4 <= npf) {
-        const char *p = (const char *)(pf + i * stride);
+        const char *p = (const char *)((uintptr_t)pf + i * stride);
         for (size_t o = 0; o < 4 * stride; o += 64) {
             __builtin_prefetch(p + o, 0, 3);
         }
@@ -884,9 +913,12 @@ static TKV_I8_ATTR void TKV_I8_NAME(accum_run)(const tkv_code_layout *L, const f
         }
         TKV_I8_NAME(span_weights)(L, wk, nq, threshold, codes + s0 * L->stride, ns, &S);
         /* the next span's rows are fetched while this span's sums run (span_weights reads
-         * them first, in a loop with too little work to hide the misses) */
-        const uint8_t *pf = s0 + ns < n ? codes + (s0 + ns) * L->stride : NULL;
-        const size_t npf = pf ? (n - s0 - ns < ns ? n - s0 - ns : ns) : 0;
+         * them first, in a loop with too little work to hide the misses); after the last
+         * span, the rows that follow the run (the next range of positions, when attention
+         * splits a head's positions; a prefetch never faults, the address is computed as an
+         * integer) */
+        const uint8_t *pf = (const uint8_t *)((uintptr_t)codes + (s0 + ns) * L->stride);
+        const size_t npf = ns;
         TKV_I8_BITS_NQ(TKV_I8_SUMS, L->bits, nq, L, &T, &Ts, &S, ns, pf, npf, fsum);
     }
     /* back to element order, times the codebook step */

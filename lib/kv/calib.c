@@ -156,9 +156,16 @@ void tkv_calib_block(const tkv_calib *c, uint32_t layer, uint32_t head, uint32_t
                      float *s) {
     const uint16_t *m = tkv_calib_mu(c, layer, head, block);
     const uint16_t *sc = tkv_calib_scale(c, layer, head, block);
-    for (uint32_t j = 0; j < c->head_dim; j++) {
-        mu[j] = m ? tkv_fp16_to_f32(m[j]) : 0.0f;
-        s[j] = sc ? tkv_fp16_to_f32(sc[j]) : 1.0f;
+    /* attention asks once per run of keys of every (layer, head): row conversions */
+    if (m) {
+        tkv_fp16_row_to_f32(m, mu, c->head_dim);
+    }
+    if (sc) {
+        tkv_fp16_row_to_f32(sc, s, c->head_dim);
+    }
+    for (uint32_t j = 0; (!m || !sc) && j < c->head_dim; j++) {
+        mu[j] = m ? mu[j] : 0.0f;
+        s[j] = sc ? s[j] : 1.0f;
     }
 }
 

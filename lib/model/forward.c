@@ -45,38 +45,9 @@ static uint32_t tkv_attn_n_chunks(uint32_t pos) {
     return pos / TKV_ATTN_CHUNK + 1; /* positions 0..pos */
 }
 
-/* Floats of one chunk's partial result of a run of query heads: out (TKV_MAX_QUERIES, d)
- * then lse (TKV_MAX_QUERIES). */
+/* Floats of one chunk's partial result of a run of query heads (tkv_attn_merge's part). */
 static size_t tkv_attn_part_floats(uint32_t d) {
-    return (size_t)TKV_MAX_QUERIES * (d + 1);
-}
-
-/* out (nq, d) = the nc chunk results of part merged in chunk order:
- * sum_c exp(lse_c - L) out_c / sum_c exp(lse_c - L), L the largest lse. */
-static void tkv_attn_merge(const float *part, uint32_t nc, int nq, uint32_t d, float *out) {
-    const size_t ps = tkv_attn_part_floats(d);
-    const float *lse0 = part + (size_t)TKV_MAX_QUERIES * d;
-    for (int k = 0; k < nq; k++) {
-        float L = lse0[k];
-        for (uint32_t c = 1; c < nc; c++) {
-            const float l = part[c * ps + (size_t)TKV_MAX_QUERIES * d + k];
-            L = l > L ? l : L;
-        }
-        float sum = 0.0f;
-        for (uint32_t c = 0; c < nc; c++) {
-            sum += expf(part[c * ps + (size_t)TKV_MAX_QUERIES * d + k] - L);
-        }
-        const float inv = 1.0f / sum;
-        float *o = out + (size_t)k * d;
-        memset(o, 0, d * sizeof *o);
-        for (uint32_t c = 0; c < nc; c++) {
-            const float f = expf(part[c * ps + (size_t)TKV_MAX_QUERIES * d + k] - L) * inv;
-            const float *oc = part + c * ps + (size_t)k * d;
-            for (uint32_t j = 0; j < d; j++) {
-                o[j] += f * oc[j];
-            }
-        }
-    }
+    return TKV_ATTN_PART_FLOATS(d);
 }
 
 /* YaRN's correction dimension of `n_rot` rotations over the original context (ggml). */

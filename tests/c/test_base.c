@@ -33,6 +33,17 @@ static void test_half(void) {
         }
     }
     CHECK_EQ_INT(bad, 0);
+    /* the row conversion gives the same bits for every pattern, NaN payloads included */
+    static uint16_t all[0x10000];
+    static float row[0x10000];
+    for (uint32_t h = 0; h < 0x10000u; h++) {
+        all[h] = (uint16_t)h;
+    }
+    tkv_fp16_row_to_f32(all, row, 0x10000);
+    for (uint32_t h = 0; h < 0x10000u; h++) {
+        bad += tkv_f32_bits(row[h]) != tkv_f32_bits(tkv_fp16_to_f32(all[h]));
+    }
+    CHECK_EQ_INT(bad, 0);
     CHECK_NEAR(tkv_fp16_to_f32(tkv_f32_to_fp16(1.0f / 3.0f)), 0.333251953125, 0);
     CHECK_EQ_INT(tkv_f32_to_fp16(65520.0f), 0x7c00);
     CHECK_EQ_INT(tkv_f32_to_fp16(65519.0f), 0x7bff);
