@@ -65,3 +65,27 @@ def test_readme_test_command_is_what_ci_runs():
     assert commands[0].startswith("pip install . && turbokv generate ")
     assert commands[1] == 'pip install ".[test]" && python -m pytest -q tests/python'
     assert commands[1] in ci
+
+
+def test_readme_codec_table_is_what_its_command_gives(tmp_path):
+    """The "which codec for which goal" table is generated: running the command its marker
+    holds on the committed results rewrites it unchanged, and it marks the library's default."""
+    import shlex
+    import sys
+
+    from turbokv.config import DEFAULT_CODEC
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import codec_table
+
+    m = codec_table.BEGIN.search(README)
+    assert m, "README has no codec-table block"
+    argv = shlex.split(m.group("cmd"))
+    assert argv[:2] == ["python", "tools/codec_table.py"], argv
+    copy = tmp_path / "README.md"
+    copy.write_text(README, encoding="utf-8")
+    args = [a if not a.startswith(("benchmarks/", "docs/")) else str(ROOT / a) for a in argv[2:]]
+    assert codec_table.main(args + ["--write", str(copy)]) == 0
+    assert copy.read_text(encoding="utf-8") == README, "run the marker's command to regenerate"
+    block = README[m.end():README.index(codec_table.END, m.end())]
+    assert f"| `{DEFAULT_CODEC}` (default) |" in block
