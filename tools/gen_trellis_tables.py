@@ -41,18 +41,20 @@ TRAIN_VECTORS = 4000
 TEST_VECTORS = 4000
 
 
-def viterbi(x: np.ndarray, table: np.ndarray, n_bits: int, m: int) -> np.ndarray:
-    """Window indices (n, d) of the best free-start path for each row of x."""
+def viterbi(x: np.ndarray, table: np.ndarray, n_bits: int, m: float,
+            dtype=np.float64) -> np.ndarray:
+    """Window indices (n, d) of the best free-start path for each row of x.  The window
+    has m N bits; tools/trellis_study.py also passes fractional m (windows of any k >= N
+    bits) and float32 (faster, for its larger sweeps)."""
     n, d = x.shape
-    states = 1 << ((m - 1) * n_bits)
-    windows = 1 << (m * n_bits)
+    states = 1 << int(round((m - 1) * n_bits))
     k = 1 << n_bits
-    cost = np.zeros((n, states))
+    cost = np.zeros((n, states), dtype=dtype)
     back = np.empty((d, n, states), dtype=np.int16)
-    w = np.arange(windows)
-    prev_of = w & (states - 1)
+    prev_of = np.arange(states * k) & (states - 1)
+    tab = table.astype(dtype)
     for j in range(d):
-        c = cost[:, prev_of] + (x[:, j:j + 1] - table[None, :]) ** 2
+        c = cost[:, prev_of] + (x[:, j:j + 1] - tab[None, :]) ** 2
         c = c.reshape(n, states, k)  # w = new_state << N | dropped symbol
         a = np.argmin(c, axis=2)
         cost = np.take_along_axis(c, a[:, :, None], 2)[:, :, 0]
@@ -67,8 +69,8 @@ def viterbi(x: np.ndarray, table: np.ndarray, n_bits: int, m: int) -> np.ndarray
     return idx
 
 
-def samples(rng: np.random.Generator, n: int) -> np.ndarray:
-    g = rng.standard_normal((n, DIM))
+def samples(rng: np.random.Generator, n: int, dtype=np.float64) -> np.ndarray:
+    g = rng.standard_normal((n, DIM)).astype(dtype, copy=False)
     return g * (np.sqrt(DIM) / np.linalg.norm(g, axis=1, keepdims=True))
 
 

@@ -34,12 +34,16 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import Callable
 
 import numpy as np
 
-DIM = 64
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen_trellis_tables  # noqa: E402  (the tables' own search and training data)
+
+DIM = gen_trellis_tables.DIM
 LLOYD_MAX = {2: 0.11748, 3: 0.03454, 4: 0.009497}  # N(0, 1) Lloyd-Max mse per coordinate
 
 
@@ -59,35 +63,14 @@ def sym(w: np.ndarray, n_bits: int, m: int, age: int) -> np.ndarray:
     return (w >> ((m - 1 - age) * n_bits)) & ((1 << n_bits) - 1)
 
 
-def viterbi(x: np.ndarray, table: np.ndarray, n_bits: int, m: int) -> np.ndarray:
-    """Window indices (n, d) of the least-error free-start path for each row of x; the
-    window has m N bits (m may be fractional: a window of any k >= N bits)."""
-    n, d = x.shape
-    states = 1 << int(round((m - 1) * n_bits))
-    k = 1 << n_bits
-    cost = np.zeros((n, states), dtype=np.float32)
-    back = np.empty((d, n, states), dtype=np.uint8)
-    prev_of = np.arange(states * k) & (states - 1)
-    tab = table.astype(np.float32)
-    for j in range(d):
-        c = cost[:, prev_of] + (x[:, j:j + 1] - tab[None, :]) ** 2
-        c = c.reshape(n, states, k)  # w = new_state << N | dropped symbol
-        a = np.argmin(c, axis=2)
-        cost = np.take_along_axis(c, a[:, :, None], 2)[:, :, 0]
-        back[j] = a
-    s = np.argmin(cost, axis=1)
-    idx = np.empty((n, d), dtype=np.int64)
-    rows = np.arange(n)
-    for j in range(d - 1, -1, -1):
-        win = (s << n_bits) | back[j][rows, s]
-        idx[:, j] = win
-        s = win & (states - 1)
-    return idx
+def viterbi(x: np.ndarray, table: np.ndarray, n_bits: int, m: float) -> np.ndarray:
+    """Window indices (n, d) of the least-error free-start path for each row of x (the
+    generator's search, in float32)."""
+    return gen_trellis_tables.viterbi(x, table, n_bits, m, dtype=np.float32)
 
 
 def samples(rng: np.random.Generator, n: int) -> np.ndarray:
-    g = rng.standard_normal((n, DIM)).astype(np.float32)
-    return g * (np.sqrt(DIM) / np.linalg.norm(g, axis=1, keepdims=True))
+    return gen_trellis_tables.samples(rng, n, dtype=np.float32)
 
 
 def effective_states(table: np.ndarray, n_bits: int, m: float) -> int:
