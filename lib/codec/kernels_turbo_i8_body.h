@@ -279,6 +279,18 @@ static inline TKV_I8_ATTR __m256i TKV_I8_NAME(dot32)(__m256i acc, __m256i v, con
 #endif
 }
 
+/* Four rows' bytes interleaved: each int32 lane of X[0..3] holds the same byte of rows a, b, c
+ * and d (in that order), the bytes in the order of the unpacks (the value sums' lane order). */
+static inline __attribute__((always_inline)) TKV_I8_ATTR void
+TKV_I8_NAME(interleave4)(__m256i a, __m256i b, __m256i c, __m256i d, __m256i *X) {
+    const __m256i ab0 = _mm256_unpacklo_epi8(a, b), ab1 = _mm256_unpackhi_epi8(a, b);
+    const __m256i cd0 = _mm256_unpacklo_epi8(c, d), cd1 = _mm256_unpackhi_epi8(c, d);
+    X[0] = _mm256_unpacklo_epi16(ab0, cd0);
+    X[1] = _mm256_unpackhi_epi16(ab0, cd0);
+    X[2] = _mm256_unpacklo_epi16(ab1, cd1);
+    X[3] = _mm256_unpackhi_epi16(ab1, cd1);
+}
+
 /* A[r] += the products of the 4 weight bytes at w8, broadcast as the unsigned operand (weights
  * >= 0), with the signed bytes of X[r], summed by 4 into int32 lanes, for r = 0..3. */
 static inline __attribute__((always_inline)) TKV_I8_ATTR void TKV_I8_NAME(wdot4)(
@@ -753,13 +765,8 @@ TKV_I8_NAME(span_sums4)(const int NQ, const uint32_t D, const tkv_code_layout *L
                     const __m256i rb = _mm256_loadu_si256((const __m256i *)(cp[1] + po + c / 2));
                     const __m256i rc = _mm256_loadu_si256((const __m256i *)(cp[2] + po + c / 2));
                     const __m256i rd = _mm256_loadu_si256((const __m256i *)(cp[3] + po + c / 2));
-                    const __m256i ab0 = _mm256_unpacklo_epi8(ra, rb);
-                    const __m256i ab1 = _mm256_unpackhi_epi8(ra, rb);
-                    const __m256i cd0 = _mm256_unpacklo_epi8(rc, rd);
-                    const __m256i cd1 = _mm256_unpackhi_epi8(rc, rd);
-                    __m256i X[4] = {
-                        _mm256_unpacklo_epi16(ab0, cd0), _mm256_unpackhi_epi16(ab0, cd0),
-                        _mm256_unpacklo_epi16(ab1, cd1), _mm256_unpackhi_epi16(ab1, cd1)};
+                    __m256i X[4];
+                    TKV_I8_NAME(interleave4)(ra, rb, rc, rd, X);
                     for (int r = 0; r < 4; r++) {
                         const __m256i x = h ? _mm256_srli_epi16(X[r], 4) : X[r];
                         X[r] = _mm256_shuffle_epi8(T->lo, _mm256_and_si256(x, m15));
@@ -817,13 +824,8 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, cons
                     const __m256i vb = TKV_I8_NAME(half)(BITS, d, S->code[i + 1] + po, c, h, T);
                     const __m256i vc = TKV_I8_NAME(half)(BITS, d, S->code[i + 2] + po, c, h, T);
                     const __m256i vd = TKV_I8_NAME(half)(BITS, d, S->code[i + 3] + po, c, h, T);
-                    const __m256i ab0 = _mm256_unpacklo_epi8(va, vb),
-                                  ab1 = _mm256_unpackhi_epi8(va, vb);
-                    const __m256i cd0 = _mm256_unpacklo_epi8(vc, vd),
-                                  cd1 = _mm256_unpackhi_epi8(vc, vd);
-                    __m256i X[4] = {
-                        _mm256_unpacklo_epi16(ab0, cd0), _mm256_unpackhi_epi16(ab0, cd0),
-                        _mm256_unpacklo_epi16(ab1, cd1), _mm256_unpackhi_epi16(ab1, cd1)};
+                    __m256i X[4];
+                    TKV_I8_NAME(interleave4)(va, vb, vc, vd, X);
                     if (UNS) { /* weights >= 0 are the unsigned operand, T is signed */
                         for (int k = 0; k < NQ; k++) {
                             TKV_I8_NAME(wdot4)(A[k], S->w8[k] + i, X);
