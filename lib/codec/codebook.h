@@ -32,4 +32,27 @@ static inline uint32_t tkv_codebook_quantize(const tkv_codebook *cb, float v) {
     return lo;
 }
 
+/* tkv_codebook_quantize of v[0..d) into idx: the same indices, found without branches as the
+ * count of boundaries below each value, 16 values at a time so the compiler keeps them in
+ * vector registers (a binary search mispredicts on every level with rotated data). */
+static inline void tkv_codebook_quantize_row(const tkv_codebook *cb, const float *v, uint32_t d,
+                                             uint8_t *idx) {
+    uint32_t j = 0;
+    for (; j + 16 <= d; j += 16) {
+        uint32_t count[16] = {0};
+        for (uint32_t k = 0; k + 1 < cb->n; k++) {
+            const float b = cb->boundaries[k];
+            for (uint32_t i = 0; i < 16; i++) {
+                count[i] += v[j + i] > b;
+            }
+        }
+        for (uint32_t i = 0; i < 16; i++) {
+            idx[j + i] = (uint8_t)count[i];
+        }
+    }
+    for (; j < d; j++) {
+        idx[j] = (uint8_t)tkv_codebook_quantize(cb, v[j]);
+    }
+}
+
 #endif

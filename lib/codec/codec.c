@@ -266,6 +266,7 @@ static tkv_status tkv_encode_turbo(const struct tkv_codec *c, const float *y, ui
     const tkv_code_layout *L = &c->layout;
     const tkv_codebook *cb = c->codebook;
     uint8_t idx[TKV_HEAD_DIM_MAX];
+    float u[TKV_HEAD_DIM_MAX];
     double norm2 = 0.0;
     for (uint32_t j = 0; j < d; j++) {
         norm2 += (double)y[j] * y[j];
@@ -274,7 +275,10 @@ static tkv_status tkv_encode_turbo(const struct tkv_codec *c, const float *y, ui
     double cnorm2 = 0.0;
     const float u_scale = tkv_unit_scale(norm, d);
     for (uint32_t j = 0; j < d; j++) {
-        idx[j] = (uint8_t)tkv_codebook_quantize(cb, y[j] * u_scale);
+        u[j] = y[j] * u_scale;
+    }
+    tkv_codebook_quantize_row(cb, u, d, idx);
+    for (uint32_t j = 0; j < d; j++) {
         double cj = cb->centroids[idx[j]];
         cnorm2 += cj * cj;
     }

@@ -253,16 +253,26 @@ static void tkv_rmsnorm(float *out, const float *x, const float *w, uint32_t n, 
     }
 }
 
-/* Rotate the first n_rot dimensions of each head by pos * inv_freq[i], cos and sin times
- * mscale: adjacent pairs (2i, 2i+1), or (i, i + n_rot/2) in NeoX order; the other
- * dimensions pass unchanged (partial RoPE). */
-static void tkv_rope(float *v, uint32_t n_heads, uint32_t d, uint32_t n_rot, uint32_t pos,
-                     const float *inv_freq, int neox, float mscale) {
+/* cos and sin of pos * inv_freq[i] times mscale, for i < n_rot / 2, interleaved in cs: once
+ * per token and layer, for all its query and key heads. */
+static void tkv_rope_angles(uint32_t n_rot, uint32_t pos, const float *inv_freq, float mscale,
+                            float *cs) {
+    for (uint32_t i = 0; i < n_rot / 2; i++) {
+        const float angle = (float)pos * inv_freq[i];
+        cs[2 * i] = cosf(angle) * mscale;
+        cs[2 * i + 1] = sinf(angle) * mscale;
+    }
+}
+
+/* Rotate the first n_rot dimensions of each head by the angles of cs (tkv_rope_angles):
+ * adjacent pairs (2i, 2i+1), or (i, i + n_rot/2) in NeoX order; the other dimensions pass
+ * unchanged (partial RoPE). */
+static void tkv_rope(float *v, uint32_t n_heads, uint32_t d, uint32_t n_rot, const float *cs,
+                     int neox) {
     for (uint32_t h = 0; h < n_heads; h++) {
         float *x = v + (size_t)h * d;
         for (uint32_t i = 0; i < n_rot / 2; i++) {
-            const float angle = (float)pos * inv_freq[i];
-            const float c = cosf(angle) * mscale, sn = sinf(angle) * mscale;
+            const float c = cs[2 * i], sn = cs[2 * i + 1];
             const uint32_t a = neox ? i : 2 * i;
             const uint32_t b = neox ? i + n_rot / 2 : 2 * i + 1;
             const float x0 = x[a], x1 = x[b];
@@ -498,8 +508,10 @@ tkv_status tkv_forward(const struct tkv_model *m, tkv_kv_cache *cache, tkv_pool 
             }
             const tkv_rope_params *rp = L->sliding ? &hp->rope_swa : &hp->rope;
             const float *inv_freq = s->rope_inv_freq + (L->sliding ? hp->n_rot / 2 : 0);
-            tkv_rope(q, H, d, hp->n_rot, pos0 + t, inv_freq, hp->rope_neox, rp->mscale);
-            tkv_rope(k, HK, d, hp->n_rot, pos0 + t, inv_freq, hp->rope_neox, rp->mscale);
+            float cs[TKV_HEAD_DIM_MAX]; /* n_rot <= d */
+            tkv_rope_angles(hp->n_rot, pos0 + t, inv_freq, rp->mscale, cs);
+            tkv_rope(q, H, d, hp->n_rot, cs, hp->rope_neox);
+            tkv_rope(k, HK, d, hp->n_rot, cs, hp->rope_neox);
             if (s->capture_q) {
                 const size_t row = (size_t)t * hp->n_layer + l;
                 memcpy(s->capture_q + row * QD, q, QD * sizeof *q);

@@ -88,6 +88,35 @@ static void test_codebooks(void) {
         printf("codebook %u bits: distortion %.6f (published %.6g), %d Lloyd steps\n", b,
                cb->distortion, known[b], cb->iterations);
     }
+    /* the branch-free row quantizer finds the binary search's index for every value: random
+     * ones, the boundaries themselves and their float neighbours, the extremes, NaN */
+    tkv_rng rng;
+    tkv_rng_init(&rng, 11);
+    float v[203];
+    uint8_t idx[203];
+    for (uint32_t b = 1; b <= 5; b++) {
+        const tkv_codebook *cb = tkv_codebook_get(b);
+        for (int round = 0; round < 50; round++) {
+            const uint32_t d = 1 + (uint32_t)(tkv_rng_next(&rng) % 203);
+            for (uint32_t j = 0; j < d; j++) {
+                const uint32_t k = (uint32_t)(tkv_rng_next(&rng) % (cb->n - 1));
+                switch (tkv_rng_next(&rng) % 6) {
+                case 0: v[j] = cb->boundaries[k]; break;
+                case 1: v[j] = nextafterf(cb->boundaries[k], INFINITY); break;
+                case 2: v[j] = nextafterf(cb->boundaries[k], -INFINITY); break;
+                case 3: v[j] = (tkv_rng_next(&rng) & 1) ? INFINITY : -INFINITY; break;
+                case 4: v[j] = round == 0 ? NAN : 0.0f; break;
+                default: v[j] = (float)(3.0 * tkv_rng_gaussian(&rng)); break;
+                }
+            }
+            tkv_codebook_quantize_row(cb, v, d, idx);
+            for (uint32_t j = 0; j < d; j++) {
+                CHECK_MSG(idx[j] == tkv_codebook_quantize(cb, v[j]),
+                          "bits %u: row quantizer gave %u for %g, binary search %u", b, idx[j],
+                          (double)v[j], tkv_codebook_quantize(cb, v[j]));
+            }
+        }
+    }
     CHECK_NEAR(tkv_codebook_get(4)->centroids[15], 2.7326, 1e-4);
     CHECK_NEAR(tkv_codebook_get(3)->centroids[4], 0.2451, 1e-4);
     CHECK(tkv_codebook_get(0) == NULL && tkv_codebook_get(6) == NULL);
