@@ -18,6 +18,12 @@ An entry REPO:LIB runs LIB with the Python package of the checkout REPO, for a r
 ABI this checkout's package no longer matches (e.g. a `git worktree` of an old commit):
 
     python benchmarks/bench_ab_cpu.py --libs /tmp/old:/tmp/old/build/libturbokv.so,build/libturbokv.so
+
+An entry may end in @CODEC to run that build with its own cache codec instead of --kv, e.g. a
+trellis codec on this build against turbo_kv_4b on an old release:
+
+    python benchmarks/bench_ab_cpu.py \
+        --libs /tmp/old:/tmp/old/build/libturbokv.so@turbo_kv_4b,build/libturbokv.so@turbo_kv_4b_tcq
 """
 from __future__ import annotations
 
@@ -56,6 +62,15 @@ def measure(model_path: str, ctx: int, n_decode: int, kv: str, threads: int, rep
     print(f"{ctx / tp} {n_decode / td} {attn} {kv_bytes}")
 
 
+def split_entry(entry: str, default_kv: str) -> tuple:
+    """REPO:LIB@CODEC -> (REPO or "", LIB, CODEC or default_kv)."""
+    head, at, kv = entry.rpartition("@")
+    if not at or "/" in kv:
+        head, kv = entry, default_kv
+    repo, _, path = head.rpartition(":")
+    return repo, path, kv
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--libs", required=True,
@@ -84,9 +99,9 @@ def main() -> None:
         for ctx in ctxs:
             for nt in threads:
                 for lib in libs if r % 2 == 0 else libs[::-1]:
-                    repo, _, path = lib.rpartition(":")
+                    repo, path, kv = split_entry(lib, a.kv)
                     env = dict(os.environ, TURBOKV_LIBRARY=path)
-                    out = subprocess.run([sys.executable, __file__, "--libs", a.libs, "--kv", a.kv,
+                    out = subprocess.run([sys.executable, __file__, "--libs", a.libs, "--kv", kv,
                                           "--model", a.model, "--measure", str(ctx), str(a.decode),
                                           str(nt), "--repo", repo or str(ROOT)],
                                          env=env, check=True, capture_output=True, text=True).stdout
@@ -94,7 +109,7 @@ def main() -> None:
                     res.setdefault((ctx, nt, lib), []).append((p, d, at, kb))
                     print(f"  ctx {ctx} threads {nt} {lib}: decode {d:.1f} tok/s, attention "
                           f"{at * 1e3:.2f} ms/token", file=sys.stderr, flush=True)
-    print(f"model {Path(a.model).name}, kv {a.kv}, thread CPU time, median of "
+    print(f"model {Path(a.model).name}, kv {a.kv} (unless an entry names its own), thread CPU time, median of "
           f"{a.rounds} interleaved rounds, decode {a.decode} tokens after the context; "
           f"load {os.getloadavg()[0]:.1f}")
     print("| ctx | threads | library | prefill tok/s | ratio | decode tok/s | ratio | attn ms/token "
