@@ -362,7 +362,7 @@ tkv_status tkv_codec_encode_one(const struct tkv_codec *c, const float *x, uint8
     const uint32_t d = c->d;
     const float *y = x;
     float *rotated = scratch;              /* d */
-    float *rest = scratch + d;             /* the remaining 21d + 16 */
+    float *rest = scratch + d;             /* the remaining floats */
     if (c->rotated) {
         tkv_rotation_apply(&c->rot, x, rotated);
         y = rotated;

@@ -48,8 +48,11 @@ struct tkv_codec {
     float *qjl_matrix;            /* (d, d) N(0,1) sketch matrix S, QJL only */
 };
 
-/* Floats of scratch the one-vector operations below need. */
-#define TKV_CODEC_SCRATCH_FLOATS(d) (22 * (size_t)(d) + 16)
+/* Floats of scratch the one-vector operations below need: the trellis encoder's (the
+ * rotated vector, u and its reconstruction, the search's keys) is the largest; QJL
+ * needs 22 d + 16. */
+#define TKV_CODEC_SCRATCH_FLOATS(d)                                                                \
+    (3 * (size_t)(d) + (TKV_TRELLIS_SCRATCH_BYTES(d) + sizeof(float) - 1) / sizeof(float))
 
 tkv_status tkv_codec_init(struct tkv_codec *c, int32_t id, uint32_t d, uint64_t seed);
 void tkv_codec_release(struct tkv_codec *c);

@@ -84,16 +84,12 @@ typedef struct tkv_codec_kernels {
     /* in place: x[i] = exp(scale * x[i] - max_j scale * x[j]) / sum, n >= 1; returns
      * log sum_j exp(scale * x[j]) (the max plus the log of that sum) */
     float (*softmax)(float *x, size_t n, float scale);
-    /* One Viterbi step of the trellis encoder (trellis.c) over coordinate x: for every
-     * new state s < S = 2^P, the candidates c_a = cost[((s << N) | a) mod S] +
-     * (x - table[a S + s])^2 for a < K = 2^N (a product, then a sum) are compared as
-     * keys: c_a's bits (non-negative floats order as unsigned integers) with the low N
-     * bits replaced by a.  The least key gives next[s] (its float with those bits
-     * cleared, a relative change below 2^(N-23)) and back[s] (its a; among equal keys the
-     * smallest a).  One unsigned min per candidate instead of a compare and two blends;
-     * every ISA produces the same bits. */
-    void (*trellis_step)(const tkv_trellis *t, float x, const float *cost, float *next,
-                         uint8_t *back);
+    /* The trellis encoder's Viterbi steps (trellis.c) over x[0..n), each the scalar step
+     * tkv_trellis_step_scalar: cost (2^P floats) holds the path costs before step 0 and
+     * gets those after step n - 1; keys[j 2^P + i] gets the least key of step j of the
+     * state at position i (its kept cost's bits | its dropped symbol), states in the order
+     * of tkv_trellis_lane_state.  Every ISA writes the same bits. */
+    tkv_trellis_forward_fn trellis_forward;
     tkv_scores_multi_fn scores_multi[TKV_FMT_COUNT];
     tkv_accum_multi_fn accum_multi[TKV_FMT_COUNT];
 } tkv_codec_kernels;
@@ -116,11 +112,11 @@ void tkv_accum_trellis_avx2(const tkv_code_layout *layout, const float *w, float
                             const uint8_t *codes, size_t n, float *acc);
 void tkv_scores_trellis_multi_avx2(const tkv_code_layout *layout, const float *const *qs, int nq,
                                    const uint8_t *codes, size_t n, float *const *outs);
-void tkv_trellis_step_avx2(const tkv_trellis *t, float x, const float *cost, float *next,
-                           uint8_t *back);
+void tkv_trellis_forward_avx2(const tkv_trellis *t, const float *x, uint32_t n, float *cost,
+                              uint32_t *keys);
 /* kernels_trellis_avx512.c */
-void tkv_trellis_step_avx512(const tkv_trellis *t, float x, const float *cost, float *next,
-                             uint8_t *back);
+void tkv_trellis_forward_avx512(const tkv_trellis *t, const float *x, uint32_t n, float *cost,
+                                uint32_t *keys);
 void tkv_scores_trellis_avx512(const tkv_code_layout *layout, const float *q, const uint8_t *codes,
                                size_t n, float *out);
 void tkv_accum_trellis_avx512(const tkv_code_layout *layout, const float *w, float threshold,
@@ -267,8 +263,16 @@ void tkv_fwht_scalar(float *x, uint32_t d, float scale);
 void tkv_matvec_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 void tkv_matvec_t_scalar(const float *m, const float *x, uint32_t rows, uint32_t cols, float *y);
 float tkv_softmax_scalar(float *x, size_t n, float scale);
+/* One Viterbi step, the definition every trellis_forward follows: for every new state
+ * s < S = 2^P (natural order), the candidates c_a = cost[((s << N) | a) mod S] +
+ * (x - table[a S + s])^2 for a < K = 2^N (a product, then a sum) are compared as keys:
+ * c_a's bits (non-negative floats order as unsigned integers) with the low N bits
+ * replaced by a.  The least key gives next[s] (its float with those bits cleared, a
+ * relative change below 2^(N-23)) and back[s] (its a; among equal keys the smallest a). */
 void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, float *next,
                              uint8_t *back);
+void tkv_trellis_forward_scalar(const tkv_trellis *t, const float *x, uint32_t n, float *cost,
+                                uint32_t *keys);
 void tkv_scores_multi_scalar(const tkv_code_layout *layout, const float *const *qs, int nq,
                              const uint8_t *codes, size_t n, float *const *outs);
 void tkv_accum_multi_scalar(const tkv_code_layout *layout, const float *const *ws, int nq,

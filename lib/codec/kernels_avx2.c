@@ -365,7 +365,7 @@ const tkv_codec_kernels tkv_codec_kernels_avx2 = {
     .matvec = tkv_matvec_avx2,
     .matvec_t = tkv_matvec_t_avx2,
     .softmax = tkv_softmax_avx2,
-    .trellis_step = tkv_trellis_step_avx2,
+    .trellis_forward = tkv_trellis_forward_avx2,
     .scores_multi = {[TKV_FMT_TURBO] = tkv_scores_turbo_multi_avx2,
                      [TKV_FMT_TRELLIS] = tkv_scores_trellis_multi_avx2},
     .accum_multi = {[TKV_FMT_TURBO] = tkv_accum_turbo_multi_avx2,

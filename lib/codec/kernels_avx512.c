@@ -590,7 +590,7 @@ const tkv_codec_kernels tkv_codec_kernels_avx512 = {
     .matvec = tkv_matvec_avx512,
     .matvec_t = tkv_matvec_t_avx512,
     .softmax = tkv_softmax_avx512,
-    .trellis_step = tkv_trellis_step_avx512,
+    .trellis_forward = tkv_trellis_forward_avx512,
     .scores_multi = {[TKV_FMT_TURBO] = tkv_scores_turbo_multi_avx512,
                      [TKV_FMT_TRELLIS] = tkv_scores_trellis_multi_avx512},
     .accum_multi = {[TKV_FMT_TURBO] = tkv_accum_turbo_multi_avx512,

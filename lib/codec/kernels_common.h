@@ -150,23 +150,6 @@ static inline int tkv_kc_row_needed(const float *const *ws, int nq, size_t i, fl
 }
 
 /*
- * Trellis encoder step (kernels.h, trellis_step): the new states s = r (mod R) share their
- * predecessor for each dropped symbol a; pred[a R + r] gets its cost.  R = 2^P / 2^N, or 1
- * when the state is a single symbol.  Returns R.
- */
-static inline uint32_t tkv_kc_trellis_preds(const float *cost, uint32_t N, uint32_t P,
-                                            float *pred) {
-    const uint32_t S = 1u << P, K = 1u << N;
-    const uint32_t R = S > K ? S / K : 1;
-    for (uint32_t a = 0; a < K; a++) {
-        for (uint32_t r = 0; r < R; r++) {
-            pred[a * R + r] = cost[((r << N) | a) & (S - 1)];
-        }
-    }
-    return R;
-}
-
-/*
  * The turbo kernels are specialized per bit width (the unpacking is a compile-time
  * constant); this maps a layout's width to CALL(b) for the widths with a specialization
  * (2, 3, 4, 5 and 8 for the one-index-per-byte codec) and to FALLBACK otherwise (1 bit: no

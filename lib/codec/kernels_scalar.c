@@ -195,6 +195,30 @@ void tkv_trellis_step_scalar(const tkv_trellis *t, float x, const float *cost, f
     }
 }
 
+/* The steps over x[0..n) by the step above, in the step's natural order, the results
+ * moved to the search's order. */
+void tkv_trellis_forward_scalar(const tkv_trellis *t, const float *x, uint32_t n, float *cost,
+                                uint32_t *keys) {
+    const uint32_t N = t->bits, S = 1u << t->state_bits;
+    float cur[64], next[64];
+    uint8_t back[64];
+    for (uint32_t s = 0; s < S; s++) {
+        cur[s] = cost[tkv_trellis_lane_pos(N, s)];
+    }
+    for (uint32_t j = 0; j < n; j++) {
+        tkv_trellis_step_scalar(t, x[j], cur, next, back);
+        for (uint32_t s = 0; s < S; s++) {
+            uint32_t key;
+            memcpy(&key, &next[s], sizeof key);
+            keys[(size_t)j * S + tkv_trellis_lane_pos(N, s)] = key | back[s];
+        }
+        memcpy(cur, next, S * sizeof(float));
+    }
+    for (uint32_t s = 0; s < S; s++) {
+        cost[tkv_trellis_lane_pos(N, s)] = cur[s];
+    }
+}
+
 /*
  * Portable fast decode of a trellis vector (unscaled) for the scalar table's kernels:
  * 8 windows per 64-bit little-endian word.  Windows of group g >= 1 start at bit
@@ -302,7 +326,7 @@ const tkv_codec_kernels tkv_codec_kernels_scalar = {
     .matvec = tkv_matvec_scalar,
     .matvec_t = tkv_matvec_t_scalar,
     .softmax = tkv_softmax_scalar,
-    .trellis_step = tkv_trellis_step_scalar,
+    .trellis_forward = tkv_trellis_forward_scalar,
     .scores_multi = {[TKV_FMT_TURBO] = tkv_scores_multi_scalar,
                      [TKV_FMT_TRELLIS] = tkv_scores_trellis_multi_scalar},
     .accum_multi = {[TKV_FMT_TURBO] = tkv_accum_multi_scalar,

@@ -182,35 +182,9 @@ static inline float tkv_trellis_decode_avx2(const tkv_code_layout *L, const tkv_
 _Static_assert(2 * TKV_TRELLIS_WINDOW_2 == 8 && 4 * TKV_TRELLIS_WINDOW_4 == 8,
                "the 2- and 4-bit trellis windows must be one byte (tkv_trellis_decode_lut8)");
 
-/* The encoder step, 8 states per vector (kernels_trellis_step_body.h). */
-#define TKV_INLINE static inline __attribute__((always_inline))
+/* The encoder's Viterbi steps (kernels_trellis_step_body.h). */
 #define TKV_STEP(name) tkv_##name##_avx2
-#define TKV_LANES 8
-#define TKV_VF __m256
-#define TKV_VI __m256i
-#define TKV_F_SET1(x) _mm256_set1_ps(x)
-#define TKV_F_LOAD(p) _mm256_loadu_ps(p)
-#define TKV_F_SUB(a, b) _mm256_sub_ps(a, b)
-#define TKV_F_MUL(a, b) _mm256_mul_ps(a, b)
-#define TKV_F_ADD(a, b) _mm256_add_ps(a, b)
-#define TKV_F_BITS(v) _mm256_castps_si256(v)
-#define TKV_I_SET1(x) _mm256_set1_epi32(x)
-#define TKV_I_AND(a, b) _mm256_and_si256(a, b)
-#define TKV_I_ANDNOT(a, b) _mm256_andnot_si256(a, b)
-#define TKV_I_MINU(a, b) _mm256_min_epu32(a, b)
 #define TKV_KEY(c, low, a) _mm256_or_si256(_mm256_andnot_si256(low, c), a)
-#define TKV_I_STORE(p, v) _mm256_storeu_si256((__m256i *)(void *)(p), v)
-#define TKV_STORE_BYTES(p, v) tkv_store_bytes8(p, v)
-#define TKV_PRED_LOCALS
-#define TKV_PRED_SETUP(cost, N, P, pred) tkv_kc_trellis_preds(cost, N, P, pred)
-#define TKV_PRED(pred, R, cost, a, s0)                                                             \
-    ((R) == 1 ? _mm256_set1_ps((pred)[a]) : _mm256_loadu_ps((pred) + (a) * (R) + (s0) % (R)))
-
-static inline void tkv_store_bytes8(uint8_t *p, __m256i v) {
-    const __m128i a16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    _mm_storel_epi64((__m128i *)(void *)p, _mm_packus_epi16(a16, a16));
-}
-
 #include "codec/kernels_trellis_step_body.h"
 
 static inline float tkv_hsum256(__m256 v) {

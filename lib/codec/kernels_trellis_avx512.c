@@ -155,67 +155,10 @@ tkv_trellis_run_n(const tkv_code_layout *Lay, const uint8_t *codes, size_t n, in
     }
 }
 
-/*
- * The encoder step, 16 states per vector (kernels_trellis_step_body.h).  The new state s
- * drops symbol a from the old state ((s << N) | a) mod S: with R = S / K the predecessors
- * of states s = r (mod R) are cost[K r + a] (tkv_kc_trellis_preds); here they come from
- * the 64 costs in four registers by two permutes and a blend (S = 64), or one broadcast
- * (S = K), instead of a scalar copy per state.
- */
-_Static_assert(2 * (TKV_TRELLIS_WINDOW_2 - 1) == 6 && 3 * (TKV_TRELLIS_WINDOW_3 - 1) == 6 &&
-                   4 * (TKV_TRELLIS_WINDOW_4 - 1) == 4,
-               "the predecessor permutes assume 64 states, or as many states as symbols");
-
-typedef struct tkv_step_preds {
-    __m512 cv[4];
-    __m512i base; /* K (lane mod R) */
-} tkv_step_preds;
-
-static inline __attribute__((always_inline)) uint32_t
-tkv_step_preds_init(const float *cost, uint32_t N, uint32_t P, tkv_step_preds *pr) {
-    const uint32_t S = 1u << P, K = 1u << N, R = S > K ? S / K : 1;
-    for (uint32_t i = 0; R > 1 && i < 4; i++) {
-        pr->cv[i] = _mm512_loadu_ps(cost + 16 * i);
-    }
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    pr->base = _mm512_mullo_epi32(_mm512_and_si512(lane, _mm512_set1_epi32((int)R - 1)),
-                                  _mm512_set1_epi32((int)K));
-    return R;
-}
-
-static inline __attribute__((always_inline)) __m512
-tkv_step_pred(const tkv_step_preds *pr, uint32_t R, const float *cost, uint32_t a) {
-    if (R == 1) {
-        return _mm512_set1_ps(cost[a]);
-    }
-    const __m512i idx = _mm512_add_epi32(pr->base, _mm512_set1_epi32((int)a));
-    const __mmask16 upper = _mm512_cmpge_epi32_mask(idx, _mm512_set1_epi32(32));
-    return _mm512_mask_blend_ps(upper, _mm512_permutex2var_ps(pr->cv[0], idx, pr->cv[1]),
-                                _mm512_permutex2var_ps(pr->cv[2], idx, pr->cv[3]));
-}
-
-#define TKV_INLINE static inline __attribute__((always_inline))
+/* The encoder's Viterbi steps (kernels_trellis_step_body.h). */
 #define TKV_STEP(name) tkv_##name##_avx512
-#define TKV_LANES 16
-#define TKV_VF __m512
-#define TKV_VI __m512i
-#define TKV_F_SET1(x) _mm512_set1_ps(x)
-#define TKV_F_LOAD(p) _mm512_loadu_ps(p)
-#define TKV_F_SUB(a, b) _mm512_sub_ps(a, b)
-#define TKV_F_MUL(a, b) _mm512_mul_ps(a, b)
-#define TKV_F_ADD(a, b) _mm512_add_ps(a, b)
-#define TKV_F_BITS(v) _mm512_castps_si512(v)
-#define TKV_I_SET1(x) _mm512_set1_epi32(x)
-#define TKV_I_AND(a, b) _mm512_and_si512(a, b)
-#define TKV_I_ANDNOT(a, b) _mm512_andnot_si512(a, b)
-#define TKV_I_MINU(a, b) _mm512_min_epu32(a, b)
 /* (c & ~low) | a: ternary logic B ? C : A (A = c, B = low, C = a) is table 0xb8 */
-#define TKV_KEY(c, low, a) _mm512_ternarylogic_epi32(c, low, a, 0xb8)
-#define TKV_I_STORE(p, v) _mm512_storeu_si512((void *)(p), v)
-#define TKV_STORE_BYTES(p, v) _mm_storeu_si128((__m128i *)(void *)(p), _mm512_cvtepi32_epi8(v))
-#define TKV_PRED_LOCALS tkv_step_preds preds_;
-#define TKV_PRED_SETUP(cost, N, P, pred) ((void)(pred), tkv_step_preds_init(cost, N, P, &preds_))
-#define TKV_PRED(pred, R, cost, a, s0) tkv_step_pred(&preds_, R, cost, a)
+#define TKV_KEY(c, low, a) _mm256_ternarylogic_epi32(c, low, a, 0xb8)
 #include "codec/kernels_trellis_step_body.h"
 
 #define TKV_TRELLIS_RUN(...)                                                                       \

@@ -4,8 +4,10 @@
  * States are the m - 1 most recent symbols, state = w >> N after window w.  One step
  * over coordinate x extends every state by a symbol: the window w = (new state) << N |
  * (dropped oldest symbol a) costs cost[w mod 2^P] + (x - value(w))^2, and each new
- * state keeps its cheapest a.  With the table in slot order (grouped by a), the step
- * (a kernel: tkv_codec_kernels.trellis_step) reads it contiguously.
+ * state keeps its cheapest a.  The steps are a kernel (tkv_codec_kernels.trellis_forward:
+ * every ISA writes the scalar step's bits) that keeps, per step and state, the least key
+ * (kept cost | dropped symbol), states in the order of tkv_trellis_lane_state; the
+ * backtrace reads the symbols from them.
  *
  * Tail-biting (the first window's older symbols are the last symbols of the stream, so
  * no bits are spent on a start state): a first search over the 32 coordinates around
@@ -17,20 +19,42 @@
 #include "codec/trellis.h"
 
 #include <float.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "codec/kernels.h"
 #include "codec/trellis_tables.h"
 
-static const tkv_trellis tkv_trellis_2 = {2, TKV_TRELLIS_WINDOW_2, 2 * (TKV_TRELLIS_WINDOW_2 - 1),
-                                          2 * TKV_TRELLIS_WINDOW_2, tkv_trellis_table_2,
-                                          tkv_trellis_q8_2, TKV_TRELLIS_Q8_SCALE_2};
-static const tkv_trellis tkv_trellis_3 = {3, TKV_TRELLIS_WINDOW_3, 3 * (TKV_TRELLIS_WINDOW_3 - 1),
-                                          3 * TKV_TRELLIS_WINDOW_3, tkv_trellis_table_3,
-                                          tkv_trellis_q8_3, TKV_TRELLIS_Q8_SCALE_3};
-static const tkv_trellis tkv_trellis_4 = {4, TKV_TRELLIS_WINDOW_4, 4 * (TKV_TRELLIS_WINDOW_4 - 1),
-                                          4 * TKV_TRELLIS_WINDOW_4, tkv_trellis_table_4,
-                                          tkv_trellis_q8_4, TKV_TRELLIS_Q8_SCALE_4};
+/* the levels in the search's order (tkv_trellis.search_table), filled once */
+static float tkv_trellis_search_2[sizeof tkv_trellis_table_2 / sizeof(float)];
+static float tkv_trellis_search_3[sizeof tkv_trellis_table_3 / sizeof(float)];
+static float tkv_trellis_search_4[sizeof tkv_trellis_table_4 / sizeof(float)];
+static pthread_once_t tkv_trellis_once = PTHREAD_ONCE_INIT;
+
+static const tkv_trellis tkv_trellis_2 = {2,
+                                          TKV_TRELLIS_WINDOW_2,
+                                          2 * (TKV_TRELLIS_WINDOW_2 - 1),
+                                          2 * TKV_TRELLIS_WINDOW_2,
+                                          tkv_trellis_table_2,
+                                          tkv_trellis_q8_2,
+                                          TKV_TRELLIS_Q8_SCALE_2,
+                                          tkv_trellis_search_2};
+static const tkv_trellis tkv_trellis_3 = {3,
+                                          TKV_TRELLIS_WINDOW_3,
+                                          3 * (TKV_TRELLIS_WINDOW_3 - 1),
+                                          3 * TKV_TRELLIS_WINDOW_3,
+                                          tkv_trellis_table_3,
+                                          tkv_trellis_q8_3,
+                                          TKV_TRELLIS_Q8_SCALE_3,
+                                          tkv_trellis_search_3};
+static const tkv_trellis tkv_trellis_4 = {4,
+                                          TKV_TRELLIS_WINDOW_4,
+                                          4 * (TKV_TRELLIS_WINDOW_4 - 1),
+                                          4 * TKV_TRELLIS_WINDOW_4,
+                                          tkv_trellis_table_4,
+                                          tkv_trellis_q8_4,
+                                          TKV_TRELLIS_Q8_SCALE_4,
+                                          tkv_trellis_search_4};
 
 /* the decoders take the wrap-around bits from one byte (P < 8); the encoder's arrays
  * hold 2^P <= 64 states */
@@ -43,10 +67,32 @@ _Static_assert(sizeof tkv_trellis_table_2 / sizeof(float) == 1u << (2 * TKV_TREL
                    sizeof tkv_trellis_table_4 / sizeof(float) == 1u << (4 * TKV_TRELLIS_WINDOW_4),
                "trellis tables do not match the window sizes");
 
-#define TKV_TRELLIS_MAX_STATES 64
+/* tkv_trellis_lane_state's orders are written for these state counts */
+_Static_assert(2 * (TKV_TRELLIS_WINDOW_2 - 1) == 6 && 3 * (TKV_TRELLIS_WINDOW_3 - 1) == 6 &&
+                   4 * (TKV_TRELLIS_WINDOW_4 - 1) == 4,
+               "the search's state orders assume 64 states at 2 and 3 bits, 16 at 4 bits");
+
 #define TKV_TRELLIS_WRAP_SPAN 32
 
+static void tkv_trellis_fill_search(const tkv_trellis *t, float *out) {
+    const uint32_t N = t->bits, S = 1u << t->state_bits, K = 1u << N;
+    for (uint32_t g = 0; g < S / 8; g++) {
+        for (uint32_t a = 0; a < K; a++) {
+            for (uint32_t l = 0; l < 8; l++) {
+                out[(g * K + a) * 8 + l] = t->table[a * S + tkv_trellis_lane_state(N, g, l)];
+            }
+        }
+    }
+}
+
+static void tkv_trellis_init(void) {
+    tkv_trellis_fill_search(&tkv_trellis_2, tkv_trellis_search_2);
+    tkv_trellis_fill_search(&tkv_trellis_3, tkv_trellis_search_3);
+    tkv_trellis_fill_search(&tkv_trellis_4, tkv_trellis_search_4);
+}
+
 const tkv_trellis *tkv_trellis_get(uint32_t bits) {
+    pthread_once(&tkv_trellis_once, tkv_trellis_init);
     switch (bits) {
     case 2:
         return &tkv_trellis_2;
@@ -76,49 +122,70 @@ uint32_t tkv_trellis_window_at(const tkv_trellis *t, const uint8_t *stream, uint
     return w;
 }
 
+/* sym[j] for j = n - 1 down to j_stop, from the state at position i after step n - 1,
+ * each step's key giving the symbol its state dropped. */
+static inline void tkv_trellis_backtrace(const uint32_t *keys, const uint32_t N, const uint32_t S,
+                                         uint32_t n, uint32_t j_stop, uint32_t i, uint8_t *sym) {
+    for (uint32_t j = n; j-- > j_stop;) {
+        const uint32_t a = keys[(size_t)j * S + i] & ((1u << N) - 1u);
+        sym[j] = (uint8_t)tkv_trellis_lane_newest(N, i);
+        i = tkv_trellis_lane_pred(N, i, a);
+    }
+}
+
 /*
  * Least-error path over x[0..n): start_state < 0 lets the path start anywhere,
- * otherwise it starts in start_state and must end in it.  sym gets the n symbols.
- * back: n * 2^P bytes.
+ * otherwise it starts in start_state and must end in it.  sym[j] gets symbol j for
+ * j >= j_stop (the backtrace stops there).  keys: n 2^P words.
  */
-static void tkv_trellis_search(const tkv_trellis *t, const float *x, uint32_t n, int start_state,
-                               uint8_t *back, uint8_t *sym) {
+static void tkv_trellis_search(const tkv_trellis *t, tkv_trellis_forward_fn forward, const float *x,
+                               uint32_t n, int start_state, uint32_t *keys, uint8_t *sym,
+                               uint32_t j_stop) {
     const uint32_t N = t->bits, P = t->state_bits;
     const uint32_t S = 1u << P;
-    float buf[2][TKV_TRELLIS_MAX_STATES];
-    float *cost = buf[0], *next = buf[1];
-    for (uint32_t s = 0; s < S; s++) {
-        cost[s] = start_state < 0 || s == (uint32_t)start_state ? 0.0f : FLT_MAX / 4;
+    float cost[64];
+    for (uint32_t i = 0; i < S; i++) {
+        cost[i] = start_state < 0 ? 0.0f : FLT_MAX / 4;
     }
-    const tkv_codec_kernels *kern = tkv_codec_kernels_active();
-    for (uint32_t j = 0; j < n; j++) {
-        kern->trellis_step(t, x[j], cost, next, back + (size_t)j * S);
-        float *tmp = cost;
-        cost = next;
-        next = tmp;
-    }
-    uint32_t s = 0;
     if (start_state >= 0) {
-        s = (uint32_t)start_state;
-    } else {
-        for (uint32_t i = 1; i < S; i++) {
-            if (cost[i] < cost[s]) {
-                s = i;
-            }
+        cost[tkv_trellis_lane_pos(N, (uint32_t)start_state)] = 0.0f;
+    }
+    forward(t, x, n, cost, keys);
+    /* the end state: the given one, or the least cost's (the smallest state among equal
+     * costs; state 0 is at position 0) */
+    uint32_t i = start_state < 0 ? 0 : tkv_trellis_lane_pos(N, (uint32_t)start_state);
+    for (uint32_t k = 1; start_state < 0 && k < S; k++) {
+        if (cost[k] < cost[i] ||
+            (cost[k] == cost[i] &&
+             tkv_trellis_lane_state(N, k / 8, k % 8) < tkv_trellis_lane_state(N, i / 8, i % 8))) {
+            i = k;
         }
     }
-    for (uint32_t j = n; j-- > 0;) {
-        const uint32_t w = (s << N) | back[(size_t)j * S + s];
-        sym[j] = (uint8_t)(w >> P); /* the newest symbol of window j */
-        s = w & (S - 1);
+    switch (N) { /* literal widths: the walk's arithmetic folds */
+    case 2:
+        tkv_trellis_backtrace(keys, 2, S, n, j_stop, i, sym);
+        break;
+    case 3:
+        tkv_trellis_backtrace(keys, 3, S, n, j_stop, i, sym);
+        break;
+    default:
+        tkv_trellis_backtrace(keys, 4, S, n, j_stop, i, sym);
+        break;
     }
 }
 
 void tkv_trellis_encode(const tkv_trellis *t, const float *u, uint32_t d, uint8_t *stream,
                         float *uhat, uint8_t *scratch) {
+    tkv_trellis_encode_with(t, tkv_codec_kernels_active()->trellis_forward, u, d, stream, uhat,
+                            scratch);
+}
+
+void tkv_trellis_encode_with(const tkv_trellis *t, tkv_trellis_forward_fn forward, const float *u,
+                             uint32_t d, uint8_t *stream, float *uhat, uint8_t *scratch) {
     const uint32_t N = t->bits, m = t->window;
-    uint8_t *back = scratch; /* d * 64 bytes */
-    uint8_t sym[1024];       /* d <= TKV_HEAD_DIM_MAX */
+    /* the keys, 64-byte aligned (the scratch has the slack) */
+    uint32_t *keys = (uint32_t *)(void *)(scratch + ((64 - (uintptr_t)scratch % 64) % 64));
+    uint8_t sym[1024]; /* d <= TKV_HEAD_DIM_MAX */
     float wrap_x[TKV_TRELLIS_WRAP_SPAN] = {0};
     uint8_t wrap_sym[TKV_TRELLIS_WRAP_SPAN] = {0};
 
@@ -128,13 +195,13 @@ void tkv_trellis_encode(const tkv_trellis *t, const float *u, uint32_t d, uint8_
     for (uint32_t i = 0; i < span; i++) {
         wrap_x[i] = u[(d - half + i) % d];
     }
-    tkv_trellis_search(t, wrap_x, span, -1, back, wrap_sym);
+    tkv_trellis_search(t, forward, wrap_x, span, -1, keys, wrap_sym, half - (m - 1));
     uint32_t start = 0; /* symbols d-m+1 .. d-1, oldest in the low bits */
     for (uint32_t i = 0; i + 1 < m; i++) {
         start |= (uint32_t)wrap_sym[half - (m - 1) + i] << (N * i);
     }
     /* pass 2: the full circle from that state back to it */
-    tkv_trellis_search(t, u, d, (int)start, back, sym);
+    tkv_trellis_search(t, forward, u, d, (int)start, keys, sym, 0);
 
     memset(stream, 0, d * N / 8);
     for (uint32_t j = 0; j < d; j++) {

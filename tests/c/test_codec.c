@@ -5,6 +5,7 @@
  * rest (outliers); vectors with a large constant offset (DC).  Thresholds are the
  * ones of the foundation issue; measured values are printed.
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,6 +349,109 @@ static double trellis_error(const tkv_trellis *t, const uint8_t *sym, uint32_t d
         e += r * r;
     }
     return e;
+}
+
+/*
+ * The trellis search as first defined (the codes of saved caches): per-step back pointers
+ * from tkv_trellis_step_scalar in natural state order, 32-coordinate free-start pass
+ * around the wrap, then the full circle from its state.  The encoder must give its bytes.
+ */
+static void ref_trellis_search(const tkv_trellis *t, const float *x, uint32_t n, int start,
+                               uint8_t *back, uint8_t *sym) {
+    const uint32_t N = t->bits, P = t->state_bits, S = 1u << P;
+    float buf[2][64];
+    float *cost = buf[0], *next = buf[1];
+    for (uint32_t s = 0; s < S; s++) {
+        cost[s] = start < 0 || s == (uint32_t)start ? 0.0f : FLT_MAX / 4;
+    }
+    for (uint32_t j = 0; j < n; j++) {
+        tkv_trellis_step_scalar(t, x[j], cost, next, back + (size_t)j * S);
+        float *tmp = cost;
+        cost = next;
+        next = tmp;
+    }
+    uint32_t s = 0;
+    if (start >= 0) {
+        s = (uint32_t)start;
+    } else {
+        for (uint32_t i = 1; i < S; i++) {
+            s = cost[i] < cost[s] ? i : s;
+        }
+    }
+    for (uint32_t j = n; j-- > 0;) {
+        const uint32_t w = (s << N) | back[(size_t)j * S + s];
+        sym[j] = (uint8_t)(w >> P);
+        s = w & (S - 1);
+    }
+}
+
+static void ref_trellis_encode(const tkv_trellis *t, const float *u, uint32_t d, uint8_t *back,
+                               uint8_t *stream) {
+    const uint32_t N = t->bits, m = t->window;
+    uint8_t sym[256], wrap_sym[32];
+    float wrap_x[32];
+    const uint32_t span = d < 32 ? d : 32, half = span / 2;
+    for (uint32_t i = 0; i < span; i++) {
+        wrap_x[i] = u[(d - half + i) % d];
+    }
+    ref_trellis_search(t, wrap_x, span, -1, back, wrap_sym);
+    uint32_t start = 0;
+    for (uint32_t i = 0; i + 1 < m; i++) {
+        start |= (uint32_t)wrap_sym[half - (m - 1) + i] << (N * i);
+    }
+    ref_trellis_search(t, u, d, (int)start, back, sym);
+    memset(stream, 0, d * N / 8);
+    for (uint32_t j = 0; j < d; j++) {
+        for (uint32_t b = 0; b < N; b++) {
+            const uint32_t p = j * N + b;
+            stream[p / 8] |= (uint8_t)(((sym[j] >> b) & 1u) << (p % 8));
+        }
+    }
+}
+
+/* tkv_trellis_encode with every ISA's steps gives the reference search's bytes, on
+ * Gaussian input, on coarse input (equal candidate costs) and on input made of levels. */
+static void test_trellis_reference(void) {
+    const char *const isas[] = {"scalar", "avx2", "avx512"};
+    const uint32_t dims[] = {16, 24, 64, 128, 256};
+    uint8_t *scratch = malloc(TKV_TRELLIS_SCRATCH_BYTES(256) + 1);
+    uint8_t *back = malloc(256 * 64);
+    for (int k = 0; k < 3; k++) {
+        const tkv_codec_kernels *K = tkv_codec_kernels_for_isa(isas[k]);
+        if (!K) {
+            continue;
+        }
+        for (uint32_t bits = 2; bits <= 4; bits++) {
+            const tkv_trellis *t = tkv_trellis_get(bits);
+            for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+                const uint32_t d = dims[di];
+                tkv_rng rng;
+                tkv_rng_init(&rng, 1000 + 7 * d + bits);
+                int differ = 0;
+                const int trials = d <= 64 ? 300 : 60;
+                for (int trial = 0; trial < trials; trial++) {
+                    float u[256], uhat[256];
+                    uint8_t stream[128], want[128];
+                    for (uint32_t j = 0; j < d; j++) {
+                        const float g = (float)tkv_rng_gaussian(&rng);
+                        u[j] = trial % 4 == 1 ? roundf(g * 4.0f) / 4.0f
+                               : trial % 4 == 2
+                                   ? t->table[(tkv_rng_next(&rng) >> 33) % (1u << t->window_bits)]
+                                   : g;
+                    }
+                    ref_trellis_encode(t, u, d, back, want);
+                    /* an odd scratch address: the encoder aligns its cost arrays itself */
+                    tkv_trellis_encode_with(t, K->trellis_forward, u, d, stream, uhat,
+                                            scratch + (trial & 1));
+                    differ += memcmp(stream, want, d * bits / 8) != 0;
+                }
+                CHECK_MSG(differ == 0, "%s N=%u d=%u: %d of %d vectors coded unlike the reference",
+                          isas[k], bits, d, differ, trials);
+            }
+        }
+    }
+    free(back);
+    free(scratch);
 }
 
 /*
@@ -1046,6 +1150,7 @@ int main(void) {
     test_mse_vs_distortion();
     test_quality();
     test_trellis();
+    test_trellis_reference();
     test_attention();
     test_malformed_codes();
     test_encode_limits();

@@ -17,6 +17,8 @@
  * Run with --print-isa, the binary prints tkv_kernel_isa() and exits: the TKV_ISA test
  * runs itself as a child with the variable set.
  */
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -428,28 +430,38 @@ static void test_multi_query_i8(const tkv_codec_kernels *K, int32_t id, uint32_t
     tkv_codec_release(&c);
 }
 
-/* The trellis encoder's Viterbi step: the same bits as scalar (codes must not depend on
- * the CPU), on random costs including ties. */
-static void test_trellis_step(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
+/* The trellis encoder's Viterbi steps: the same bits as scalar (codes must not depend on
+ * the CPU), keys and final costs, from random costs including ties (coarse values) and a
+ * path start (one finite cost), over coordinates that are sometimes exactly a level. */
+static void test_trellis_forward(const tkv_codec_kernels *K, const tkv_codec_kernels *S) {
     tkv_rng rng;
     tkv_rng_init(&rng, 4242);
+    enum { STEPS = 40 };
+    static uint32_t keys_s[STEPS * 64], keys_k[STEPS * 64];
     for (uint32_t bits = 2; bits <= 4; bits++) {
         const tkv_trellis *t = tkv_trellis_get(bits);
         const uint32_t states = 1u << t->state_bits;
-        float cost[64], next_s[64], next_k[64];
-        uint8_t back_s[64], back_k[64];
         for (int trial = 0; trial < 200; trial++) {
+            const uint32_t n = 1 + (uint32_t)trial % STEPS;
+            float cost_s[64], cost_k[64];
             for (uint32_t s = 0; s < states; s++) {
-                /* coarse values on some trials so that equal costs occur */
                 const float r = (float)tkv_rng_uniform(&rng) * 4.0f;
-                cost[s] = trial % 3 == 0 ? floorf(r) : r;
+                cost_s[s] = trial % 3 == 0 ? floorf(r) : r;
+                if (trial % 7 == 1) {
+                    cost_s[s] = s == (uint32_t)trial % states ? 0.0f : FLT_MAX / 4;
+                }
             }
-            const float x = trial % 5 == 0 ? t->table[trial % 7] : (float)tkv_rng_gaussian(&rng);
-            S->trellis_step(t, x, cost, next_s, back_s);
-            K->trellis_step(t, x, cost, next_k, back_k);
-            CHECK_MSG(memcmp(next_s, next_k, states * sizeof(float)) == 0 &&
-                          memcmp(back_s, back_k, states) == 0,
-                      "%s trellis step N=%u trial %d differs from scalar", K->isa, bits, trial);
+            float x[STEPS];
+            for (uint32_t j = 0; j < n; j++) {
+                x[j] = (trial + j) % 5 == 0 ? t->table[(trial + 3 * j) % (1u << t->window_bits)]
+                                            : (float)tkv_rng_gaussian(&rng) * 1.5f;
+            }
+            memcpy(cost_k, cost_s, states * sizeof(float));
+            S->trellis_forward(t, x, n, cost_s, keys_s);
+            K->trellis_forward(t, x, n, cost_k, keys_k);
+            CHECK_MSG(memcmp(keys_s, keys_k, n * states * sizeof(uint32_t)) == 0 &&
+                          memcmp(cost_s, cost_k, states * sizeof(float)) == 0,
+                      "%s trellis steps N=%u trial %d differ from scalar", K->isa, bits, trial);
         }
     }
 }
@@ -777,7 +789,7 @@ int main(int argc, char **argv) {
             }
         }
         test_fwht(K, S);
-        test_trellis_step(K, S);
+        test_trellis_forward(K, S);
         test_softmax(K, S);
         for (int32_t id = TKV_CODEC_TURBO_2B; id < TKV_CODEC_COUNT; id++) {
             const uint32_t dims[] = {6, 16, 24, 64, 80, 96, 128, 256};
