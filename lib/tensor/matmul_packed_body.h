@@ -504,11 +504,14 @@ TKVP_INLINE void TKV_FN(pk_q6k_t)(int64_t n, const void *wg, const void *x, size
             const uint8_t *ql = p + 18 * R + (size_t)64 * R * h;
             const uint8_t *qh = p + 146 * R + (size_t)32 * R * h;
             TKVP_UNROLL for (int pr = 0; pr < 2; pr++) { /* blocks 4h + pr, 4h + pr + 2 */
-                if (half == 0) { /* a quarter of the super-block per block pair */
+                { /* a quarter of the super-block per block pair; the second row half (256-bit
+                   * vectors) asks for the next group's, so the memory stays busy while it
+                   * computes on lines the first half brought in */
                     const int qt = 2 * h + pr;
                     const size_t c0 = (sbytes * (size_t)qt / 4) & ~(size_t)63;
                     const size_t c1 = qt == 3 ? sbytes : (sbytes * (size_t)(qt + 1) / 4) & ~(size_t)63;
-                    TKV_FN(pk_prefetch)(p + c0, c1 - c0, TKVP_PREFETCH_Q6K);
+                    TKV_FN(pk_prefetch)(p + c0, c1 - c0,
+                                        half == 0 ? TKVP_PREFETCH_Q6K : (size_t)nsb * sbytes);
                 }
                 const int bA = 4 * h + pr, bB = bA + 2;
                 TKVP_I a[TKV_MM_NX][4]; /* block A sub-blocks 0, 1; block B sub-blocks 0, 1 */
