@@ -125,7 +125,9 @@ TKVP_INLINE void TKV_FN(pk_rows)(int64_t n, const void *x, size_t xs, const int 
 }
 
 /* The bytes `ahead` of p (the next groups follow in memory), into L2: spread over the
- * blocks, so the memory sees a steady stream of requests. */
+ * blocks, so the memory sees a steady stream of requests.  The kernels ask TKVP_PREFETCH
+ * ahead in a group's first row half and one group ahead in its second (256-bit vectors),
+ * which computes on lines the first brought in: the memory stays busy meanwhile. */
 TKVP_INLINE void TKV_FN(pk_prefetch)(const uint8_t *p, const size_t bytes, const size_t ahead) {
     TKVP_UNROLL for (size_t c = 0; c < bytes; c += 64) {
         _mm_prefetch((const char *)p + ahead + c, _MM_HINT_T1);
@@ -221,9 +223,7 @@ TKVP_INLINE void TKV_FN(pk_q32_t)(int64_t n, const void *wg, const void *x, size
     const TKVP_I m4 = TKVP_SET1_8(15);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)b * bbytes;
-        if (half == 0) {
-            TKV_FN(pk_prefetch)(p, bbytes, TKVP_PREFETCH);
-        }
+        TKV_FN(pk_prefetch)(p, bbytes, half == 0 ? TKVP_PREFETCH : (size_t)nb * bbytes);
         const TKVP_F dw = TKVP_H16(TKVP_HALF16(p, half));
         const TKVP_F mw = fmt == 1 ? TKVP_H16(TKVP_HALF16(p + 2 * R, half))
                                    : TKVP_MUL(dw, TKVP_SET1F(fmt == 0 ? -8.0f : TKVP_Q8_OFFSET));
@@ -274,9 +274,7 @@ TKVP_INLINE void TKV_FN(pk_q45k_t)(int64_t n, const void *wg, const void *x, siz
     const TKVP_I m4 = TKVP_SET1_8(15), bit4 = TKVP_SET1_8(16);
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
-        if (half == 0) {
-            TKV_FN(pk_prefetch)(p, sbytes, TKVP_PREFETCH);
-        }
+        TKV_FN(pk_prefetch)(p, sbytes, half == 0 ? TKVP_PREFETCH : (size_t)nsb * sbytes);
         TKVP_F sacc[TKV_MM_NX], sm[TKV_MM_NX]; /* this super-block's scaled sums and mins */
         TKVP_UNROLL for (int t = 0; t < T; t++) {
             sacc[t] = sm[t] = TKVP_ZERO_F();
@@ -408,9 +406,7 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
     }
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
-        if (half == 0) {
-            TKV_FN(pk_prefetch)(p, sbytes, TKVP_PREFETCH);
-        }
+        TKV_FN(pk_prefetch)(p, sbytes, half == 0 ? TKVP_PREFETCH : (size_t)nsb * sbytes);
         int32_t xsum[TKV_MM_NX][16];
         TKVP_F sacc[TKV_MM_NX], sm[TKV_MM_NX];
         TKVP_UNROLL for (int t = 0; t < T; t++) {
