@@ -14,12 +14,18 @@
  *                                  timed in thread CPU time, 2 in wall time), against
  *                                  a streaming read of the same bytes with the same threads
  *                                  measured interleaved with it (the bandwidth bound)
+ *   ./build/bench_matmul error     rounding of every ISA's kernels, unpacked and packed, against
+ *                                  the scalar reference: rms and max over 512 rows (x 1536,
+ *                                  one token) of |y - y_ref| / sum_i |w_i x_i| (the quantity
+ *                                  the kernel tests bound by 1e-5), Gaussian weights quantized
+ *                                  by the reference quantizers
  *   ./build/bench_matmul gemm      prefill: X (n_tok, 1536) W^T for W (576, 1536) and
  *                                  X (n_tok, 576) W^T for W (1536, 576), n_tok 64 and 512,
  *                                  1 and 2 threads, GFLOP/s (2 * rows * cols * tokens)
  *                                  against the machine's measured int8 dot-product peak
  * The chosen ISA (or TKV_ISA) runs in the stream and gemm modes.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -406,6 +412,80 @@ static void gemm_mode(int rounds) {
     tkv_pool_free(pools[1]);
 }
 
+/* ---- error mode: rounding against the scalar reference ------------------------------- */
+
+static void error_mode(void) {
+    static const int32_t types[] = {TKV_TYPE_Q4_0, TKV_TYPE_Q4_1, TKV_TYPE_Q8_0, TKV_TYPE_Q2_K,
+                                    TKV_TYPE_Q3_K, TKV_TYPE_Q4_K, TKV_TYPE_Q5_K, TKV_TYPE_Q6_K};
+    const int64_t rows = 512, cols = 1536;
+    printf("%-5s %-10s %-8s %10s %10s\n", "type", "isa", "layout", "rms", "max");
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const int32_t type = types[ti];
+        if (!type_selected(type)) {
+            continue;
+        }
+        tkv_rng rng;
+        tkv_rng_init(&rng, 5);
+        size_t rb;
+        tkv_type_row_bytes(type, cols, &rb);
+        uint8_t *W = tkv_calloc_aligned((size_t)rows, rb);
+        float *wd = malloc((size_t)cols * sizeof(float)), *x = malloc((size_t)cols * sizeof(float));
+        float *yref = malloc((size_t)rows * sizeof(float)), *y = malloc((size_t)rows * sizeof(float));
+        double *terms = malloc((size_t)rows * sizeof(double));
+        void *scratch = tkv_calloc_aligned(tkv_matmul_scratch_bytes(type, cols, 1), 1);
+        for (int64_t i = 0; i < cols; i++) {
+            x[i] = (float)tkv_rng_gaussian(&rng);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            for (int64_t i = 0; i < cols; i++) {
+                wd[i] = 0.05f * (float)tkv_rng_gaussian(&rng);
+            }
+            tkv_quantize_row(type, wd, W + (size_t)r * rb, cols);
+            tkv_dequantize_row(type, W + (size_t)r * rb, wd, cols);
+            double a = 0.0;
+            for (int64_t i = 0; i < cols; i++) {
+                a += fabs((double)wd[i] * x[i]);
+            }
+            terms[r] = a;
+        }
+        tkv_matmul(&tkv_matmul_kernels_scalar, type, W, rb, rows, cols, x, 1, yref, 0, rows,
+                   scratch);
+        for (int k = 0; tkv_matmul_isa_names[k]; k++) {
+            const tkv_matmul_kernels *kern = tkv_matmul_kernels_for_isa(tkv_matmul_isa_names[k]);
+            for (int packed = 0; kern && packed < 2; packed++) {
+                const size_t pb = tkv_matmul_packed_bytes(kern, type, rows, cols);
+                if (packed && pb == 0) {
+                    continue;
+                }
+                if (packed) {
+                    void *Wp = tkv_calloc_aligned(pb, 1);
+                    tkv_matmul_pack(type, W, rb, rows, cols, Wp);
+                    tkv_matmul_prepare(kern, type, cols, x, 1, scratch);
+                    tkv_matmul_rows_packed(kern, type, Wp, rows, cols, 1, scratch, y, 0, rows);
+                    tkv_free_aligned(Wp);
+                } else {
+                    tkv_matmul(kern, type, W, rb, rows, cols, x, 1, y, 0, rows, scratch);
+                }
+                double s2 = 0.0, mx = 0.0;
+                for (int64_t r = 0; r < rows; r++) {
+                    const double e = fabs((double)y[r] - yref[r]) / terms[r];
+                    s2 += e * e;
+                    mx = e > mx ? e : mx;
+                }
+                printf("%-5s %-10s %-8s %10.2e %10.2e\n", tkv_type_get(type)->name, kern->isa,
+                       packed ? "packed" : "unpacked", sqrt(s2 / (double)rows), mx);
+            }
+        }
+        tkv_free_aligned(W);
+        tkv_free_aligned(scratch);
+        free(wd);
+        free(x);
+        free(yref);
+        free(y);
+        free(terms);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "stream") == 0) {
         stream_mode(argc > 2 ? atoi(argv[2]) : 9);
@@ -413,6 +493,10 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && strcmp(argv[1], "gemm") == 0) {
         gemm_mode(argc > 2 ? atoi(argv[2]) : 9);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "error") == 0) {
+        error_mode();
         return 0;
     }
     const int quick = argc > 1 && strcmp(argv[1], "quick") == 0;

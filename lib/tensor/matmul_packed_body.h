@@ -27,6 +27,10 @@
 #ifndef TKVP_PREFETCH
 #define TKVP_PREFETCH 8192
 #endif
+/* Q6_K's, whose prefetches are spread over its block pairs (pk_q6k_t) */
+#ifndef TKVP_PREFETCH_Q6K
+#define TKVP_PREFETCH_Q6K 4096
+#endif
 
 #if TKV_PK_512
 #define TKVP_RV 16 /* rows per vector */
@@ -44,6 +48,7 @@
 #define TKVP_SRLI32(a, n) _mm512_srli_epi32(a, n)
 #define TKVP_DOT4(acc, c, x4) _mm512_dpbusd_epi32(acc, c, _mm512_set1_epi32(x4))
 #define TKVP_DOT4_Q8 TKVP_DOT4
+#define TKVP_DOT4X2(acc, c0, x0, c1, x1) TKVP_DOT4(TKVP_DOT4(acc, c0, x0), c1, x1)
 #define TKVP_Q8_OFFSET (-128.0f) /* the + 128 of the stored codes leaves through the min */
 #define TKVP_CVT(a) _mm512_cvtepi32_ps(a)
 #define TKVP_FMADD(a, b, c) _mm512_fmadd_ps(a, b, c)
@@ -73,6 +78,13 @@
     _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(c, _mm256_set1_epi32(x4)),        \
                                             _mm256_set1_epi16(1)))
 #define TKVP_DOT4_Q8(acc, c, x4) TKV_FN(pk_dot4_q8)(acc, c, x4)
+/* two dot products of codes <= 63: their int16 pair sums add without overflow
+ * (2 * 2 * 63 * 127 < 2^15) before one vpmaddwd */
+#define TKVP_DOT4X2(acc, c0, x0, c1, x1)                                                           \
+    _mm256_add_epi32(acc, _mm256_madd_epi16(                                                       \
+                              _mm256_add_epi16(_mm256_maddubs_epi16(c0, _mm256_set1_epi32(x0)),    \
+                                               _mm256_maddubs_epi16(c1, _mm256_set1_epi32(x1))),   \
+                              _mm256_set1_epi16(1)))
 #define TKVP_Q8_OFFSET 0.0f
 #define TKVP_CVT(a) _mm256_cvtepi32_ps(a)
 #define TKVP_FMADD(a, b, c) _mm256_fmadd_ps(a, b, c)
@@ -112,11 +124,13 @@ TKVP_INLINE void TKV_FN(pk_rows)(int64_t n, const void *x, size_t xs, const int 
     }
 }
 
-/* The bytes TKVP_PREFETCH ahead of p (the next groups follow in memory), into L2: spread
- * over the blocks, so the memory sees a steady stream of requests. */
-TKVP_INLINE void TKV_FN(pk_prefetch)(const uint8_t *p, const size_t bytes) {
+/* The bytes `ahead` of p (the next groups follow in memory), into L2: spread over the
+ * blocks, so the memory sees a steady stream of requests.  The kernels ask TKVP_PREFETCH
+ * ahead in a group's first row half and one group ahead in its second (256-bit vectors),
+ * which computes on lines the first brought in: the memory stays busy meanwhile. */
+TKVP_INLINE void TKV_FN(pk_prefetch)(const uint8_t *p, const size_t bytes, const size_t ahead) {
     TKVP_UNROLL for (size_t c = 0; c < bytes; c += 64) {
-        _mm_prefetch((const char *)p + TKVP_PREFETCH + c, _MM_HINT_T1);
+        _mm_prefetch((const char *)p + ahead + c, _MM_HINT_T1);
     }
 }
 
@@ -130,8 +144,7 @@ TKVP_INLINE int32_t TKV_FN(pk_x4)(const int8_t *xv) {
 /* Code widths, for the 256-bit dot products: how many vpmaddubsw results may be summed in
  * int16 before vpmaddwd (pair sums of u8 codes u against s8 codes |x| <= 127). */
 #define TKVP_NARROW 0 /* u <= 31: four (4 * 2 * 31 * 127 < 2^15) */
-#define TKVP_WIDE 1   /* u <= 63: two */
-#define TKVP_Q8 2     /* Q8_0's stored code + 128: one at a time, as |code| (TKVP_DOT4_Q8) */
+#define TKVP_Q8 1     /* Q8_0's stored code + 128: one at a time, as |code| (TKVP_DOT4_Q8) */
 
 /* acc + each row's dot product of the code registers c[0], c[st], c[2 st], c[3 st] with the
  * 4-code groups of xv at offsets 0, xo, 2 xo, 3 xo. */
@@ -150,17 +163,12 @@ TKVP_INLINE TKVP_I TKV_FN(pk_chain4)(TKVP_I acc, const TKVP_I *c, const int st, 
         }
         return acc;
     }
-    const int per = kind == TKVP_NARROW ? 4 : 2;
-    TKVP_UNROLL for (int k0 = 0; k0 < 4; k0 += per) {
-        __m256i s16 = _mm256_setzero_si256();
-        TKVP_UNROLL for (int k = k0; k < k0 + per; k++) {
-            s16 = _mm256_add_epi16(
-                s16,
-                _mm256_maddubs_epi16(c[k * st], _mm256_set1_epi32(TKV_FN(pk_x4)(xv + k * xo))));
-        }
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
+    __m256i s16 = _mm256_setzero_si256();
+    TKVP_UNROLL for (int k = 0; k < 4; k++) {
+        s16 = _mm256_add_epi16(
+            s16, _mm256_maddubs_epi16(c[k * st], _mm256_set1_epi32(TKV_FN(pk_x4)(xv + k * xo))));
     }
-    return acc;
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(s16, _mm256_set1_epi16(1)));
 #endif
 }
 
@@ -215,9 +223,7 @@ TKVP_INLINE void TKV_FN(pk_q32_t)(int64_t n, const void *wg, const void *x, size
     const TKVP_I m4 = TKVP_SET1_8(15);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)b * bbytes;
-        if (half == 0) {
-            TKV_FN(pk_prefetch)(p, bbytes);
-        }
+        TKV_FN(pk_prefetch)(p, bbytes, half == 0 ? TKVP_PREFETCH : (size_t)nb * bbytes);
         const TKVP_F dw = TKVP_H16(TKVP_HALF16(p, half));
         const TKVP_F mw = fmt == 1 ? TKVP_H16(TKVP_HALF16(p + 2 * R, half))
                                    : TKVP_MUL(dw, TKVP_SET1F(fmt == 0 ? -8.0f : TKVP_Q8_OFFSET));
@@ -268,9 +274,7 @@ TKVP_INLINE void TKV_FN(pk_q45k_t)(int64_t n, const void *wg, const void *x, siz
     const TKVP_I m4 = TKVP_SET1_8(15), bit4 = TKVP_SET1_8(16);
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
-        if (half == 0) {
-            TKV_FN(pk_prefetch)(p, sbytes);
-        }
+        TKV_FN(pk_prefetch)(p, sbytes, half == 0 ? TKVP_PREFETCH : (size_t)nsb * sbytes);
         TKVP_F sacc[TKV_MM_NX], sm[TKV_MM_NX]; /* this super-block's scaled sums and mins */
         TKVP_UNROLL for (int t = 0; t < T; t++) {
             sacc[t] = sm[t] = TKVP_ZERO_F();
@@ -315,10 +319,9 @@ TKVP_INLINE void TKV_FN(pk_q45k_t)(int64_t n, const void *wg, const void *x, siz
     TKV_FN(pk_store)(acc, macc, T, y, ys, rb, re, half);
 }
 
-/* The K-quants with 16-element sub-blocks */
+/* The K-quants with 16-element sub-blocks and 2- or 3-bit codes */
 #define TKVP_Q2_K 0
 #define TKVP_Q3_K 1
-#define TKVP_Q6_K 2
 
 /* The sums of the 16 activation codes of each sub-block j (elements 16j ..) of a
  * super-block (xv: its 256 codes). */
@@ -360,25 +363,11 @@ TKVP_INLINE void TKV_FN(pk_xsums16)(const int8_t *xv, int32_t out[16]) {
 
 /* The rows' unsigned codes u of activation block b = 4h + s of the super-block at p: 8
  * registers of 4 codes per row (registers 0..3: sub-block 2b, 4..7: 2b + 1).  Q2_K: u = q
- * (0..3); Q3_K: u = q + 4 (0..7: the low 2 bits and the hmask bit at bit 2); Q6_K: u = q + 32
- * (0..63: 4 bits of ql, nibble s / 2 of lane 8 (s & 1) + k, and bits 2s, 2s + 1 of qh at
- * bits 4, 5).  The offsets (4, 32) leave the integer sums (pk_k16_t).  16-bit shifts: the bits kept
- * never cross a byte. */
+ * (0..3); Q3_K: u = q + 4 (0..7: the low 2 bits and the hmask bit at bit 2).  The offset (4)
+ * leaves the integer sums (pk_k16_t).  16-bit shifts: the bits kept never cross a byte. */
 TKVP_INLINE void TKV_FN(pk_k16_codes)(const uint8_t *p, const int fmt, const int h, const int s,
                                       const int half, TKVP_I c[8]) {
     const int R = TKV_MM_PACK_ROWS;
-    if (fmt == TKVP_Q6_K) {
-        const uint8_t *ql = p + 18 * R + (size_t)64 * R * h, *qh = p + 146 * R + (size_t)32 * R * h;
-        const TKVP_I m4 = TKVP_SET1_8(15), m30 = TKVP_SET1_8(0x30);
-        TKVP_UNROLL for (int k = 0; k < 8; k++) {
-            const TKVP_I l = TKVP_LOAD(TKVP_LANES(ql, (s & 1) * 8 + k, half));
-            const TKVP_I hb = TKVP_LOAD(TKVP_LANES(qh, k, half));
-            const TKVP_I hs = s <= 2 ? TKVP_SLLI16(hb, 4 - 2 * s) : TKVP_SRLI16(hb, 2);
-            const TKVP_I lo = TKVP_AND(s >= 2 ? TKVP_SRLI16(l, 4) : l, m4);
-            c[k] = TKVP_ORAND(lo, hs, m30);
-        }
-        return;
-    }
     const uint8_t *q = p + (fmt == TKVP_Q3_K ? 50 : 20) * R + (size_t)32 * R * h;
     const TKVP_I m3 = TKVP_SET1_8(3), b2 = TKVP_SET1_8(4);
     const int hbit = 4 * h + s; /* Q3_K: the hmask bit of these elements, moved to bit 2 */
@@ -395,18 +384,18 @@ TKVP_INLINE void TKV_FN(pk_k16_codes)(const uint8_t *p, const int fmt, const int
     }
 }
 
-/* Q2_K / Q3_K / Q6_K, the rows of vector `half` against T tokens.  Per activation block the
+/* Q2_K / Q3_K, the rows of vector `half` against T tokens.  Per activation block the
  * integer sums of its two sub-blocks (two chains of 4 dot products) are scaled by the
  * sub-block scales sc_j and the block's d_x, and the row's d once per super-block.  The code
- * offsets of Q3_K / Q6_K (4 / 32) leave the integer sums exactly, as offset x (the sum of the
- * sub-block's 16 activation codes, once per super-block and token).  Q2_K's min term is m_j
- * times d_x times that sum, scaled by the row's dmin once per super-block. */
+ * offset of Q3_K (4) leaves the integer sums exactly, as offset x (the sum of the sub-block's
+ * 16 activation codes, once per super-block and token).  Q2_K's min term is m_j times d_x
+ * times that sum, scaled by the row's dmin once per super-block. */
 TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
                                   float *y, size_t ys, int rb, int re, const int fmt,
                                   const int half) {
     const int R = TKV_MM_PACK_ROWS;
     const int64_t nsb = n / TKV_QK_K;
-    const size_t sbytes = (size_t)R * (fmt == TKVP_Q2_K ? 84 : fmt == TKVP_Q3_K ? 114 : 210);
+    const size_t sbytes = (size_t)R * (fmt == TKVP_Q2_K ? 84 : 114);
     const size_t sc_off = (size_t)(fmt == TKVP_Q2_K ? 4 : 2) * R;
     const int8_t *xq[TKV_MM_NX];
     const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
@@ -417,9 +406,7 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
     }
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
-        if (half == 0) {
-            TKV_FN(pk_prefetch)(p, sbytes);
-        }
+        TKV_FN(pk_prefetch)(p, sbytes, half == 0 ? TKVP_PREFETCH : (size_t)nsb * sbytes);
         int32_t xsum[TKV_MM_NX][16];
         TKVP_F sacc[TKV_MM_NX], sm[TKV_MM_NX];
         TKVP_UNROLL for (int t = 0; t < T; t++) {
@@ -444,13 +431,12 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
                 }
                 TKVP_UNROLL for (int t = 0; t < T; t++) {
                     const int8_t *xv = xq[t] + (8 * i + b) * TKV_QK;
-                    const int kind = fmt == TKVP_Q6_K ? TKVP_WIDE : TKVP_NARROW;
                     /* the code offset's share, subtracted in int32 (exact) */
-                    const int off = fmt == TKVP_Q2_K ? 0 : fmt == TKVP_Q3_K ? 4 : 32;
-                    const TKVP_I a0 =
-                        TKV_FN(pk_chain4)(TKVP_SET1_32(-off * xsum[t][2 * b]), c, 1, xv, 4, kind);
+                    const int off = fmt == TKVP_Q3_K ? 4 : 0;
+                    const TKVP_I a0 = TKV_FN(pk_chain4)(TKVP_SET1_32(-off * xsum[t][2 * b]), c,
+                                                        1, xv, 4, TKVP_NARROW);
                     const TKVP_I a1 = TKV_FN(pk_chain4)(TKVP_SET1_32(-off * xsum[t][2 * b + 1]),
-                                                        c + 4, 1, xv + 16, 4, kind);
+                                                        c + 4, 1, xv + 16, 4, TKVP_NARROW);
                     const TKVP_F v =
                         TKVP_FMADD(TKVP_CVT(a0), scf[0], TKVP_MUL(TKVP_CVT(a1), scf[1]));
                     const float dx = xd[t][8 * i + b];
@@ -469,6 +455,104 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
             if (fmt == TKVP_Q2_K) {
                 macc[t] = TKVP_FNMADD(TKVP_H16(TKVP_HALF16(p + 2 * R, half)), sm[t], macc[t]);
             }
+        }
+    }
+    TKV_FN(pk_store)(acc, macc, T, y, ys, rb, re, half);
+}
+
+/* Q6_K, the rows of vector `half` against T tokens.  Half h of a super-block (activation
+ * blocks 4h .. 4h + 3) has in ql lane k the low 4 bits of elements 4k .. 4k + 3 of block 4h + s
+ * (lanes 0..7: s = 0 in the low nibbles, 2 in the high ones; lanes 8..15: s = 1, 3) and in qh
+ * lane k their top 2 bits (bits 2s, 2s + 1).  So per block pair (s, s + 2) each ql and qh lane
+ * is loaded once and gives the codes u = q + 32 (0..63) of both blocks, and the pair's four
+ * sub-block sums are four independent dot-product chains.  The offset leaves each sum in int32,
+ * exactly: a chain starts at -32 x (its 16 activation codes).  The sums are scaled by sc_j and
+ * d_x, and by the row's d once per super-block.  The prefetch is spread over the four block
+ * pairs (TKVP_PREFETCH_Q6K ahead): a super-block's 53 cache lines requested at once stall the
+ * loads behind them (docs/SPEED_MATMUL.md has the variants measured). */
+TKVP_INLINE void TKV_FN(pk_q6k_t)(int64_t n, const void *wg, const void *x, size_t xs, const int T,
+                                  float *y, size_t ys, int rb, int re, const int fmt,
+                                  const int half) {
+    (void)fmt;
+    const int R = TKV_MM_PACK_ROWS;
+    const int64_t nsb = n / TKV_QK_K;
+    const size_t sbytes = (size_t)R * 210;
+    const int8_t *xq[TKV_MM_NX];
+    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
+    TKVP_F acc[TKV_MM_NX], macc[TKV_MM_NX];
+    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
+    TKVP_UNROLL for (int t = 0; t < T; t++) {
+        acc[t] = macc[t] = TKVP_ZERO_F();
+    }
+    const TKVP_I m4 = TKVP_SET1_8(15), m30 = TKVP_SET1_8(0x30);
+    for (int64_t i = 0; i < nsb; i++) {
+        const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
+        int32_t xoff[TKV_MM_NX][16]; /* -32 x (sum of sub-block j's 16 activation codes) */
+        TKVP_F sacc[TKV_MM_NX];
+        TKVP_UNROLL for (int t = 0; t < T; t++) {
+            TKV_FN(pk_xsums16)(xq[t] + i * TKV_QK_K, xoff[t]);
+            TKVP_UNROLL for (int j = 0; j < 16; j++) {
+                xoff[t][j] *= -32;
+            }
+            sacc[t] = TKVP_ZERO_F();
+        }
+        TKVP_UNROLL for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = p + 18 * R + (size_t)64 * R * h;
+            const uint8_t *qh = p + 146 * R + (size_t)32 * R * h;
+            TKVP_UNROLL for (int pr = 0; pr < 2; pr++) { /* blocks 4h + pr, 4h + pr + 2 */
+                { /* a quarter of the super-block per block pair; the second row half (256-bit
+                   * vectors) asks for the next group's, so the memory stays busy while it
+                   * computes on lines the first half brought in */
+                    const int qt = 2 * h + pr;
+                    const size_t c0 = (sbytes * (size_t)qt / 4) & ~(size_t)63;
+                    const size_t c1 = qt == 3 ? sbytes : (sbytes * (size_t)(qt + 1) / 4) & ~(size_t)63;
+                    TKV_FN(pk_prefetch)(p + c0, c1 - c0,
+                                        half == 0 ? TKVP_PREFETCH_Q6K : (size_t)nsb * sbytes);
+                }
+                const int bA = 4 * h + pr, bB = bA + 2;
+                TKVP_I a[TKV_MM_NX][4]; /* block A sub-blocks 0, 1; block B sub-blocks 0, 1 */
+                TKVP_UNROLL for (int t = 0; t < T; t++) {
+                    a[t][0] = TKVP_SET1_32(xoff[t][2 * bA]);
+                    a[t][1] = TKVP_SET1_32(xoff[t][2 * bA + 1]);
+                    a[t][2] = TKVP_SET1_32(xoff[t][2 * bB]);
+                    a[t][3] = TKVP_SET1_32(xoff[t][2 * bB + 1]);
+                }
+                TKVP_UNROLL for (int k = 0; k < 8; k += 2) { /* two lanes: one sub-block */
+                    TKVP_I cA[2], cB[2];
+                    TKVP_UNROLL for (int v = 0; v < 2; v++) {
+                        const TKVP_I l = TKVP_LOAD(TKVP_LANES(ql, 8 * pr + k + v, half));
+                        const TKVP_I hb = TKVP_LOAD(TKVP_LANES(qh, k + v, half));
+                        /* qh bits 2s, 2s + 1 to bits 4, 5 (16-bit shifts: kept bits never
+                         * cross a byte) */
+                        cA[v] = TKVP_ORAND(TKVP_AND(l, m4), TKVP_SLLI16(hb, 4 - 2 * pr), m30);
+                        cB[v] = TKVP_ORAND(TKVP_AND(TKVP_SRLI16(l, 4), m4),
+                                           pr ? TKVP_SRLI16(hb, 2) : hb, m30);
+                    }
+                    const int u = k / 4, e = 4 * k; /* sub-block, first element in the block */
+                    TKVP_UNROLL for (int t = 0; t < T; t++) {
+                        const int8_t *xa = xq[t] + (8 * i + bA) * TKV_QK + e;
+                        const int8_t *xb = xq[t] + (8 * i + bB) * TKV_QK + e;
+                        a[t][u] = TKVP_DOT4X2(a[t][u], cA[0], TKV_FN(pk_x4)(xa), cA[1],
+                                              TKV_FN(pk_x4)(xa + 4));
+                        a[t][2 + u] = TKVP_DOT4X2(a[t][2 + u], cB[0], TKV_FN(pk_x4)(xb), cB[1],
+                                                  TKV_FN(pk_x4)(xb + 4));
+                    }
+                }
+                TKVP_UNROLL for (int ab = 0; ab < 2; ab++) {
+                    const int b = ab ? bB : bA;
+                    const TKVP_F sc0 = TKVP_CVT(TKVP_S8(TKVP_BYTES(p + 2 * R, 2 * b, half)));
+                    const TKVP_F sc1 = TKVP_CVT(TKVP_S8(TKVP_BYTES(p + 2 * R, 2 * b + 1, half)));
+                    TKVP_UNROLL for (int t = 0; t < T; t++) {
+                        const TKVP_F v = TKVP_FMADD(TKVP_CVT(a[t][2 * ab]), sc0,
+                                                    TKVP_MUL(TKVP_CVT(a[t][2 * ab + 1]), sc1));
+                        sacc[t] = TKVP_FMADD(v, TKVP_SET1F(xd[t][8 * i + b]), sacc[t]);
+                    }
+                }
+            }
+        }
+        const TKVP_F d = TKVP_H16(TKVP_HALF16(p, half));
+        TKVP_UNROLL for (int t = 0; t < T; t++) {
+            acc[t] = TKVP_FMADD(d, sacc[t], acc[t]);
         }
     }
     TKV_FN(pk_store)(acc, macc, T, y, ys, rb, re, half);
@@ -494,7 +578,7 @@ TKVP_GROUP(pk_q4_k, pk_q45k_t, 0)
 TKVP_GROUP(pk_q5_k, pk_q45k_t, 1)
 TKVP_GROUP(pk_q2_k, pk_k16_t, TKVP_Q2_K)
 TKVP_GROUP(pk_q3_k, pk_k16_t, TKVP_Q3_K)
-TKVP_GROUP(pk_q6_k, pk_k16_t, TKVP_Q6_K)
+TKVP_GROUP(pk_q6_k, pk_q6k_t, 0)
 
 #undef TKVP_INLINE
 #undef TKVP_UNROLL
@@ -513,6 +597,7 @@ TKVP_GROUP(pk_q6_k, pk_k16_t, TKVP_Q6_K)
 #undef TKVP_SRLI32
 #undef TKVP_DOT4
 #undef TKVP_DOT4_Q8
+#undef TKVP_DOT4X2
 #undef TKVP_Q8_OFFSET
 #undef TKVP_CVT
 #undef TKVP_FMADD
@@ -530,7 +615,5 @@ TKVP_GROUP(pk_q6_k, pk_k16_t, TKVP_Q6_K)
 #undef TKVP_GROUP
 #undef TKVP_Q2_K
 #undef TKVP_Q3_K
-#undef TKVP_Q6_K
 #undef TKVP_NARROW
-#undef TKVP_WIDE
 #undef TKVP_Q8
