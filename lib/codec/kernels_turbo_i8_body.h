@@ -59,7 +59,13 @@
 #define TKV_I8_MAX_D 1024
 #define TKV_I8_BLOCK 32 /* value sums: keys per weight quantization step */
 #define TKV_I8_SPAN 256 /* value sums: keys per walk of the halves (L1-resident codes) */
-#define TKV_I8_AHEAD 192 /* scores: keys between a row's prefetch and its use */
+#define TKV_I8_AHEAD 384 /* scores: keys between a row's prefetch and its use */
+/* Prefetches fill L2 (prefetcht1), not L1: each code byte is read once, a prefetch into L1
+ * holds one of its few miss buffers until the line arrives (the profile had samples piling
+ * up on the prefetch instructions), and a load that finds its line in L2 waits a few cycles,
+ * which the out-of-order window covers.  Rows far enough ahead for a page walk and a DRAM
+ * access to finish before the scores reach them (docs/SPEED.md, "Prefetch distance"). */
+#define TKV_I8_PF_LOCALITY 2
 
 /* Round to nearest, halves away from zero (lrintf is a libm call in this build: it showed
  * in the decode profile, as fmaxf did). */
@@ -457,9 +463,9 @@ TKV_I8_NAME(scores_nq)(const int NQ, const uint32_t BITS, const uint32_t D,
         {
             const char *p = (const char *)((uintptr_t)codes + (i + TKV_I8_AHEAD) * stride);
             for (size_t o = 0; o < (size_t)keys * stride; o += 64) {
-                __builtin_prefetch(p + o, 0, 3);
+                __builtin_prefetch(p + o, 0, TKV_I8_PF_LOCALITY);
             }
-            __builtin_prefetch(p + (size_t)keys * stride - 1, 0, 3);
+            __builtin_prefetch(p + (size_t)keys * stride - 1, 0, TKV_I8_PF_LOCALITY);
         }
         if (BITS == 4) {
             TKV_I8_NAME(score_pairs4)(NQ, D, L, P, codes + i * stride, i, outs);
@@ -730,9 +736,9 @@ static inline void TKV_I8_NAME(prefetch4)(const uint8_t *pf, size_t npf, size_t 
     if (i + 4 <= npf) {
         const char *p = (const char *)((uintptr_t)pf + i * stride);
         for (size_t o = 0; o < 4 * stride; o += 64) {
-            __builtin_prefetch(p + o, 0, 3);
+            __builtin_prefetch(p + o, 0, TKV_I8_PF_LOCALITY);
         }
-        __builtin_prefetch(p + 4 * stride - 1, 0, 3);
+        __builtin_prefetch(p + 4 * stride - 1, 0, TKV_I8_PF_LOCALITY);
     }
 }
 
