@@ -59,13 +59,16 @@
 #define TKV_I8_MAX_D 1024
 #define TKV_I8_BLOCK 32 /* value sums: keys per weight quantization step */
 #define TKV_I8_SPAN 256 /* value sums: keys per walk of the halves (L1-resident codes) */
-#define TKV_I8_AHEAD 384 /* scores: keys between a row's prefetch and its use */
-/* Prefetches fill L2 (prefetcht1), not L1: each code byte is read once, a prefetch into L1
- * holds one of its few miss buffers until the line arrives (the profile had samples piling
- * up on the prefetch instructions), and a load that finds its line in L2 waits a few cycles,
- * which the out-of-order window covers.  Rows far enough ahead for a page walk and a DRAM
- * access to finish before the scores reach them (docs/SPEED.md, "Prefetch distance"). */
-#define TKV_I8_PF_LOCALITY 2
+/* scores: keys between a row's prefetch and its use */
+#define TKV_I8_AHEAD (TKV_I8_VNNI ? 384 : 192)
+/* With VNNI, prefetches fill L2 (prefetcht1), not L1: each code byte is read once, a
+ * prefetch into L1 holds one of its few miss buffers until the line arrives (the profile had
+ * samples piling up on the prefetch instructions), and a load that finds its line in L2
+ * waits a few cycles, which the out-of-order window covers; the rows are far enough ahead
+ * for a page walk and a DRAM access to finish first.  The AVX2 kernels, which spend more
+ * time per key, keep 192 keys into L1: the VNNI settings measured no faster there
+ * (docs/SPEED.md, "The walk, round 2"). */
+#define TKV_I8_PF_LOCALITY (TKV_I8_VNNI ? 2 : 3)
 
 /* Round to nearest, halves away from zero (lrintf is a libm call in this build: it showed
  * in the decode profile, as fmaxf did). */
