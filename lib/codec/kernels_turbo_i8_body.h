@@ -59,7 +59,16 @@
 #define TKV_I8_MAX_D 1024
 #define TKV_I8_BLOCK 32 /* value sums: keys per weight quantization step */
 #define TKV_I8_SPAN 256 /* value sums: keys per walk of the halves (L1-resident codes) */
-#define TKV_I8_AHEAD 192 /* scores: keys between a row's prefetch and its use */
+/* scores: keys between a row's prefetch and its use */
+#define TKV_I8_AHEAD (TKV_I8_VNNI ? 384 : 192)
+/* With VNNI, prefetches fill L2 (prefetcht1), not L1: each code byte is read once, a
+ * prefetch into L1 holds one of its few miss buffers until the line arrives (the profile had
+ * samples piling up on the prefetch instructions), and a load that finds its line in L2
+ * waits a few cycles, which the out-of-order window covers; the rows are far enough ahead
+ * for a page walk and a DRAM access to finish first.  The AVX2 kernels, which spend more
+ * time per key, keep 192 keys into L1: the VNNI settings measured no faster there
+ * (docs/SPEED.md, "The walk, round 2"). */
+#define TKV_I8_PF_LOCALITY (TKV_I8_VNNI ? 2 : 3)
 
 /* Round to nearest, halves away from zero (lrintf is a libm call in this build: it showed
  * in the decode profile, as fmaxf did). */
@@ -457,9 +466,9 @@ TKV_I8_NAME(scores_nq)(const int NQ, const uint32_t BITS, const uint32_t D,
         {
             const char *p = (const char *)((uintptr_t)codes + (i + TKV_I8_AHEAD) * stride);
             for (size_t o = 0; o < (size_t)keys * stride; o += 64) {
-                __builtin_prefetch(p + o, 0, 3);
+                __builtin_prefetch(p + o, 0, TKV_I8_PF_LOCALITY);
             }
-            __builtin_prefetch(p + (size_t)keys * stride - 1, 0, 3);
+            __builtin_prefetch(p + (size_t)keys * stride - 1, 0, TKV_I8_PF_LOCALITY);
         }
         if (BITS == 4) {
             TKV_I8_NAME(score_pairs4)(NQ, D, L, P, codes + i * stride, i, outs);
@@ -730,9 +739,9 @@ static inline void TKV_I8_NAME(prefetch4)(const uint8_t *pf, size_t npf, size_t 
     if (i + 4 <= npf) {
         const char *p = (const char *)((uintptr_t)pf + i * stride);
         for (size_t o = 0; o < 4 * stride; o += 64) {
-            __builtin_prefetch(p + o, 0, 3);
+            __builtin_prefetch(p + o, 0, TKV_I8_PF_LOCALITY);
         }
-        __builtin_prefetch(p + 4 * stride - 1, 0, 3);
+        __builtin_prefetch(p + 4 * stride - 1, 0, TKV_I8_PF_LOCALITY);
     }
 }
 

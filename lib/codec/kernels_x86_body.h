@@ -297,12 +297,60 @@ static void tkv_qjl_axpy(float *acc, const uint8_t *signs, uint32_t d, float wg)
 /* ---------------------------------------------------------------------------------
  * fwht: the spans below VW stay in one register (tkv_fwht_lanes), the spans h >= VW pair
  * whole registers.  Both are exact sums and differences, as in the scalar transform.
+ * Vectors of up to TKV_FWHT_REGS registers (head_dim 64 and 128 with AVX-512, 64 with AVX2)
+ * stay in registers from load to store: attention rotates the queries of a GQA group once
+ * per calibration block of keys, and the memory version's stores and reloads between the
+ * spans were most of that.
  * --------------------------------------------------------------------------------- */
+
+#define TKV_FWHT_REGS 8
+
+/* The transform of NR (a power of two <= TKV_FWHT_REGS) registers at x, in registers (the
+ * loops unrolled: with the registers in an indexed array they would stay in memory). */
+TKV_INLINE void tkv_fwht_regs(float *x, const uint32_t NR, float scale) {
+    TKV_VF v[TKV_FWHT_REGS];
+#pragma GCC unroll 8
+    for (uint32_t r = 0; r < NR; r++) {
+        v[r] = tkv_fwht_lanes(TKV_VLOAD(x + r * TKV_VW));
+    }
+#pragma GCC unroll 3
+    for (uint32_t s = 1; s < NR; s *= 2) { /* span h = s VW: registers r and r + s */
+#pragma GCC unroll 8
+        for (uint32_t r = 0; r < NR; r++) {
+            if (!(r & s)) {
+                const TKV_VF a = v[r], b = v[r + s];
+                v[r] = TKV_VADD(a, b);
+                v[r + s] = TKV_VSUB(a, b);
+            }
+        }
+    }
+    const TKV_VF vs = TKV_VSET1(scale);
+#pragma GCC unroll 8
+    for (uint32_t r = 0; r < NR; r++) {
+        TKV_VSTORE(x + r * TKV_VW, TKV_VMUL(v[r], vs));
+    }
+}
 
 static void TKV_FN(fwht)(float *x, uint32_t d, float scale) {
     if (d < TKV_VW) {
         tkv_fwht_scalar(x, d, scale);
         return;
+    }
+    switch (d / TKV_VW) {
+    case 1:
+        tkv_fwht_regs(x, 1, scale);
+        return;
+    case 2:
+        tkv_fwht_regs(x, 2, scale);
+        return;
+    case 4:
+        tkv_fwht_regs(x, 4, scale);
+        return;
+    case 8:
+        tkv_fwht_regs(x, 8, scale);
+        return;
+    default:
+        break;
     }
     for (uint32_t i = 0; i < d; i += TKV_VW) {
         TKV_VSTORE(x + i, tkv_fwht_lanes(TKV_VLOAD(x + i)));

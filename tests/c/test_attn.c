@@ -12,7 +12,8 @@
  * exact in arithmetic, so the output must also match the attention over the original
  * keys and values.  Cases cover nq = 1, 3, 4, sinks + codes + window in one sequence, a
  * window wider than the sequence, positions inside the sinks, before the first
- * calibration block ends, on block boundaries and inside the window.
+ * calibration block ends, on block boundaries and inside the window, and the positions split
+ * into ranges (tkv_attn_group_range, merged by tkv_attn_merge) as the model splits them.
  *
  * Tolerance: |out - ref| <= 2e-4 * (1 + max |v|) per element (float scores and sums vs
  * double), plus the weight of value rows whose weight is within 1e-5 of the threshold
@@ -181,6 +182,11 @@ static double naive_attention(const double *k, const double *v, uint32_t d, cons
     return slack;
 }
 
+/* Positions per range when a head's positions are split (tkv_attn_group_range, as the model
+ * splits them into chunks): ranges then start inside calibration blocks and span more
+ * blocks than attn.c reads at once. */
+#define RANGE 90
+
 typedef struct config {
     int32_t k_codec, v_codec;
     uint32_t window, n_sink;
@@ -189,8 +195,9 @@ typedef struct config {
 } config;
 
 /* Every query position of the list, nq in {1, 3, 4}, both heads of layer 1 (and head 0 of
- * layer 0), thresholds 0 and 0.01: tkv_attn_group against the naive attention over the
- * cache's decoded content; with `exact`, also over the original keys and values. */
+ * layer 0), thresholds 0 and 0.01 (and 0 over ranges of RANGE positions, merged):
+ * tkv_attn_group against the naive attention over the cache's decoded content; with
+ * `exact`, also over the original keys and values. */
 static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uint64_t seed) {
     seq s = seq_make(n, d, seed);
     tkv_kv_cache c;
@@ -212,6 +219,7 @@ static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uin
     double *kd = malloc((size_t)n * d * sizeof *kd), *vd = malloc((size_t)n * d * sizeof *vd);
     double *ko = malloc((size_t)n * d * sizeof *ko), *vo = malloc((size_t)n * d * sizeof *vo);
     double ref[1024], ref_exact[1024];
+    float *part = malloc(((size_t)n / RANGE + 1) * TKV_ATTN_PART_FLOATS(d) * sizeof *part);
     int bad = 0, bad_exact = 0, skipped = 0, calls = 0;
     double worst = 0;
     for (uint32_t hh = NKV - 1; hh < NL * NKV; hh++) {
@@ -249,10 +257,23 @@ static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uin
                 float *out = malloc((size_t)nq * d * sizeof *out);
                 float *scores = malloc((size_t)nq * stride * sizeof *scores);
                 float *work = malloc((size_t)nq * TKV_ATTN_WORK_FLOATS(d) * sizeof *work);
-                for (int ti = 0; ti < 2; ti++) {
-                    const float thr = thresholds[ti];
+                for (int ti = 0; ti < 3; ti++) {
+                    /* ti 2: threshold 0 over ranges of RANGE positions, merged */
+                    const float thr = thresholds[ti % 2];
                     const float scale = 1.0f / sqrtf((float)d);
-                    tkv_attn_group(&c, l, h, q, nq, pos, scale, thr, out, scores, stride, work);
+                    if (ti < 2) {
+                        tkv_attn_group(&c, l, h, q, nq, pos, scale, thr, out, scores, stride, work);
+                    } else {
+                        const uint32_t np = pos / RANGE + 1;
+                        for (uint32_t p = 0; p < np; p++) {
+                            const uint32_t t0 = p * RANGE, t1 = p + 1 < np ? t0 + RANGE : pos + 1;
+                            float *o = part + p * TKV_ATTN_PART_FLOATS(d);
+                            tkv_attn_group_range(&c, l, h, q, nq, pos, t0, t1, scale, thr, o,
+                                                 o + (size_t)TKV_MAX_QUERIES * d, scores, stride,
+                                                 work);
+                        }
+                        tkv_attn_merge(part, np, nq, d, out);
+                    }
                     calls++;
                     for (int k = 0; k < nq; k++) {
                         const float *qk = q + (size_t)k * d;
@@ -292,6 +313,7 @@ static void check_cache(const config *cf, uint32_t d, uint32_t n, int exact, uin
     free(vd);
     free(ko);
     free(vo);
+    free(part);
     tkv_kv_release(&c);
     seq_free(&s);
 }
@@ -330,6 +352,7 @@ static void test_codecs(void) {
         {0, 0, 0, 0, 0, 0, 256},                    /* codes only, no levers */
         {0, 0, 300, 1, 1, 0, TKV_CALIBRATION_ONCE}, /* window wider than the sequence */
         {0, 0, 5, 0, 0, 1, 64},                     /* small window wrapping many times */
+        {0, 0, 8, 1, 1, 1, 16},                     /* 13 blocks, a range spans 6-7 */
     };
     const uint32_t dims[] = {16, 64, 80};
     for (size_t ci = 0; ci < sizeof codecs / sizeof codecs[0]; ci++) {
