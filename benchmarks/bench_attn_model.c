@@ -13,9 +13,12 @@
  * attention of every KV head.  Rows:
  *   walk     what forward.c runs: tkv_attn_group_range per 1024-position chunk, then
  *            tkv_attn_merge of the chunks (one chunk: no merge);
- *   kernels  the kernel tables over each head's codes as one run (query preparation,
- *            scores, softmax, value sums, inverse rotation): no calibration blocks, no
- *            sink run, no chunks -- the floor the walk could reach with these kernels.
+ *   kernels  the kernel tables over each head's codes (query preparation, scores per run
+ *            of contiguous rows -- a segment of the cache, 1024 positions --, one softmax,
+ *            value sums per run, inverse rotation): no calibration blocks, no sink run, no
+ *            chunks -- the floor the walk could reach with these kernels.
+ * After filling, the line "huge pages" gives the process's AnonHugePages (Linux): the
+ * cache's code segments sit in 2 MB pages unless TKV_HUGE_PAGES=0 or the system refuses.
  * Thread CPU time per token (the sum over layers), median of --rounds, the rows and
  * contexts interleaved per round; "of bound" = the code bytes read (K + V of every
  * position, sinks counted as codes) at --bw GB/s over it.
@@ -121,15 +124,14 @@ static void walk_layer(const tkv_kv_cache *c, uint32_t l, uint32_t pos, const fl
     }
 }
 
-/* The kernel tables alone over each head's codes of one layer, as one run of n positions. */
+/* The kernel tables alone over each head's codes of one layer, positions 1..n-1 (the codes),
+ * one softmax over all of them, the scores and value sums per run of contiguous rows (a
+ * segment of the cache). */
 static void kernels_layer(const tkv_kv_cache *c, uint32_t l, uint32_t n, const float *q, float *out,
                           float *scores, size_t stride, float *work) {
     const tkv_codec_kernels *K = tkv_codec_kernels_active();
     for (uint32_t h = 0; h < NKV; h++) {
         const tkv_kv_head *hd = &c->heads[(size_t)l * NKV + h];
-        uint32_t run;
-        const uint8_t *kc = tkv_kv_code_run(c, l, h, 0, 1, n, &run);
-        const uint8_t *vc = tkv_kv_code_run(c, l, h, 1, 1, n, &run);
         float *qp[TKV_MAX_QUERIES], *rows[TKV_MAX_QUERIES], *acc[TKV_MAX_QUERIES];
         for (int k = 0; k < GROUP; k++) {
             qp[k] = work + (size_t)k * 4 * D;
@@ -138,12 +140,27 @@ static void kernels_layer(const tkv_kv_cache *c, uint32_t l, uint32_t n, const f
             tkv_codec_prepare_query(&hd->k_codec, q + ((size_t)h * GROUP + k) * D, qp[k]);
         }
         const tkv_code_layout *kl = &hd->k_codec.layout, *vl = &hd->v_codec.layout;
-        K->scores_multi[kl->format](kl, (const float *const *)qp, GROUP, kc, run, rows);
+        uint32_t run;
+        for (uint32_t t = 1; t < n; t += run) {
+            const uint8_t *kc = tkv_kv_code_run(c, l, h, 0, t, n, &run);
+            float *at[TKV_MAX_QUERIES];
+            for (int k = 0; k < GROUP; k++) {
+                at[k] = rows[k] + (t - 1);
+            }
+            K->scores_multi[kl->format](kl, (const float *const *)qp, GROUP, kc, run, at);
+        }
         for (int k = 0; k < GROUP; k++) {
-            K->softmax(rows[k], run, 0.125f);
+            K->softmax(rows[k], n - 1, 0.125f);
             memset(acc[k], 0, 2 * D * sizeof(float));
         }
-        K->accum_multi[vl->format](vl, (const float *const *)rows, GROUP, 0.0f, vc, run, acc);
+        for (uint32_t t = 1; t < n; t += run) {
+            const uint8_t *vc = tkv_kv_code_run(c, l, h, 1, t, n, &run);
+            const float *wt[TKV_MAX_QUERIES];
+            for (int k = 0; k < GROUP; k++) {
+                wt[k] = rows[k] + (t - 1);
+            }
+            K->accum_multi[vl->format](vl, wt, GROUP, 0.0f, vc, run, acc);
+        }
         for (int k = 0; k < GROUP; k++) {
             tkv_codec_finish_accum(&hd->v_codec, acc[k], out + ((size_t)h * GROUP + k) * D);
         }
@@ -196,6 +213,21 @@ int main(int argc, char **argv) {
             return 1;
         }
         max_ctx = ctx > max_ctx ? ctx : max_ctx;
+    }
+    size_t code_bytes = 0;
+    for (int ci = 0; ci < n_cache; ci++) {
+        code_bytes += (size_t)tkv_kv_n_tokens(&caches[ci]) * tkv_kv_bytes_per_token(&caches[ci]);
+    }
+    FILE *smaps = fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    while (smaps && fgets(line, sizeof line, smaps)) {
+        if (strncmp(line, "AnonHugePages:", 14) == 0) {
+            printf("huge pages: %ld kB of %.0f kB of codes (AnonHugePages of the process)\n",
+                   atol(line + 14), (double)code_bytes / 1024.0);
+        }
+    }
+    if (smaps) {
+        fclose(smaps);
     }
     const size_t stride = max_ctx;
     const size_t evict_n = (size_t)(evict_mb * 1e6 / NL / sizeof(uint64_t)) + 1;

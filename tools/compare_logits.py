@@ -9,7 +9,11 @@ calibration blocks (64, 256, once) and fp16 windows.  Each configuration is eval
 prefill batches (logits of every token), then decoded token by token, then truncated to
 a calibration-block boundary and to a position inside a block and evaluated again; all
 those logits are hashed.  The two runs must give the same hash per configuration: a
-refactoring that should not change arithmetic shows here whether it did.  Exit status 1
+refactoring that should not change arithmetic shows here whether it did.  --long adds a
+few configurations over 2,600 positions of a 3,072-position cache (past the 1,024-position
+grid of attention chunks and cache segments): prefill batches across the grid, decode, a
+fork continued and truncated into its shared prefix, the original truncated into an
+earlier segment.  Exit status 1
 when any configuration differs (its largest absolute logit difference is printed).
 """
 from __future__ import annotations
@@ -48,6 +52,57 @@ def grid(quick: bool) -> list[dict]:
     return configs[::7] if quick else configs
 
 
+def long_grid() -> list[dict]:
+    """--long: the library's defaults, with sinks and an fp16 window, another codec pair."""
+    return [dict(k="turbo_kv_4b", v="turbo_kv_4b"),
+            dict(k="turbo_kv_4b", v="turbo_kv_4b", sink_tokens=4, fp16_window=32),
+            dict(k="turbo_kv_3b", v="q4_0", calibration_block=64)]
+
+
+def run_child_long(model_path: str, quick: bool, n_threads: int) -> None:
+    """In the subprocess (--long): one line of JSON per configuration, as run_child."""
+    sys.path.insert(0, str(ROOT / "python"))
+    from turbokv import KVCache, Model, Session
+    from turbokv.eval.data import text
+
+    with Model(model_path) as model:
+        toks = model.tokenize(text("wikitext-2"), add_bos=True)[:2700]
+        for i, cfg in enumerate(long_grid(), start=len(grid(quick))):
+            digest = hashlib.sha256()
+            chunks = []
+
+            def take(logits: np.ndarray) -> None:
+                digest.update(np.ascontiguousarray(logits, np.float32).tobytes())
+                chunks.append(np.asarray(logits, np.float32).reshape(-1))
+            with KVCache(model, n_ctx=3072, **cfg) as cache, \
+                    Session(cache, n_threads=n_threads, n_batch=512) as s:
+                for lo, hi in ((0, 500), (500, 1000), (1000, 1100), (1100, 1600), (1600, 2100)):
+                    s.eval(toks[lo:hi], all_logits=True)
+                    take(s.all_logits())
+                for t in range(2100, 2110):
+                    s.eval(toks[t:t + 1])
+                    take(s.logits())
+                f = s.fork()  # the shared prefix ends inside the third segment
+                for t in range(2110, 2120):
+                    f.eval(toks[t:t + 1])
+                    take(f.logits())
+                f.cache.truncate(1500)  # into the prefix, a segment before its end
+                f.eval(toks[1500:1600], all_logits=True)
+                take(f.all_logits())
+                f.close()
+                for t in range(2110, 2120):
+                    s.eval(toks[t:t + 1])
+                    take(s.logits())
+                cache.truncate(1030)
+                s.eval(toks[1030:1100], all_logits=True)
+                take(s.all_logits())
+            dump = os.environ.get("COMPARE_LOGITS_DUMP")
+            if dump:
+                np.save(Path(dump) / f"{i}.npy", np.concatenate(chunks))
+            print(json.dumps({"config": dict(cfg, long=True), "sha256": digest.hexdigest()}),
+                  flush=True)
+
+
 def run_child(model_path: str, quick: bool, n_threads: int) -> None:
     """In the subprocess: one line of JSON per configuration, its logits' SHA-256."""
     sys.path.insert(0, str(ROOT / "python"))
@@ -83,13 +138,16 @@ def run_child(model_path: str, quick: bool, n_threads: int) -> None:
             print(json.dumps({"config": cfg, "sha256": digest.hexdigest()}), flush=True)
 
 
-def run_library(lib: str, model: str, quick: bool, n_threads: int, dump: str = "") -> list[dict]:
+def run_library(lib: str, model: str, quick: bool, n_threads: int, dump: str = "",
+                long: bool = False) -> list[dict]:
     env = dict(os.environ, TURBOKV_LIBRARY=str(Path(lib).resolve()))
     if dump:
         env["COMPARE_LOGITS_DUMP"] = dump
     cmd = [sys.executable, __file__, "--child", "--model", model, "--threads", str(n_threads)]
     if quick:
         cmd.append("--quick")
+    if long:
+        cmd.append("--long")
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
@@ -100,16 +158,20 @@ def main() -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--quick", action="store_true", help="every 7th configuration only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--long", action="store_true",
+                    help="also 3 configurations over 2,600 positions (fork, truncations)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         run_child(args.model, args.quick, args.threads)
+        if args.long:
+            run_child_long(args.model, args.quick, args.threads)
         return 0
     if len(args.libs) != 2:
         ap.error("give two library paths")
     with ThreadPoolExecutor(2) as ex:  # the two libraries side by side
-        a, b = ex.map(lambda lib: run_library(lib, args.model, args.quick, args.threads),
-                      args.libs)
+        a, b = ex.map(lambda lib: run_library(lib, args.model, args.quick, args.threads,
+                                              long=args.long), args.libs)
     if len(a) != len(b):
         print(f"different number of configurations: {len(a)} vs {len(b)}")
         return 1
@@ -121,7 +183,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as da, tempfile.TemporaryDirectory() as db:
             with ThreadPoolExecutor(2) as ex:
                 list(ex.map(lambda ld: run_library(ld[0], args.model, args.quick, args.threads,
-                                                   ld[1]), zip(args.libs, (da, db))))
+                                                   ld[1], args.long), zip(args.libs, (da, db))))
             for i in bad:
                 x, y = np.load(Path(da) / f"{i}.npy"), np.load(Path(db) / f"{i}.npy")
                 print(f"  config {i}: max |diff| {np.max(np.abs(x - y)):.3g} over {x.size} logits")

@@ -2,14 +2,14 @@
  * cache.c - compressed KV storage per (layer, KV head), grown in blocks.
  *
  * Position p of a layer is encoded when it leaves the fp16 window (at once when the
- * window is 0).  Code arrays grow by TKV_KV_GROW_TOKENS positions with realloc, so a
- * 32K-token capacity reserves nothing up front.  Codec seeds are derived from the
- * cache seed per (layer, head, K/V) with SplitMix64, so a cache's bytes can be decoded
- * by any process that knows the seed.  Keys are stored in their calibration block's
- * space (kv/calib.c owns the offsets and scales); sinks, codes and window all hold
- * calibrated keys.  A sliding-window layer's codes are a ring (tkv_kv_set_layer_span):
- * position p in row p % ring, every writer and reader going through tkv_kv_row, runs of
- * codes ending where the ring wraps.
+ * window is 0).  Code rows live in segments of TKV_KV_SEG_ROWS positions per layer
+ * (kv/segment.h), added as the positions reach them, so a 32K-token capacity reserves
+ * nothing up front; every reader and writer finds a row through tkv_kv_rows.  Codec seeds are
+ * derived from the cache seed per (layer, head, K/V) with SplitMix64, so a cache's bytes can be
+ * decoded by any process that knows the seed.  Keys are stored in their calibration block's space
+ * (kv/calib.c owns the offsets and scales); sinks, codes and window all hold calibrated keys.  A
+ * sliding-window layer's codes are a ring (tkv_kv_set_layer_span): position p in row p % ring of
+ * one segment, runs of codes ending where the ring wraps.
  */
 #include "kv/cache.h"
 
@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/alloc.h"
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/status.h"
@@ -32,39 +33,78 @@ uint64_t tkv_kv_codec_seed(uint64_t seed, uint32_t layer, uint32_t head, int kin
  * the bf16 value sums, which pair rows), so a fork sums in the unforked order. */
 #define TKV_KV_SHARE_ALIGN 64u
 
-/* The compressed prefix forks share: per (layer, head) the K and V codes of positions
- * [0, n) of that layer (sink slots unused), immutable while shared. */
+/* The compressed prefix forks share: the segments of positions [0, n_shared) of each
+ * layer, immutable while shared.  The segments count their readers themselves; this is
+ * what tells forks of one prefix apart and how many bytes the prefix holds. */
 struct tkv_kv_shared {
-    atomic_uint refs;     /* caches reading it */
-    size_t n_arrays;      /* n_layer * n_head_kv */
-    uint8_t **codes[2];   /* (n_arrays) K, V arrays indexed by position */
-    size_t bytes;
+    atomic_uint refs; /* caches reading it */
+    size_t bytes;     /* code bytes of its positions */
 };
 
 static void tkv_kv_shared_unref(struct tkv_kv_shared *sh) {
-    if (!sh || atomic_fetch_sub(&sh->refs, 1u) != 1u) {
-        return;
+    if (sh && atomic_fetch_sub(&sh->refs, 1u) == 1u) {
+        free(sh);
     }
-    for (int kind = 0; kind < 2; kind++) {
-        for (size_t i = 0; sh->codes[kind] && i < sh->n_arrays; i++) {
-            free(sh->codes[kind][i]);
+}
+
+/* Bytes of one KV head's K and V rows in a segment of the layer. */
+static size_t tkv_kv_seg_head_bytes(const tkv_kv_cache *c, uint32_t layer) {
+    const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv];
+    return (size_t)c->layers[layer].seg_rows *
+           (hd->k_codec.layout.stride + hd->v_codec.layout.stride);
+}
+
+static size_t tkv_kv_seg_bytes(const tkv_kv_cache *c, uint32_t layer) {
+    return c->n_head_kv * tkv_kv_seg_head_bytes(c, layer);
+}
+
+/* Row r of segment s of the layer, K (kind 0) or V (kind 1) of a head. */
+static uint8_t *tkv_kv_seg_row(const tkv_kv_cache *c, uint32_t layer, const tkv_kv_seg *s,
+                               uint32_t head, int kind, uint32_t r) {
+    const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + head];
+    const size_t ks = hd->k_codec.layout.stride;
+    const size_t at = kind ? (size_t)c->layers[layer].seg_rows * ks : 0;
+    return s->rows + head * tkv_kv_seg_head_bytes(c, layer) + at +
+           (size_t)r * (kind ? hd->v_codec.layout.stride : ks);
+}
+
+/* The rows of compressed position pos and in *run how many positions from pos up to end
+ * follow contiguously: to the end of its segment (a ring's: where it wraps), of the shared
+ * prefix when pos lies in it. */
+static uint8_t *tkv_kv_rows(const tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind,
+                            uint32_t pos, uint32_t end, uint32_t *run) {
+    const tkv_kv_layer *L = &c->layers[layer];
+    const uint32_t R = L->seg_rows;
+    const uint32_t row = L->ring ? pos % L->ring : pos;
+    const uint32_t k = row / R;
+    uint32_t n = R - row % R;
+    const tkv_kv_seg *s = L->seg[k];
+    if (pos < L->n_shared) {
+        s = L->tail && k == L->n_shared / R ? L->tail : s;
+        n = n < L->n_shared - pos ? n : L->n_shared - pos;
+    }
+    *run = end - pos < n ? end - pos : n;
+    return tkv_kv_seg_row(c, layer, s, head, kind, row % R);
+}
+
+/* The row a write of position pos (>= n_shared, its segment allocated) goes to. */
+static uint8_t *tkv_kv_own_row(tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind,
+                               uint32_t pos) {
+    uint32_t run;
+    return tkv_kv_rows(c, layer, head, kind, pos, pos + 1, &run);
+}
+
+/* Rows [r0, r1) of every head, K and V, of segment `from` into the same rows of `to`. */
+static void tkv_kv_copy_rows(const tkv_kv_cache *c, uint32_t layer, tkv_kv_seg *to,
+                             const tkv_kv_seg *from, uint32_t r0, uint32_t r1) {
+    for (uint32_t h = 0; r0 < r1 && h < c->n_head_kv; h++) {
+        const tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
+        for (int kind = 0; kind < 2; kind++) {
+            const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
+            memcpy(tkv_kv_seg_row(c, layer, to, h, kind, r0),
+                   tkv_kv_seg_row(c, layer, from, h, kind, r0), (size_t)(r1 - r0) * stride);
         }
-        free(sh->codes[kind]);
     }
-    free(sh);
-}
-
-/* The row of the layer's own code arrays that holds compressed position pos. */
-static size_t tkv_kv_row(const tkv_kv_layer *L, uint32_t pos) {
-    return L->ring ? pos % L->ring : pos - L->n_shared;
-}
-
-/* Rows of the layer's own code arrays in use. */
-static uint32_t tkv_kv_own_rows(const tkv_kv_layer *L) {
-    if (L->ring) {
-        return L->n_comp < L->ring ? L->n_comp : L->ring;
-    }
-    return L->n_comp - L->n_shared;
 }
 
 /* A ring layer is about to write the codes of positions up to end - 1: the positions
@@ -78,28 +118,19 @@ static void tkv_kv_ring_writes(tkv_kv_layer *L, uint32_t end) {
 
 const uint8_t *tkv_kv_code_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind,
                                uint32_t pos, uint32_t end, uint32_t *run) {
-    const tkv_kv_layer *L = &c->layers[layer];
-    const size_t i = (size_t)layer * c->n_head_kv + head;
-    const tkv_kv_head *hd = &c->heads[i];
-    const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
-    const uint8_t *own = kind ? hd->v_codes : hd->k_codes;
-    if (L->ring) { /* contiguous up to the ring's last row */
-        const uint32_t row = pos % L->ring;
-        *run = end - pos < L->ring - row ? end - pos : L->ring - row;
-        return own + (size_t)row * stride;
-    }
-    if (pos < L->n_shared) {
-        *run = (end < L->n_shared ? end : L->n_shared) - pos;
-        return c->shared->codes[kind][i] + (size_t)pos * stride;
-    }
-    *run = end - pos;
-    return own + (size_t)(pos - L->n_shared) * stride;
+    return tkv_kv_rows(c, layer, head, kind, pos, end, run);
+}
+
+uint8_t *tkv_kv_code_run_mut(tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind, uint32_t pos,
+                             uint32_t end, uint32_t *run) {
+    return tkv_kv_rows(c, layer, head, kind, pos, end, run);
 }
 
 tkv_status tkv_kv_init(tkv_kv_cache *c, uint32_t n_layer, uint32_t n_head_kv, uint32_t head_dim,
                        uint32_t capacity, int32_t k_codec, int32_t v_codec, uint32_t window,
                        uint64_t seed) {
     memset(c, 0, sizeof *c);
+    c->arena.huge = tkv_kv_huge_pages_wanted();
     c->n_layer = n_layer;
     c->n_head_kv = n_head_kv;
     c->head_dim = head_dim;
@@ -133,14 +164,21 @@ void tkv_kv_release(tkv_kv_cache *c) {
                 tkv_codec_release(&h->k_codec);
                 tkv_codec_release(&h->v_codec);
             }
-            free(h->k_codes);
-            free(h->v_codes);
             free(h->k_sink);
             free(h->v_sink);
             free(h->k_window);
             free(h->v_window);
         }
     }
+    for (uint32_t l = 0; c->layers && l < c->n_layer; l++) {
+        tkv_kv_layer *L = &c->layers[l];
+        for (uint32_t k = 0; k < L->n_seg; k++) {
+            tkv_kv_seg_unref(L->seg[k]);
+        }
+        tkv_kv_seg_unref(L->tail);
+        free(L->seg);
+    }
+    tkv_kv_arena_release(&c->arena);
     tkv_calib_release(&c->calib);
     free(c->heads);
     free(c->layers);
@@ -262,38 +300,60 @@ static tkv_status tkv_kv_allocate(tkv_kv_cache *c) {
             }
         }
     }
+    /* segments of the attention grid, a ring in one (its rows are all read at every
+     * token); huge-page slabs only for a cache that can fill one */
+    size_t most = 0;
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        tkv_kv_layer *L = &c->layers[l];
+        L->seg_rows = L->ring                         ? L->ring
+                      : c->capacity < TKV_KV_SEG_ROWS ? c->capacity
+                                                      : TKV_KV_SEG_ROWS;
+        most += tkv_kv_seg_bytes(c, l) * (L->ring ? 1 : (c->capacity - 1) / L->seg_rows + 1);
+    }
+    c->arena.huge = c->arena.huge && most >= TKV_HUGE_PAGE;
     c->allocated = 1;
     return TKV_OK;
 }
 
-/* Room in the layer's own code arrays for compressed positions up to `need` (those
- * before n_shared live in the shared prefix; a ring layer needs at most its ring). */
-static tkv_status tkv_kv_grow(tkv_kv_cache *c, uint32_t layer, uint32_t need) {
+/* Room in the layer's table for `entries` segments. */
+static tkv_status tkv_kv_seg_table(tkv_kv_cache *c, uint32_t layer, uint32_t entries) {
     tkv_kv_layer *L = &c->layers[layer];
-    need = need > L->n_shared ? need - L->n_shared : 0;
-    const uint32_t rows = L->ring ? L->ring : c->capacity;
-    need = need < rows ? need : rows;
-    if (need <= L->n_alloc) {
+    if (entries <= L->n_seg) {
         return TKV_OK;
     }
-    uint32_t n_alloc = (need + TKV_KV_GROW_TOKENS - 1) / TKV_KV_GROW_TOKENS * TKV_KV_GROW_TOKENS;
-    if (n_alloc > rows) {
-        n_alloc = rows;
+    const uint32_t most = L->ring ? 1 : (c->capacity - 1) / L->seg_rows + 1;
+    uint32_t n = L->n_seg ? L->n_seg : 1;
+    while (n < entries) {
+        n *= 2;
     }
-    for (uint32_t h = 0; h < c->n_head_kv; h++) {
-        tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
-        uint8_t *k = realloc(hd->k_codes, (size_t)n_alloc * hd->k_codec.layout.stride);
-        if (k) {
-            hd->k_codes = k;
-        }
-        uint8_t *v = realloc(hd->v_codes, (size_t)n_alloc * hd->v_codec.layout.stride);
-        if (v) {
-            hd->v_codes = v;
-        }
-        TKV_REQUIRE(k && v, TKV_ERR_OUT_OF_MEMORY, "cache: out of memory growing layer %u to %u "
-                    "positions", layer, n_alloc);
+    n = n < most ? n : most;
+    tkv_kv_seg **t = realloc(L->seg, (size_t)n * sizeof *t);
+    TKV_REQUIRE(t, TKV_ERR_OUT_OF_MEMORY, "cache: out of memory growing layer %u", layer);
+    memset(t + L->n_seg, 0, (size_t)(n - L->n_seg) * sizeof *t);
+    L->seg = t;
+    L->n_seg = n;
+    return TKV_OK;
+}
+
+/* Segments of the layer's own for compressed positions up to `need` (those before n_shared
+ * are the shared prefix's; a ring layer has one). */
+static tkv_status tkv_kv_grow(tkv_kv_cache *c, uint32_t layer, uint32_t need) {
+    tkv_kv_layer *L = &c->layers[layer];
+    need = need < c->capacity ? need : c->capacity;
+    if (need <= L->n_shared) {
+        return TKV_OK;
     }
-    L->n_alloc = n_alloc;
+    const uint32_t R = L->seg_rows;
+    const uint32_t last = L->ring ? 0 : (need - 1) / R;
+    TKV_TRY(tkv_kv_seg_table(c, layer, last + 1));
+    for (uint32_t k = L->ring ? 0 : L->n_shared / R; k <= last; k++) {
+        if (!L->seg[k]) {
+            L->seg[k] = tkv_kv_seg_new(&c->arena, tkv_kv_seg_bytes(c, layer));
+            TKV_REQUIRE(L->seg[k], TKV_ERR_OUT_OF_MEMORY,
+                        "cache: out of memory growing layer %u to %u positions", layer,
+                        (k + 1) * R);
+        }
+    }
     return TKV_OK;
 }
 
@@ -372,14 +432,14 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
     for (uint32_t h = 0; evict && h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
         const uint32_t old = L->n_comp;
-        const size_t slot = (size_t)(old % c->window) * d, row = tkv_kv_row(L, old);
+        const size_t slot = (size_t)(old % c->window) * d;
         tkv_kv_ring_writes(L, old + 1);
         tkv_fp16_to_f32_row(hd->k_window + slot, d, sc.row);
-        TKV_TRY(tkv_codec_encode_one(&hd->k_codec, sc.row,
-                                     hd->k_codes + row * hd->k_codec.layout.stride, sc.codec));
+        TKV_TRY(tkv_codec_encode_one(&hd->k_codec, sc.row, tkv_kv_own_row(c, layer, h, 0, old),
+                                     sc.codec));
         tkv_fp16_to_f32_row(hd->v_window + slot, d, sc.row);
-        TKV_TRY(tkv_codec_encode_one(&hd->v_codec, sc.row,
-                                     hd->v_codes + row * hd->v_codec.layout.stride, sc.codec));
+        TKV_TRY(tkv_codec_encode_one(&hd->v_codec, sc.row, tkv_kv_own_row(c, layer, h, 1, old),
+                                     sc.codec));
     }
     for (uint32_t h = 0; h < c->n_head_kv; h++) {
         tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
@@ -395,12 +455,11 @@ tkv_status tkv_kv_append(tkv_kv_cache *c, uint32_t layer, uint32_t pos, const fl
             continue;
         }
         if (c->window == 0) {
-            const size_t row = tkv_kv_row(L, pos);
             tkv_kv_ring_writes(L, pos + 1);
-            TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh,
-                                         hd->k_codes + row * hd->k_codec.layout.stride, sc.codec));
-            TKV_TRY(tkv_codec_encode_one(&hd->v_codec, vh,
-                                         hd->v_codes + row * hd->v_codec.layout.stride, sc.codec));
+            TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh, tkv_kv_own_row(c, layer, h, 0, pos),
+                                         sc.codec));
+            TKV_TRY(tkv_codec_encode_one(&hd->v_codec, vh, tkv_kv_own_row(c, layer, h, 1, pos),
+                                         sc.codec));
             continue;
         }
         const size_t slot = (size_t)(pos % c->window) * d;
@@ -438,7 +497,6 @@ static tkv_status tkv_kv_store_one(tkv_kv_cache *c, uint32_t layer, uint32_t pos
                                    const float *k, const float *v, float *scratch) {
     const uint32_t d = c->head_dim;
     tkv_kv_head *hd = &c->heads[(size_t)layer * c->n_head_kv + h];
-    const tkv_kv_layer *L = &c->layers[layer];
     const float *kh = k + (size_t)h * d, *vh = v + (size_t)h * d;
     const tkv_kv_scratch sc = tkv_kv_carve_scratch(scratch, d);
     if (tkv_kv_has_calibration(c)) {
@@ -450,11 +508,8 @@ static tkv_status tkv_kv_store_one(tkv_kv_cache *c, uint32_t layer, uint32_t pos
         memcpy(hd->v_sink + (size_t)pos * d, vh, d * sizeof(float));
         return TKV_OK;
     }
-    const size_t row = tkv_kv_row(L, pos);
-    TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh, hd->k_codes + row * hd->k_codec.layout.stride,
-                                 sc.codec));
-    return tkv_codec_encode_one(&hd->v_codec, vh, hd->v_codes + row * hd->v_codec.layout.stride,
-                                sc.codec);
+    TKV_TRY(tkv_codec_encode_one(&hd->k_codec, kh, tkv_kv_own_row(c, layer, h, 0, pos), sc.codec));
+    return tkv_codec_encode_one(&hd->v_codec, vh, tkv_kv_own_row(c, layer, h, 1, pos), sc.codec);
 }
 
 static void tkv_kv_batch_task(void *ctx, int ith, int nth) {
@@ -560,29 +615,58 @@ tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, u
     return st;
 }
 
+/* The layer's shared prefix ends at b, below its end now: segments wholly past b are no
+ * longer read through it (their references dropped; positions there are written into own
+ * segments from now on), the one holding b becomes the tail when b is inside it. */
+static void tkv_kv_shared_cut(tkv_kv_layer *L, uint32_t b) {
+    const uint32_t R = L->seg_rows, kb = b / R, ks = L->n_shared / R;
+    if (kb < ks) {
+        tkv_kv_seg_unref(L->tail);
+        L->tail = NULL;
+        for (uint32_t k = kb + 1; k < ks; k++) {
+            tkv_kv_seg_unref(L->seg[k]);
+            L->seg[k] = NULL;
+        }
+        if (b % R) {
+            L->tail = L->seg[kb];
+        } else {
+            tkv_kv_seg_unref(L->seg[kb]);
+        }
+        L->seg[kb] = NULL;
+    } else if (b % R == 0) { /* kb == ks: b is inside the old tail's range */
+        tkv_kv_seg_unref(L->tail);
+        L->tail = NULL;
+    }
+    L->n_shared = b;
+}
+
 /* Truncation to n inside the shared prefix of a layer: the prefix is read up to the
  * aligned boundary at or below n (tkv_kv_share_end), and positions from there to n are
- * copied into the own arrays, whose positions were all at or past the old prefix end and
+ * copied into an own segment, whose positions were all at or past the old prefix end and
  * are dropped; so a truncated fork still sums its values in the unforked order.  Without
  * memory for the copy the prefix is read up to n (still right, maybe not the same bits). */
 static void tkv_kv_unshare_tail(tkv_kv_cache *c, uint32_t layer, uint32_t n) {
     tkv_kv_layer *L = &c->layers[layer];
     const uint32_t s0 = n < c->n_sink ? n : c->n_sink;
     const uint32_t a = s0 + (n - s0) / TKV_KV_SHARE_ALIGN * TKV_KV_SHARE_ALIGN;
-    L->n_shared = a;
-    if (a < n && tkv_kv_grow(c, layer, n) != TKV_OK) {
-        L->n_shared = n;
+    const uint32_t R = L->seg_rows, ka = a / R, ks = L->n_shared / R;
+    if (a < n) {
+        /* the own segment of a: the one of the old tail's index, or a new one */
+        tkv_kv_seg *own = ka == ks ? L->seg[ka] : NULL;
+        tkv_kv_seg *fresh = own ? NULL : tkv_kv_seg_new(&c->arena, tkv_kv_seg_bytes(c, layer));
+        if (!own && !fresh) {
+            tkv_kv_shared_cut(L, n);
+            return;
+        }
+        const tkv_kv_seg *from = ka == ks ? L->tail : L->seg[ka];
+        tkv_kv_copy_rows(c, layer, own ? own : fresh, from, a % R, a % R + (n - a));
+        tkv_kv_shared_cut(L, a);
+        if (fresh) {
+            L->seg[ka] = fresh;
+        }
         return;
     }
-    for (uint32_t h = 0; h < c->n_head_kv; h++) {
-        const size_t i = (size_t)layer * c->n_head_kv + h;
-        tkv_kv_head *hd = &c->heads[i];
-        for (int kind = 0; a < n && kind < 2; kind++) {
-            const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
-            memcpy(kind ? hd->v_codes : hd->k_codes, c->shared->codes[kind][i] + (size_t)a * stride,
-                   (size_t)(n - a) * stride);
-        }
-    }
+    tkv_kv_shared_cut(L, a);
 }
 
 void tkv_kv_truncate(tkv_kv_cache *c, uint32_t n) {
@@ -711,14 +795,11 @@ static uint32_t tkv_kv_share_end(const tkv_kv_cache *c, const tkv_kv_layer *L) {
     return m > L->n_shared ? m : L->n_shared;
 }
 
-static uint32_t tkv_kv_round_grow(uint32_t n) {
-    return (n + TKV_KV_GROW_TOKENS - 1) / TKV_KV_GROW_TOKENS * TKV_KV_GROW_TOKENS;
-}
-
-/* Move c's compressed positions up to tkv_kv_share_end into one shared prefix.  A layer
- * without a prefix hands its own arrays over (no copy) and gets new ones for the
- * positions past the prefix; a layer with one gets the old prefix and its own codes up to
- * the end copied into a new one, and its remaining own codes moved to the front. */
+/* Make c's compressed positions up to tkv_kv_share_end its shared prefix.  Segments
+ * wholly before the end just become the prefix's (no copy; a previous prefix's partial
+ * last segment is first completed from the own segment of its index); the segment holding
+ * the end, when it is inside one, becomes the prefix's tail and c gets a new own segment
+ * with the few positions past the end copied. */
 static tkv_status tkv_kv_share(tkv_kv_cache *c) {
     int needed = 0;
     for (uint32_t l = 0; l < c->n_layer; l++) {
@@ -727,78 +808,47 @@ static tkv_status tkv_kv_share(tkv_kv_cache *c) {
     if (!c->allocated || !needed) {
         return TKV_OK;
     }
-    const size_t n_arrays = (size_t)c->n_layer * c->n_head_kv;
     struct tkv_kv_shared *sh = calloc(1, sizeof *sh);
-    uint8_t **fresh = calloc(2 * n_arrays, sizeof *fresh); /* new own arrays (K, V) */
-    if (sh) {
-        sh->n_arrays = n_arrays;
-        sh->codes[0] = calloc(n_arrays, sizeof *sh->codes[0]);
-        sh->codes[1] = calloc(n_arrays, sizeof *sh->codes[1]);
-        atomic_init(&sh->refs, 1u);
-    }
-    int ok = sh && fresh && sh->codes[0] && sh->codes[1];
+    tkv_kv_seg **fresh = calloc(c->n_layer, sizeof *fresh); /* per layer: its new own segment */
+    int ok = sh && fresh;
     /* first everything that can fail, leaving c as it was */
     for (uint32_t l = 0; ok && l < c->n_layer; l++) {
         const tkv_kv_layer *L = &c->layers[l];
         const uint32_t m = tkv_kv_share_end(c, L);
-        for (uint32_t h = 0; ok && (m > L->n_shared || L->n_shared > 0) && h < c->n_head_kv; h++) {
-            const size_t i = (size_t)l * c->n_head_kv + h;
-            const tkv_kv_head *hd = &c->heads[i];
-            for (int kind = 0; ok && kind < 2; kind++) {
-                const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
-                const uint8_t *own = kind ? hd->v_codes : hd->k_codes;
-                if (L->n_shared == 0) { /* own [m, n_comp) into a new own array */
-                    uint8_t *o = malloc((size_t)tkv_kv_round_grow(L->n_comp - m) * stride + 1);
-                    ok = o != NULL;
-                    if (ok) {
-                        memcpy(o, own + (size_t)m * stride, (size_t)(L->n_comp - m) * stride);
-                        fresh[2 * i + kind] = o;
-                    }
-                    continue;
-                }
-                uint8_t *dst = malloc((size_t)m * stride + 1);
-                ok = dst != NULL;
-                if (ok) {
-                    memcpy(dst, c->shared->codes[kind][i], (size_t)L->n_shared * stride);
-                    memcpy(dst + (size_t)L->n_shared * stride, own,
-                           (size_t)(m - L->n_shared) * stride);
-                    sh->codes[kind][i] = dst;
-                }
-            }
+        if (m > L->n_shared && m % L->seg_rows && L->n_comp > m) {
+            fresh[l] = tkv_kv_seg_new(&c->arena, tkv_kv_seg_bytes(c, l));
+            ok = fresh[l] != NULL;
         }
     }
     if (!ok) {
-        for (size_t i = 0; fresh && i < 2 * n_arrays; i++) {
-            free(fresh[i]);
+        for (uint32_t l = 0; fresh && l < c->n_layer; l++) {
+            tkv_kv_seg_unref(fresh[l]);
         }
         free(fresh);
-        tkv_kv_shared_unref(sh);
+        free(sh);
         return tkv_fail(TKV_ERR_OUT_OF_MEMORY, "cache fork: out of memory");
     }
+    atomic_init(&sh->refs, 1u);
     for (uint32_t l = 0; l < c->n_layer; l++) {
         tkv_kv_layer *L = &c->layers[l];
-        const uint32_t m = tkv_kv_share_end(c, L);
-        for (uint32_t h = 0; h < c->n_head_kv; h++) {
-            const size_t i = (size_t)l * c->n_head_kv + h;
-            tkv_kv_head *hd = &c->heads[i];
-            for (int kind = 0; kind < 2; kind++) {
-                const size_t stride = kind ? hd->v_codec.layout.stride : hd->k_codec.layout.stride;
-                uint8_t **own = kind ? &hd->v_codes : &hd->k_codes;
-                if (m > L->n_shared && L->n_shared == 0) {
-                    /* handed over, indexed by position, without its spare capacity (a
-                     * failed shrink keeps the larger block) */
-                    uint8_t *r = realloc(*own, (size_t)m * stride + 1);
-                    sh->codes[kind][i] = r ? r : *own;
-                    *own = fresh[2 * i + kind];
-                } else if (m > L->n_shared) { /* copied into the new prefix above */
-                    memmove(*own, *own + (size_t)(m - L->n_shared) * stride,
-                            (size_t)(L->n_comp - m) * stride);
-                }
-                sh->bytes += (size_t)m * stride;
-            }
+        const uint32_t m = tkv_kv_share_end(c, L), R = L->seg_rows;
+        sh->bytes += (size_t)m * tkv_kv_seg_bytes(c, l) / R;
+        if (m <= L->n_shared) {
+            continue;
         }
-        if (m > L->n_shared && L->n_shared == 0) {
-            L->n_alloc = tkv_kv_round_grow(L->n_comp - m);
+        if (L->tail) { /* the old tail's positions into the own segment of its index */
+            const uint32_t k = L->n_shared / R;
+            tkv_kv_copy_rows(c, l, L->seg[k], L->tail, 0, L->n_shared % R);
+            tkv_kv_seg_unref(L->tail);
+            L->tail = NULL;
+        }
+        if (m % R) {
+            const uint32_t k = m / R, end = L->n_comp < (k + 1) * R ? L->n_comp : (k + 1) * R;
+            L->tail = L->seg[k];
+            L->seg[k] = fresh[l];
+            if (fresh[l]) {
+                tkv_kv_copy_rows(c, l, fresh[l], L->tail, m % R, end - k * R);
+            }
         }
         L->n_shared = m;
     }
@@ -846,10 +896,13 @@ tkv_status tkv_kv_fork(tkv_kv_cache *src, tkv_kv_cache *dst) {
     TKV_TRY(tkv_kv_init(dst, src->n_layer, src->n_head_kv, src->head_dim, src->capacity,
                         TKV_CODEC_FP32, TKV_CODEC_FP32, src->window, src->seed));
     dst->n_sink = src->n_sink;
+    dst->arena.huge = src->arena.huge;
     for (uint32_t l = 0; l < src->n_layer; l++) {
         tkv_kv_layer *L = &dst->layers[l];
         *L = src->layers[l];
-        L->n_alloc = 0;
+        L->n_seg = 0; /* its segments: the prefix's shared below, its own copied */
+        L->seg = NULL;
+        L->tail = NULL;
     }
     tkv_status st = tkv_kv_copy_calib(&src->calib, &dst->calib);
     if (st != TKV_OK || !src->allocated) {
@@ -862,8 +915,26 @@ tkv_status tkv_kv_fork(tkv_kv_cache *src, tkv_kv_cache *dst) {
     st = tkv_kv_allocate(dst);
     for (uint32_t l = 0; st == TKV_OK && l < src->n_layer; l++) {
         const tkv_kv_layer *L = &src->layers[l];
-        if (L->n_comp > L->n_shared) { /* the codes past the shared prefix: copied */
+        tkv_kv_layer *D = &dst->layers[l];
+        const uint32_t R = L->seg_rows, ks = L->n_shared / R;
+        st = tkv_kv_seg_table(dst, l, ks + 1);
+        for (uint32_t k = 0; st == TKV_OK && k < ks; k++) { /* the shared prefix */
+            tkv_kv_seg_ref(L->seg[k]);
+            D->seg[k] = L->seg[k];
+        }
+        if (st == TKV_OK && L->tail) {
+            tkv_kv_seg_ref(L->tail);
+            D->tail = L->tail;
+        }
+        if (st == TKV_OK && L->n_comp > L->n_shared) { /* the codes past it: copied */
             st = tkv_kv_grow(dst, l, L->n_comp);
+        }
+        /* rows of positions [n_shared, n_comp), a ring's rows in use */
+        const uint32_t r1 = L->ring ? (L->n_comp < L->ring ? L->n_comp : L->ring) : L->n_comp;
+        for (uint32_t r = L->ring ? 0 : L->n_shared; st == TKV_OK && r < r1;) {
+            const uint32_t k = r / R, end = r1 < (k + 1) * R ? r1 : (k + 1) * R;
+            tkv_kv_copy_rows(src, l, D->seg[k], L->seg[k], r % R, end - k * R);
+            r = end;
         }
         for (uint32_t h = 0; st == TKV_OK && h < src->n_head_kv; h++) {
             const size_t i = (size_t)l * src->n_head_kv + h;
@@ -877,11 +948,6 @@ tkv_status tkv_kv_fork(tkv_kv_cache *src, tkv_kv_cache *dst) {
             if (nw) {
                 memcpy(b->k_window, a->k_window, nw * sizeof(uint16_t));
                 memcpy(b->v_window, a->v_window, nw * sizeof(uint16_t));
-            }
-            if (L->n_comp > L->n_shared) {
-                const size_t own = tkv_kv_own_rows(L);
-                memcpy(b->k_codes, a->k_codes, own * a->k_codec.layout.stride);
-                memcpy(b->v_codes, a->v_codes, own * a->v_codec.layout.stride);
             }
         }
     }
@@ -908,8 +974,11 @@ size_t tkv_kv_bytes_allocated(const tkv_kv_cache *c) {
     const size_t window_bytes = (size_t)c->window * c->n_head_kv * c->head_dim * 2 * sizeof(uint16_t);
     const size_t sink_bytes = (size_t)c->n_sink * c->n_head_kv * c->head_dim * 2 * sizeof(float);
     for (uint32_t l = 0; l < c->n_layer; l++) {
-        total += (size_t)c->layers[l].n_alloc * tkv_layer_token_bytes(c, l);
+        const tkv_kv_layer *L = &c->layers[l];
+        for (uint32_t k = L->n_seg ? L->n_shared / L->seg_rows : 0; k < L->n_seg; k++) {
+            total += L->seg[k] ? tkv_kv_seg_bytes(c, l) : 0; /* own segments */
+        }
         total += c->allocated ? window_bytes + sink_bytes : 0;
     }
-    return total + tkv_calib_bytes_allocated(&c->calib);
+    return total + c->arena.slack + tkv_calib_bytes_allocated(&c->calib);
 }

@@ -13,9 +13,13 @@
 
 #include "codec/codec.h"
 #include "kv/calib.h"
+#include "kv/segment.h"
 #include "turbokv.h"
 
-#define TKV_KV_GROW_TOKENS 256 /* storage grows in blocks of this many positions */
+/* Code rows are stored in segments of this many positions per layer (kv/segment.h), the
+ * grid of forward.c's attention chunks: a run of codes ends at a segment end, where a
+ * chunk ends anyway, so segments change no sum's order. */
+#define TKV_KV_SEG_ROWS 1024
 #define TKV_KV_MAX_SINK 64     /* sink positions, 0..64 (checked by lib/api) */
 #define TKV_DEFAULT_SINK_TOKENS 1
 
@@ -25,8 +29,6 @@
 typedef struct tkv_kv_head {
     struct tkv_codec k_codec; /* seeded per (layer, head) */
     struct tkv_codec v_codec;
-    uint8_t *k_codes;         /* (n_alloc, k_codec.layout.stride) positions [0, n_comp) */
-    uint8_t *v_codes;         /* (n_alloc, v_codec.layout.stride) */
     float *k_sink;            /* (n_sink, d) fp32: the first positions, never compressed */
     float *v_sink;            /* (n_sink, d) */
     uint16_t *k_window;       /* (window, d) fp16 ring: position p in slot p % window */
@@ -39,16 +41,26 @@ typedef struct tkv_kv_layer {
     uint32_t n;          /* positions stored in this layer */
     uint32_t n_comp;     /* positions [0, n_comp) are sinks or compressed, [n_comp, n) in the
                             window; codes are indexed by position (sink slots unused) */
-    uint32_t n_alloc;    /* positions the own code arrays can hold */
-    uint32_t n_shared;   /* codes of positions [0, n_shared) live in the cache's shared prefix
-                            (forks share them); the heads' own code arrays hold positions
-                            [n_shared, n_comp) at index pos - n_shared */
+    uint32_t n_shared;   /* codes of positions [0, n_shared) belong to the cache's shared prefix
+                            (forks read them, nobody writes them); the layer's own segments
+                            hold positions [n_shared, n_comp) */
     uint32_t span;       /* sliding-window layer: positions a query attends to, its own
                             included (0: every position) */
     uint32_t ring;       /* code rows kept: position p in row p % ring, older positions are
                             overwritten (0: no ring; a ring layer never shares its codes) */
     uint32_t n_lost;     /* ring layers: code positions [0, n_lost) were overwritten (the
                             ring holds [max(n_sink, n_lost), n_comp)) */
+    /* Code rows: row r of the layer (position r, a ring's position p at r = p % ring) is
+     * row r % seg_rows of segment r / seg_rows, which holds per KV head h, at h * (K + V
+     * rows), seg_rows K rows then seg_rows V rows (sink rows unused).  seg_rows is
+     * TKV_KV_SEG_ROWS (the capacity when smaller); a ring is one segment of its rows. */
+    uint32_t seg_rows;
+    uint32_t n_seg;   /* entries of seg */
+    tkv_kv_seg **seg; /* (n_seg) entries below n_shared / seg_rows are the shared
+                         prefix's, the others the layer's own (NULL: none yet) */
+    tkv_kv_seg *tail; /* the shared prefix's last segment when n_shared is no multiple
+                         of seg_rows: positions [n_shared / seg_rows * seg_rows,
+                         n_shared) (the own segment of that index holds the rest) */
 } tkv_kv_layer;
 
 typedef struct tkv_kv_cache {
@@ -66,6 +78,7 @@ typedef struct tkv_kv_cache {
     tkv_kv_layer *layers; /* (n_layer) */
     tkv_kv_head *heads;   /* (n_layer, n_head_kv) */
     struct tkv_kv_shared *shared; /* compressed prefix shared with forks, NULL when none */
+    tkv_kv_arena arena;           /* where the segments come from */
 } tkv_kv_cache;
 
 /* A cache of n_layer x n_head_kv heads of head_dim, up to capacity positions, K and V
@@ -146,14 +159,18 @@ tkv_status tkv_kv_append_batch(tkv_kv_cache *c, uint32_t layer, uint32_t pos0, u
                                float *scratch);
 /* Build the codecs, sinks and window (when not yet built) and make room for `positions`
  * positions of codes in one layer, storing nothing: for the file reader, which then fills
- * the arrays (the calibration's room: tkv_calib_reserve). */
+ * the rows through tkv_kv_code_run_mut (the calibration's room: tkv_calib_reserve). */
 tkv_status tkv_kv_reserve(tkv_kv_cache *c, uint32_t layer, uint32_t positions);
 /* Codes of compressed position pos of (layer, head), K (kind 0) or V (kind 1), and in *run
- * how many positions from pos up to end (<= the layer's n_comp) follow contiguously (a
- * fork's shared prefix, then the cache's own codes; a ring's rows up to where it wraps).
- * A ring layer holds positions from max(n_sink, n_lost) only. */
+ * how many positions from pos up to end (<= the layer's n_comp) follow contiguously: to the
+ * end of pos's segment (TKV_KV_SEG_ROWS positions from a multiple of it), of a fork's
+ * shared prefix, of a ring's rows (where it wraps).  A ring layer holds positions from
+ * max(n_sink, n_lost) only. */
 const uint8_t *tkv_kv_code_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind,
                                uint32_t pos, uint32_t end, uint32_t *run);
+/* The same rows to write, for positions pos >= n_shared that tkv_kv_reserve made room for. */
+uint8_t *tkv_kv_code_run_mut(tkv_kv_cache *c, uint32_t layer, uint32_t head, int kind, uint32_t pos,
+                             uint32_t end, uint32_t *run);
 /*
  * Fork: *dst becomes a cache holding what src holds, sharing src's compressed positions
  * instead of copying them (src's own codes move into a reference-counted prefix both read,
@@ -210,8 +227,9 @@ void tkv_kv_value_run(const tkv_kv_cache *c, uint32_t layer, uint32_t head, uint
 size_t tkv_kv_bytes_used(const tkv_kv_cache *c);
 /* Bytes one more compressed position costs over all layers and heads. */
 size_t tkv_kv_bytes_per_token(const tkv_kv_cache *c);
-/* Bytes allocated: code arrays' capacity, sinks, windows and the calibration's blocks
- * and statistics. */
+/* Bytes allocated: the cache's own code segments (a shared prefix's are
+ * tkv_kv_bytes_shared), the part of its huge-page slabs no segment took (committed with the
+ * page), sinks, windows and the calibration's blocks and statistics. */
 size_t tkv_kv_bytes_allocated(const tkv_kv_cache *c);
 /* Seed of the K (kind 0) or V (kind 1) codec of (layer, head). */
 uint64_t tkv_kv_codec_seed(uint64_t seed, uint32_t layer, uint32_t head, int kind);

@@ -212,19 +212,16 @@ static tkv_status tkv_read_codes(tkv_rbuf *r, const struct tkv_codec *codec, siz
     return TKV_OK;
 }
 
-/* count codes of positions pos.. into the rows the layer keeps them in (a ring wraps;
- * a version 1 file may hold more positions than the ring: the later ones overwrite). */
-static tkv_status tkv_read_code_rows(tkv_rbuf *r, const tkv_kv_layer *L,
-                                     const struct tkv_codec *codec, uint8_t *codes, uint32_t pos,
-                                     uint32_t count, const char *what, uint32_t head) {
-    const size_t stride = codec->layout.stride;
-    if (!L->ring) {
-        return tkv_read_codes(r, codec, count, codes + (size_t)pos * stride, what, head, pos);
-    }
+/* count codes of positions pos.. into the rows the layer keeps them in, run by run (runs
+ * end at segment ends; a ring wraps: a version 1 file may hold more positions than the
+ * ring, the later ones overwrite). */
+static tkv_status tkv_read_code_rows(tkv_rbuf *r, tkv_kv_cache *c, uint32_t l, uint32_t head,
+                                     int kind, uint32_t pos, uint32_t count, const char *what) {
+    const tkv_kv_head *hd = &c->heads[(size_t)l * c->n_head_kv + head];
+    const struct tkv_codec *codec = kind ? &hd->v_codec : &hd->k_codec;
     for (uint32_t p = pos, end = pos + count, run; p < end; p += run) {
-        const uint32_t row = p % L->ring;
-        run = end - p < L->ring - row ? end - p : L->ring - row;
-        TKV_TRY(tkv_read_codes(r, codec, run, codes + (size_t)row * stride, what, head, p));
+        uint8_t *rows = tkv_kv_code_run_mut(c, l, head, kind, p, end, &run);
+        TKV_TRY(tkv_read_codes(r, codec, run, rows, what, head, p));
     }
     return TKV_OK;
 }
@@ -294,10 +291,8 @@ static tkv_status tkv_kv_read_layer(tkv_rbuf *r, tkv_kv_cache *c, uint32_t l, ui
         TKV_TRY(tkv_read_f32(r, s0 * d, hd->k_sink, "K sink rows", h));
         TKV_TRY(tkv_read_f32(r, s0 * d, hd->v_sink, "V sink rows", h));
         if (n_comp > c0) {
-            TKV_TRY(
-                tkv_read_code_rows(r, L, &hd->k_codec, hd->k_codes, c0, n_comp - c0, "K codes", h));
-            TKV_TRY(
-                tkv_read_code_rows(r, L, &hd->v_codec, hd->v_codes, c0, n_comp - c0, "V codes", h));
+            TKV_TRY(tkv_read_code_rows(r, c, l, h, 0, c0, n_comp - c0, "K codes"));
+            TKV_TRY(tkv_read_code_rows(r, c, l, h, 1, c0, n_comp - c0, "V codes"));
         }
         for (int kind = 0; kind < 2; kind++) {
             uint16_t *ring = kind == 0 ? hd->k_window : hd->v_window;

@@ -118,8 +118,9 @@ static void decode_head(const tkv_kv_cache *c, uint32_t l, uint32_t h, double *k
                 memcpy(x, (kind ? hd->v_sink : hd->k_sink) + (size_t)t * d, d * sizeof *x);
             } else if (t < L->n_comp) {
                 const struct tkv_codec *cd = kind ? &hd->v_codec : &hd->k_codec;
-                const uint8_t *codes = kind ? hd->v_codes : hd->k_codes;
-                tkv_codec_decode_one(cd, codes + (size_t)t * cd->layout.stride, x, g_scratch);
+                uint32_t run;
+                tkv_codec_decode_one(cd, tkv_kv_code_run(c, l, h, kind, t, t + 1, &run), x,
+                                     g_scratch);
             } else {
                 const uint16_t *w =
                     (kind ? hd->v_window : hd->k_window) + (size_t)(t % c->window) * d;

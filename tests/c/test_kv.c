@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/alloc.h"
 #include "base/half.h"
 #include "base/rng.h"
 #include "base/threads.h"
@@ -103,6 +104,12 @@ static void feed(tkv_kv_cache *c, const seq *s, uint32_t from, uint32_t to, cons
 
 static const uint32_t kPrefill[] = {1, 1, 20, 1, 1, 37, 5, 64, 100, 3, 0};
 
+/* The code row of compressed position t of (l, h), K (kind 0) or V (kind 1). */
+static const uint8_t *code_at(const tkv_kv_cache *c, uint32_t l, uint32_t h, int kind, uint32_t t) {
+    uint32_t run;
+    return tkv_kv_code_run(c, l, h, kind, t, t + 1, &run);
+}
+
 static tkv_kv_cache make_cache(uint32_t d, uint32_t capacity, int32_t kc, int32_t vc,
                                uint32_t window, uint32_t n_sink, int center, int smooth,
                                uint32_t calib_block) {
@@ -190,8 +197,7 @@ static int count_content_mismatches(const tkv_kv_cache *c, const seq *s, uint32_
                     bad += memcmp(row, x, d * sizeof *x) != 0;
                 } else if (t < L->n_comp) {
                     const struct tkv_codec *cd = kind ? &hd->v_codec : &hd->k_codec;
-                    const uint8_t *stored =
-                        (kind ? hd->v_codes : hd->k_codes) + (size_t)t * cd->layout.stride;
+                    const uint8_t *stored = code_at(c, l, h, kind, t);
                     for (uint32_t j = 0; c->window && j < d; j++) {
                         x[j] = tkv_fp16_to_f32(tkv_f32_to_fp16(x[j]));
                     }
@@ -260,16 +266,17 @@ static void test_growth_and_capacity(void) {
     const size_t per_tok =
         NL * NKV * (doc_vector_bytes(TKV_CODEC_FP32, d) + doc_vector_bytes(TKV_CODEC_TURBO_4B, d));
     CHECK_EQ_INT(tkv_kv_bytes_per_token(&c), per_tok);
-    /* n_alloc after n positions: multiples of TKV_KV_GROW_TOKENS, capped at the capacity */
+    /* a capacity below TKV_KV_SEG_ROWS: one segment of the capacity from the first position */
     const uint32_t stops[] = {1, 255, 256, 257, 511, 512, 513, 599, 600};
-    const uint32_t allocs[] = {256, 256, 256, 512, 512, 512, 600, 600, 600};
+    const uint32_t allocs[] = {600, 600, 600, 600, 600, 600, 600, 600, 600};
     uint32_t p = 0;
     for (size_t i = 0; i < sizeof stops / sizeof stops[0]; i++) {
         feed(&c, &s, p, stops[i], kPrefill);
         p = stops[i];
         CHECK_EQ_INT(tkv_kv_n_tokens(&c), p);
         for (uint32_t l = 0; l < NL; l++) {
-            CHECK_EQ_INT(c.layers[l].n_alloc, allocs[i]);
+            CHECK_EQ_INT(c.layers[l].seg_rows, cap);
+            CHECK(c.layers[l].n_seg == 1 && c.layers[l].seg[0]);
             CHECK_EQ_INT(c.layers[l].n_comp, p);
         }
         CHECK_EQ_INT(tkv_kv_bytes_allocated(&c), (size_t)allocs[i] * per_tok);
@@ -280,7 +287,7 @@ static void test_growth_and_capacity(void) {
         CHECK_EQ_INT(count_content_mismatches(&c, &s, l), 0);
     }
     /* fp32 K codes are the keys themselves */
-    CHECK(memcmp(c.heads[NKV + 1].k_codes + 599 * 4 * d, seq_k(&s, 1, 599) + d, 4 * d) == 0);
+    CHECK(memcmp(code_at(&c, 1, 1, 0, 599), seq_k(&s, 1, 599) + d, 4 * d) == 0);
     /* full: position 600 does not fit, and nothing changes */
     CHECK_STATUS(tkv_kv_append(&c, 0, cap, seq_k(&s, 0, cap), seq_v(&s, 0, cap), g_scratch),
                  TKV_ERR_CACHE_FULL);
@@ -366,13 +373,15 @@ static void test_window_sinks_codecs(void) {
                         NKV * (doc_vector_bytes(mine[0], d) + doc_vector_bytes(mine[1], d) +
                                doc_vector_bytes(other[0], d) + doc_vector_bytes(other[1], d));
                     CHECK_EQ_INT(tkv_kv_bytes_per_token(&c), pt);
-                    /* allocated: code arrays of n_alloc positions, windows, sinks */
-                    size_t alloc = 0;
+                    /* allocated: a code segment of the capacity (1000 positions) once a
+                     * position is compressed, windows, sinks, and the rest of a huge-page
+                     * slab (2 MB or more of codes at capacity) */
+                    size_t alloc = c.arena.slack;
                     for (uint32_t l = 0; l < NL; l++) {
                         const int32_t *want = l == 0 ? other : mine;
                         const uint32_t need = W ? c.layers[l].n_comp : p;
-                        CHECK_EQ_INT(c.layers[l].n_alloc, need ? 256 : 0);
-                        alloc += (size_t)c.layers[l].n_alloc * NKV *
+                        CHECK_EQ_INT(c.layers[l].n_seg, need ? 1 : 0);
+                        alloc += (size_t)(need ? 1000 : 0) * NKV *
                                  (doc_vector_bytes(want[0], d) + doc_vector_bytes(want[1], d));
                         alloc += (size_t)NKV * d * (W * 2 * 2 + ns * 2 * 4);
                     }
@@ -404,8 +413,8 @@ static int same_state(const tkv_kv_cache *a, const tkv_kv_cache *b) {
                     ok = !memcmp(ha->k_sink + t * d, hb->k_sink + t * d, d * 4) &&
                          !memcmp(ha->v_sink + t * d, hb->v_sink + t * d, d * 4);
                 } else if (t < La->n_comp) {
-                    ok = !memcmp(ha->k_codes + t * ks, hb->k_codes + t * ks, ks) &&
-                         !memcmp(ha->v_codes + t * vs, hb->v_codes + t * vs, vs);
+                    ok = !memcmp(code_at(a, l, h, 0, t), code_at(b, l, h, 0, t), ks) &&
+                         !memcmp(code_at(a, l, h, 1, t), code_at(b, l, h, 1, t), vs);
                 } else {
                     const size_t o = (size_t)(t % a->window) * d;
                     ok = !memcmp(ha->k_window + o, hb->k_window + o, d * 2) &&
@@ -592,7 +601,8 @@ static void test_calibration_blocks(void) {
         const size_t calib_alloc =
             (size_t)NL * ((n - 1) / B + 1) * (center + smooth) * NKV * d * 2 +
             (center || smooth ? (size_t)NL * NKV * 3 * d * 8 : 0);
-        CHECK_EQ_INT(tkv_kv_bytes_allocated(&c), 512 * tkv_kv_bytes_per_token(&c) +
+        CHECK_EQ_INT(c.arena.slack, 0); /* under 2 MB of codes at capacity: no huge pages */
+        CHECK_EQ_INT(tkv_kv_bytes_allocated(&c), 1024 * tkv_kv_bytes_per_token(&c) +
                                                      2 * (size_t)NL * NKV * d * 2 * 4 +
                                                      calib_alloc);
         tkv_kv_release(&c);
@@ -665,8 +675,10 @@ static void test_truncate_calibrated(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const uint32_t cut = cases[i].cut, last = (cut - 1) / B, next = last + 1;
         for (uint32_t hh = 0; hh < NL * NKV; hh++) {
-            memcpy(k_before + hh * n * ks, c.heads[hh].k_codes, (n - W) * ks);
-            memcpy(v_before + hh * n * vs, c.heads[hh].v_codes, (n - W) * vs);
+            for (uint32_t t = 1; t < n - W; t++) { /* position 0 is the sink */
+                memcpy(k_before + (hh * n + t) * ks, code_at(&c, hh / NKV, hh % NKV, 0, t), ks);
+                memcpy(v_before + (hh * n + t) * vs, code_at(&c, hh / NKV, hh % NKV, 1, t), vs);
+            }
             for (uint32_t b = 0; b <= last; b++) {
                 float *m = calib_before + ((size_t)hh * 6 + b) * 2 * d;
                 tkv_kv_block_calibration(&c, hh / NKV, hh % NKV, b, m, m + d);
@@ -701,8 +713,12 @@ static void test_truncate_calibrated(void) {
         const uint32_t upto = next * B < n - W ? next * B : n - W;
         int same = 1;
         for (uint32_t hh = 0; hh < NL * NKV; hh++) {
-            same &= !memcmp(k_before + hh * n * ks + ks, c.heads[hh].k_codes + ks, (upto - 1) * ks);
-            same &= !memcmp(v_before + hh * n * vs + vs, c.heads[hh].v_codes + vs, (upto - 1) * vs);
+            for (uint32_t t = 1; t < upto; t++) {
+                same &= !memcmp(k_before + (hh * n + t) * ks, code_at(&c, hh / NKV, hh % NKV, 0, t),
+                                ks);
+                same &= !memcmp(v_before + (hh * n + t) * vs, code_at(&c, hh / NKV, hh % NKV, 1, t),
+                                vs);
+            }
         }
         CHECK_MSG(same, "cut %u: kept blocks not stored as before", cut);
         CHECK_EQ_INT(tkv_kv_bytes_used(&c), doc_bytes_used_plain(&c, n));
@@ -899,12 +915,16 @@ static void test_append_batch(void) {
                     const uint32_t l = (uint32_t)(h / NKV), nc = ref.layers[l].n_comp;
                     CHECK_EQ_INT(c.layers[l].n, ref.layers[l].n);
                     CHECK_EQ_INT(c.layers[l].n_comp, nc);
-                    CHECK(memcmp(a->k_codes + 2 * a->k_codec.layout.stride,
-                                 b->k_codes + 2 * b->k_codec.layout.stride,
-                                 (nc - 2) * (size_t)a->k_codec.layout.stride) == 0);
-                    CHECK(memcmp(a->v_codes + 2 * a->v_codec.layout.stride,
-                                 b->v_codes + 2 * b->v_codec.layout.stride,
-                                 (nc - 2) * (size_t)a->v_codec.layout.stride) == 0);
+                    int same = 1;
+                    for (uint32_t t = 2; t < nc; t++) {
+                        same &= !memcmp(code_at(&ref, l, (uint32_t)(h % NKV), 0, t),
+                                        code_at(&c, l, (uint32_t)(h % NKV), 0, t),
+                                        a->k_codec.layout.stride);
+                        same &= !memcmp(code_at(&ref, l, (uint32_t)(h % NKV), 1, t),
+                                        code_at(&c, l, (uint32_t)(h % NKV), 1, t),
+                                        a->v_codec.layout.stride);
+                    }
+                    CHECK(same);
                     CHECK(memcmp(a->k_sink, b->k_sink, 2 * d * sizeof(float)) == 0);
                     CHECK(memcmp(a->v_sink, b->v_sink, 2 * d * sizeof(float)) == 0);
                 }
@@ -1034,7 +1054,7 @@ static void test_sliding_ring(void) {
         }
         /* the ring layer holds ring code rows (besides the sinks and the fp16 window): its
          * code positions before n_lost are the only bytes it lacks */
-        CHECK_EQ_INT(c.layers[1].n_alloc, ring);
+        CHECK(c.layers[1].seg_rows == ring && c.layers[1].n_seg == 1); /* one segment */
         const uint32_t lost = c.layers[1].n_comp - ring;
         CHECK_EQ_INT(c.layers[1].n_lost, lost);
         CHECK_EQ_INT(tkv_kv_bytes_used(&ref) - tkv_kv_bytes_used(&c),
@@ -1083,7 +1103,131 @@ static void test_sliding_ring(void) {
     seq_free(&s);
 }
 
+/* ---- segments: code rows in runs of TKV_KV_SEG_ROWS positions ---------------------------- */
+
+/* 1 when every code run of the cache over [0, n) lies inside one segment of the grid. */
+static int runs_within_segments(const tkv_kv_cache *c, uint32_t n) {
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        for (uint32_t h = 0; h < c->n_head_kv; h++) {
+            for (int keys = 0; keys < 2; keys++) {
+                tkv_kv_run run;
+                for (uint32_t t = 0; t < n; t += run.n) {
+                    (keys ? tkv_kv_key_run : tkv_kv_value_run)(c, l, h, t, n, &run);
+                    if (run.store == TKV_KV_STORE_CODES &&
+                        t / TKV_KV_SEG_ROWS != (t + run.n - 1) / TKV_KV_SEG_ROWS) {
+                        return 0;
+                    }
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+/* Bytes of tkv_kv_bytes_allocated that are code segments of the cache's own. */
+static size_t own_code_bytes(const tkv_kv_cache *c) {
+    const size_t sinks = (size_t)c->n_layer * c->n_sink * c->n_head_kv * c->head_dim * 2 * 4;
+    const size_t windows = (size_t)c->n_layer * c->window * c->n_head_kv * c->head_dim * 2 * 2;
+    return tkv_kv_bytes_allocated(c) - c->arena.slack - sinks - windows -
+           tkv_calib_bytes_allocated(&c->calib);
+}
+
+/* Positions across segment ends, appended one by one and in batches over a pool, forked
+ * with prefixes ending inside a segment, truncated into the prefix (into the tail's
+ * segment and before it), with segments from huge-page slabs (huge = 1, where the system
+ * gives them) or malloc'd one by one (TKV_HUGE_PAGES=0, the path where it does not). */
+static void test_segments(int huge) {
+    const uint32_t d = 128, n = 2600, cap = 3000, R = TKV_KV_SEG_ROWS;
+    static float scratch[2 * TKV_KV_SCRATCH_FLOATS(128)];
+    CHECK(setenv("TKV_HUGE_PAGES", huge ? "1" : "0", 1) == 0);
+    seq s = seq_make(n, 2 * NKV, d, 80);
+    tkv_pool *pool = NULL;
+    CHECK_OK(tkv_pool_create(2, &pool));
+    tkv_kv_cache ref = make_cache(d, cap, TKV_CODEC_TURBO_4B, TKV_CODEC_FP16, 0, 1, 0, 0, 256);
+    feed(&ref, &s, 0, n, kPrefill);
+    CHECK_EQ_INT(count_content_mismatches(&ref, &s, 0), 0);
+    CHECK_EQ_INT(count_content_mismatches(&ref, &s, 1), 0);
+    CHECK(runs_within_segments(&ref, n));
+    tkv_kv_run run;
+    tkv_kv_value_run(&ref, 0, 1, 1000, n, &run);
+    CHECK_EQ_INT(run.n, 24);
+    tkv_kv_key_run(&ref, 1, 0, 2048, 2100, &run);
+    CHECK_EQ_INT(run.n, 52);
+    /* three segments per layer, every head's K and V rows in each */
+    const size_t seg =
+        (size_t)R * NKV *
+        (doc_vector_bytes(TKV_CODEC_TURBO_4B, d) + doc_vector_bytes(TKV_CODEC_FP16, d));
+    CHECK_EQ_INT(ref.layers[0].seg_rows, R);
+    CHECK(ref.layers[0].seg[2] && ref.layers[1].seg[2]);
+    CHECK_EQ_INT(own_code_bytes(&ref), NL * 3 * seg);
+    if (!huge || !ref.arena.huge) { /* malloc'd segments, nothing else */
+        CHECK(ref.arena.cur == NULL && ref.arena.slack == 0 && ref.layers[0].seg[0]->slab == NULL);
+    } else { /* 3 segments of 659 KB per 2 MB slab: the last slab's rest is slack */
+        CHECK(ref.arena.cur && ref.layers[1].seg[2]->slab == ref.arena.cur);
+        CHECK_EQ_INT(ref.arena.slack, 2 * TKV_HUGE_PAGE - NL * 3 * seg);
+    }
+
+    /* batches over a pool across the segment ends: the same bytes */
+    tkv_kv_cache c = make_cache(d, cap, TKV_CODEC_TURBO_4B, TKV_CODEC_FP16, 0, 1, 0, 0, 256);
+    feed_pool(&c, &s, 0, 1000, pool, scratch);
+    feed_pool(&c, &s, 1000, 500, pool, scratch);
+    /* a fork at 1500: the prefix ends at 1 + 23 * 64 = 1473, inside segment 1 */
+    tkv_kv_cache f, g;
+    CHECK_OK(tkv_kv_fork(&c, &f));
+    for (uint32_t l = 0; l < NL; l++) {
+        CHECK(c.layers[l].n_shared == 1473 && c.layers[l].tail &&
+              f.layers[l].tail == c.layers[l].tail);
+        CHECK(c.layers[l].seg[0] == f.layers[l].seg[0] && c.layers[l].seg[1] != f.layers[l].seg[1]);
+    }
+    CHECK(tkv_kv_shares_prefix(&c, &f));
+    CHECK_EQ_INT(tkv_kv_bytes_shared(&f), (size_t)1473 * NL * seg / R);
+    CHECK_EQ_INT(own_code_bytes(&f), NL * seg); /* segment 1 with positions [1473, 1500) */
+    for (uint32_t h = 0; h < NKV; h++) {
+        CHECK(runs_equal(&f, &ref, 0, h, 0, 1500, 0) && runs_equal(&f, &ref, 1, h, 0, 1500, 1));
+    }
+    feed_pool(&c, &s, 1500, n - 1500, pool, scratch);
+    feed(&f, &s, 1500, n, kPrefill);
+    CHECK(same_state(&c, &ref) && same_state(&f, &ref));
+    CHECK(runs_within_segments(&f, n));
+    /* a fork of the fork: the old tail completes segment 1, the new prefix ends at 2561 */
+    CHECK_OK(tkv_kv_fork(&f, &g));
+    CHECK(g.layers[0].n_shared == 2561 && g.layers[0].tail == f.layers[0].tail);
+    CHECK(g.layers[0].seg[1] == f.layers[0].seg[1] && !tkv_kv_shares_prefix(&c, &g));
+    CHECK(same_state(&g, &ref) && same_state(&f, &ref) && same_state(&c, &ref));
+    CHECK(tkv_kv_bytes_allocated(&g) < tkv_kv_bytes_allocated(&ref));
+    /* truncations into the prefix: before the tail's segment, inside it, at a segment end;
+     * appending again gives the same bytes as the cache that never forked */
+    const uint32_t cuts[3] = {1100, 2100, 1024};
+    tkv_kv_cache *which[3] = {&g, &f, &c};
+    for (int i = 0; i < 3; i++) {
+        tkv_kv_truncate(which[i], cuts[i]);
+        CHECK(runs_within_segments(which[i], cuts[i]));
+        feed(which[i], &s, cuts[i], n, kPrefill + i);
+        CHECK_MSG(same_state(which[i], &ref), "truncated to %u and refilled", cuts[i]);
+    }
+    CHECK(g.layers[1].n_shared == 1089 && g.layers[1].tail == f.layers[1].seg[1]);
+    CHECK(f.layers[1].n_shared == 2049 && f.layers[1].tail);
+    CHECK(c.layers[1].n_shared == 961 && c.layers[1].tail == g.layers[1].seg[0]);
+    /* the other mode stores the same bytes */
+    CHECK(setenv("TKV_HUGE_PAGES", huge ? "0" : "1", 1) == 0);
+    tkv_kv_cache other = make_cache(d, cap, TKV_CODEC_TURBO_4B, TKV_CODEC_FP16, 0, 1, 0, 0, 256);
+    feed(&other, &s, 0, n, kPrefill + 5);
+    CHECK(same_state(&other, &ref));
+    tkv_kv_release(&other);
+    tkv_kv_release(&f); /* in any order: segments live while a cache reads them */
+    CHECK(same_state(&g, &ref) && same_state(&c, &ref));
+    tkv_kv_release(&c);
+    CHECK(same_state(&g, &ref));
+    tkv_kv_release(&g);
+    tkv_kv_release(&ref);
+    tkv_pool_free(pool);
+    seq_free(&s);
+    unsetenv("TKV_HUGE_PAGES");
+}
+
 int main(void) {
+    test_segments(1);
+    test_segments(0);
     test_sliding_ring();
     test_append_batch();
     test_failed_append();
