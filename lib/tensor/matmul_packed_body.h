@@ -124,6 +124,18 @@ TKVP_INLINE void TKV_FN(pk_rows)(int64_t n, const void *x, size_t xs, const int 
     }
 }
 
+/* What every packed kernel starts from: the T tokens' int8 rows and block scales (pk_rows)
+ * in xq / xd / xds, and the zeroed accumulators of the scaled sums (acc) and of the min or
+ * offset terms (macc). */
+#define TKVP_BEGIN_ROWS                                                                          \
+    const int8_t *xq[TKV_MM_NX];                                                                 \
+    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];                                                 \
+    TKVP_F acc[TKV_MM_NX], macc[TKV_MM_NX];                                                      \
+    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);                                                   \
+    TKVP_UNROLL for (int t = 0; t < T; t++) {                                                    \
+        acc[t] = macc[t] = TKVP_ZERO_F();                                                        \
+    }
+
 /* The bytes `ahead` of p (the next groups follow in memory), into L2: spread over the
  * blocks, so the memory sees a steady stream of requests.  The kernels ask TKVP_PREFETCH
  * ahead in a group's first row half and one group ahead in its second (256-bit vectors),
@@ -213,13 +225,7 @@ TKVP_INLINE void TKV_FN(pk_q32_t)(int64_t n, const void *wg, const void *x, size
     const size_t bbytes = (size_t)R * (fmt == 0 ? 18 : fmt == 1 ? 20 : 34);
     const size_t coff = fmt == 1 ? 4 * R : 2 * R;
     const int mins = fmt != 2 || TKVP_Q8_OFFSET != 0.0f;
-    const int8_t *xq[TKV_MM_NX];
-    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
-    TKVP_F acc[TKV_MM_NX], macc[TKV_MM_NX];
-    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
-    TKVP_UNROLL for (int t = 0; t < T; t++) {
-        acc[t] = macc[t] = TKVP_ZERO_F();
-    }
+    TKVP_BEGIN_ROWS
     const TKVP_I m4 = TKVP_SET1_8(15);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)b * bbytes;
@@ -264,13 +270,7 @@ TKVP_INLINE void TKV_FN(pk_q45k_t)(int64_t n, const void *wg, const void *x, siz
     const int64_t nsb = n / TKV_QK_K;
     const size_t sbytes = (size_t)R * (five ? 180 : 148);
     const size_t qs_off = (size_t)(five ? 52 : 20) * R; /* after d, dmin, sc, m (and qh) */
-    const int8_t *xq[TKV_MM_NX];
-    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
-    TKVP_F acc[TKV_MM_NX], macc[TKV_MM_NX];
-    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
-    TKVP_UNROLL for (int t = 0; t < T; t++) {
-        acc[t] = macc[t] = TKVP_ZERO_F();
-    }
+    TKVP_BEGIN_ROWS
     const TKVP_I m4 = TKVP_SET1_8(15), bit4 = TKVP_SET1_8(16);
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
@@ -397,13 +397,7 @@ TKVP_INLINE void TKV_FN(pk_k16_t)(int64_t n, const void *wg, const void *x, size
     const int64_t nsb = n / TKV_QK_K;
     const size_t sbytes = (size_t)R * (fmt == TKVP_Q2_K ? 84 : 114);
     const size_t sc_off = (size_t)(fmt == TKVP_Q2_K ? 4 : 2) * R;
-    const int8_t *xq[TKV_MM_NX];
-    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
-    TKVP_F acc[TKV_MM_NX], macc[TKV_MM_NX];
-    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
-    TKVP_UNROLL for (int t = 0; t < T; t++) {
-        acc[t] = macc[t] = TKVP_ZERO_F();
-    }
+    TKVP_BEGIN_ROWS
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
         TKV_FN(pk_prefetch)(p, sbytes, half == 0 ? TKVP_PREFETCH : (size_t)nsb * sbytes);
@@ -477,13 +471,7 @@ TKVP_INLINE void TKV_FN(pk_q6k_t)(int64_t n, const void *wg, const void *x, size
     const int R = TKV_MM_PACK_ROWS;
     const int64_t nsb = n / TKV_QK_K;
     const size_t sbytes = (size_t)R * 210;
-    const int8_t *xq[TKV_MM_NX];
-    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];
-    TKVP_F acc[TKV_MM_NX], macc[TKV_MM_NX];
-    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);
-    TKVP_UNROLL for (int t = 0; t < T; t++) {
-        acc[t] = macc[t] = TKVP_ZERO_F();
-    }
+    TKVP_BEGIN_ROWS
     const TKVP_I m4 = TKVP_SET1_8(15), m30 = TKVP_SET1_8(0x30);
     for (int64_t i = 0; i < nsb; i++) {
         const uint8_t *p = (const uint8_t *)wg + (size_t)i * sbytes;
@@ -582,6 +570,7 @@ TKVP_GROUP(pk_q6_k, pk_q6k_t, 0)
 
 #undef TKVP_INLINE
 #undef TKVP_UNROLL
+#undef TKVP_BEGIN_ROWS
 #undef TKVP_RV
 #undef TKVP_I
 #undef TKVP_F
