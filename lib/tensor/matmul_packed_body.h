@@ -127,13 +127,13 @@ TKVP_INLINE void TKV_FN(pk_rows)(int64_t n, const void *x, size_t xs, const int 
 /* What every packed kernel starts from: the T tokens' int8 rows and block scales (pk_rows)
  * in xq / xd / xds, and the zeroed accumulators of the scaled sums (acc) and of the min or
  * offset terms (macc). */
-#define TKVP_BEGIN_ROWS                                                                          \
-    const int8_t *xq[TKV_MM_NX];                                                                 \
-    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];                                                 \
-    TKVP_F acc[TKV_MM_NX], macc[TKV_MM_NX];                                                      \
-    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);                                                   \
-    TKVP_UNROLL for (int t = 0; t < T; t++) {                                                    \
-        acc[t] = macc[t] = TKVP_ZERO_F();                                                        \
+#define TKVP_BEGIN_ROWS                                                                            \
+    const int8_t *xq[TKV_MM_NX];                                                                   \
+    const float *xd[TKV_MM_NX], *xds[TKV_MM_NX];                                                   \
+    TKVP_F acc[TKV_MM_NX], macc[TKV_MM_NX];                                                        \
+    TKV_FN(pk_rows)(n, x, xs, T, xq, xd, xds);                                                     \
+    TKVP_UNROLL for (int t = 0; t < T; t++) {                                                      \
+        acc[t] = macc[t] = TKVP_ZERO_F();                                                          \
     }
 
 /* The bytes `ahead` of p (the next groups follow in memory), into L2: spread over the
