@@ -31,30 +31,21 @@ static float tkv_trellis_search_3[sizeof tkv_trellis_table_3 / sizeof(float)];
 static float tkv_trellis_search_4[sizeof tkv_trellis_table_4 / sizeof(float)];
 static pthread_once_t tkv_trellis_once = PTHREAD_ONCE_INIT;
 
-static const tkv_trellis tkv_trellis_2 = {2,
-                                          TKV_TRELLIS_WINDOW_2,
-                                          2 * (TKV_TRELLIS_WINDOW_2 - 1),
-                                          2 * TKV_TRELLIS_WINDOW_2,
-                                          tkv_trellis_table_2,
-                                          tkv_trellis_q8_2,
-                                          TKV_TRELLIS_Q8_SCALE_2,
-                                          tkv_trellis_search_2};
-static const tkv_trellis tkv_trellis_3 = {3,
-                                          TKV_TRELLIS_WINDOW_3,
-                                          3 * (TKV_TRELLIS_WINDOW_3 - 1),
-                                          3 * TKV_TRELLIS_WINDOW_3,
-                                          tkv_trellis_table_3,
-                                          tkv_trellis_q8_3,
-                                          TKV_TRELLIS_Q8_SCALE_3,
-                                          tkv_trellis_search_3};
-static const tkv_trellis tkv_trellis_4 = {4,
-                                          TKV_TRELLIS_WINDOW_4,
-                                          4 * (TKV_TRELLIS_WINDOW_4 - 1),
-                                          4 * TKV_TRELLIS_WINDOW_4,
-                                          tkv_trellis_table_4,
-                                          tkv_trellis_q8_4,
-                                          TKV_TRELLIS_Q8_SCALE_4,
-                                          tkv_trellis_search_4};
+/* bits N: window of m symbols, 2^(N (m - 1)) states, table, int8 table and its scale, the
+ * levels in the search's order */
+#define TKV_TRELLIS_DEF(N)                                                                         \
+    {N,                                                                                            \
+     TKV_TRELLIS_WINDOW_##N,                                                                       \
+     N * (TKV_TRELLIS_WINDOW_##N - 1),                                                             \
+     N * TKV_TRELLIS_WINDOW_##N,                                                                   \
+     tkv_trellis_table_##N,                                                                        \
+     tkv_trellis_q8_##N,                                                                           \
+     TKV_TRELLIS_Q8_SCALE_##N,                                                                     \
+     tkv_trellis_search_##N}
+static const tkv_trellis tkv_trellis_2 = TKV_TRELLIS_DEF(2);
+static const tkv_trellis tkv_trellis_3 = TKV_TRELLIS_DEF(3);
+static const tkv_trellis tkv_trellis_4 = TKV_TRELLIS_DEF(4);
+#undef TKV_TRELLIS_DEF
 
 /* the decoders take the wrap-around bits from one byte (P < 8); the encoder's arrays
  * hold 2^P <= 64 states */
