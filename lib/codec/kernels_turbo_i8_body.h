@@ -745,6 +745,13 @@ static inline void TKV_I8_NAME(prefetch4)(const uint8_t *pf, size_t npf, size_t 
     }
 }
 
+/* Where the value sums of half h, register r of chunk c live in fsum (8 floats from there):
+ * [c + 32 h + 8 r] in element-of-the-interleave order, except for 4-bit codes with VNNI,
+ * whose 512-bit path (span_sums4_512) holds both halves of register r in one accumulator:
+ * [c + 16 r + 8 h].  Every span of a call uses the one layout its width gives. */
+#define TKV_I8_FPOS(BITS, c, h, r)                                                                 \
+    ((TKV_I8_VNNI && (BITS) == 4) ? (c) + 16 * (r) + 8 * (h) : (c) + 32 * (h) + 8 * (r))
+
 /* span_sums of 4-bit codes with weights >= 0 (signed table T): the four keys' code bytes
  * are interleaved before the lookups (a code byte holds one element of each half), and a
  * block's sums go to fsum as soon as it ends, so that only 4 accumulators per query are
@@ -787,7 +794,7 @@ TKV_I8_NAME(span_sums4)(const int NQ, const uint32_t D, const tkv_code_layout *L
                 for (int k = 0; k < NQ; k++) {
                     const __m256 st = _mm256_set1_ps(S->step[k][b0 / TKV_I8_BLOCK]);
                     for (int r = 0; r < 4; r++) {
-                        float *f = fsum[k] + c + 32 * h + 8 * r;
+                        float *f = fsum[k] + TKV_I8_FPOS(4, c, h, r);
                         _mm256_storeu_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(A[k][r]), st,
                                                             _mm256_loadu_ps(f)));
                     }
@@ -797,6 +804,72 @@ TKV_I8_NAME(span_sums4)(const int NQ, const uint32_t D, const tkv_code_layout *L
     }
 }
 
+#if TKV_I8_VNNI
+/* span_sums4 with 512-bit registers.  Each key's 32 code bytes are loaded into both 256-bit
+ * halves of a register (a broadcast load, no shuffle), so one interleave serves both halves
+ * of the chunk: the low 256 bits take the low nibbles (half 0), the high 256 bits the high
+ * nibbles (half 1), and each vpdpbusd adds the same four weights into both.  The 256-bit
+ * path interleaves every key twice (once per half).  Integer sums per block and the fp32
+ * steps per element are span_sums4's, in the same order: the same bits. */
+static inline __attribute__((always_inline)) TKV_I8_ATTR void
+TKV_I8_NAME(span_sums4_512)(const int NQ, const uint32_t D, const tkv_code_layout *L,
+                            const tkv_i8_tab *T, const tkv_i8_span *S, size_t ns, const uint8_t *pf,
+                            size_t npf, float *const *fsum) {
+    const uint32_t d = D ? D : L->d, po = L->payload_off;
+    const __m512i m15 = _mm512_set1_epi8(15);
+    const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+    const __m512i tab = _mm512_broadcast_i32x4(_mm256_castsi256_si128(T->lo));
+    for (uint32_t c = 0; c < d; c += 64) {
+        for (size_t b0 = 0; b0 < ns; b0 += TKV_I8_BLOCK) {
+            const size_t b1 = b0 + TKV_I8_BLOCK < ns ? b0 + TKV_I8_BLOCK : ns;
+            __m512i A[TKV_MAX_QUERIES][4];
+            for (int k = 0; k < NQ; k++) {
+                for (int r = 0; r < 4; r++) {
+                    A[k][r] = _mm512_setzero_si512();
+                }
+            }
+            for (size_t i = b0; i < b1; i += 4) {
+                if (c == 0) {
+                    TKV_I8_NAME(prefetch4)(pf, npf, L->stride, i);
+                }
+                const uint8_t *const *cp = S->code + i;
+                __m512i R[4];
+                for (int j = 0; j < 4; j++) {
+                    R[j] = _mm512_broadcast_i64x4(
+                        _mm256_loadu_si256((const __m256i *)(cp[j] + po + c / 2)));
+                }
+                const __m512i ab0 = _mm512_unpacklo_epi8(R[0], R[1]);
+                const __m512i ab1 = _mm512_unpackhi_epi8(R[0], R[1]);
+                const __m512i cd0 = _mm512_unpacklo_epi8(R[2], R[3]);
+                const __m512i cd1 = _mm512_unpackhi_epi8(R[2], R[3]);
+                __m512i X[4] = {_mm512_unpacklo_epi16(ab0, cd0), _mm512_unpackhi_epi16(ab0, cd0),
+                                _mm512_unpacklo_epi16(ab1, cd1), _mm512_unpackhi_epi16(ab1, cd1)};
+                for (int r = 0; r < 4; r++) {
+                    X[r] = _mm512_shuffle_epi8(
+                        tab, _mm512_and_si512(_mm512_srlv_epi16(X[r], shift), m15));
+                }
+                for (int k = 0; k < NQ; k++) {
+                    int32_t wq;
+                    memcpy(&wq, S->w8[k] + i, 4);
+                    const __m512i wv = _mm512_set1_epi32(wq);
+                    for (int r = 0; r < 4; r++) {
+                        A[k][r] = _mm512_dpbusd_epi32(A[k][r], wv, X[r]);
+                    }
+                }
+            }
+            for (int k = 0; k < NQ; k++) {
+                const __m512 st = _mm512_set1_ps(S->step[k][b0 / TKV_I8_BLOCK]);
+                for (int r = 0; r < 4; r++) {
+                    float *f = fsum[k] + TKV_I8_FPOS(4, c, 0, r);
+                    _mm512_storeu_ps(
+                        f, _mm512_fmadd_ps(_mm512_cvtepi32_ps(A[k][r]), st, _mm512_loadu_ps(f)));
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* fsum[k][c + 32 h + 8 r + l] += the weighted sums of the span for half h of chunk c, in the
  * lane order of the interleave: register r lane l is byte 4 r + l (l < 4) or 16 + 4 r + l - 4
  * of the half. */
@@ -805,7 +878,11 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, cons
                        const tkv_code_layout *L, const tkv_i8_tab *T, const tkv_i8_span *S,
                        size_t ns, const uint8_t *pf, size_t npf, float *const *fsum) {
     if (BITS == 4 && UNS) {
+#if TKV_I8_VNNI
+        TKV_I8_NAME(span_sums4_512)(NQ, D, L, T, S, ns, pf, npf, fsum);
+#else
         TKV_I8_NAME(span_sums4)(NQ, D, L, T, S, ns, pf, npf, fsum);
+#endif
         return;
     }
     const uint32_t d = D ? D : L->d, po = L->payload_off;
@@ -814,7 +891,7 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, cons
             __m256 F[TKV_MAX_QUERIES][4];
             for (int k = 0; k < NQ; k++) {
                 for (int r = 0; r < 4; r++) {
-                    F[k][r] = _mm256_loadu_ps(fsum[k] + c + 32 * h + 8 * r);
+                    F[k][r] = _mm256_loadu_ps(fsum[k] + TKV_I8_FPOS(BITS, c, h, r));
                 }
             }
             for (size_t b0 = 0; b0 < ns; b0 += TKV_I8_BLOCK) {
@@ -876,7 +953,7 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, cons
             }
             for (int k = 0; k < NQ; k++) {
                 for (int r = 0; r < 4; r++) {
-                    _mm256_storeu_ps(fsum[k] + c + 32 * h + 8 * r, F[k][r]);
+                    _mm256_storeu_ps(fsum[k] + TKV_I8_FPOS(BITS, c, h, r), F[k][r]);
                 }
             }
         }
@@ -940,7 +1017,7 @@ static TKV_I8_ATTR void TKV_I8_NAME(accum_run)(const tkv_code_layout *L, const f
                     for (uint32_t l = 0; l < 8; l++) {
                         const uint32_t b = l < 4 ? 4 * r + l : 16 + 4 * r + l - 4;
                         accs[k][c + TKV_I8_NAME(elem)(L->bits, h, b)] +=
-                            T.step * fsum[k][c + 32 * h + 8 * r + l];
+                            T.step * fsum[k][TKV_I8_FPOS(L->bits, c, h, r) + l];
                     }
                 }
             }
