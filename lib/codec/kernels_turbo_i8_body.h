@@ -445,6 +445,72 @@ TKV_I8_NAME(score_pairs4)(const int NQ, const uint32_t D, const tkv_code_layout 
     }
 }
 
+#if TKV_I8_VNNI
+/* score_pairs4 with 512-bit registers: keys r and r + 4 fill the two 256-bit halves of a
+ * register with their whole chunk (32 code bytes each), the low nibbles index half 0's
+ * values and the high ones half 1's, and every query's two halves of q8 sit in both 256-bit
+ * halves of a register, so that each vpdpbusd covers two keys and 8 keys need 4
+ * accumulators per query, as in score_pairs4, with half its multiply and lookup
+ * instructions.  Integer sums are exact, and the scaling is score_pairs4's: the same
+ * bits. */
+static inline __attribute__((always_inline)) TKV_I8_ATTR void
+TKV_I8_NAME(score_pairs4_512)(const int NQ, const uint32_t D, const tkv_code_layout *L,
+                              const tkv_i8_query *P, const uint8_t *c0, size_t i,
+                              float *const *outs) {
+    const uint32_t d = D ? D : L->d, stride = L->stride, po = L->payload_off;
+    const __m512i m15 = _mm512_set1_epi8(15);
+    const __m512i tab = _mm512_broadcast_i32x4(_mm256_castsi256_si128(P->tab.lo));
+    __m512i acc[TKV_MAX_QUERIES][4];
+    for (int k = 0; k < NQ; k++) {
+        for (int r = 0; r < 4; r++) {
+            acc[k][r] = _mm512_setzero_si512();
+        }
+    }
+    for (uint32_t c = 0; c < d; c += 64) {
+        __m512i q[TKV_MAX_QUERIES][2];
+        for (int k = 0; k < NQ; k++) {
+            for (int h = 0; h < 2; h++) {
+                q[k][h] = _mm512_broadcast_i64x4(
+                    _mm256_loadu_si256((const __m256i *)(P->q8[k] + c + 32 * h)));
+            }
+        }
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *a = c0 + (size_t)r * stride + po + c / 2, *b = a + 4 * (size_t)stride;
+            const __m512i y =
+                _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                                   _mm256_loadu_si256((const __m256i *)b), 1);
+            const __m512i v0 = _mm512_shuffle_epi8(tab, _mm512_and_si512(y, m15));
+            const __m512i v1 =
+                _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(y, 4), m15));
+            for (int k = 0; k < NQ; k++) {
+                acc[k][r] = _mm512_dpbusd_epi32(acc[k][r], v0, q[k][0]);
+                acc[k][r] = _mm512_dpbusd_epi32(acc[k][r], v1, q[k][1]);
+            }
+        }
+    }
+    const uint8_t *sp = c0 + L->scale_off;
+    const __m256 scales = _mm256_cvtph_ps(
+        _mm_set_epi64x((long long)TKV_I8_NAME(scales4)(sp + 4 * (size_t)stride, stride),
+                       (long long)TKV_I8_NAME(scales4)(sp, stride)));
+    for (int k = 0; k < NQ; k++) {
+        /* per 128-bit lane l: the lane's sums of the 4 registers; keys r < 4 are lanes 0 + 1,
+         * keys r + 4 lanes 2 + 3 */
+        const __m512i x01 = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[k][0], acc[k][1]),
+                                             _mm512_unpackhi_epi32(acc[k][0], acc[k][1]));
+        const __m512i x23 = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[k][2], acc[k][3]),
+                                             _mm512_unpackhi_epi32(acc[k][2], acc[k][3]));
+        const __m512i s4 = _mm512_add_epi32(_mm512_unpacklo_epi64(x01, x23),
+                                            _mm512_unpackhi_epi64(x01, x23));
+        const __m512i s = _mm512_shuffle_i64x2(s4, s4, _MM_SHUFFLE(3, 1, 2, 0));
+        const __m256i s8 = _mm256_sub_epi32(
+            _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1)),
+            _mm256_set1_epi32(P->corr[k]));
+        _mm256_storeu_ps(outs[k] + i, _mm256_mul_ps(_mm256_mul_ps(scales, _mm256_set1_ps(P->mul[k])),
+                                                    _mm256_cvtepi32_ps(s8)));
+    }
+}
+#endif
+
 /* Keys per pass of the scores: 8 while their accumulators fit the registers (32 with
  * AVX-512, 16 with AVX2) next to the unpacking, else 4. */
 #define TKV_I8_SCORE_KEYS(BITS, NQ) ((BITS) == 4 || (NQ)*8 <= (TKV_I8_VNNI ? 24 : 8) ? 8 : 4)
@@ -471,7 +537,11 @@ TKV_I8_NAME(scores_nq)(const int NQ, const uint32_t BITS, const uint32_t D,
             __builtin_prefetch(p + (size_t)keys * stride - 1, 0, TKV_I8_PF_LOCALITY);
         }
         if (BITS == 4) {
+#if TKV_I8_VNNI
+            TKV_I8_NAME(score_pairs4_512)(NQ, D, L, P, codes + i * stride, i, outs);
+#else
             TKV_I8_NAME(score_pairs4)(NQ, D, L, P, codes + i * stride, i, outs);
+#endif
         } else {
             TKV_I8_NAME(score_keys)(NQ, BITS, D, keys, L, P, codes + i * stride, i, outs);
         }
