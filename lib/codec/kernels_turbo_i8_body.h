@@ -264,7 +264,7 @@ static TKV_I8_ATTR void TKV_I8_NAME(prepare)(const tkv_code_layout *L, const flo
                 _mm256_storeu_si256(h, e0);
                 _mm256_storeu_si256(h + 1, e1);
             }
-            if (L->bits == 4) { /* score_pairs4's rows (tkv_i8_query) */
+            if (!TKV_I8_VNNI && L->bits == 4) { /* score_pairs4's rows (tkv_i8_query) */
                 __m256i *p = (__m256i *)(P->q8p[k] + 2 * c);
                 _mm256_storeu_si256(p, _mm256_permute2x128_si256(e0, e0, 0x00));
                 _mm256_storeu_si256(p + 1, _mm256_permute2x128_si256(e0, e0, 0x11));
@@ -454,9 +454,9 @@ TKV_I8_NAME(score_pairs4)(const int NQ, const uint32_t D, const tkv_code_layout 
  * instructions.  Integer sums are exact, and the scaling is score_pairs4's: the same
  * bits. */
 static inline __attribute__((always_inline)) TKV_I8_ATTR void
-TKV_I8_NAME(score_pairs4_512)(const int NQ, const uint32_t D, const tkv_code_layout *L,
-                              const tkv_i8_query *P, const uint8_t *c0, size_t i,
-                              float *const *outs) {
+TKV_I8_NAME(score_pairs_512)(const int NQ, const uint32_t BITS, const uint32_t D,
+                             const tkv_code_layout *L, const tkv_i8_query *P, const uint8_t *c0,
+                             size_t i, float *const *outs) {
     const uint32_t d = D ? D : L->d, stride = L->stride, po = L->payload_off;
     const __m512i m15 = _mm512_set1_epi8(15);
     const __m512i tab = _mm512_broadcast_i32x4(_mm256_castsi256_si128(P->tab.lo));
@@ -475,13 +475,24 @@ TKV_I8_NAME(score_pairs4_512)(const int NQ, const uint32_t D, const tkv_code_lay
             }
         }
         for (int r = 0; r < 4; r++) {
-            const uint8_t *a = c0 + (size_t)r * stride + po + c / 2, *b = a + 4 * (size_t)stride;
-            const __m512i y =
-                _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
-                                   _mm256_loadu_si256((const __m256i *)b), 1);
-            const __m512i v0 = _mm512_shuffle_epi8(tab, _mm512_and_si512(y, m15));
-            const __m512i v1 =
-                _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(y, 4), m15));
+            __m512i v0, v1; /* half 0 / half 1 of keys r | r + 4 */
+            if (BITS == 4) {
+                const uint8_t *a = c0 + (size_t)r * stride + po + c / 2,
+                              *b = a + 4 * (size_t)stride;
+                const __m512i y = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                    _mm256_loadu_si256((const __m256i *)b), 1);
+                v0 = _mm512_shuffle_epi8(tab, _mm512_and_si512(y, m15));
+                v1 = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(y, 4), m15));
+            } else {
+                const uint8_t *a = c0 + (size_t)r * stride + po, *b = a + 4 * (size_t)stride;
+                v0 = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(TKV_I8_NAME(half)(BITS, d, a, c, 0, &P->tab)),
+                    TKV_I8_NAME(half)(BITS, d, b, c, 0, &P->tab), 1);
+                v1 = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(TKV_I8_NAME(half)(BITS, d, a, c, 1, &P->tab)),
+                    TKV_I8_NAME(half)(BITS, d, b, c, 1, &P->tab), 1);
+            }
             for (int k = 0; k < NQ; k++) {
                 acc[k][r] = _mm512_dpbusd_epi32(acc[k][r], v0, q[k][0]);
                 acc[k][r] = _mm512_dpbusd_epi32(acc[k][r], v1, q[k][1]);
@@ -511,9 +522,9 @@ TKV_I8_NAME(score_pairs4_512)(const int NQ, const uint32_t D, const tkv_code_lay
 }
 #endif
 
-/* Keys per pass of the scores: 8 while their accumulators fit the registers (32 with
- * AVX-512, 16 with AVX2) next to the unpacking, else 4. */
-#define TKV_I8_SCORE_KEYS(BITS, NQ) ((BITS) == 4 || (NQ)*8 <= (TKV_I8_VNNI ? 24 : 8) ? 8 : 4)
+/* Keys per pass of the scores: 8 while their accumulators fit the registers (16 with AVX2)
+ * next to the unpacking, else 4; with VNNI always 8 (score_pairs_512: 4 per query). */
+#define TKV_I8_SCORE_KEYS(BITS, NQ) ((BITS) == 4 || TKV_I8_VNNI || (NQ)*8 <= 8 ? 8 : 4)
 
 /* outs[k][i] for nq (1..4) queries; NQ and BITS are compile-time constants in each instance. */
 static inline __attribute__((always_inline)) TKV_I8_ATTR void
@@ -536,15 +547,15 @@ TKV_I8_NAME(scores_nq)(const int NQ, const uint32_t BITS, const uint32_t D,
             }
             __builtin_prefetch(p + (size_t)keys * stride - 1, 0, TKV_I8_PF_LOCALITY);
         }
-        if (BITS == 4) {
 #if TKV_I8_VNNI
-            TKV_I8_NAME(score_pairs4_512)(NQ, D, L, P, codes + i * stride, i, outs);
+        TKV_I8_NAME(score_pairs_512)(NQ, BITS, D, L, P, codes + i * stride, i, outs);
 #else
+        if (BITS == 4) {
             TKV_I8_NAME(score_pairs4)(NQ, D, L, P, codes + i * stride, i, outs);
-#endif
         } else {
             TKV_I8_NAME(score_keys)(NQ, BITS, D, keys, L, P, codes + i * stride, i, outs);
         }
+#endif
     }
     if (keys == 8 && i + 4 <= n) {
         TKV_I8_NAME(score_keys)(NQ, BITS, D, 4, L, P, codes + i * stride, i, outs);
@@ -820,7 +831,7 @@ static inline void TKV_I8_NAME(prefetch4)(const uint8_t *pf, size_t npf, size_t 
  * whose 512-bit path (span_sums4_512) holds both halves of register r in one accumulator:
  * [c + 16 r + 8 h].  Every span of a call uses the one layout its width gives. */
 #define TKV_I8_FPOS(BITS, c, h, r)                                                                 \
-    ((TKV_I8_VNNI && (BITS) == 4) ? (c) + 16 * (r) + 8 * (h) : (c) + 32 * (h) + 8 * (r))
+    (TKV_I8_VNNI ? (c) + 16 * (r) + 8 * (h) : (c) + 32 * (h) + 8 * (r))
 
 /* span_sums of 4-bit codes with weights >= 0 (signed table T): the four keys' code bytes
  * are interleaved before the lookups (a code byte holds one element of each half), and a
@@ -882,9 +893,9 @@ TKV_I8_NAME(span_sums4)(const int NQ, const uint32_t D, const tkv_code_layout *L
  * path interleaves every key twice (once per half).  Integer sums per block and the fp32
  * steps per element are span_sums4's, in the same order: the same bits. */
 static inline __attribute__((always_inline)) TKV_I8_ATTR void
-TKV_I8_NAME(span_sums4_512)(const int NQ, const uint32_t D, const tkv_code_layout *L,
-                            const tkv_i8_tab *T, const tkv_i8_span *S, size_t ns, const uint8_t *pf,
-                            size_t npf, float *const *fsum) {
+TKV_I8_NAME(span_sums_512)(const int NQ, const uint32_t BITS, const uint32_t D,
+                           const tkv_code_layout *L, const tkv_i8_tab *T, const tkv_i8_span *S,
+                           size_t ns, const uint8_t *pf, size_t npf, float *const *fsum) {
     const uint32_t d = D ? D : L->d, po = L->payload_off;
     const __m512i m15 = _mm512_set1_epi8(15);
     const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
@@ -903,10 +914,14 @@ TKV_I8_NAME(span_sums4_512)(const int NQ, const uint32_t D, const tkv_code_layou
                     TKV_I8_NAME(prefetch4)(pf, npf, L->stride, i);
                 }
                 const uint8_t *const *cp = S->code + i;
-                __m512i R[4];
+                __m512i R[4]; /* 4 bits: codes in both halves; else values of half 0 | half 1 */
                 for (int j = 0; j < 4; j++) {
-                    R[j] = _mm512_broadcast_i64x4(
-                        _mm256_loadu_si256((const __m256i *)(cp[j] + po + c / 2)));
+                    R[j] = BITS == 4 ? _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                           (const __m256i *)(cp[j] + po + c / 2)))
+                                     : _mm512_inserti64x4(
+                                           _mm512_castsi256_si512(TKV_I8_NAME(half)(
+                                               BITS, d, cp[j] + po, c, 0, T)),
+                                           TKV_I8_NAME(half)(BITS, d, cp[j] + po, c, 1, T), 1);
                 }
                 const __m512i ab0 = _mm512_unpacklo_epi8(R[0], R[1]);
                 const __m512i ab1 = _mm512_unpackhi_epi8(R[0], R[1]);
@@ -914,7 +929,7 @@ TKV_I8_NAME(span_sums4_512)(const int NQ, const uint32_t D, const tkv_code_layou
                 const __m512i cd1 = _mm512_unpackhi_epi8(R[2], R[3]);
                 __m512i X[4] = {_mm512_unpacklo_epi16(ab0, cd0), _mm512_unpackhi_epi16(ab0, cd0),
                                 _mm512_unpacklo_epi16(ab1, cd1), _mm512_unpackhi_epi16(ab1, cd1)};
-                for (int r = 0; r < 4; r++) {
+                for (int r = 0; BITS == 4 && r < 4; r++) {
                     X[r] = _mm512_shuffle_epi8(
                         tab, _mm512_and_si512(_mm512_srlv_epi16(X[r], shift), m15));
                 }
@@ -930,7 +945,7 @@ TKV_I8_NAME(span_sums4_512)(const int NQ, const uint32_t D, const tkv_code_layou
             for (int k = 0; k < NQ; k++) {
                 const __m512 st = _mm512_set1_ps(S->step[k][b0 / TKV_I8_BLOCK]);
                 for (int r = 0; r < 4; r++) {
-                    float *f = fsum[k] + TKV_I8_FPOS(4, c, 0, r);
+                    float *f = fsum[k] + TKV_I8_FPOS(BITS, c, 0, r);
                     _mm512_storeu_ps(
                         f, _mm512_fmadd_ps(_mm512_cvtepi32_ps(A[k][r]), st, _mm512_loadu_ps(f)));
                 }
@@ -947,14 +962,17 @@ static inline __attribute__((always_inline)) TKV_I8_ATTR void
 TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, const int UNS,
                        const tkv_code_layout *L, const tkv_i8_tab *T, const tkv_i8_span *S,
                        size_t ns, const uint8_t *pf, size_t npf, float *const *fsum) {
-    if (BITS == 4 && UNS) {
 #if TKV_I8_VNNI
-        TKV_I8_NAME(span_sums4_512)(NQ, D, L, T, S, ns, pf, npf, fsum);
-#else
-        TKV_I8_NAME(span_sums4)(NQ, D, L, T, S, ns, pf, npf, fsum);
-#endif
+    if (UNS) {
+        TKV_I8_NAME(span_sums_512)(NQ, BITS, D, L, T, S, ns, pf, npf, fsum);
         return;
     }
+#else
+    if (BITS == 4 && UNS) {
+        TKV_I8_NAME(span_sums4)(NQ, D, L, T, S, ns, pf, npf, fsum);
+        return;
+    }
+#endif
     const uint32_t d = D ? D : L->d, po = L->payload_off;
     for (uint32_t c = 0; c < d; c += 64) {
         for (uint32_t h = 0; h < 2; h++) {
