@@ -522,9 +522,14 @@ TKV_I8_NAME(score_pairs_512)(const int NQ, const uint32_t BITS, const uint32_t D
 }
 #endif
 
-/* Keys per pass of the scores: 8 while their accumulators fit the registers (16 with AVX2)
- * next to the unpacking, else 4; with VNNI always 8 (score_pairs_512: 4 per query). */
-#define TKV_I8_SCORE_KEYS(BITS, NQ) ((BITS) == 4 || TKV_I8_VNNI || (NQ)*8 <= 8 ? 8 : 4)
+/* Keys per pass of the scores: 8 while their accumulators fit the registers (32 with
+ * AVX-512, 16 with AVX2) next to the unpacking, else 4 (score_pairs_512 needs 4 per query
+ * for 8 keys). */
+#define TKV_I8_SCORE_KEYS(BITS, NQ) ((BITS) == 4 || (NQ)*8 <= (TKV_I8_VNNI ? 32 : 8) ? 8 : 4)
+/* VNNI scores by score_pairs_512: at 4 bits, and at other widths for several queries (one
+ * query saves one vpdpbusd per half and key, which the insert that pairs the halves costs
+ * back, on the shuffle port that the unpacking already loads). */
+#define TKV_I8_PAIRS_512(BITS, NQ) ((BITS) == 4 || (NQ) > 1)
 
 /* outs[k][i] for nq (1..4) queries; NQ and BITS are compile-time constants in each instance. */
 static inline __attribute__((always_inline)) TKV_I8_ATTR void
@@ -548,7 +553,11 @@ TKV_I8_NAME(scores_nq)(const int NQ, const uint32_t BITS, const uint32_t D,
             __builtin_prefetch(p + (size_t)keys * stride - 1, 0, TKV_I8_PF_LOCALITY);
         }
 #if TKV_I8_VNNI
-        TKV_I8_NAME(score_pairs_512)(NQ, BITS, D, L, P, codes + i * stride, i, outs);
+        if (TKV_I8_PAIRS_512(BITS, NQ)) {
+            TKV_I8_NAME(score_pairs_512)(NQ, BITS, D, L, P, codes + i * stride, i, outs);
+        } else {
+            TKV_I8_NAME(score_keys)(NQ, BITS, D, keys, L, P, codes + i * stride, i, outs);
+        }
 #else
         if (BITS == 4) {
             TKV_I8_NAME(score_pairs4)(NQ, D, L, P, codes + i * stride, i, outs);
