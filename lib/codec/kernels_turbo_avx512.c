@@ -1,8 +1,9 @@
 /*
- * kernels_turbo_avx512.c - int8 scores of 4-bit turbo codes with AVX-512 VNNI (vpdpbusd
- * in its 256-bit form: on this project's machines a 512-bit operation costs two 256-bit
- * ones, and 32 code bytes are exactly one key at head_dim 64); see
- * kernels_turbo_i8_body.h.  The VNNI instructions are enabled per function, so the file
+ * kernels_turbo_avx512.c - int8 scores and value sums of turbo codes with AVX-512 VNNI
+ * (the scores and value-sum passes in 512-bit registers, two halves of a chunk or two keys
+ * per register: on Sapphire Rapids a 512-bit vpdpbusd costs about what a 256-bit one
+ * does; on Zen 4 it costs two, where the pass has about as many 256-bit operations as the
+ * 256-bit one, in fewer instructions); see kernels_turbo_i8_body.h.  The VNNI instructions are enabled per function, so the file
  * keeps the flags CMake gives every *_avx512.c; dispatch.c installs these entries only on
  * CPUs with VNNI.  Other layouts go to the fp32 kernels of kernels_avx512.c.
  */

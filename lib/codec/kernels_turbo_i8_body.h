@@ -2,7 +2,8 @@
  * kernels_turbo_i8_body.h - turbo attention kernels on int8 codebook values: scores against
  * int8 queries and weighted value sums with int8 weights.  The body is shared by
  * kernels_turbo_avx2.c and kernels_turbo_avx512.c, included once by each with
- *   TKV_I8_VNNI    1: dot products by vpdpbusd (AVX-512 VNNI, 256-bit forms);
+ *   TKV_I8_VNNI    1: dot products by vpdpbusd (AVX-512 VNNI; scores and value sums pair
+ *                  two 256-bit halves in 512-bit registers: score_pairs_512, span_sums_512);
  *                  0: vpmaddubsw + vpmaddwd (AVX2)
  *   TKV_I8_ATTR    function attributes (a target("...") or nothing)
  *   TKV_I8_NAME(x) the per-ISA name of x
@@ -446,13 +447,13 @@ TKV_I8_NAME(score_pairs4)(const int NQ, const uint32_t D, const tkv_code_layout 
 }
 
 #if TKV_I8_VNNI
-/* score_pairs4 with 512-bit registers: keys r and r + 4 fill the two 256-bit halves of a
- * register with their whole chunk (32 code bytes each), the low nibbles index half 0's
- * values and the high ones half 1's, and every query's two halves of q8 sit in both 256-bit
- * halves of a register, so that each vpdpbusd covers two keys and 8 keys need 4
- * accumulators per query, as in score_pairs4, with half its multiply and lookup
- * instructions.  Integer sums are exact, and the scaling is score_pairs4's: the same
- * bits. */
+/* The VNNI scores pass (score_pairs4's pairing in 512-bit registers): keys r and r + 4 fill
+ * the two 256-bit halves of a register with half 0 of their chunk, another with half 1 (at 4
+ * bits both from one load of the 32 code bytes each: low nibbles, high nibbles), and every
+ * query's halves of q8 are broadcast to both 256-bit halves, so that each vpdpbusd covers
+ * two keys and 8 keys need 4 accumulators per query.  On CPUs where a 512-bit vpdpbusd costs
+ * what a 256-bit one does, that halves the multiplies of score_pairs4 / score_keys.  Integer
+ * sums are exact and the scaling is theirs: the same bits. */
 static inline __attribute__((always_inline)) TKV_I8_ATTR void
 TKV_I8_NAME(score_pairs_512)(const int NQ, const uint32_t BITS, const uint32_t D,
                              const tkv_code_layout *L, const tkv_i8_query *P, const uint8_t *c0,
@@ -836,11 +837,10 @@ static inline void TKV_I8_NAME(prefetch4)(const uint8_t *pf, size_t npf, size_t 
 }
 
 /* Where the value sums of half h, register r of chunk c live in fsum (8 floats from there):
- * [c + 32 h + 8 r] in element-of-the-interleave order, except for 4-bit codes with VNNI,
- * whose 512-bit path (span_sums4_512) holds both halves of register r in one accumulator:
- * [c + 16 r + 8 h].  Every span of a call uses the one layout its width gives. */
-#define TKV_I8_FPOS(BITS, c, h, r)                                                                 \
-    (TKV_I8_VNNI ? (c) + 16 * (r) + 8 * (h) : (c) + 32 * (h) + 8 * (r))
+ * [c + 32 h + 8 r], or with VNNI, whose 512-bit value sums (span_sums_512) hold both halves
+ * of register r in one accumulator, [c + 16 r + 8 h]; within the 8, the lane order of the
+ * interleave.  The signed-weight path uses the same layout. */
+#define TKV_I8_FPOS(c, h, r) (TKV_I8_VNNI ? (c) + 16 * (r) + 8 * (h) : (c) + 32 * (h) + 8 * (r))
 
 /* span_sums of 4-bit codes with weights >= 0 (signed table T): the four keys' code bytes
  * are interleaved before the lookups (a code byte holds one element of each half), and a
@@ -884,7 +884,7 @@ TKV_I8_NAME(span_sums4)(const int NQ, const uint32_t D, const tkv_code_layout *L
                 for (int k = 0; k < NQ; k++) {
                     const __m256 st = _mm256_set1_ps(S->step[k][b0 / TKV_I8_BLOCK]);
                     for (int r = 0; r < 4; r++) {
-                        float *f = fsum[k] + TKV_I8_FPOS(4, c, h, r);
+                        float *f = fsum[k] + TKV_I8_FPOS(c, h, r);
                         _mm256_storeu_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(A[k][r]), st,
                                                             _mm256_loadu_ps(f)));
                     }
@@ -895,12 +895,13 @@ TKV_I8_NAME(span_sums4)(const int NQ, const uint32_t D, const tkv_code_layout *L
 }
 
 #if TKV_I8_VNNI
-/* span_sums4 with 512-bit registers.  Each key's 32 code bytes are loaded into both 256-bit
- * halves of a register (a broadcast load, no shuffle), so one interleave serves both halves
- * of the chunk: the low 256 bits take the low nibbles (half 0), the high 256 bits the high
- * nibbles (half 1), and each vpdpbusd adds the same four weights into both.  The 256-bit
- * path interleaves every key twice (once per half).  Integer sums per block and the fp32
- * steps per element are span_sums4's, in the same order: the same bits. */
+/* The VNNI value sums (weights >= 0) in 512-bit registers: each key's chunk fills both
+ * 256-bit halves of a register (4 bits: its 32 code bytes twice, one broadcast load; other
+ * widths: its half 0 and half 1 values), so one interleave of four keys serves both halves
+ * of the chunk (at 4 bits the low 256 bits then look up the low nibbles, the high 256 bits
+ * the high ones), and each vpdpbusd adds the four weights into both.  The 256-bit path
+ * (span_sums4, span_sums) interleaves every key once per half.  Integer sums per block and
+ * the fp32 steps per element are theirs, in the same order: the same bits. */
 static inline __attribute__((always_inline)) TKV_I8_ATTR void
 TKV_I8_NAME(span_sums_512)(const int NQ, const uint32_t BITS, const uint32_t D,
                            const tkv_code_layout *L, const tkv_i8_tab *T, const tkv_i8_span *S,
@@ -954,7 +955,7 @@ TKV_I8_NAME(span_sums_512)(const int NQ, const uint32_t BITS, const uint32_t D,
             for (int k = 0; k < NQ; k++) {
                 const __m512 st = _mm512_set1_ps(S->step[k][b0 / TKV_I8_BLOCK]);
                 for (int r = 0; r < 4; r++) {
-                    float *f = fsum[k] + TKV_I8_FPOS(BITS, c, 0, r);
+                    float *f = fsum[k] + TKV_I8_FPOS(c, 0, r);
                     _mm512_storeu_ps(
                         f, _mm512_fmadd_ps(_mm512_cvtepi32_ps(A[k][r]), st, _mm512_loadu_ps(f)));
                 }
@@ -988,7 +989,7 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, cons
             __m256 F[TKV_MAX_QUERIES][4];
             for (int k = 0; k < NQ; k++) {
                 for (int r = 0; r < 4; r++) {
-                    F[k][r] = _mm256_loadu_ps(fsum[k] + TKV_I8_FPOS(BITS, c, h, r));
+                    F[k][r] = _mm256_loadu_ps(fsum[k] + TKV_I8_FPOS(c, h, r));
                 }
             }
             for (size_t b0 = 0; b0 < ns; b0 += TKV_I8_BLOCK) {
@@ -1050,7 +1051,7 @@ TKV_I8_NAME(span_sums)(const int NQ, const uint32_t BITS, const uint32_t D, cons
             }
             for (int k = 0; k < NQ; k++) {
                 for (int r = 0; r < 4; r++) {
-                    _mm256_storeu_ps(fsum[k] + TKV_I8_FPOS(BITS, c, h, r), F[k][r]);
+                    _mm256_storeu_ps(fsum[k] + TKV_I8_FPOS(c, h, r), F[k][r]);
                 }
             }
         }
@@ -1114,7 +1115,7 @@ static TKV_I8_ATTR void TKV_I8_NAME(accum_run)(const tkv_code_layout *L, const f
                     for (uint32_t l = 0; l < 8; l++) {
                         const uint32_t b = l < 4 ? 4 * r + l : 16 + 4 * r + l - 4;
                         accs[k][c + TKV_I8_NAME(elem)(L->bits, h, b)] +=
-                            T.step * fsum[k][TKV_I8_FPOS(L->bits, c, h, r) + l];
+                            T.step * fsum[k][TKV_I8_FPOS(c, h, r) + l];
                     }
                 }
             }
