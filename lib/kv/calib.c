@@ -152,6 +152,18 @@ void tkv_calib_prepare_key(const tkv_calib *c, uint32_t layer, uint32_t head, ui
     }
 }
 
+/* Every cache line of the fp16 row r[0..d) (rows need not start on a line). */
+static void tkv_calib_prefetch_row(const uint16_t *r, uint32_t d) {
+    if (!r) {
+        return;
+    }
+    const char *p = (const char *)r, *end = (const char *)(r + d) - 1;
+    for (; p < end; p += 64) {
+        __builtin_prefetch(p, 0, 3);
+    }
+    __builtin_prefetch(end, 0, 3);
+}
+
 void tkv_calib_block(const tkv_calib *c, uint32_t layer, uint32_t head, uint32_t block, float *mu,
                      float *s) {
     const uint16_t *m = tkv_calib_mu(c, layer, head, block);
@@ -162,6 +174,13 @@ void tkv_calib_block(const tkv_calib *c, uint32_t layer, uint32_t head, uint32_t
     }
     if (sc) {
         tkv_fp16_row_to_f32(sc, s, c->head_dim);
+    }
+    /* attention asks for block + 1 after a run of keys: its rows, read once per token and
+     * so cache misses, are fetched while the kernels score this block's keys */
+    if (block + 1 < c->layers[layer].n_alloc) {
+        const size_t next = tkv_calib_block_floats(c);
+        tkv_calib_prefetch_row(m ? m + next : NULL, c->head_dim);
+        tkv_calib_prefetch_row(sc ? sc + next : NULL, c->head_dim);
     }
     for (uint32_t j = 0; (!m || !sc) && j < c->head_dim; j++) {
         mu[j] = m ? mu[j] : 0.0f;
