@@ -9,6 +9,10 @@ cache measured in the same run, with the per-phase profile; optionally llama.cpp
     python benchmarks/bench_e2e.py --llama-cpp --codecs fp32,turbo_kv_4b --threads 1,2 \
         --ctx 512,4096                              # against llama.cpp (pip install llama-cpp-python)
 
+llama-cpp-python compiles llama.cpp for the CPU it is built on; where a VM lists AMX in cpuid
+without enabling it, its AMX matmul dies with an illegal instruction: build it as .ci/run
+does (CMAKE_ARGS with -mno-amx-tile -mno-amx-int8 -mno-amx-bf16, --no-cache-dir).
+
 Each configuration is measured --reps times, interleaved (every configuration once, then
 again in the reverse order, ...), and the median is reported, since the machine is shared and
 noisy; the 1-minute load average is recorded before and after every measurement.  With
