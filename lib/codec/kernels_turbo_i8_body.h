@@ -197,9 +197,9 @@ static inline TKV_I8_ATTR float TKV_I8_NAME(h2f)(const uint8_t *p) {
 
 typedef struct {
     int8_t q8[TKV_MAX_QUERIES][TKV_I8_MAX_D]; /* per chunk: half 0's 32 bytes, then half 1's */
-    /* 4 bits, two keys per register (score_pairs4): per chunk four rows of 32 bytes, each 16
-     * bytes of q8 twice (one per 128-bit lane): half 0 bytes 0-15, half 1 bytes 0-15, half 0
-     * bytes 16-31, half 1 bytes 16-31 */
+    /* 4 bits without VNNI, two keys per register (score_pairs4): per chunk four rows of 32
+     * bytes, each 16 bytes of q8 twice (one per 128-bit lane): half 0 bytes 0-15, half 1
+     * bytes 0-15, half 0 bytes 16-31, half 1 bytes 16-31 */
     int8_t q8p[TKV_MAX_QUERIES][2 * TKV_I8_MAX_D];
     float mul[TKV_MAX_QUERIES];               /* q step * codebook step */
     int32_t corr[TKV_MAX_QUERIES];            /* VNNI: 128 * sum(q8); else 0 */
