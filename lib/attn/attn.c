@@ -12,6 +12,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/prefetch.h"
 #include "codec/kernels.h"
 
 /* Value rows prefetched before the softmax (the value sums' first span, kernels_turbo_i8_body.h).
@@ -151,9 +152,7 @@ void tkv_attn_group_range(const tkv_kv_cache *cache, uint32_t layer, uint32_t he
             const size_t bytes =
                 (size_t)(run.n < TKV_ATTN_PREFETCH_ROWS ? run.n : TKV_ATTN_PREFETCH_ROWS) *
                 run.layout->stride;
-            for (size_t o = 0; o < bytes; o += 64) {
-                __builtin_prefetch(run.rows + o, 0, 3);
-            }
+            TKV_PREFETCH_BYTES(run.rows, bytes, 3);
             break;
         }
     }

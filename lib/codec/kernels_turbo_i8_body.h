@@ -57,6 +57,8 @@
  * supported models); other layouts go to the fp32 kernels of the same ISA.
  */
 
+#include "base/prefetch.h"
+
 #define TKV_I8_MAX_D 1024
 #define TKV_I8_BLOCK 32 /* value sums: keys per weight quantization step */
 #define TKV_I8_SPAN 256 /* value sums: keys per walk of the halves (L1-resident codes) */
@@ -546,13 +548,8 @@ TKV_I8_NAME(scores_nq)(const int NQ, const uint32_t BITS, const uint32_t D,
          * block (256 positions) and the rows after a run are the next run's, so a bound
          * here would leave most of each run unprefetched; a prefetch never faults (the
          * address is computed as an integer: it may lie outside the array). */
-        {
-            const char *p = (const char *)((uintptr_t)codes + (i + TKV_I8_AHEAD) * stride);
-            for (size_t o = 0; o < (size_t)keys * stride; o += 64) {
-                __builtin_prefetch(p + o, 0, TKV_I8_PF_LOCALITY);
-            }
-            __builtin_prefetch(p + (size_t)keys * stride - 1, 0, TKV_I8_PF_LOCALITY);
-        }
+        TKV_PREFETCH_BYTES((uintptr_t)codes + (i + TKV_I8_AHEAD) * stride, (size_t)keys * stride,
+                           TKV_I8_PF_LOCALITY);
 #if TKV_I8_VNNI
         if (TKV_I8_PAIRS_512(BITS, NQ)) {
             TKV_I8_NAME(score_pairs_512)(NQ, BITS, D, L, P, codes + i * stride, i, outs);
@@ -828,11 +825,7 @@ static TKV_I8_ATTR void TKV_I8_NAME(span_weights)(const tkv_code_layout *L, cons
 /* Prefetch rows i..i+3 of the npf rows at pf (the next span), if i + 3 < npf. */
 static inline void TKV_I8_NAME(prefetch4)(const uint8_t *pf, size_t npf, size_t stride, size_t i) {
     if (i + 4 <= npf) {
-        const char *p = (const char *)((uintptr_t)pf + i * stride);
-        for (size_t o = 0; o < 4 * stride; o += 64) {
-            __builtin_prefetch(p + o, 0, TKV_I8_PF_LOCALITY);
-        }
-        __builtin_prefetch(p + 4 * stride - 1, 0, TKV_I8_PF_LOCALITY);
+        TKV_PREFETCH_BYTES((uintptr_t)pf + i * stride, 4 * stride, TKV_I8_PF_LOCALITY);
     }
 }
 

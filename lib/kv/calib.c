@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "base/half.h"
+#include "base/prefetch.h"
 #include "base/status.h"
 #include "codec/codec.h" /* TKV_HEAD_DIM_MAX */
 
@@ -152,16 +153,11 @@ void tkv_calib_prepare_key(const tkv_calib *c, uint32_t layer, uint32_t head, ui
     }
 }
 
-/* Every cache line of the fp16 row r[0..d) (rows need not start on a line). */
+/* Every cache line of the fp16 row r[0..d) (NULL: none). */
 static void tkv_calib_prefetch_row(const uint16_t *r, uint32_t d) {
-    if (!r) {
-        return;
+    if (r) {
+        TKV_PREFETCH_BYTES(r, (size_t)d * sizeof *r, 3);
     }
-    const char *p = (const char *)r, *end = (const char *)(r + d) - 1;
-    for (; p < end; p += 64) {
-        __builtin_prefetch(p, 0, 3);
-    }
-    __builtin_prefetch(end, 0, 3);
 }
 
 void tkv_calib_block(const tkv_calib *c, uint32_t layer, uint32_t head, uint32_t block, float *mu,
